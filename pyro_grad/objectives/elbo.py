@@ -1,0 +1,136 @@
+"""``ELBO``: Pyro's evidence lower bound, with each guide site's gradient path chosen per site."""
+
+from collections import defaultdict
+from typing import Any, Callable, Tuple
+
+import pyro.infer
+import torch
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.tracegraph_elbo import TrackNonReparam
+from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
+from pyro.ops.provenance import detach_provenance, get_provenance
+from pyro.util import check_if_enumerated, warn_if_nan
+
+from pyro_grad.handler import estimators
+from pyro_grad.objectives.surrogate import Block, check_num_particles, score_terms
+from pyro_grad.particles import concat_particles, match_dims, per_particle_sum, to_particle_axis
+
+
+class ELBO(pyro.infer.ELBO):
+    """ELBO whose gradient obeys the estimator chosen for each guide site.
+
+    ``ELBO = E_q[log p(x, z) − log q(z)]``. Reparameterized guide sites contribute
+    pathwise gradients (and their ``log q`` as in ``Trace_ELBO``); every score-path site
+    ``s`` adds ``∇log q(z_s) · (c_s − b_s)`` where ``c_s`` sums only the costs downstream of
+    ``s`` (Rao-Blackwellized by provenance and plates, as ``TraceGraph_ELBO``) and ``b_s``
+    is the site's baseline. Baselines see all K particles at once, so ``"loo"`` works in
+    both the vectorized and the looped mode.
+
+    Wrap the guide with :func:`pyro_grad.estimators` to choose paths; unchosen sites
+    use ``"auto"``. Use as ``SVI(model, guide, optim, loss=pg.ELBO(num_particles=8))``.
+    ``differentiable_loss`` returns a surrogate whose value is ``−ELBO``.
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        vectorize_particles: bool = False,
+        max_plate_nesting: float = float("inf"),
+        **kwargs: Any,
+    ) -> None:
+        check_num_particles(num_particles)
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            **kwargs,
+        )
+
+    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        with TrackNonReparam():
+            model_trace, guide_trace = get_importance_trace(
+                "dense", self.max_plate_nesting, model, guide, args, kwargs
+            )
+        if is_validation_enabled():
+            check_if_enumerated(guide_trace)
+        return model_trace, guide_trace
+
+    def _particle_dim(self):
+        if self.vectorize_particles and self.num_particles > 1:
+            return -self.max_plate_nesting
+        return None
+
+    def _particles(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, surrogate: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(ELBO estimate, surrogate ELBO); the surrogate's value equals the estimate."""
+        elbos, surrogates, blocks = [], [], []
+        for model_trace, guide_trace in self._get_traces(model, estimators(guide), args, kwargs):
+            dim = self._particle_dim()
+            k = self.num_particles if dim is not None else 1
+            elbo, surrogate_elbo, block = _particle_terms(model_trace, guide_trace, dim, k)
+            elbos.append(elbo)
+            surrogates.append(surrogate_elbo)
+            blocks.append(block)
+        elbo = detach_provenance(concat_particles(elbos).mean())
+        if not surrogate:
+            return elbo, elbo
+        term, aux, _ = score_terms(blocks, self.num_particles, args, kwargs)
+        surrogate_elbo = concat_particles(surrogates).mean() + term - (aux - aux.detach())
+        return elbo, detach_provenance(surrogate_elbo)
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """An estimate of −ELBO (no gradients; baseline state untouched)."""
+        with torch.no_grad():
+            elbo, _ = self._particles(model, guide, args, kwargs, surrogate=False)
+        loss = -torch_item(elbo)
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
+        """A surrogate whose value is the −ELBO estimate and whose gradient is the estimators'."""
+        _, surrogate_elbo = self._particles(model, guide, args, kwargs, surrogate=True)
+        return -surrogate_elbo
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        surrogate_loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if surrogate_loss.requires_grad:
+            surrogate_loss.backward(retain_graph=self.retain_graph)
+        loss = torch_item(surrogate_loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
+
+def _particle_terms(model_trace, guide_trace, dim, k) -> Tuple[torch.Tensor, torch.Tensor, Block]:
+    """Per-particle ELBO and surrogate ELBO of one trace pair, and its score-path block."""
+    elbo = torch.zeros(k)
+    surrogate = torch.zeros(k)
+    downstream = defaultdict(MultiFrameTensor)
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample":
+            log_p = site["log_prob"]
+            elbo = elbo + per_particle_sum(log_p, dim, k)
+            surrogate = surrogate + per_particle_sum(log_p, dim, k)
+            for name in get_provenance(log_p):
+                downstream[name].add((site["cond_indep_stack"], log_p))
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample":
+            log_q = site["log_prob"]
+            entropy = torch.as_tensor(site["score_parts"].entropy_term)
+            elbo = elbo - per_particle_sum(log_q, dim, k)
+            # Reparameterized sites keep log q's pathwise gradient; score-path sites keep
+            # only its value, since their score term already carries −log q as a cost.
+            surrogate = surrogate - per_particle_sum(entropy, dim, k)
+            surrogate = surrogate - per_particle_sum(log_q - entropy, dim, k).detach()
+            for name in get_provenance(log_q):
+                downstream[name].add((site["cond_indep_stack"], -log_q))
+    block: Block = {}
+    for name, costs in downstream.items():
+        site = guide_trace.nodes.get(name)
+        estimator = site["infer"].get("estimator") if site else None
+        if estimator is None or not estimator.uses_score:
+            continue
+        score = to_particle_axis(site["score_parts"].score_function, dim, k)
+        cost = to_particle_axis(costs.sum_to(site["cond_indep_stack"]), dim, k)
+        block[name] = (estimator, score, match_dims(cost, score.dim()))
+    return elbo, surrogate, block

@@ -1,0 +1,81 @@
+"""``expectation``: a surrogate whose gradient is the chosen estimators' estimate of ∇E[f]."""
+
+from typing import Any, Callable, Optional
+
+import torch
+from pyro.ops.provenance import detach_provenance, get_provenance
+from pyro.poutine.util import prune_subsample_sites
+
+from pyro_grad.errors import EstimatorError
+from pyro_grad.handler import estimators
+from pyro_grad.objectives.surrogate import Block, check_num_particles, score_terms
+from pyro_grad.particles import concat_particles, match_dims, particle_traces, to_particle_axis
+
+
+def check_cost(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor:
+    """The program's return value as a ``(k,)`` tensor of per-particle costs, or a clear error."""
+    if not torch.is_tensor(value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = torch.tensor(float(value))
+        else:
+            raise EstimatorError(
+                f"the program must return its cost as a tensor (one scalar per particle), "
+                f"got {type(value).__name__}"
+            )
+    if value.numel() != num_particles:
+        hint = (
+            "; it must reduce only its own dims (e.g. .sum(-1)), never the particle dim"
+            if vectorized and value.numel() == 1
+            else ""
+        )
+        raise EstimatorError(
+            f"the program returned a cost of shape {tuple(value.shape)}; expected one "
+            f"scalar per particle ({num_particles} {'particles' if vectorized else 'particle'})"
+            + hint
+        )
+    finite = torch.isfinite(detach_provenance(value)).reshape(-1)
+    if not finite.all():
+        bad = finite.logical_not().nonzero().reshape(-1).tolist()[:5]
+        raise EstimatorError(f"the program returned non-finite costs (particles {bad} ...)")
+    return value.reshape(num_particles)
+
+
+def expectation(
+    fn: Callable, *args: Any, num_particles: int = 1, vectorize: bool = True, **kwargs: Any
+) -> torch.Tensor:
+    """A 0-dim surrogate for ``E[fn(*args, **kwargs)]``.
+
+    Its value is the Monte Carlo estimate ``(1/K) Σ_k f(z_k)``; its gradient with respect
+    to every tensor that requires grad (arguments, ``pyro.param``s, module parameters)
+    is the chosen estimators' estimate of ``∇E[f]``: the pathwise gradient through
+    ``f`` plus, for every score-path site ``s``, ``(1/K) Σ_k ∇log q(z_{s,k}) (f_k − b_{s,k})``
+    when ``f`` depends on ``s`` (value-preserving, in the spirit of DiCE).
+
+    ``fn`` returns its cost, one scalar per particle. Sites use the estimators set by
+    :func:`pyro_grad.estimators` around ``fn``, else ``"auto"``. With ``vectorize=True``
+    all particles run in one pass inside an outermost particle plate (``fn`` must
+    broadcast, declaring its batch dims with ``pyro.plate``); ``vectorize=False`` runs
+    them one by one. A learned baseline is fitted by an added squared-error term that
+    is zero in value, so gradient *descent* on the surrogate fits it.
+    """
+    num_particles = check_num_particles(num_particles)
+    traces, dim = particle_traces(estimators(fn), args, kwargs, num_particles, vectorize)
+    k = num_particles if dim is not None else 1
+    values, blocks = [], []
+    for trace in traces:
+        cost = check_cost(trace.nodes["_RETURN"]["value"], k, dim is not None)
+        trace = prune_subsample_sites(trace)
+        trace.compute_score_parts()
+        upstream = get_provenance(cost)
+        block: Block = {}
+        for name, site in trace.nodes.items():
+            estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
+            if estimator is None or not estimator.uses_score or name not in upstream:
+                continue
+            score = to_particle_axis(site["score_parts"].score_function, dim, k)
+            block[name] = (estimator, score, match_dims(cost, score.dim()))
+        values.append(cost)
+        blocks.append(block)
+    term, aux, _ = score_terms(blocks, num_particles, args, kwargs)
+    surrogate = concat_particles(values).mean() + term + (aux - aux.detach())
+    return detach_provenance(surrogate)

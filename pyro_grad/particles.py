@@ -1,0 +1,85 @@
+"""Running a program for K particles, and putting every per-particle tensor on axis 0.
+
+Vectorized, all particles run in one pass inside an outermost ``pyro.plate`` to the
+left of the program's own plates (as Pyro's ``vectorize_particles``). Looped, each
+particle is its own run. Either way the objectives see tensors of shape ``(K, ...)``.
+"""
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer.tracegraph_elbo import TrackNonReparam
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_site_shape
+
+PARTICLES = "_pyro_grad_particles"
+
+
+def guess_max_plate_nesting(fn: Callable, args: tuple, kwargs: dict) -> int:
+    """Run ``fn`` once (hidden from outer handlers) and return its deepest plate nesting."""
+    with poutine.block():
+        trace = prune_subsample_sites(poutine.trace(fn).get_trace(*args, **kwargs))
+    sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
+    if is_validation_enabled():
+        trace.compute_log_prob()
+        for site in sites:
+            check_site_shape(site, max_plate_nesting=float("inf"))
+    dims = [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized]
+    return max(dims, default=0)
+
+
+def particle_traces(
+    fn: Callable, args: tuple, kwargs: dict, num_particles: int, vectorize: bool
+) -> Tuple[List[Trace], Optional[int]]:
+    """Traces of ``fn`` for ``num_particles`` particles, and the particle dim (None when looped).
+
+    Non-reparameterized sites' values carry provenance (as in ``TraceGraph_ELBO``), so
+    that every cost knows which sites it depends on.
+    """
+    with TrackNonReparam():
+        if vectorize and num_particles > 1:
+            dim = -guess_max_plate_nesting(fn, args, kwargs) - 1
+            with pyro.plate(PARTICLES, num_particles, dim=dim):
+                return [poutine.trace(fn).get_trace(*args, **kwargs)], dim
+        return [poutine.trace(fn).get_trace(*args, **kwargs) for _ in range(num_particles)], None
+
+
+def to_particle_axis(t: torch.Tensor, particle_dim: Optional[int], num_particles: int) -> torch.Tensor:
+    """``t`` with its particle dim moved to the front and expanded to ``num_particles``.
+
+    ``particle_dim=None`` means ``t`` belongs to one particle: a leading axis of 1 is added.
+    """
+    t = torch.as_tensor(t)
+    if particle_dim is None:
+        return t.unsqueeze(0)
+    if t.dim() < -particle_dim:
+        t = t.reshape((1,) * (-particle_dim - t.dim()) + t.shape)
+    t = t.movedim(particle_dim, 0)
+    return t.expand((num_particles,) + t.shape[1:])
+
+
+def per_particle_sum(t: torch.Tensor, particle_dim: Optional[int], num_particles: int) -> torch.Tensor:
+    """Sum of ``t`` over everything but its particles: shape ``(K,)``."""
+    t = to_particle_axis(t, particle_dim, num_particles)
+    return t.reshape(t.shape[0], -1).sum(1)
+
+
+def match_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Insert size-1 dims after the particle axis so that ``t`` has ``ndim`` dims.
+
+    The other dims of a per-particle tensor are right-aligned plate dims, so they must
+    stay on the right when a tensor with fewer of them meets one with more.
+    """
+    return t.reshape(t.shape[:1] + (1,) * (ndim - t.dim()) + t.shape[1:])
+
+
+def concat_particles(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate ``(k_i, ...)`` blocks on axis 0, broadcasting their other dims."""
+    ndim = max(p.dim() for p in parts)
+    parts = [match_dims(p, ndim) for p in parts]
+    rest = torch.broadcast_shapes(*(p.shape[1:] for p in parts))
+    return torch.cat([p.expand(p.shape[:1] + rest) for p in parts], 0)

@@ -1,0 +1,102 @@
+"""What every gradient estimator is: a small immutable choice of gradient path for one site.
+
+An estimator has two jobs, one before and one after the draw:
+
+* ``prepare(msg)`` runs in the handler's ``_pyro_sample``, *before* the value is drawn,
+  and switches the site's sampling path (for example, a score-function site must not
+  be drawn by ``rsample``). It raises :class:`~pyro_grad.errors.EstimatorError` when the
+  estimator does not apply to the site's distribution.
+* ``surrogate(name, score, cost, ...)`` turns per-particle values into the site's term
+  of a surrogate objective: ``score`` holds ``log q(z_k)`` for each particle ``k``
+  (shape ``(K, ...)``) and ``cost`` the costs downstream of the site, broadcastable to
+  it. Per-sample values in, a scalar term out: this is what makes variance diagnostics
+  free.
+"""
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, List, Tuple, Type
+
+import torch
+
+from pyro_grad.errors import EstimatorError
+
+#: Every concrete estimator class, in definition order, so errors can list what applies.
+REGISTRY: List[Type["Estimator"]] = []
+
+
+def describe(fn: Any) -> str:
+    """A distribution's name with its wrappers, e.g. ``Independent(Normal)``."""
+    name = type(fn).__name__
+    base = getattr(fn, "base_dist", None)
+    return f"{name}({describe(base)})" if base is not None else name
+
+
+@dataclass(frozen=True, repr=False)
+class Estimator:
+    """Base class: a frozen, hashable description of one site's gradient path."""
+
+    #: True when the estimator's expectation is the exact gradient.
+    unbiased: ClassVar[bool] = True
+    #: Program evaluations per particle.
+    cost: ClassVar[int] = 1
+    #: Whether :meth:`surrogate` needs the site's score and downstream cost.
+    uses_score: ClassVar[bool] = False
+
+    def __repr__(self) -> str:
+        # Only the fields that differ from their defaults: Score(baseline='loo').
+        changed = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) is not f.default and getattr(self, f.name) != f.default
+        ]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            REGISTRY.append(cls)
+
+    @classmethod
+    def applies_to(cls, fn: Any) -> bool:
+        """Whether this estimator can differentiate through a draw from ``fn``."""
+        return True
+
+    @classmethod
+    def example(cls) -> "Estimator":
+        """A default instance, used when listing what applies."""
+        return cls()
+
+    def prepare(self, msg: dict) -> None:
+        """Set the site's sampling path before the draw; raise if this estimator does not apply."""
+        if not self.applies_to(msg["fn"]):
+            raise not_applicable(self, msg)
+
+    def resolve(self, num_particles: int) -> "Estimator":
+        """The concrete estimator once the number of particles is known."""
+        return self
+
+    def surrogate(
+        self,
+        name: str,
+        score: torch.Tensor,
+        cost: torch.Tensor,
+        args: tuple = (),
+        kwargs: dict = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(surrogate term, auxiliary loss) for the site; zero for pathwise estimators."""
+        zero = torch.zeros(())
+        return zero, zero
+
+
+def applicable(fn: Any) -> List[Estimator]:
+    """Default instances of every registered estimator that applies to ``fn``."""
+    return [cls.example() for cls in REGISTRY if cls.applies_to(fn)]
+
+
+def not_applicable(estimator: Estimator, msg: dict) -> EstimatorError:
+    fn = msg["fn"]
+    options = ", ".join(repr(e) for e in applicable(fn)) or "none"
+    return EstimatorError(
+        f"{estimator!r} does not apply to site '{msg['name']}' ({describe(fn)}); "
+        f"estimators that apply: {options}"
+    )
