@@ -64,6 +64,8 @@ def to_particle_axis(t: torch.Tensor, particle_dim: Optional[int], num_particles
 
 def per_particle_sum(t: torch.Tensor, particle_dim: Optional[int], num_particles: int) -> torch.Tensor:
     """Sum of ``t`` over everything but its particles: shape ``(K,)``."""
+    if particle_dim is None:
+        return t.sum().reshape(1)
     t = to_particle_axis(t, particle_dim, num_particles)
     return t.reshape(t.shape[0], -1).sum(1)
 
@@ -79,6 +81,8 @@ def match_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 def concat_particles(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     """Concatenate ``(k_i, ...)`` blocks on axis 0, broadcasting their other dims."""
+    if len(parts) == 1:
+        return parts[0]
     ndim = max(p.dim() for p in parts)
     parts = [match_dims(p, ndim) for p in parts]
     rest = torch.broadcast_shapes(*(p.shape[1:] for p in parts))

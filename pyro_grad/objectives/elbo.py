@@ -1,10 +1,11 @@
 """``ELBO``: Pyro's evidence lower bound, with each guide site's gradient path chosen per site."""
 
 from collections import defaultdict
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import pyro.infer
 import torch
+from pyro.distributions.util import is_identically_zero
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.tracegraph_elbo import TrackNonReparam
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
@@ -12,7 +13,8 @@ from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.util import check_if_enumerated, warn_if_nan
 
 from pyro_grad.handler import estimators
-from pyro_grad.objectives.surrogate import Block, check_num_particles, score_terms
+from pyro_grad.objectives.surrogate import Block, check_num_particles, group, score_terms
+from pyro_grad.paths import Estimator
 from pyro_grad.particles import concat_particles, match_dims, per_particle_sum, to_particle_axis
 
 
@@ -61,9 +63,18 @@ class ELBO(pyro.infer.ELBO):
         return None
 
     def _particles(
-        self, model: Callable, guide: Callable, args: tuple, kwargs: dict, surrogate: bool
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(ELBO estimate, surrogate ELBO); the surrogate's value equals the estimate."""
+        self,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: dict,
+        surrogate: bool,
+        num_estimates: int = 1,
+    ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Estimator]]:
+        """(ELBO estimates, surrogate ELBOs), each ``(G,)``, and each score-path site's
+        resolved estimator. A surrogate's value equals its estimate. The
+        ``num_particles`` particles form ``G = num_estimates`` independent estimates of
+        ``num_particles / G`` particles each."""
         elbos, surrogates, blocks = [], [], []
         for model_trace, guide_trace in self._get_traces(model, estimators(guide), args, kwargs):
             dim = self._particle_dim()
@@ -72,25 +83,28 @@ class ELBO(pyro.infer.ELBO):
             elbos.append(elbo)
             surrogates.append(surrogate_elbo)
             blocks.append(block)
-        elbo = detach_provenance(concat_particles(elbos).mean())
+        elbo = group(concat_particles(elbos), num_estimates).mean(1)
         if not surrogate:
-            return elbo, elbo
-        term, aux, _ = score_terms(blocks, self.num_particles, args, kwargs)
-        surrogate_elbo = concat_particles(surrogates).mean() + term - (aux - aux.detach())
-        return elbo, detach_provenance(surrogate_elbo)
+            return elbo, elbo, {}
+        surrogate_elbo = group(concat_particles(surrogates), num_estimates).mean(1)
+        if not any(blocks):  # every guide site is pathwise
+            return elbo, surrogate_elbo, {}
+        term, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)
+        surrogate_elbo = surrogate_elbo + term - (aux - aux.detach())
+        return elbo, surrogate_elbo, resolved
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """An estimate of −ELBO (no gradients; baseline state untouched)."""
         with torch.no_grad():
-            elbo, _ = self._particles(model, guide, args, kwargs, surrogate=False)
-        loss = -torch_item(elbo)
+            elbo, _, _ = self._particles(model, guide, args, kwargs, surrogate=False)
+        loss = -torch_item(elbo[0])
         warn_if_nan(loss, "loss")
         return loss
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
         """A surrogate whose value is the −ELBO estimate and whose gradient is the estimators'."""
-        _, surrogate_elbo = self._particles(model, guide, args, kwargs, surrogate=True)
-        return -surrogate_elbo
+        _, surrogate_elbo, _ = self._particles(model, guide, args, kwargs, surrogate=True)
+        return -surrogate_elbo[0]
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         surrogate_loss = self.differentiable_loss(model, guide, *args, **kwargs)
@@ -101,28 +115,52 @@ class ELBO(pyro.infer.ELBO):
         return loss
 
 
+def elbo_estimates(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    num_estimates: int,
+    vectorize: bool,
+) -> Tuple[torch.Tensor, Dict[str, Estimator]]:
+    """``num_estimates`` independent surrogate ELBOs of ``num_particles`` particles each,
+    shape ``(G,)`` (gradients ascend the ELBO), and each site's resolved estimator."""
+    elbo = ELBO(num_particles=num_particles * num_estimates, vectorize_particles=vectorize)
+    _, surrogate, resolved = elbo._particles(
+        model, guide, args, kwargs, surrogate=True, num_estimates=num_estimates
+    )
+    return surrogate, resolved
+
+
 def _particle_terms(model_trace, guide_trace, dim, k) -> Tuple[torch.Tensor, torch.Tensor, Block]:
     """Per-particle ELBO and surrogate ELBO of one trace pair, and its score-path block."""
-    elbo = torch.zeros(k)
-    surrogate = torch.zeros(k)
+    elbo = surrogate = torch.zeros(k)
     downstream = defaultdict(MultiFrameTensor)
     for site in model_trace.nodes.values():
         if site["type"] == "sample":
-            log_p = site["log_prob"]
-            elbo = elbo + per_particle_sum(log_p, dim, k)
-            surrogate = surrogate + per_particle_sum(log_p, dim, k)
-            for name in get_provenance(log_p):
+            # Read the provenance once, then work on plain tensors: provenance
+            # tracking through every later op costs more than the ELBO itself.
+            upstream, log_p = get_provenance(site["log_prob"]), detach_provenance(site["log_prob"])
+            log_p_sum = per_particle_sum(log_p, dim, k)
+            elbo = elbo + log_p_sum
+            surrogate = surrogate + log_p_sum
+            for name in upstream:
                 downstream[name].add((site["cond_indep_stack"], log_p))
     for site in guide_trace.nodes.values():
         if site["type"] == "sample":
-            log_q = site["log_prob"]
-            entropy = torch.as_tensor(site["score_parts"].entropy_term)
-            elbo = elbo - per_particle_sum(log_q, dim, k)
+            upstream, log_q = get_provenance(site["log_prob"]), detach_provenance(site["log_prob"])
+            log_q_sum = per_particle_sum(log_q, dim, k)
+            elbo = elbo - log_q_sum
             # Reparameterized sites keep log q's pathwise gradient; score-path sites keep
             # only its value, since their score term already carries −log q as a cost.
-            surrogate = surrogate - per_particle_sum(entropy, dim, k)
-            surrogate = surrogate - per_particle_sum(log_q - entropy, dim, k).detach()
-            for name in get_provenance(log_q):
+            if is_identically_zero(site["score_parts"].score_function):
+                surrogate = surrogate - log_q_sum
+            else:
+                entropy = detach_provenance(torch.as_tensor(site["score_parts"].entropy_term))
+                entropy_sum = per_particle_sum(entropy, dim, k)
+                surrogate = surrogate - entropy_sum - (log_q_sum - entropy_sum).detach()
+            for name in upstream:
                 downstream[name].add((site["cond_indep_stack"], -log_q))
     block: Block = {}
     for name, costs in downstream.items():
@@ -130,7 +168,7 @@ def _particle_terms(model_trace, guide_trace, dim, k) -> Tuple[torch.Tensor, tor
         estimator = site["infer"].get("estimator") if site else None
         if estimator is None or not estimator.uses_score:
             continue
-        score = to_particle_axis(site["score_parts"].score_function, dim, k)
+        score = to_particle_axis(detach_provenance(site["score_parts"].score_function), dim, k)
         cost = to_particle_axis(costs.sum_to(site["cond_indep_stack"]), dim, k)
         block[name] = (estimator, score, match_dims(cost, score.dim()))
     return elbo, surrogate, block

@@ -1,6 +1,6 @@
 """``expectation``: a surrogate whose gradient is the chosen estimators' estimate of ∇E[f]."""
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 from pyro.ops.provenance import detach_provenance, get_provenance
@@ -8,7 +8,8 @@ from pyro.poutine.util import prune_subsample_sites
 
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
-from pyro_grad.objectives.surrogate import Block, check_num_particles, score_terms
+from pyro_grad.objectives.surrogate import Block, check_num_particles, group, score_terms
+from pyro_grad.paths import Estimator
 from pyro_grad.particles import concat_particles, match_dims, particle_traces, to_particle_axis
 
 
@@ -59,23 +60,42 @@ def expectation(
     is zero in value, so gradient *descent* on the surrogate fits it.
     """
     num_particles = check_num_particles(num_particles)
-    traces, dim = particle_traces(estimators(fn), args, kwargs, num_particles, vectorize)
-    k = num_particles if dim is not None else 1
+    values, _ = expectation_estimates(fn, args, kwargs, num_particles, 1, vectorize)
+    return values[0]
+
+
+def expectation_estimates(
+    fn: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    num_estimates: int,
+    vectorize: bool,
+) -> Tuple[torch.Tensor, Dict[str, Estimator]]:
+    """``num_estimates`` independent surrogates of :func:`expectation`, shape ``(G,)``,
+    and the estimator each score-path site resolved to.
+
+    All ``G·K`` particles run together (one pass when vectorized); each run of ``K``
+    consecutive particles forms one estimate, with its own baselines.
+    """
+    total = num_particles * num_estimates
+    traces, dim = particle_traces(estimators(fn), args, kwargs, total, vectorize)
+    k = total if dim is not None else 1
     values, blocks = [], []
     for trace in traces:
         cost = check_cost(trace.nodes["_RETURN"]["value"], k, dim is not None)
+        upstream, cost = get_provenance(cost), detach_provenance(cost)
         trace = prune_subsample_sites(trace)
         trace.compute_score_parts()
-        upstream = get_provenance(cost)
         block: Block = {}
         for name, site in trace.nodes.items():
             estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
             if estimator is None or not estimator.uses_score or name not in upstream:
                 continue
-            score = to_particle_axis(site["score_parts"].score_function, dim, k)
+            score = to_particle_axis(detach_provenance(site["score_parts"].score_function), dim, k)
             block[name] = (estimator, score, match_dims(cost, score.dim()))
         values.append(cost)
         blocks.append(block)
-    term, aux, _ = score_terms(blocks, num_particles, args, kwargs)
-    surrogate = concat_particles(values).mean() + term + (aux - aux.detach())
-    return detach_provenance(surrogate)
+    term, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)
+    means = group(concat_particles(values), num_estimates).mean(1)
+    return means + term + (aux - aux.detach()), resolved

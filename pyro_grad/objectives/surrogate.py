@@ -24,13 +24,22 @@ def check_num_particles(num_particles: int) -> int:
     return num_particles
 
 
+def group(t: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """``(G·K, ...)`` → ``(G, K, ...)``: consecutive particles form one estimate."""
+    return t.reshape((num_groups, t.shape[0] // num_groups) + t.shape[1:])
+
+
 def score_terms(
-    blocks: List[Block], num_particles: int, args: tuple, kwargs: dict
+    blocks: List[Block], num_groups: int, args: tuple, kwargs: dict
 ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Estimator]]:
-    """Sum of every score-path site's surrogate term, the sum of auxiliary (baseline)
-    losses, and the estimator each site resolved to."""
+    """Per-group sums of every score-path site's surrogate term and of the auxiliary
+    (baseline) losses, each of shape ``(G,)``, and the estimator each site resolved to.
+
+    The blocks hold ``G·K`` particles in all; each run of ``K`` consecutive particles is
+    one independent estimate (``G = 1`` for a plain objective; diagnostics draw many).
+    """
     names = list(dict.fromkeys(name for block in blocks for name in block))
-    total, aux = torch.zeros(()), torch.zeros(())
+    total = aux = torch.zeros(num_groups)
     resolved = {}
     for name in names:
         estimator = next(block[name][0] for block in blocks if name in block)
@@ -43,8 +52,9 @@ def score_terms(
                 k = next(iter(block.values()))[1].shape[0] if block else 1
                 scores.append(torch.zeros(k))
                 costs.append(torch.zeros(k))
-        score, cost = concat_particles(scores), concat_particles(costs)
-        estimator = estimator.resolve(num_particles)
+        score = group(concat_particles(scores), num_groups)
+        cost = group(concat_particles(costs), num_groups)
+        estimator = estimator.resolve(score.shape[1])
         term, loss = estimator.surrogate(name, score, cost, args, kwargs)
         total, aux = total + term, aux + loss
         resolved[name] = estimator

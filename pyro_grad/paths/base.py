@@ -7,10 +7,10 @@ An estimator has two jobs, one before and one after the draw:
   be drawn by ``rsample``). It raises :class:`~pyro_grad.errors.EstimatorError` when the
   estimator does not apply to the site's distribution.
 * ``surrogate(name, score, cost, ...)`` turns per-particle values into the site's term
-  of a surrogate objective: ``score`` holds ``log q(z_k)`` for each particle ``k``
-  (shape ``(K, ...)``) and ``cost`` the costs downstream of the site, broadcastable to
-  it. Per-sample values in, a scalar term out: this is what makes variance diagnostics
-  free.
+  of a surrogate objective: ``score`` holds ``log q(z_{g,k})`` for particle ``k`` of
+  independent estimate ``g`` (shape ``(G, K, ...)``) and ``cost`` the costs downstream
+  of the site, broadcastable to it. Per-sample values in, per-estimate terms ``(G,)``
+  out: this is what makes variance diagnostics free.
 """
 
 from dataclasses import dataclass, fields
@@ -83,8 +83,8 @@ class Estimator:
         args: tuple = (),
         kwargs: dict = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(surrogate term, auxiliary loss) for the site; zero for pathwise estimators."""
-        zero = torch.zeros(())
+        """Per-estimate (surrogate terms, auxiliary losses), each ``(G,)``; zero for pathwise."""
+        zero = torch.zeros(score.shape[0])
         return zero, zero
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Tuple, Union
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch.distributions import constraints
 
 from pyro.distributions import TorchDistribution
@@ -46,7 +47,10 @@ class ScoreFunctionSample(TorchDistribution):
         return self.base_dist.enumerate_support(expand=expand)
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        return self.base_dist.sample(sample_shape).detach()
+        # torch samples under no_grad, which stops reverse-mode but not forward-mode
+        # AD; the draw carries no derivative in either mode.
+        with torch.no_grad(), fwAD._set_fwd_grad_enabled(False):
+            return self.base_dist.sample(sample_shape).detach()
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return self.base_dist.log_prob(value)
@@ -123,22 +127,22 @@ class Score(Estimator):
         baseline, aux_loss = self._baseline(name, cost, args, kwargs or {})
         advantage = (cost - baseline).detach()
         # (s − s.detach()) keeps the surrogate's value equal to the plain estimate.
-        term = ((score - score.detach()) * advantage).sum() / score.shape[0]
-        return term, aux_loss
+        term = (score - score.detach()) * advantage
+        return term.reshape(term.shape[0], -1).sum(1) / score.shape[1], aux_loss
 
     def _baseline(
         self, name: str, cost: torch.Tensor, args: tuple, kwargs: dict
     ) -> Tuple[Any, torch.Tensor]:
-        b, zero = self.baseline, torch.zeros(())
+        b, zero = self.baseline, torch.zeros(cost.shape[0])
         if b is None:
             return 0.0, zero
         if b == "auto":
-            return self.resolve(cost.shape[0])._baseline(name, cost, args, kwargs)
+            return self.resolve(cost.shape[1])._baseline(name, cost, args, kwargs)
         if b == "loo":
-            if cost.shape[0] < 2:
+            if cost.shape[1] < 2:
                 raise EstimatorError(
                     f"Score(baseline='loo') at site '{name}' needs num_particles >= 2, "
-                    f"got {cost.shape[0]}; use baseline='decay' for a single particle"
+                    f"got {cost.shape[1]}; use baseline='decay' for a single particle"
                 )
             return baselines.leave_one_out(cost), zero
         if b == "decay":

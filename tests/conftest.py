@@ -1,0 +1,48 @@
+"""Shared fixtures and the statistics every test's tolerance comes from.
+
+Tolerances are in standard errors: a mean is within ``Z`` standard errors of its exact
+value, a variance within ``Z`` standard errors of the sample variance (estimated from
+the sample's fourth central moment). Seeds are fixed, so every test is deterministic.
+"""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+#: Standard errors of tolerance for every statistical assertion.
+Z = 4.0
+
+
+@pytest.fixture(autouse=True)
+def fresh_pyro():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+
+
+def standard_error_of_mean(x: torch.Tensor) -> float:
+    return float(x.double().std() / math.sqrt(x.numel()))
+
+
+def standard_error_of_variance(x: torch.Tensor) -> float:
+    x = x.double().reshape(-1)
+    n = x.numel()
+    centered = x - x.mean()
+    m2, m4 = centered.pow(2).mean(), centered.pow(4).mean()
+    return float(((m4 - m2**2 * (n - 3) / (n - 1)) / n).clamp(min=0).sqrt())
+
+
+def assert_mean(x: torch.Tensor, exact: float, z: float = Z) -> None:
+    """The sample mean of ``x`` is within ``z`` standard errors of ``exact``."""
+    mean, se = float(x.double().mean()), standard_error_of_mean(x)
+    assert abs(mean - exact) <= z * se + 1e-9, f"mean {mean:.5g} vs exact {exact:.5g} (se {se:.3g})"
+
+
+def assert_variance(x: torch.Tensor, exact: float, z: float = Z) -> None:
+    """The sample variance of ``x`` is within ``z`` standard errors of ``exact``."""
+    var, se = float(x.double().var()), standard_error_of_variance(x)
+    assert abs(var - exact) <= z * se + 1e-9, f"variance {var:.5g} vs exact {exact:.5g} (se {se:.3g})"
