@@ -9,7 +9,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from pyro_grad.gradient_samples import gradient_samples
+from pyro_grad.gradient_samples import gradient_draws
 from pyro_grad.handler import estimators
 from pyro_grad.objectives.expectation import expectation_estimates
 from pyro_grad.paths import Estimator, Reparam, Score
@@ -36,11 +36,11 @@ def gradient_table(num_draws: int = 10_000, seed: int = 0) -> pd.DataFrame:
             program = estimators(bench.program, default=estimator)
 
             def estimates(a, g, program=program, k=k):
-                return expectation_estimates(program, a, {}, k, g, True)[0]
+                return expectation_estimates(program, a, {}, k, g, True)
 
             pyro.set_rng_seed(seed)
-            samples, _ = gradient_samples(estimates, [program], args, {}, num_draws, seed=seed)
-            for name, draws in samples.items():
+            draws = gradient_draws(estimates, [program], args, {}, num_draws, seed=seed, sites=False)
+            for name, draws in draws.samples.items():
                 rows.append(
                     {
                         "program": bench.name,

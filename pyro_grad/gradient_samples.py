@@ -1,19 +1,27 @@
 """Many independent draws of a gradient estimator: the raw material of every diagnostic.
 
 An *estimate* is one evaluation of an objective's surrogate with ``K`` particles; its
-gradient is one draw of the estimator. We need ``G`` such draws, per parameter.
+gradient is one draw of the estimator. We need ``G`` such draws, for every *target*:
+each parameter (tensor arguments, ``pyro.param``s) and each sample site's own
+distribution parameters (along a common shift of their elements, see
+:class:`~pyro_grad.site_tangent.SiteTangent`).
 
-* ``"forward"`` (fast path): all ``G·K`` particles run in one vectorized pass and
-  forward-mode AD carries a tangent for one parameter element at a time, giving that
-  element's derivative in all ``G`` estimates at once. Every pass replays the same random
-  numbers (a forked, re-seeded RNG), so the draws of different elements are jointly
-  consistent. Cost: (number of parameter elements) vectorized passes.
-* ``"loop"`` (fallback): ``G`` separate estimates, each with one reverse-mode backward.
-  Used when the program cannot be vectorized or has too many parameter elements.
+* ``"vectorized"`` (fast path): all ``G·K`` particles run in one pass and forward-mode AD
+  carries a tangent for one target element at a time, giving that element's derivative
+  in all ``G`` estimates at once. Every pass replays the same random numbers (a forked,
+  re-seeded RNG), so the draws of different elements are jointly consistent. Cost: one
+  vectorized pass per target element.
+* ``"loop"`` (fallback): ``G`` separate estimates, each with one reverse-mode backward
+  that reaches every target at once. Used when the program cannot be vectorized, when
+  an operation has no forward-mode derivative, or when there are too many elements.
+
+Besides the draws, each score-path site's share of every draw is kept (the gradient of
+its score term), so diagnostics can attribute variance to sites.
 """
 
 import contextlib
 import inspect
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pyro
@@ -21,14 +29,45 @@ import pyro.poutine as poutine
 import torch
 import torch.autograd.forward_ad as fwAD
 from pyro.poutine.messenger import unwrap
+from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_grad.errors import EstimatorError
+from pyro_grad.objectives.surrogate import Estimates
+from pyro_grad.site_tangent import SiteTangent, differentiable_parameters
 
-#: Above this many parameter elements, one forward pass per element costs more than the loop.
+#: Above this many target elements, one forward pass per element costs more than the loop.
 MAX_FORWARD_ELEMENTS = 64
 BASELINE_STATE = "_pyro_grad_baseline_avg_"
 
-Estimates = Callable[[tuple, int], torch.Tensor]
+EstimateFn = Callable[[tuple, int], Estimates]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Something to differentiate with respect to.
+
+    ``kind`` is ``"argument"`` (positional argument ``index``), ``"param"`` (an
+    unconstrained ``pyro.param``) or ``"site"`` (parameter ``param`` of sample site
+    ``site``, along a common shift; shape ``()``).
+    """
+
+    name: str
+    kind: str
+    shape: torch.Size
+    index: int = -1
+    site: str = ""
+    param: str = ""
+
+
+@dataclass
+class Draws:
+    """``samples[target] (G, *shape)``; ``score_parts[(target, site)]`` the part of each
+    draw carried by that score-path site; the estimators used; the path that ran."""
+
+    samples: Dict[str, torch.Tensor]
+    score_parts: Dict[Tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    estimators: Dict[str, object] = field(default_factory=dict)
+    path: str = "vectorized"
 
 
 def argument_names(fn: Callable, num_args: int) -> List[str]:
@@ -45,28 +84,39 @@ def argument_names(fn: Callable, num_args: int) -> List[str]:
     return [params[i] if i < len(params) else f"arg{i}" for i in range(num_args)]
 
 
-def find_parameters(
-    programs: List[Callable], args: tuple, kwargs: dict
-) -> Tuple[Dict[str, int], Dict[str, torch.Tensor]]:
-    """The tensors a gradient is taken with respect to.
+def find_targets(
+    programs: List[Callable], args: tuple, kwargs: dict, sites: bool = True
+) -> Tuple[List[Target], Dict[str, torch.Tensor]]:
+    """Targets of a gradient, and the unconstrained ``pyro.param`` tensors by name.
 
-    Returns ``({name: argument index}, {name: unconstrained pyro.param})``: floating
-    tensor arguments that require grad, and every ``pyro.param`` the programs touch.
+    Floating tensor arguments that require grad; every ``pyro.param`` the programs
+    touch; with ``sites``, every differentiable parameter of the latent sample sites of
+    the *last* program (the guide when there is one; else the program itself).
     """
     names = argument_names(programs[-1], len(args))
-    arguments = {
-        names[i]: i
+    targets = [
+        Target(names[i], "argument", a.shape, index=i)
         for i, a in enumerate(args)
         if torch.is_tensor(a) and a.is_floating_point() and a.requires_grad
-    }
-    params = {}
+    ]
+    params, site_targets = {}, []
     with poutine.block():
-        for program in programs:
-            trace = poutine.trace(program, param_only=True).get_trace(*args, **kwargs)
+        for i, program in enumerate(programs):
+            trace = poutine.trace(program).get_trace(*args, **kwargs)
             for name, site in trace.nodes.items():
                 if site["type"] == "param":
                     params[name] = site["value"].unconstrained()
-    return arguments, params
+                elif (
+                    sites
+                    and i == len(programs) - 1
+                    and site["type"] == "sample"
+                    and not site["is_observed"]
+                    and not isinstance(site["fn"], _Subsample)
+                ):
+                    for p in differentiable_parameters(site["fn"]):
+                        site_targets.append(Target(f"{name}.{p}", "site", torch.Size(), site=name, param=p))
+    targets += [Target(n, "param", t.shape) for n, t in params.items()]
+    return targets + site_targets, params
 
 
 @contextlib.contextmanager
@@ -84,116 +134,141 @@ def preserved_baseline_state() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def substituted_param(name: str, value: torch.Tensor) -> Iterator[None]:
+def substituted_params(values: Dict[str, torch.Tensor]) -> Iterator[None]:
+    """Temporarily replace unconstrained ``pyro.param`` tensors in the param store."""
     store = pyro.get_param_store()
-    original = store._params[name]
-    store._params[name] = value
+    originals = {name: store._params[name] for name in values}
+    store._params.update(values)
     try:
         yield
     finally:
-        store._params[name] = original
+        store._params.update(originals)
 
 
-def forward_samples(
-    estimates: Estimates,
+def _tangent_or_zeros(t: torch.Tensor, num_estimates: int) -> torch.Tensor:
+    derivative = fwAD.unpack_dual(t).tangent
+    return torch.zeros(num_estimates) if derivative is None else derivative.detach().clone()
+
+
+def forward_draws(
+    estimates: EstimateFn,
     args: tuple,
-    arguments: Dict[str, int],
+    targets: List[Target],
     params: Dict[str, torch.Tensor],
     num_estimates: int,
     seed: int,
-) -> Dict[str, torch.Tensor]:
-    """``{name: (G, *shape)}`` derivatives, one forward-mode vectorized pass per element."""
-    targets = {name: args[i] for name, i in arguments.items()}
-    targets.update(params)
-    samples = {}
-    for name, tensor in targets.items():
-        columns = []
-        for j in range(tensor.numel()):
-            tangent = torch.zeros(tensor.numel(), dtype=tensor.dtype)
+) -> Draws:
+    """One forward-mode vectorized pass per target element."""
+    samples, parts, chosen = {}, {}, {}
+    for target in targets:
+        columns, part_columns = [], {}
+        numel = max(1, int(torch.Size(target.shape).numel()))
+        for j in range(numel):
+            tangent = torch.zeros(numel)
             tangent[j] = 1.0
             with torch.random.fork_rng(), fwAD.dual_level(), preserved_baseline_state():
                 torch.manual_seed(seed)
-                dual = fwAD.make_dual(tensor.detach(), tangent.view(tensor.shape))
-                if name in arguments:
-                    new_args = list(args)
-                    new_args[arguments[name]] = dual
-                    values = estimates(tuple(new_args), num_estimates)
+                new_args, substitutes, site = list(args), {}, contextlib.nullcontext()
+                if target.kind == "argument":
+                    primal = args[target.index].detach()
+                    new_args[target.index] = fwAD.make_dual(primal, tangent.view(primal.shape))
+                elif target.kind == "param":
+                    primal = params[target.name].detach()
+                    substitutes[target.name] = fwAD.make_dual(primal, tangent.view(primal.shape))
                 else:
-                    with substituted_param(name, dual):
-                        values = estimates(args, num_estimates)
-                derivative = fwAD.unpack_dual(values).tangent
-            columns.append(
-                torch.zeros(num_estimates) if derivative is None else derivative.detach().clone()
-            )
-        samples[name] = torch.stack(columns, -1).reshape((num_estimates,) + tensor.shape)
-    return samples
+                    shift = fwAD.make_dual(torch.zeros(()), torch.ones(()))
+                    site = SiteTangent(target.site, target.param, shift)
+                with substituted_params(substitutes), site:
+                    out = estimates(tuple(new_args), num_estimates)
+                columns.append(_tangent_or_zeros(out.values, num_estimates))
+                for s, term in out.score_terms.items():
+                    part_columns.setdefault(s, []).append(_tangent_or_zeros(term, num_estimates))
+                chosen = out.estimators
+        samples[target.name] = torch.stack(columns, -1).reshape((num_estimates,) + target.shape)
+        for s, cols in part_columns.items():
+            parts[(target.name, s)] = torch.stack(cols, -1).reshape((num_estimates,) + target.shape)
+    return Draws(samples, parts, chosen, "vectorized")
 
 
-def loop_samples(
-    estimates: Estimates,
+def loop_draws(
+    estimates: EstimateFn,
     args: tuple,
-    arguments: Dict[str, int],
+    targets: List[Target],
     params: Dict[str, torch.Tensor],
     num_estimates: int,
     seed: int,
-    progress: Optional[Callable] = None,
-) -> Dict[str, torch.Tensor]:
-    """``{name: (G, *shape)}`` gradients, one estimate and one backward pass at a time."""
-    leaves = {name: args[i].detach().requires_grad_() for name, i in arguments.items()}
-    new_args = list(args)
-    for name, i in arguments.items():
-        new_args[i] = leaves[name]
-    leaves.update(params)
-    names = list(leaves)
-    rows = {name: [] for name in names}
+    progress: Optional[Callable[[], None]] = None,
+) -> Draws:
+    """``G`` estimates one at a time, each with one reverse-mode backward to every target."""
+    rows = {t.name: [] for t in targets}
+    part_rows, chosen = {}, {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for _ in range(num_estimates):
-            with preserved_baseline_state():  # every draw sees the same baseline state
-                value = estimates(tuple(new_args), 1)[0]
-            grads = (
-                torch.autograd.grad(value, [leaves[n] for n in names], allow_unused=True)
-                if value.requires_grad
-                else [None] * len(names)
-            )
-            for name, g in zip(names, grads):
-                rows[name].append(torch.zeros_like(leaves[name]) if g is None else g.detach())
+            new_args, leaves, sites = list(args), {}, []
+            for t in targets:
+                if t.kind == "argument":
+                    leaves[t.name] = new_args[t.index] = args[t.index].detach().requires_grad_()
+                elif t.kind == "param":
+                    leaves[t.name] = params[t.name]
+                else:
+                    leaves[t.name] = torch.zeros((), requires_grad=True)
+                    sites.append(SiteTangent(t.site, t.param, leaves[t.name]))
+            with preserved_baseline_state(), contextlib.ExitStack() as stack:
+                for site in sites:
+                    stack.enter_context(site)
+                out = estimates(tuple(new_args), 1)
+            chosen = out.estimators
+            outputs = {None: out.values[0], **{s: term[0] for s, term in out.score_terms.items()}}
+            for key, value in outputs.items():
+                grads = (
+                    torch.autograd.grad(value, list(leaves.values()), allow_unused=True, retain_graph=True)
+                    if value.requires_grad
+                    else [None] * len(leaves)
+                )
+                for name, g in zip(leaves, grads):
+                    g = torch.zeros_like(leaves[name]) if g is None else g.detach()
+                    if key is None:
+                        rows[name].append(g)
+                    else:
+                        part_rows.setdefault((name, key), []).append(g)
             if progress is not None:
                 progress()
-    return {name: torch.stack(rows[name]) for name in names}
+    samples = {name: torch.stack(r) for name, r in rows.items()}
+    parts = {key: torch.stack(r) for key, r in part_rows.items()}
+    return Draws(samples, parts, chosen, "loop")
 
 
-def gradient_samples(
-    estimates: Estimates,
+def gradient_draws(
+    estimates: EstimateFn,
     programs: List[Callable],
     args: tuple,
     kwargs: dict,
     num_estimates: int,
     seed: int = 0,
     path: str = "auto",
-) -> Tuple[Dict[str, torch.Tensor], str]:
-    """Draw ``num_estimates`` gradients of ``estimates`` w.r.t. every parameter.
+    sites: bool = True,
+) -> Draws:
+    """Draw ``num_estimates`` gradients of ``estimates`` with respect to every target.
 
-    ``estimates(args, G)`` returns ``G`` independent surrogates. ``path`` is ``"auto"``
-    (forward when the parameters have at most :data:`MAX_FORWARD_ELEMENTS` elements and
-    the forward pass succeeds), ``"forward"`` or ``"loop"``. Returns the samples and the
-    path that ran.
+    ``estimates(args, G)`` returns ``G`` independent :class:`Estimates`. ``path`` is
+    ``"auto"`` (vectorized when there are at most :data:`MAX_FORWARD_ELEMENTS` target
+    elements and the vectorized pass succeeds, else the loop), ``"vectorized"`` or
+    ``"loop"``.
     """
-    arguments, params = find_parameters(programs, args, kwargs)
-    if not arguments and not params:
+    if path not in ("auto", "vectorized", "loop"):
+        raise EstimatorError(f"path must be 'auto', 'vectorized' or 'loop', got {path!r}")
+    targets, params = find_targets(programs, args, kwargs, sites=sites)
+    if not any(t.kind != "site" for t in targets):
         raise EstimatorError(
             "nothing to differentiate: pass tensor arguments with requires_grad=True "
             "or use pyro.param in the program"
         )
-    elements = sum(args[i].numel() for i in arguments.values()) + sum(
-        p.numel() for p in params.values()
-    )
-    if path not in ("auto", "forward", "loop"):
-        raise EstimatorError(f"path must be 'auto', 'forward' or 'loop', got {path!r}")
-    if path == "forward" or (path == "auto" and elements <= MAX_FORWARD_ELEMENTS):
+    elements = sum(max(1, torch.Size(t.shape).numel()) for t in targets)
+    if path == "vectorized" or (path == "auto" and elements <= MAX_FORWARD_ELEMENTS):
         try:
-            return forward_samples(estimates, args, arguments, params, num_estimates, seed), "forward"
+            return forward_draws(estimates, args, targets, params, num_estimates, seed)
         except (RuntimeError, NotImplementedError, ValueError):
-            if path == "forward":
+            if path == "vectorized":
                 raise
-    return loop_samples(estimates, args, arguments, params, num_estimates, seed), "loop"
+    return loop_draws(estimates, args, targets, params, num_estimates, seed)

@@ -4,7 +4,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from pyro_grad.gradient_samples import gradient_samples
+from pyro_grad.gradient_samples import gradient_draws
 from pyro_grad.objectives.elbo import elbo_estimates
 from pyro_grad.objectives.expectation import expectation_estimates
 
@@ -14,18 +14,18 @@ def expectation_draws(
     *args,
     num_draws: int,
     num_particles: int = 1,
-    path: str = "forward",
+    path: str = "vectorized",
     vectorize: bool = True,
     seed: int = 0,
 ) -> Dict[str, torch.Tensor]:
     """``num_draws`` gradients of ``pg.expectation(program, *args, num_particles=K)``."""
 
     def estimates(a, g):
-        return expectation_estimates(program, a, {}, num_particles, g, vectorize)[0]
+        return expectation_estimates(program, a, {}, num_particles, g, vectorize)
 
-    samples, used = gradient_samples(estimates, [program], args, {}, num_draws, seed=seed, path=path)
-    assert used == path
-    return samples
+    draws = gradient_draws(estimates, [program], args, {}, num_draws, seed=seed, path=path)
+    assert draws.path == path
+    return draws.samples
 
 
 def elbo_draws(
@@ -34,16 +34,14 @@ def elbo_draws(
     *args,
     num_draws: int,
     num_particles: int = 1,
-    path: str = "forward",
+    path: str = "vectorized",
     seed: int = 0,
 ) -> Dict[str, torch.Tensor]:
     """``num_draws`` gradients of the ELBO (ascent direction) w.r.t. every param."""
 
     def estimates(a, g):
-        return elbo_estimates(model, guide, a, {}, num_particles, g, path == "forward")[0]
+        return elbo_estimates(model, guide, a, {}, num_particles, g, path == "vectorized")
 
-    samples, used = gradient_samples(
-        estimates, [guide, model], args, {}, num_draws, seed=seed, path=path
-    )
-    assert used == path
-    return samples
+    draws = gradient_draws(estimates, [model, guide], args, {}, num_draws, seed=seed, path=path)
+    assert draws.path == path
+    return draws.samples

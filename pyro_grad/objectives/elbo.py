@@ -1,7 +1,7 @@
 """``ELBO``: Pyro's evidence lower bound, with each guide site's gradient path chosen per site."""
 
 from collections import defaultdict
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Tuple
 
 import pyro.infer
 import torch
@@ -13,8 +13,14 @@ from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.util import check_if_enumerated, warn_if_nan
 
 from pyro_grad.handler import estimators
-from pyro_grad.objectives.surrogate import Block, check_num_particles, group, score_terms
-from pyro_grad.paths import Estimator
+from pyro_grad.objectives.surrogate import (
+    Block,
+    Estimates,
+    check_num_particles,
+    group,
+    score_terms,
+    site_estimators,
+)
 from pyro_grad.particles import concat_particles, match_dims, per_particle_sum, to_particle_axis
 
 
@@ -70,12 +76,11 @@ class ELBO(pyro.infer.ELBO):
         kwargs: dict,
         surrogate: bool,
         num_estimates: int = 1,
-    ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Estimator]]:
-        """(ELBO estimates, surrogate ELBOs), each ``(G,)``, and each score-path site's
-        resolved estimator. A surrogate's value equals its estimate. The
+    ) -> Tuple[torch.Tensor, Estimates]:
+        """ELBO estimates ``(G,)`` and their surrogates (see :class:`Estimates`). The
         ``num_particles`` particles form ``G = num_estimates`` independent estimates of
-        ``num_particles / G`` particles each."""
-        elbos, surrogates, blocks = [], [], []
+        ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
+        elbos, surrogates, blocks, guide_trace = [], [], [], None
         for model_trace, guide_trace in self._get_traces(model, estimators(guide), args, kwargs):
             dim = self._particle_dim()
             k = self.num_particles if dim is not None else 1
@@ -85,26 +90,29 @@ class ELBO(pyro.infer.ELBO):
             blocks.append(block)
         elbo = group(concat_particles(elbos), num_estimates).mean(1)
         if not surrogate:
-            return elbo, elbo, {}
+            return elbo, Estimates(elbo)
         surrogate_elbo = group(concat_particles(surrogates), num_estimates).mean(1)
+        chosen = site_estimators(guide_trace)
         if not any(blocks):  # every guide site is pathwise
-            return elbo, surrogate_elbo, {}
-        term, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)
-        surrogate_elbo = surrogate_elbo + term - (aux - aux.detach())
-        return elbo, surrogate_elbo, resolved
+            return elbo, Estimates(surrogate_elbo, {}, chosen)
+        terms, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)
+        surrogate_elbo = surrogate_elbo - (aux - aux.detach())
+        for term in terms.values():
+            surrogate_elbo = surrogate_elbo + term
+        return elbo, Estimates(surrogate_elbo, terms, {**chosen, **resolved})
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """An estimate of −ELBO (no gradients; baseline state untouched)."""
         with torch.no_grad():
-            elbo, _, _ = self._particles(model, guide, args, kwargs, surrogate=False)
+            elbo, _ = self._particles(model, guide, args, kwargs, surrogate=False)
         loss = -torch_item(elbo[0])
         warn_if_nan(loss, "loss")
         return loss
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
         """A surrogate whose value is the −ELBO estimate and whose gradient is the estimators'."""
-        _, surrogate_elbo, _ = self._particles(model, guide, args, kwargs, surrogate=True)
-        return -surrogate_elbo[0]
+        _, estimates = self._particles(model, guide, args, kwargs, surrogate=True)
+        return -estimates.values[0]
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         surrogate_loss = self.differentiable_loss(model, guide, *args, **kwargs)
@@ -123,14 +131,14 @@ def elbo_estimates(
     num_particles: int,
     num_estimates: int,
     vectorize: bool,
-) -> Tuple[torch.Tensor, Dict[str, Estimator]]:
-    """``num_estimates`` independent surrogate ELBOs of ``num_particles`` particles each,
-    shape ``(G,)`` (gradients ascend the ELBO), and each site's resolved estimator."""
+) -> Estimates:
+    """``num_estimates`` independent surrogate ELBOs of ``num_particles`` particles each
+    (gradients ascend the ELBO)."""
     elbo = ELBO(num_particles=num_particles * num_estimates, vectorize_particles=vectorize)
-    _, surrogate, resolved = elbo._particles(
+    _, estimates = elbo._particles(
         model, guide, args, kwargs, surrogate=True, num_estimates=num_estimates
     )
-    return surrogate, resolved
+    return estimates
 
 
 def _particle_terms(model_trace, guide_trace, dim, k) -> Tuple[torch.Tensor, torch.Tensor, Block]:

@@ -1,6 +1,6 @@
 """``expectation``: a surrogate whose gradient is the chosen estimators' estimate of ∇E[f]."""
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable
 
 import torch
 from pyro.ops.provenance import detach_provenance, get_provenance
@@ -8,8 +8,14 @@ from pyro.poutine.util import prune_subsample_sites
 
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
-from pyro_grad.objectives.surrogate import Block, check_num_particles, group, score_terms
-from pyro_grad.paths import Estimator
+from pyro_grad.objectives.surrogate import (
+    Block,
+    Estimates,
+    check_num_particles,
+    group,
+    score_terms,
+    site_estimators,
+)
 from pyro_grad.particles import concat_particles, match_dims, particle_traces, to_particle_axis
 
 
@@ -60,8 +66,7 @@ def expectation(
     is zero in value, so gradient *descent* on the surrogate fits it.
     """
     num_particles = check_num_particles(num_particles)
-    values, _ = expectation_estimates(fn, args, kwargs, num_particles, 1, vectorize)
-    return values[0]
+    return expectation_estimates(fn, args, kwargs, num_particles, 1, vectorize).values[0]
 
 
 def expectation_estimates(
@@ -71,9 +76,8 @@ def expectation_estimates(
     num_particles: int,
     num_estimates: int,
     vectorize: bool,
-) -> Tuple[torch.Tensor, Dict[str, Estimator]]:
-    """``num_estimates`` independent surrogates of :func:`expectation`, shape ``(G,)``,
-    and the estimator each score-path site resolved to.
+) -> Estimates:
+    """``num_estimates`` independent surrogates of :func:`expectation`, shape ``(G,)``.
 
     All ``G·K`` particles run together (one pass when vectorized); each run of ``K``
     consecutive particles forms one estimate, with its own baselines.
@@ -96,6 +100,8 @@ def expectation_estimates(
             block[name] = (estimator, score, match_dims(cost, score.dim()))
         values.append(cost)
         blocks.append(block)
-    term, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)
-    means = group(concat_particles(values), num_estimates).mean(1)
-    return means + term + (aux - aux.detach()), resolved
+    terms, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)
+    surrogate = group(concat_particles(values), num_estimates).mean(1) + (aux - aux.detach())
+    for term in terms.values():
+        surrogate = surrogate + term
+    return Estimates(surrogate, terms, {**site_estimators(traces[0]), **resolved})

@@ -7,6 +7,7 @@ cost)``, tensors with the particle axis first. Here the blocks are joined into
 and each site's estimator turns them into its surrogate term.
 """
 
+from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import torch
@@ -29,18 +30,41 @@ def group(t: torch.Tensor, num_groups: int) -> torch.Tensor:
     return t.reshape((num_groups, t.shape[0] // num_groups) + t.shape[1:])
 
 
+@dataclass
+class Estimates:
+    """``G`` independent estimates of an objective, each a value-preserving surrogate.
+
+    ``values[g]``'s value is estimate ``g`` and its gradient is one draw of the estimator.
+    ``score_terms[site][g]`` is zero in value; its gradient is the part of that draw
+    carried by the site's score term. ``estimators`` is every latent site's estimator,
+    resolved (e.g. ``Score("auto")`` to ``Score("loo")``).
+    """
+
+    values: torch.Tensor
+    score_terms: Dict[str, torch.Tensor] = field(default_factory=dict)
+    estimators: Dict[str, Estimator] = field(default_factory=dict)
+
+
+def site_estimators(trace) -> Dict[str, Estimator]:
+    """The estimator chosen for each latent sample site of a trace."""
+    return {
+        name: site["infer"]["estimator"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and "estimator" in site["infer"]
+    }
+
+
 def score_terms(
     blocks: List[Block], num_groups: int, args: tuple, kwargs: dict
-) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, Estimator]]:
-    """Per-group sums of every score-path site's surrogate term and of the auxiliary
+) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, Dict[str, Estimator]]:
+    """Every score-path site's per-group surrogate term, the per-group sum of auxiliary
     (baseline) losses, each of shape ``(G,)``, and the estimator each site resolved to.
 
     The blocks hold ``G·K`` particles in all; each run of ``K`` consecutive particles is
     one independent estimate (``G = 1`` for a plain objective; diagnostics draw many).
     """
     names = list(dict.fromkeys(name for block in blocks for name in block))
-    total = aux = torch.zeros(num_groups)
-    resolved = {}
+    terms, aux, resolved = {}, torch.zeros(num_groups), {}
     for name in names:
         estimator = next(block[name][0] for block in blocks if name in block)
         scores, costs = [], []
@@ -55,7 +79,7 @@ def score_terms(
         score = group(concat_particles(scores), num_groups)
         cost = group(concat_particles(costs), num_groups)
         estimator = estimator.resolve(score.shape[1])
-        term, loss = estimator.surrogate(name, score, cost, args, kwargs)
-        total, aux = total + term, aux + loss
+        terms[name], loss = estimator.surrogate(name, score, cost, args, kwargs)
+        aux = aux + loss
         resolved[name] = estimator
-    return total, aux, resolved
+    return terms, aux, resolved
