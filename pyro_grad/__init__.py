@@ -14,6 +14,13 @@ Quick start::
     theta.grad  # ≈ 8θ + 3θ² = 28
 """
 
+from pyro_grad.diagnostics import (
+    EstimatorComparison,
+    FiniteDifferences,
+    GradientReport,
+    compare_estimators,
+    diagnose,
+)
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import EstimatorMessenger, estimators
 from pyro_grad.objectives import ELBO, expectation
@@ -24,6 +31,11 @@ __version__ = "0.1.0"
 __all__ = [
     "ELBO",
     "Estimator",
+    "EstimatorComparison",
+    "FiniteDifferences",
+    "GradientReport",
+    "compare_estimators",
+    "diagnose",
     "EstimatorError",
     "EstimatorMessenger",
     "Reparam",

@@ -33,6 +33,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_grad.errors import EstimatorError
 from pyro_grad.objectives.surrogate import Estimates
+from pyro_grad.paths import describe
 from pyro_grad.site_tangent import SiteTangent, differentiable_parameters
 
 #: Above this many target elements, one forward pass per element costs more than the loop.
@@ -57,6 +58,7 @@ class Target:
     index: int = -1
     site: str = ""
     param: str = ""
+    distribution: str = ""
 
 
 @dataclass
@@ -114,7 +116,16 @@ def find_targets(
                     and not isinstance(site["fn"], _Subsample)
                 ):
                     for p in differentiable_parameters(site["fn"]):
-                        site_targets.append(Target(f"{name}.{p}", "site", torch.Size(), site=name, param=p))
+                        site_targets.append(
+                            Target(
+                                f"{name}.{p}",
+                                "site",
+                                torch.Size(),
+                                site=name,
+                                param=p,
+                                distribution=describe(site["fn"]),
+                            )
+                        )
     targets += [Target(n, "param", t.shape) for n, t in params.items()]
     return targets + site_targets, params
 

@@ -1,0 +1,203 @@
+"""``diagnose`` and ``compare_estimators``: how right and how noisy is a gradient estimator?"""
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, Optional, Union
+
+import pandas as pd
+import torch
+
+from pyro_grad.diagnostics.finite_differences import FiniteDifferences
+from pyro_grad.diagnostics.references import Reference, resolve_reference
+from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
+from pyro_grad.diagnostics.statistics import covariance_share, element_rows
+from pyro_grad.errors import EstimatorError
+from pyro_grad.gradient_samples import Draws, find_targets, gradient_draws
+from pyro_grad.handler import Config, estimators as estimators_handler
+from pyro_grad.objectives.elbo import elbo_estimates
+from pyro_grad.objectives.expectation import expectation_estimates
+from pyro_grad.objectives.surrogate import check_num_particles
+from pyro_grad.paths import Estimator
+
+Candidate = Union[None, Config, Estimator, FiniteDifferences]
+
+
+def _with_estimators(program: Callable, config: Candidate) -> Callable:
+    if config is None:
+        return program
+    if isinstance(config, Estimator):
+        return estimators_handler(program, default=config)
+    if isinstance(config, FiniteDifferences):
+        raise EstimatorError("FiniteDifferences is a candidate for compare_estimators, not a site estimator")
+    return estimators_handler(program, config)
+
+
+def _estimate_fn(fn, guide, program, kwargs, num_particles, vectorize):
+    if guide is None:
+        return lambda a, g: expectation_estimates(program, a, kwargs, num_particles, g, vectorize)
+    return lambda a, g: elbo_estimates(fn, program, a, kwargs, num_particles, g, vectorize)
+
+
+def _build_report(
+    draws: Draws,
+    targets,
+    references: Dict[str, torch.Tensor],
+    cost: int,
+    seconds: float,
+    label: str,
+    unbiased: bool,
+) -> GradientReport:
+    num_samples = next(iter(draws.samples.values())).shape[0]
+    param_rows, site_rows = [], []
+    for target in targets:
+        if target.name not in draws.samples:
+            continue
+        x = draws.samples[target.name]
+        rows = element_rows(target.name, x, references.get(target.name))
+        if target.kind == "site":
+            estimator = draws.estimators.get(target.site)
+            parts = draws.score_parts.get((target.name, target.site))
+            for row in rows:
+                row.pop("param")
+                row.pop("element")
+                site_rows.append(
+                    {
+                        "site": target.site,
+                        "distribution": target.distribution,
+                        "estimator": repr(estimator),
+                        "unbiased": getattr(estimator, "unbiased", None),
+                        "cost": getattr(estimator, "cost", None),
+                        "parameter": target.param,
+                        **row,
+                        "variance share": _site_share(draws, targets, target.site),
+                    }
+                )
+        else:
+            total = float(x.double().reshape(num_samples, -1).var(0).sum()) if num_samples > 1 else 0.0
+            for row in rows:
+                row.update(
+                    {
+                        "unbiased (claimed)": unbiased,
+                        "total variance": total,
+                        "cost": cost,
+                        "seconds per draw": seconds / num_samples,
+                        "work-normalized variance": total * cost,
+                    }
+                )
+                param_rows.append(row)
+    return GradientReport(
+        params=pd.DataFrame(param_rows),
+        sites=pd.DataFrame(site_rows),
+        samples=draws.samples,
+        path=draws.path,
+        references=references,
+        label=label,
+    )
+
+
+def _site_share(draws: Draws, targets, site: str) -> float:
+    """Share of the total parameter-gradient variance carried by ``site``'s score term:
+    ``Σ Cov(part_site, g) / Σ Var(g)`` over every parameter element. The shares of all
+    score-path sites and the pathwise remainder sum to 1; a pathwise site's draws are
+    inseparable from the others', so its share is NaN."""
+    parts, totals = [], []
+    for t in targets:
+        if t.kind == "site" or t.name not in draws.samples:
+            continue
+        part = draws.score_parts.get((t.name, site))
+        if part is None:
+            return math.nan
+        parts.append(part.reshape(part.shape[0], -1))
+        totals.append(draws.samples[t.name].reshape(part.shape[0], -1))
+    if not parts:
+        return math.nan
+    return covariance_share(torch.cat(parts, 1), torch.cat(totals, 1))
+
+
+def diagnose(
+    fn: Callable,
+    *args: Any,
+    guide: Optional[Callable] = None,
+    estimators: Candidate = None,
+    num_samples: int = 1000,
+    reference: Reference = None,
+    num_particles: int = 1,
+    vectorize: bool = True,
+    seed: int = 0,
+    sites: bool = True,
+    **kwargs: Any,
+) -> GradientReport:
+    """Draw ``num_samples`` independent gradient estimates and summarize them.
+
+    Without ``guide``: the gradient of ``E[fn(*args, **kwargs)]`` (as
+    :func:`~pyro_grad.expectation`); with ``guide``: the ELBO gradient of model ``fn`` and
+    ``guide`` (as :class:`~pyro_grad.ELBO`). ``estimators`` is an estimators config
+    (site → estimator, a callable, or one estimator for every site) applied to the
+    guide, or to ``fn`` when there is no guide. Each draw uses ``num_particles``
+    particles. The draws are made in one vectorized pass per parameter element
+    (forward-mode AD) and fall back to a loop where that cannot run
+    (``report.path`` says which); ``vectorize=False`` forces the loop. ``reference`` is
+    None, a dict or callable of exact gradients, ``"enumerate"`` (exact, by summing
+    every discrete site over its support) or ``"reparam"`` (a high-sample pathwise
+    estimate). Draws replay a fixed ``seed`` and leave decaying baselines untouched.
+    """
+    comparison = compare_estimators(
+        fn, *args, candidates={"default" if estimators is None else repr(estimators): estimators},
+        guide=guide, num_samples=num_samples, reference=reference, num_particles=num_particles,
+        vectorize=vectorize, seed=seed, sites=sites, **kwargs,
+    )
+    return next(iter(comparison.reports.values()))
+
+
+def compare_estimators(
+    fn: Callable,
+    *args: Any,
+    candidates: Mapping,
+    guide: Optional[Callable] = None,
+    num_samples: int = 1000,
+    reference: Reference = None,
+    num_particles: int = 1,
+    vectorize: bool = True,
+    seed: int = 0,
+    sites: bool = True,
+    **kwargs: Any,
+) -> EstimatorComparison:
+    """:func:`diagnose` each candidate with the same seed and reference, side by side.
+
+    ``candidates`` maps a label to an estimators config (as ``diagnose``'s
+    ``estimators``; None for the default), or to :class:`FiniteDifferences` (central
+    differences with step ε, with independent or common random numbers). The
+    tutorial's figures are one call each, e.g. ``candidates={"ε=1":
+    FiniteDifferences(1.0), "ε=0.1": FiniteDifferences(0.1), "autograd": None}``.
+    """
+    check_num_particles(num_particles)
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
+        raise EstimatorError(f"num_samples must be an integer >= 2, got {num_samples!r}")
+    if not isinstance(candidates, Mapping) or not candidates:
+        raise EstimatorError("candidates must be a non-empty dict of label -> estimators config")
+    base = guide if guide is not None else fn
+    programs = [base] if guide is None else [fn, base]
+    targets, params = find_targets(programs, args, kwargs, sites=sites)
+    references = resolve_reference(reference, fn, guide, args, kwargs, targets, params, num_samples)
+    reports = {}
+    for label, candidate in candidates.items():
+        if isinstance(candidate, FiniteDifferences):
+            estimates = _estimate_fn(fn, guide, base, kwargs, num_particles, vectorize)
+            start = time.perf_counter()
+            draws = candidate.draws(estimates, args, targets, params, num_samples, seed)
+            seconds = time.perf_counter() - start
+            cost, unbiased = candidate.cost * num_particles, candidate.unbiased
+        else:
+            program = _with_estimators(base, candidate)
+            estimates = _estimate_fn(fn, guide, program, kwargs, num_particles, vectorize)
+            start = time.perf_counter()
+            draws = gradient_draws(
+                estimates, [program] if guide is None else [fn, program], args, kwargs,
+                num_samples, seed=seed, path="auto" if vectorize else "loop", sites=sites,
+            )
+            seconds = time.perf_counter() - start
+            cost = num_particles * max([e.cost for e in draws.estimators.values()] or [1])
+            unbiased = all(e.unbiased for e in draws.estimators.values())
+        reports[label] = _build_report(draws, targets, references, cost, seconds, str(label), unbiased)
+    return EstimatorComparison(reports)
