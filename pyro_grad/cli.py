@@ -1,70 +1,180 @@
-"""The ``pyro-grad`` command line."""
+"""The ``pyro-grad`` command line: ``report`` (the main job) and ``diagnose``."""
 
 import argparse
+import importlib
+import inspect
 import sys
-from typing import List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pandas as pd
-import pyro
 import pyro.poutine as poutine
 import torch
 
-from pyro_grad.gradient_samples import gradient_draws
-from pyro_grad.handler import estimators
-from pyro_grad.objectives.expectation import expectation_estimates
-from pyro_grad.paths import Estimator, Reparam, Score
+from pyro_grad.diagnostics import diagnose
+from pyro_grad.errors import EstimatorError
+from pyro_grad.paths import REGISTRY, parse_estimator
 
 
-def candidate_configs(program, args) -> List[tuple]:
-    """(label, estimator, particles) for every estimator that applies to all latent sites."""
+class UsageError(Exception):
+    """A mistake on the command line: reported in one line, exit code 2."""
+
+
+def applicable_candidates(program: Callable, args: tuple) -> List[Tuple[str, Any, int]]:
+    """(label, estimator, particles) for each registered estimator that applies to every
+    latent site, plus leave-one-out with 4 particles when the score function applies."""
     with poutine.block():
-        tr = poutine.trace(program).get_trace(*args)
-    fns = [s["fn"] for s in tr.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
-    candidates = [("Reparam", Reparam(), 1), ("Score", Score(), 1), ("Score(loo), K=4", Score("loo"), 4)]
-    return [c for c in candidates if all(type(c[1]).applies_to(fn) for fn in fns)]
+        trace = poutine.trace(program).get_trace(*args)
+    fns = [s["fn"] for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
+    candidates = []
+    for cls in REGISTRY:
+        if all(cls.applies_to(fn) for fn in fns):
+            candidates.append((cls.__name__, cls.example(), 1))
+            if cls.__name__ == "Score":
+                candidates.append(("Score(loo), K=4", cls("loo"), 4))
+    return candidates
 
 
-def gradient_table(num_draws: int = 10_000, seed: int = 0) -> pd.DataFrame:
-    """Each seed program under each applicable estimator: mean, exact, per-draw variance."""
+def gradient_table(num_samples: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """Each built-in program under each applicable estimator: mean, exact, variance."""
     from models import registry
 
-    rows = []
+    tables = []
     for bench in registry().values():
         args = tuple(torch.tensor(float(a), requires_grad=True) for a in bench.default_args)
-        exact = bench.reference_gradient(*bench.default_args)
-        for label, estimator, k in candidate_configs(bench.program, args):
-            program = estimators(bench.program, default=estimator)
+        for label, estimator, k in applicable_candidates(bench.program, args):
+            report = diagnose(
+                bench.program, *args, estimators=estimator, num_particles=k,
+                num_samples=num_samples, reference=bench.reference_gradient, seed=seed, sites=False,
+            )
+            table = report.params[["param", "reference", "mean", "std. error", "variance", "flagged"]]
+            tables.append(table.assign(program=bench.name, estimator=label))
+    table = pd.concat(tables, ignore_index=True)
+    return table[["program", "estimator"] + [c for c in table.columns if c not in ("program", "estimator")]]
 
-            def estimates(a, g, program=program, k=k):
-                return expectation_estimates(program, a, {}, k, g, True)
 
-            pyro.set_rng_seed(seed)
-            draws = gradient_draws(estimates, [program], args, {}, num_draws, seed=seed, sites=False)
-            for name, draws in draws.samples.items():
-                rows.append(
-                    {
-                        "program": bench.name,
-                        "estimator": label,
-                        "param": name,
-                        "exact": float(exact[name]),
-                        "mean": float(draws.mean()),
-                        "std. error": float(draws.std() / num_draws**0.5),
-                        "variance per draw": float(draws.var()),
-                    }
-                )
-    return pd.DataFrame(rows)
+def load_program(spec: str, overrides: List[str]) -> Tuple[Callable, tuple, Optional[Callable]]:
+    """``MODULE:NAME`` → (program, arguments, exact reference or None).
+
+    NAME may be a :class:`models.Benchmark` or a program function; a function that a
+    registered benchmark runs takes that benchmark's defaults. Arguments come from the
+    function's numeric defaults and ``--arg NAME=VALUE``; each becomes a tensor that
+    requires grad.
+    """
+    from models import Benchmark, registry
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"expected MODULE:FUNCTION, got {spec!r}")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except ImportError as error:
+        raise UsageError(f"cannot import module {module_name!r}: {error}") from None
+    except AttributeError:
+        raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+    bench = obj if isinstance(obj, Benchmark) else next(
+        (b for b in registry().values() if b.program is obj), None
+    )
+    if bench is not None:
+        names, values = list(bench.arg_names), dict(zip(bench.arg_names, bench.default_args))
+        program, reference = bench.program, bench.reference_gradient
+    elif callable(obj):
+        params = [p for p in inspect.signature(obj).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        names = [p.name for p in params]
+        values = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        program, reference = obj, None
+    else:
+        raise UsageError(f"{spec} is neither a program nor a benchmark")
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name not in names:
+            raise UsageError(f"--arg {item!r}: the program's arguments are {names}")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise UsageError(f"--arg {item!r}: {value!r} is not a number") from None
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise UsageError(f"{spec} needs --arg for {missing}")
+    args = tuple(
+        torch.tensor(float(values[n]), requires_grad=True) if isinstance(values[n], (int, float)) else values[n]
+        for n in names
+    )
+    return program, args, reference
+
+
+def parse_config(items: List[str]) -> Any:
+    """``SITE=NAME`` items → {site: estimator}; a lone ``NAME`` sets every site's default."""
+    config: Dict[str, Any] = {}
+    for item in items:
+        site, sep, name = item.partition("=")
+        if not sep:
+            return parse_estimator(site) if len(items) == 1 else _mixed(items)
+        config[site] = parse_estimator(name)
+    return config or None
+
+
+def _mixed(items: List[str]) -> None:
+    raise UsageError(f"--estimator takes SITE=NAME items, or one NAME for every site; got {items}")
+
+
+def run_diagnose(ns: argparse.Namespace) -> int:
+    program, args, exact = load_program(ns.program, ns.arg)
+    reference = {"none": None, "exact": exact, "enumerate": "enumerate", "reparam": "reparam"}[ns.reference]
+    if ns.reference == "exact" and exact is None:
+        raise UsageError(f"{ns.program} has no exact reference; use --reference enumerate, reparam or none")
+    out = Path(ns.out) if ns.out else None
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / ".write-test").touch()
+            (out / ".write-test").unlink()
+        except OSError as error:
+            raise UsageError(f"cannot write to --out {ns.out}: {error.strerror}") from None
+    report = diagnose(
+        program, *args, estimators=parse_config(ns.estimator), num_samples=ns.samples,
+        num_particles=ns.particles, reference=reference,
+    )
+    markdown = report.to_markdown()
+    print(markdown)
+    if out is not None:
+        report.plot().savefig(out / "gradients.png", dpi=100)
+        (out / "report.md").write_text(
+            f"# Gradient diagnosis of `{ns.program}`\n\n{markdown}\n\n![gradient draws](gradients.png)\n"
+        )
+        print(f"\nwrote {out / 'report.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-grad", description="Gradient estimators for Pyro programs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    report = sub.add_parser("report", help="the seed programs' gradients under each applicable estimator")
+    report.add_argument("--samples", type=int, default=10_000, help="gradient draws per estimator")
+    diag = sub.add_parser("diagnose", help="per-parameter and per-site gradient statistics of a program")
+    diag.add_argument("program", help="MODULE:FUNCTION (a program or a models benchmark)")
+    diag.add_argument("--samples", type=int, default=1000, help="independent gradient draws")
+    diag.add_argument("--particles", type=int, default=1, help="particles per draw")
+    diag.add_argument("--estimator", action="append", default=[], metavar="SITE=NAME",
+                      help="e.g. z=reparam, a=score:loo; or one NAME for every site")
+    diag.add_argument("--reference", default="none", choices=["none", "exact", "enumerate", "reparam"])
+    diag.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE", help="a program argument")
+    diag.add_argument("--out", help="directory for report.md and its figure")
+    return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyro-grad", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    report = sub.add_parser("report", help="gradient table of the seed programs under each estimator")
-    report.add_argument("--draws", type=int, default=10_000, help="gradient draws per cell")
-    args = parser.parse_args(argv)
-    if args.command == "report":
-        table = gradient_table(args.draws)
-        print(table.to_markdown(index=False, floatfmt=".4g"))
-    return 0
+    ns = build_parser().parse_args(argv)
+    try:
+        if ns.command == "report":
+            print(gradient_table(ns.samples).to_markdown(index=False, floatfmt=".4g"))
+            return 0
+        return run_diagnose(ns)
+    except (UsageError, EstimatorError) as error:
+        # Pyro appends trace shapes to errors raised inside a trace: keep the first line.
+        print(f"pyro-grad: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -259,17 +259,18 @@ def gradient_draws(
     seed: int = 0,
     path: str = "auto",
     sites: bool = True,
+    targets: Optional[Tuple[List[Target], Dict[str, torch.Tensor]]] = None,
 ) -> Draws:
     """Draw ``num_estimates`` gradients of ``estimates`` with respect to every target.
 
     ``estimates(args, G)`` returns ``G`` independent :class:`Estimates`. ``path`` is
     ``"auto"`` (vectorized when there are at most :data:`MAX_FORWARD_ELEMENTS` target
     elements and the vectorized pass succeeds, else the loop), ``"vectorized"`` or
-    ``"loop"``.
+    ``"loop"``. ``targets`` is :func:`find_targets`' result, when already known.
     """
     if path not in ("auto", "vectorized", "loop"):
         raise EstimatorError(f"path must be 'auto', 'vectorized' or 'loop', got {path!r}")
-    targets, params = find_targets(programs, args, kwargs, sites=sites)
+    targets, params = targets or find_targets(programs, args, kwargs, sites=sites)
     if not any(t.kind != "site" for t in targets):
         raise EstimatorError(
             "nothing to differentiate: pass tensor arguments with requires_grad=True "

@@ -33,16 +33,24 @@ def guess_max_plate_nesting(fn: Callable, args: tuple, kwargs: dict) -> int:
 
 
 def particle_traces(
-    fn: Callable, args: tuple, kwargs: dict, num_particles: int, vectorize: bool
+    fn: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_particles: int,
+    vectorize: bool,
+    max_plate_nesting: Optional[int] = None,
 ) -> Tuple[List[Trace], Optional[int]]:
     """Traces of ``fn`` for ``num_particles`` particles, and the particle dim (None when looped).
 
     Non-reparameterized sites' values carry provenance (as in ``TraceGraph_ELBO``), so
-    that every cost knows which sites it depends on.
+    that every cost knows which sites it depends on. ``max_plate_nesting`` is guessed
+    by one extra run when not given.
     """
     with TrackNonReparam():
         if vectorize and num_particles > 1:
-            dim = -guess_max_plate_nesting(fn, args, kwargs) - 1
+            if max_plate_nesting is None:
+                max_plate_nesting = guess_max_plate_nesting(fn, args, kwargs)
+            dim = -max_plate_nesting - 1
             with pyro.plate(PARTICLES, num_particles, dim=dim):
                 return [poutine.trace(fn).get_trace(*args, **kwargs)], dim
         return [poutine.trace(fn).get_trace(*args, **kwargs) for _ in range(num_particles)], None

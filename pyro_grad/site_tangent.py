@@ -9,6 +9,7 @@ import copy
 from typing import Any, Dict, List
 
 import torch
+from torch.distributions.utils import lazy_property
 from pyro.poutine.messenger import Messenger
 
 #: Integer-valued arguments that are not differentiable parameters.
@@ -23,25 +24,38 @@ def leaf_distribution(fn: Any) -> Any:
 
 
 def given_parameters(fn: Any) -> Dict[str, torch.Tensor]:
-    """The parameters ``fn`` was built from (not ones derived lazily, e.g. Bernoulli logits)."""
+    """The parameters ``fn`` was built from, by the names of its ``arg_constraints``.
+
+    Parameters derived lazily from another (a Bernoulli's ``logits`` when built from
+    ``probs``) are left out; properties (a Beta's concentrations) are read.
+    """
     params = {}
     for name in getattr(fn, "arg_constraints", {}):
-        value = fn.__dict__.get(name)
-        if not torch.is_tensor(value):
-            continue
-        if hasattr(fn, "_param") and name in ("probs", "logits") and value is not fn._param:
-            continue
-        params[name] = value
+        if isinstance(getattr(type(fn), name, None), lazy_property):
+            value = fn.__dict__.get(name)
+            if value is None or (hasattr(fn, "_param") and value is not fn._param):
+                continue
+        else:
+            value = getattr(fn, name, None)
+        if torch.is_tensor(value):
+            params[name] = value
     return params
 
 
 def differentiable_parameters(fn: Any) -> List[str]:
-    """Names of the floating-point parameters of the leaf distribution of ``fn``."""
-    return [
-        name
-        for name, value in given_parameters(leaf_distribution(fn)).items()
-        if value.is_floating_point() and name not in NOT_DIFFERENTIABLE
-    ]
+    """Names of the floating-point parameters of the leaf distribution of ``fn`` that
+    :func:`with_parameter` can set (a distribution that cannot be rebuilt from its
+    parameters, such as a MultivariateNormal with several derived ones, has none)."""
+    names = []
+    for name, value in given_parameters(leaf_distribution(fn)).items():
+        if not value.is_floating_point() or name in NOT_DIFFERENTIABLE:
+            continue
+        try:
+            with_parameter(fn, name, value)
+        except (TypeError, ValueError):
+            continue
+        names.append(name)
+    return names
 
 
 def with_parameter(fn: Any, name: str, value: torch.Tensor) -> Any:

@@ -115,7 +115,7 @@ def test_svi_with_pg_elbo_learns_the_coin_posterior():
     # The exact posterior is Beta(16, 14): mean 16/30.
     pyro.set_rng_seed(0)
     guide = pg.estimators(coin_guide, {"f": pg.Score("loo")})
-    svi = SVI(coin_model, guide, pyro.optim.Adam({"lr": 0.05}), loss=pg.ELBO(num_particles=8))
+    svi = SVI(coin_model, guide, pyro.optim.Adam({"lr": 0.05}), loss=pg.ELBO(num_particles=8, vectorize_particles=True))
     for _ in range(600):
         loss = svi.step(DATA)
     assert isinstance(loss, float)

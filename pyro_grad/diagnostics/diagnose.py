@@ -18,6 +18,7 @@ from pyro_grad.handler import Config, estimators as estimators_handler
 from pyro_grad.objectives.elbo import elbo_estimates
 from pyro_grad.objectives.expectation import expectation_estimates
 from pyro_grad.objectives.surrogate import check_num_particles
+from pyro_grad.particles import guess_max_plate_nesting
 from pyro_grad.paths import Estimator
 
 Candidate = Union[None, Config, Estimator, FiniteDifferences]
@@ -28,15 +29,21 @@ def _with_estimators(program: Callable, config: Candidate) -> Callable:
         return program
     if isinstance(config, Estimator):
         return estimators_handler(program, default=config)
-    if isinstance(config, FiniteDifferences):
-        raise EstimatorError("FiniteDifferences is a candidate for compare_estimators, not a site estimator")
     return estimators_handler(program, config)
 
 
-def _estimate_fn(fn, guide, program, kwargs, num_particles, vectorize):
+def _estimate_fn(fn, guide, program, kwargs, num_particles, vectorize, nesting):
+    """``estimates(args, G)`` for the objective: E[fn] without a guide, else the ELBO."""
     if guide is None:
-        return lambda a, g: expectation_estimates(program, a, kwargs, num_particles, g, vectorize)
-    return lambda a, g: elbo_estimates(fn, program, a, kwargs, num_particles, g, vectorize)
+        return lambda a, g: expectation_estimates(program, a, kwargs, num_particles, g, vectorize, nesting)
+    return lambda a, g: elbo_estimates(fn, program, a, kwargs, num_particles, g, vectorize, nesting)
+
+
+def _plate_nesting(fn, guide, args, kwargs):
+    """Guessed once per comparison, so that no draw pays for the guess again."""
+    if guide is None:
+        return guess_max_plate_nesting(fn, args, kwargs)
+    return max(guess_max_plate_nesting(fn, args, kwargs), guess_max_plate_nesting(guide, args, kwargs))
 
 
 def _build_report(
@@ -142,6 +149,8 @@ def diagnose(
     every discrete site over its support) or ``"reparam"`` (a high-sample pathwise
     estimate). Draws replay a fixed ``seed`` and leave decaying baselines untouched.
     """
+    if isinstance(estimators, FiniteDifferences):
+        raise EstimatorError("FiniteDifferences is a candidate for compare_estimators, not a site estimator")
     comparison = compare_estimators(
         fn, *args, candidates={"default" if estimators is None else repr(estimators): estimators},
         guide=guide, num_samples=num_samples, reference=reference, num_particles=num_particles,
@@ -180,21 +189,23 @@ def compare_estimators(
     programs = [base] if guide is None else [fn, base]
     targets, params = find_targets(programs, args, kwargs, sites=sites)
     references = resolve_reference(reference, fn, guide, args, kwargs, targets, params, num_samples)
+    nesting = _plate_nesting(fn, guide, args, kwargs)
     reports = {}
     for label, candidate in candidates.items():
         if isinstance(candidate, FiniteDifferences):
-            estimates = _estimate_fn(fn, guide, base, kwargs, num_particles, vectorize)
+            estimates = _estimate_fn(fn, guide, base, kwargs, num_particles, vectorize, nesting)
             start = time.perf_counter()
             draws = candidate.draws(estimates, args, targets, params, num_samples, seed)
             seconds = time.perf_counter() - start
             cost, unbiased = candidate.cost * num_particles, candidate.unbiased
         else:
             program = _with_estimators(base, candidate)
-            estimates = _estimate_fn(fn, guide, program, kwargs, num_particles, vectorize)
+            estimates = _estimate_fn(fn, guide, program, kwargs, num_particles, vectorize, nesting)
             start = time.perf_counter()
             draws = gradient_draws(
                 estimates, [program] if guide is None else [fn, program], args, kwargs,
                 num_samples, seed=seed, path="auto" if vectorize else "loop", sites=sites,
+                targets=(targets, params),
             )
             seconds = time.perf_counter() - start
             cost = num_particles * max([e.cost for e in draws.estimators.values()] or [1])

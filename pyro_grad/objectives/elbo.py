@@ -131,10 +131,15 @@ def elbo_estimates(
     num_particles: int,
     num_estimates: int,
     vectorize: bool,
+    max_plate_nesting: float = float("inf"),
 ) -> Estimates:
     """``num_estimates`` independent surrogate ELBOs of ``num_particles`` particles each
-    (gradients ascend the ELBO)."""
-    elbo = ELBO(num_particles=num_particles * num_estimates, vectorize_particles=vectorize)
+    (gradients ascend the ELBO). ``max_plate_nesting`` is guessed when infinite."""
+    elbo = ELBO(
+        num_particles=num_particles * num_estimates,
+        vectorize_particles=vectorize,
+        max_plate_nesting=max_plate_nesting,
+    )
     _, estimates = elbo._particles(
         model, guide, args, kwargs, surrogate=True, num_estimates=num_estimates
     )

@@ -1,6 +1,6 @@
 """``expectation``: a surrogate whose gradient is the chosen estimators' estimate of ∇E[f]."""
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from pyro.ops.provenance import detach_provenance, get_provenance
@@ -76,6 +76,7 @@ def expectation_estimates(
     num_particles: int,
     num_estimates: int,
     vectorize: bool,
+    max_plate_nesting: Optional[int] = None,
 ) -> Estimates:
     """``num_estimates`` independent surrogates of :func:`expectation`, shape ``(G,)``.
 
@@ -83,7 +84,7 @@ def expectation_estimates(
     consecutive particles forms one estimate, with its own baselines.
     """
     total = num_particles * num_estimates
-    traces, dim = particle_traces(estimators(fn), args, kwargs, total, vectorize)
+    traces, dim = particle_traces(estimators(fn), args, kwargs, total, vectorize, max_plate_nesting)
     k = total if dim is not None else 1
     values, blocks = [], []
     for trace in traces:

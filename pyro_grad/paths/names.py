@@ -1,0 +1,31 @@
+"""Estimators by name, for the command line: ``reparam``, ``score``, ``score:loo``, ``score:0.5``."""
+
+from typing import Dict, Type
+
+from pyro_grad.errors import EstimatorError
+from pyro_grad.paths.base import REGISTRY, Estimator
+
+
+def registered_names() -> Dict[str, Type[Estimator]]:
+    """``{lower-case class name: class}`` for every registered estimator."""
+    return {cls.__name__.lower(): cls for cls in REGISTRY}
+
+
+def parse_estimator(text: str) -> Estimator:
+    """``NAME`` or ``NAME:ARG``: the estimator class by (case-insensitive) name, with an
+    optional first argument (a number when it parses as one, else a string)."""
+    name, _, arg = text.partition(":")
+    classes = registered_names()
+    cls = classes.get(name.strip().lower())
+    if cls is None:
+        raise EstimatorError(f"unknown estimator {name!r}; known: {', '.join(sorted(classes))}")
+    if not arg:
+        return cls()
+    try:
+        value = float(arg)
+    except ValueError:
+        value = arg
+    try:
+        return cls(value)
+    except TypeError as error:
+        raise EstimatorError(f"estimator {text!r}: {error}") from None
