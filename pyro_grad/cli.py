@@ -47,7 +47,9 @@ def gradient_table(num_samples: int = 10_000, seed: int = 0) -> pd.DataFrame:
                 bench.program, *args, estimators=estimator, num_particles=k,
                 num_samples=num_samples, reference=bench.reference_gradient, seed=seed, sites=False,
             )
-            table = report.params[["param", "reference", "mean", "std. error", "variance", "flagged"]]
+            table = report.params[
+                ["param", "unbiased (claimed)", "reference", "mean", "std. error", "variance", "cost", "flagged"]
+            ]
             tables.append(table.assign(program=bench.name, estimator=label))
     table = pd.concat(tables, ignore_index=True)
     return table[["program", "estimator"] + [c for c in table.columns if c not in ("program", "estimator")]]

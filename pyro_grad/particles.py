@@ -5,6 +5,7 @@ left of the program's own plates (as Pyro's ``vectorize_particles``). Looped, ea
 particle is its own run. Either way the objectives see tensors of shape ``(K, ...)``.
 """
 
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import pyro
@@ -95,3 +96,38 @@ def concat_particles(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     parts = [match_dims(p, ndim) for p in parts]
     rest = torch.broadcast_shapes(*(p.shape[1:] for p in parts))
     return torch.cat([p.expand(p.shape[:1] + rest) for p in parts], 0)
+
+
+@dataclass(frozen=True)
+class ParticleLayout:
+    """Where the particles are in a site's tensors: at ``dim`` (counted from the right of
+    the batch dims) with ``num`` particles, or one particle with no axis (``dim=None``)."""
+
+    dim: Optional[int]
+    num: int
+
+    def first(self, t: torch.Tensor, event_dim: int = 0) -> torch.Tensor:
+        """``t`` with its particle axis moved to the front: ``(P, ...)``."""
+        if self.dim is None:
+            return t.unsqueeze(0)
+        need = -self.dim + event_dim
+        if t.dim() < need:
+            t = t.reshape((1,) * (need - t.dim()) + t.shape)
+        t = t.movedim(self.dim - event_dim, 0)
+        return t.expand((self.num,) + t.shape[1:])
+
+    def natural(self, t: torch.Tensor, like: torch.Tensor, event_dim: int = 0) -> torch.Tensor:
+        """Undo :meth:`first`, shaped like ``like``."""
+        if self.dim is None:
+            return t.squeeze(0).reshape(like.shape)
+        return t.movedim(0, self.dim - event_dim).reshape(like.shape)
+
+    def align(self, cost: torch.Tensor) -> torch.Tensor:
+        """A per-particle ``(P,)`` cost shaped to broadcast against the site's batch dims."""
+        if self.dim is None:
+            return cost.reshape(())
+        return cost.reshape((self.num,) + (1,) * (-self.dim - 1))
+
+    def reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-particle sums ``(P,)``."""
+        return per_particle_sum(t, self.dim, self.num)

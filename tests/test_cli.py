@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pyro_grad.cli import main
+from pyro_grad.cli import gradient_table, main
 
 
 def test_report_prints_every_seed_program_under_each_applicable_estimator(capsys):
@@ -13,8 +13,16 @@ def test_report_prints_every_seed_program_under_each_applicable_estimator(capsys
     out = capsys.readouterr().out
     for program in ("fixed_noise", "parameterized_noise", "two_bernoullis"):
         assert program in out
-    assert "Score(loo), K=4" in out and "Reparam" in out
-    assert "True" not in out  # nothing flagged: every estimator here is unbiased
+    assert "Score(loo), K=4" in out and "Reparam" in out and "MeasureValued" in out
+
+
+def test_report_flags_only_estimators_that_do_not_claim_to_be_unbiased():
+    table = gradient_table(num_samples=4000)
+    unbiased = table[table["unbiased (claimed)"]]
+    assert len(unbiased) >= 9 and not unbiased["flagged"].any()
+    # Soft Gumbel-softmax (τ = 0.5) on 2·Bern(3θ) + Bern(θ) is measurably biased.
+    relaxed = table[(table["program"] == "two_bernoullis") & (table["estimator"] == "GumbelSoftmax")]
+    assert relaxed["flagged"].all()
 
 
 def test_diagnose_prints_the_site_table_and_writes_report_and_figure(tmp_path, capsys):

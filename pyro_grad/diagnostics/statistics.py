@@ -12,7 +12,7 @@ import torch
 
 #: Standard errors at which a bias, or a wrong sign, is flagged.
 FLAG_Z = 4.0
-#: Below this |bias| relative to max(1, |reference|), a zero-variance estimate is exact.
+#: Rounding error allowed, relative to max(1, |reference|), added to the standard error.
 EXACT_TOLERANCE = 1e-5
 
 
@@ -54,10 +54,9 @@ def element_rows(
 def bias_columns(mean: float, se: float, reference: float) -> Dict[str, object]:
     """Reference, bias, its z-score, and whether the bias or the sign is flagged."""
     bias = mean - reference
-    if se > 0:
-        z = bias / se
-    else:
-        z = 0.0 if abs(bias) <= EXACT_TOLERANCE * max(1.0, abs(reference)) else math.copysign(math.inf, bias)
+    # Floating-point rounding bounds how exact a zero-variance estimate can be.
+    scale = math.hypot(se, EXACT_TOLERANCE * max(1.0, abs(reference)))
+    z = bias / scale
     wrong_sign = (
         reference != 0 and mean != 0 and math.copysign(1, mean) != math.copysign(1, reference)
         and abs(mean) >= FLAG_Z * se

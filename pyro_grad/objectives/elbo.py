@@ -13,15 +13,26 @@ from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.util import check_if_enumerated, warn_if_nan
 
 from pyro_grad.handler import estimators
+from pyro_grad.alternative_run import AlternativeRun
+from pyro_grad.errors import EstimatorError
 from pyro_grad.objectives.surrogate import (
     Block,
     Estimates,
     check_num_particles,
+    difference_terms,
     group,
+    joined_terms,
     score_terms,
     site_estimators,
 )
-from pyro_grad.particles import concat_particles, match_dims, per_particle_sum, to_particle_axis
+from pyro_grad.particles import (
+    ParticleLayout,
+    concat_particles,
+    match_dims,
+    per_particle_sum,
+    to_particle_axis,
+)
+from pyro_grad.paths import GumbelSoftmax
 
 
 class ELBO(pyro.infer.ELBO):
@@ -80,22 +91,42 @@ class ELBO(pyro.infer.ELBO):
         """ELBO estimates ``(G,)`` and their surrogates (see :class:`Estimates`). The
         ``num_particles`` particles form ``G = num_estimates`` independent estimates of
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
-        elbos, surrogates, blocks, guide_trace = [], [], [], None
-        for model_trace, guide_trace in self._get_traces(model, estimators(guide), args, kwargs):
+        guide = estimators(guide)
+
+        def run_alternative(guide_trace, site, value):
+            with AlternativeRun(guide_trace, site, value), torch.no_grad():
+                if dim is None:
+                    pair = self._get_trace(model, guide, args, kwargs)
+                else:
+                    pair = self._get_vectorized_trace(model, guide, args, kwargs)
+            return _particle_terms(*pair, dim, k)[0].detach()
+
+        elbos, surrogates, blocks, differences = [], [], [], []
+        guide_trace = None
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            # Known only once the first traces guessed max_plate_nesting.
             dim = self._particle_dim()
             k = self.num_particles if dim is not None else 1
+            layout = ParticleLayout(dim, k)
+            _refuse_soft_relaxations(guide_trace)
             elbo, surrogate_elbo, block = _particle_terms(model_trace, guide_trace, dim, k)
             elbos.append(elbo)
             surrogates.append(surrogate_elbo)
             blocks.append(block)
+            if surrogate:
+                differences.append(
+                    difference_terms(
+                        guide_trace, layout, elbo.detach(),
+                        lambda s, v, t=guide_trace: run_alternative(t, s, v),
+                    )
+                )
         elbo = group(concat_particles(elbos), num_estimates).mean(1)
         if not surrogate:
             return elbo, Estimates(elbo)
         surrogate_elbo = group(concat_particles(surrogates), num_estimates).mean(1)
         chosen = site_estimators(guide_trace)
-        if not any(blocks):  # every guide site is pathwise
-            return elbo, Estimates(surrogate_elbo, {}, chosen)
         terms, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)
+        terms.update(joined_terms(differences, num_estimates))
         surrogate_elbo = surrogate_elbo - (aux - aux.detach())
         for term in terms.values():
             surrogate_elbo = surrogate_elbo + term
@@ -144,6 +175,17 @@ def elbo_estimates(
         model, guide, args, kwargs, surrogate=True, num_estimates=num_estimates
     )
     return estimates
+
+
+def _refuse_soft_relaxations(guide_trace) -> None:
+    for name, site in guide_trace.nodes.items():
+        estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
+        if isinstance(estimator, GumbelSoftmax) and not estimator.hard:
+            raise EstimatorError(
+                f"{estimator!r} at guide site '{name}': a soft relaxed sample is not in the "
+                "discrete support the model scores; use GumbelSoftmax(hard=True), "
+                "StraightThrough() or an unbiased estimator in an ELBO"
+            )
 
 
 def _particle_terms(model_trace, guide_trace, dim, k) -> Tuple[torch.Tensor, torch.Tensor, Block]:

@@ -8,15 +8,24 @@ from pyro.poutine.util import prune_subsample_sites
 
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
+from pyro_grad.alternative_run import AlternativeRun
 from pyro_grad.objectives.surrogate import (
     Block,
     Estimates,
     check_num_particles,
+    difference_terms,
     group,
+    joined_terms,
     score_terms,
     site_estimators,
 )
-from pyro_grad.particles import concat_particles, match_dims, particle_traces, to_particle_axis
+from pyro_grad.particles import (
+    ParticleLayout,
+    concat_particles,
+    match_dims,
+    particle_traces,
+    to_particle_axis,
+)
 
 
 def check_cost(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor:
@@ -40,6 +49,8 @@ def check_cost(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor
             f"scalar per particle ({num_particles} {'particles' if vectorized else 'particle'})"
             + hint
         )
+    if not value.is_floating_point():  # integer costs (counts, category indices)
+        value = value.to(torch.get_default_dtype())
     finite = torch.isfinite(detach_provenance(value)).reshape(-1)
     if not finite.all():
         bad = finite.logical_not().nonzero().reshape(-1).tolist()[:5]
@@ -84,9 +95,19 @@ def expectation_estimates(
     consecutive particles forms one estimate, with its own baselines.
     """
     total = num_particles * num_estimates
-    traces, dim = particle_traces(estimators(fn), args, kwargs, total, vectorize, max_plate_nesting)
+    program = estimators(fn)
+    traces, dim = particle_traces(program, args, kwargs, total, vectorize, max_plate_nesting)
     k = total if dim is not None else 1
-    values, blocks = [], []
+    layout = ParticleLayout(dim, k)
+    nesting = None if dim is None else -dim - 1
+
+    def run_alternative(trace, site, value):
+        with AlternativeRun(trace, site, value), torch.no_grad():
+            alternative, _ = particle_traces(program, args, kwargs, k, dim is not None, nesting)
+        cost = check_cost(alternative[0].nodes["_RETURN"]["value"], k, dim is not None)
+        return detach_provenance(cost).detach()
+
+    values, blocks, difference_blocks = [], [], []
     for trace in traces:
         cost = check_cost(trace.nodes["_RETURN"]["value"], k, dim is not None)
         upstream, cost = get_provenance(cost), detach_provenance(cost)
@@ -101,7 +122,13 @@ def expectation_estimates(
             block[name] = (estimator, score, match_dims(cost, score.dim()))
         values.append(cost)
         blocks.append(block)
+        difference_blocks.append(
+            difference_terms(
+                trace, layout, cost.detach(), lambda s, v, t=trace: run_alternative(t, s, v), upstream
+            )
+        )
     terms, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)
+    terms.update(joined_terms(difference_blocks, num_estimates))
     surrogate = group(concat_particles(values), num_estimates).mean(1) + (aux - aux.detach())
     for term in terms.values():
         surrogate = surrogate + term

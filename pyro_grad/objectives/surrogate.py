@@ -8,12 +8,13 @@ and each site's estimator turns them into its surrogate term.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
+from pyro.ops.provenance import detach_provenance
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.particles import concat_particles
+from pyro_grad.particles import ParticleLayout, concat_particles
 from pyro_grad.paths import Estimator
 
 Block = Dict[str, Tuple[Estimator, torch.Tensor, torch.Tensor]]
@@ -83,3 +84,36 @@ def score_terms(
         aux = aux + loss
         resolved[name] = estimator
     return terms, aux, resolved
+
+
+def difference_terms(
+    trace, layout: ParticleLayout, cost: torch.Tensor, run_alternative: Callable, sites=None
+) -> Dict[str, torch.Tensor]:
+    """Per-particle ``(k,)`` terms of every difference-estimator site of one trace.
+
+    ``cost`` is the trace's per-particle objective (detached); ``run_alternative(site,
+    value)`` re-runs the objective coupled to ``trace`` with the site at ``value`` and
+    returns its per-particle values. ``sites`` restricts to sites the cost depends on.
+    """
+    terms = {}
+    for name, site in trace.nodes.items():
+        estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
+        if estimator is None or not estimator.uses_alternatives or site["is_observed"]:
+            continue
+        if sites is not None and name not in sites:
+            continue
+        value = detach_provenance(site["value"]).detach()
+        alternatives, state = estimator.alternatives(name, site["fn"], value, layout)
+        costs = [run_alternative(name, alternative) for alternative in alternatives]
+        terms[name] = estimator.alternative_terms(name, site["fn"], value, cost, costs, state, layout)
+    return terms
+
+
+def joined_terms(blocks: List[Dict[str, torch.Tensor]], num_groups: int) -> Dict[str, torch.Tensor]:
+    """Per-block ``(k,)`` terms joined into per-estimate means ``(G,)``."""
+    names = list(dict.fromkeys(name for block in blocks for name in block))
+    joined = {}
+    for name in names:
+        parts = [block.get(name, torch.zeros(1)) for block in blocks]
+        joined[name] = group(concat_particles(parts), num_groups).mean(1)
+    return joined

@@ -1,16 +1,28 @@
 """Gradient estimators, one module each; see :mod:`pyro_grad.paths.base` for the contract."""
 
-from pyro_grad.paths.base import REGISTRY, Estimator, applicable, describe
-from pyro_grad.paths.names import parse_estimator
-from pyro_grad.paths.reparam import Reparam
-from pyro_grad.paths.score import Score, ScoreFunctionSample
+# Import order is registry order, which is the order errors list what applies.
+from pyro_grad.paths.base import REGISTRY, DifferenceEstimator, Estimator, applicable, describe  # isort: skip
+from pyro_grad.paths.reparam import Reparam  # isort: skip
+from pyro_grad.paths.score import Score, ScoreFunctionSample  # isort: skip
+from pyro_grad.paths.enumerate import Enumerate  # isort: skip
+from pyro_grad.paths.measure_valued import MeasureValued  # isort: skip
+from pyro_grad.paths.arm import ARM, DisARM  # isort: skip
+from pyro_grad.paths.relaxed import GumbelSoftmax, StraightThrough  # isort: skip
+from pyro_grad.paths.names import parse_estimator  # isort: skip
 
 __all__ = [
+    "ARM",
     "REGISTRY",
+    "DifferenceEstimator",
+    "DisARM",
+    "Enumerate",
     "Estimator",
+    "GumbelSoftmax",
+    "MeasureValued",
     "Reparam",
     "Score",
     "ScoreFunctionSample",
+    "StraightThrough",
     "applicable",
     "describe",
     "parse_estimator",

@@ -6,6 +6,10 @@ An estimator has two jobs, one before and one after the draw:
   and switches the site's sampling path (for example, a score-function site must not
   be drawn by ``rsample``). It raises :class:`~pyro_grad.errors.EstimatorError` when the
   estimator does not apply to the site's distribution.
+* Difference estimators (``uses_alternatives``) instead name alternative values for the
+  site (``alternatives``); the objective re-runs the program at each, coupled to the
+  first run (:class:`~pyro_grad.alternative_run.AlternativeRun`), and
+  ``alternative_terms`` turns the per-particle costs into per-particle terms.
 * ``surrogate(name, score, cost, ...)`` turns per-particle values into the site's term
   of a surrogate objective: ``score`` holds ``log q(z_{g,k})`` for particle ``k`` of
   independent estimate ``g`` (shape ``(G, K, ...)``) and ``cost`` the costs downstream
@@ -41,6 +45,8 @@ class Estimator:
     cost: ClassVar[int] = 1
     #: Whether :meth:`surrogate` needs the site's score and downstream cost.
     uses_score: ClassVar[bool] = False
+    #: Whether the estimator differentiates by re-running the program at other values.
+    uses_alternatives: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         # Only the fields that differ from their defaults: Score(baseline='loo').
@@ -53,7 +59,7 @@ class Estimator:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
+        if not cls.__name__.startswith("_") and not cls.__dict__.get("_abstract", False):
             REGISTRY.append(cls)
 
     @classmethod
@@ -86,6 +92,37 @@ class Estimator:
         """Per-estimate (surrogate terms, auxiliary losses), each ``(G,)``; zero for pathwise."""
         zero = torch.zeros(score.shape[0])
         return zero, zero
+
+
+class DifferenceEstimator(Estimator):
+    """Base of estimators built on cost differences between coupled runs.
+
+    ``value`` is the site's sampled value and ``fn`` its distribution, as traced
+    (particles inside, at ``layout.dim``); ``cost`` ``(P,)`` is the first run's
+    per-particle objective and ``alternative_costs`` one ``(P,)`` tensor per alternative
+    value. ``layout`` (a :class:`~pyro_grad.particles.ParticleLayout`) aligns per-particle
+    costs with the site's tensors and sums terms per particle.
+    """
+
+    _abstract = True
+    uses_alternatives = True
+
+    def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
+        """Alternative values (each shaped like ``value``), and any state for the terms."""
+        raise NotImplementedError
+
+    def alternative_terms(
+        self,
+        name: str,
+        fn: Any,
+        value: torch.Tensor,
+        cost: torch.Tensor,
+        alternative_costs: List[torch.Tensor],
+        state: Any,
+        layout: Any,
+    ) -> torch.Tensor:
+        """Per-particle surrogate terms ``(P,)``, zero in value."""
+        raise NotImplementedError
 
 
 def applicable(fn: Any) -> List[Estimator]:

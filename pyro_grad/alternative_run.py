@@ -1,0 +1,91 @@
+"""``AlternativeRun``: re-run a program with one site's value changed, coupled to a first run.
+
+Estimators that differentiate by differences of costs (measure-valued derivatives,
+ARM, DisARM, enumeration) compare the program's cost at the sampled value with its
+cost at an alternative value. The lower the variance of that difference, the better,
+so the alternative run shares the first run's randomness wherever it can:
+
+* the changed site takes the alternative value;
+* every other site whose distribution is unchanged (all upstream sites, and downstream
+  sites the change does not reach) replays its value from the first run;
+* a site whose distribution changed is drawn anew, coupled to its first value through
+  a common uniform where the distribution allows (Bernoulli; any distribution with
+  ``cdf`` and ``icdf``), else independently.
+"""
+
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from pyro.ops.provenance import detach_provenance
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.trace_struct import Trace
+
+from pyro_grad.site_tangent import given_parameters, leaf_distribution
+
+
+def same_distribution(a: Any, b: Any) -> bool:
+    """Whether two distributions are the same family with equal (broadcast) parameters."""
+    if type(leaf_distribution(a)) is not type(leaf_distribution(b)):
+        return False
+    pa, pb = given_parameters(leaf_distribution(a)), given_parameters(leaf_distribution(b))
+    if pa.keys() != pb.keys():
+        return False
+    for name in pa:
+        x, y = detach_provenance(pa[name]).detach(), detach_provenance(pb[name]).detach()
+        try:
+            x, y = torch.broadcast_tensors(x, y)
+        except RuntimeError:
+            return False
+        if not torch.equal(x, y):
+            return False
+    return True
+
+
+def coupled_draw(old_fn: Any, old_value: torch.Tensor, new_fn: Any) -> Any:
+    """A draw from ``new_fn`` sharing a uniform with ``old_value ~ old_fn``, or None."""
+    old_leaf, new_leaf = leaf_distribution(old_fn), leaf_distribution(new_fn)
+    shape = torch.broadcast_shapes(old_value.shape, new_fn.shape())
+    if isinstance(old_leaf, dist.Bernoulli) and isinstance(new_leaf, dist.Bernoulli):
+        p_old = old_leaf.probs.detach().expand(shape)
+        # u | b ~ U(0, p) when b = 1, U(p, 1) when b = 0; then b' = 1[u < p'].
+        v = torch.rand(shape)
+        b = old_value.detach().expand(shape)
+        u = torch.where(b > 0.5, v * p_old, p_old + v * (1 - p_old))
+        return (u < new_leaf.probs.detach().expand(shape)).to(old_value.dtype)
+    try:
+        u = old_fn.cdf(old_value.detach())
+        return new_fn.icdf(u)
+    except (NotImplementedError, AttributeError, ValueError):
+        return None
+
+
+class AlternativeRun(Messenger):
+    """Replays ``trace`` except at ``site``, which takes ``value`` (see module docs).
+
+    Enter it *outside* the particle plate so that distributions are compared after
+    broadcasting. Sites whose value is already set (observed, or replayed by an inner
+    handler, as a model replaying its guide) are left alone.
+    """
+
+    def __init__(self, trace: Trace, site: str, value: torch.Tensor):
+        super().__init__()
+        self.trace = trace
+        self.site = site
+        self.value = value
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] or msg["value"] is not None:
+            return
+        name = msg["name"]
+        if name == self.site:
+            msg["value"] = self.value
+            return
+        first = self.trace.nodes.get(name)
+        if first is None or first["type"] != "sample":
+            return
+        old_value = detach_provenance(first["value"])
+        if same_distribution(first["fn"], msg["fn"]):
+            msg["value"] = old_value
+        else:
+            msg["value"] = coupled_draw(first["fn"], old_value, msg["fn"])  # None: draw anew

@@ -1,0 +1,153 @@
+"""Relaxations of discrete sites: Gumbel-softmax (Concrete) and straight-through. Biased.
+
+Meaning inside an ELBO (mind Pyro issue #3127): a *hard* relaxed sample is an exact
+discrete value that carries a relaxed gradient, and it is scored by the site's
+*discrete* log-probability, in the guide and in the model alike, so the ELBO's value is
+the true one and only its gradient is approximate. A *soft* sample (``hard=False``) is
+not in the discrete support, so an ELBO refuses it; in ``pg.expectation`` it is fed to
+the program as it is and scored by the relaxed density.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import TorchDistribution
+from torch.distributions import constraints
+
+from pyro_grad.errors import EstimatorError
+from pyro_grad.paths.base import Estimator
+from pyro_grad.site_tangent import leaf_distribution
+
+RELAXABLE = (dist.Bernoulli, dist.Categorical, dist.OneHotCategorical)
+
+
+def _relaxable(fn: Any) -> bool:
+    return isinstance(leaf_distribution(fn), RELAXABLE) and not isinstance(fn, dist.MaskedDistribution)
+
+
+class RelaxedSample(TorchDistribution):
+    """Draws ``base_dist`` through a relaxation: ``rsample`` returns a value whose gradient
+    is the relaxation's. ``temperature=None`` means straight-through on the probabilities."""
+
+    arg_constraints = {}
+    has_rsample = True
+
+    def __init__(self, base_dist: Any, temperature: Any, hard: bool) -> None:
+        self.base_dist = base_dist
+        self.temperature = temperature
+        self.hard = hard
+        super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None) -> "RelaxedSample":
+        return RelaxedSample(self.base_dist.expand(batch_shape), self.temperature, self.hard)
+
+    @constraints.dependent_property
+    def support(self):
+        return self.base_dist.support
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return self.rsample(sample_shape).detach()
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        leaf = leaf_distribution(self.base_dist)
+        shape = sample_shape + self.base_dist.batch_shape + self.base_dist.event_shape
+        if isinstance(leaf, dist.Bernoulli):
+            return self._bernoulli(leaf.logits.expand(shape))
+        categories = leaf.logits.shape[-1]
+        if isinstance(leaf, dist.Categorical):
+            one_hot = self._one_hot(leaf.logits.expand(shape + (categories,)))
+            return (one_hot * torch.arange(categories, dtype=one_hot.dtype)).sum(-1)
+        return self._one_hot(leaf.logits.expand(shape))
+
+    def _bernoulli(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature is None:  # straight-through: b + p − sg(p)
+            probs = torch.sigmoid(logits)
+            hard = torch.bernoulli(probs.detach())
+            return hard + (probs - probs.detach())  # exactly hard in value
+        u = torch.rand(logits.shape).clamp(1e-6, 1 - 1e-6)
+        soft = torch.sigmoid((logits + u.log() - (-u).log1p()) / self.temperature)
+        if not self.hard:
+            return soft
+        hard = (soft.detach() > 0.5).to(soft.dtype)
+        return hard + (soft - soft.detach())  # exactly hard in value
+
+    def _one_hot(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.temperature is None:
+            probs = logits.softmax(-1)
+            index = torch.multinomial(probs.detach().reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+            hard = torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)
+            return hard + (probs - probs.detach())  # exactly hard in value
+        gumbel = -(-torch.rand(logits.shape).clamp(1e-6, 1 - 1e-6).log()).log()
+        soft = ((logits + gumbel) / self.temperature).softmax(-1)
+        if not self.hard:
+            return soft
+        index = soft.detach().argmax(-1)
+        hard = torch.nn.functional.one_hot(index, soft.shape[-1]).to(soft.dtype)
+        return hard + (soft - soft.detach())  # exactly hard in value
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self.hard or self.temperature is None:
+            return self.base_dist.log_prob(value)
+        return self._relaxed_density().log_prob(value)
+
+    def _relaxed_density(self) -> Any:
+        leaf = leaf_distribution(self.base_dist)
+        shape = self.base_dist.batch_shape
+        if isinstance(leaf, dist.Bernoulli):
+            return dist.RelaxedBernoulli(torch.tensor(self.temperature), logits=leaf.logits.expand(shape))
+        if isinstance(leaf, dist.OneHotCategorical):
+            return dist.RelaxedOneHotCategorical(torch.tensor(self.temperature), logits=leaf.logits)
+        raise EstimatorError(
+            "a soft Gumbel-softmax sample of a Categorical is a fractional index with no "
+            "density; use hard=True, or a OneHotCategorical site"
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class GumbelSoftmax(Estimator):
+    """Concrete relaxation: ``y = softmax((logits + g)/τ)``, ``g`` Gumbel noise (for a
+    Bernoulli, ``y = σ((logit + logistic noise)/τ)``); gradients flow through ``y``.
+    ``hard=True`` is straight-through Gumbel: the exact discrete value forward,
+    ``hard + y − sg(y)``, the relaxed gradient backward. Biased at every τ > 0.
+    Applies to Bernoulli, Categorical (value ``Σ_k k·y_k``) and OneHotCategorical.
+    Cost: 1 evaluation.
+    """
+
+    temperature: float = 0.5
+    hard: bool = False
+
+    unbiased = False
+    cost = 1
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise EstimatorError(f"GumbelSoftmax(temperature={self.temperature!r}): temperature must be positive")
+
+    @classmethod
+    def applies_to(cls, fn: Any) -> bool:
+        return _relaxable(fn)
+
+    def prepare(self, msg: dict) -> None:
+        super().prepare(msg)
+        msg["fn"] = RelaxedSample(msg["fn"], float(self.temperature), bool(self.hard))
+
+
+@dataclass(frozen=True, repr=False)
+class StraightThrough(Estimator):
+    """Straight-through: the exact discrete draw forward, ``b + p − sg(p)``, so backward
+    takes ``∂b/∂p = 1`` (one-hot ``h + π − sg(π)`` for a Categorical). Biased.
+    Applies to Bernoulli, Categorical and OneHotCategorical. Cost: 1 evaluation.
+    """
+
+    unbiased = False
+    cost = 1
+
+    @classmethod
+    def applies_to(cls, fn: Any) -> bool:
+        return _relaxable(fn)
+
+    def prepare(self, msg: dict) -> None:
+        super().prepare(msg)
+        msg["fn"] = RelaxedSample(msg["fn"], None, True)
