@@ -24,23 +24,42 @@ from pyro_grad.diagnostics import (
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import EstimatorMessenger, estimators
 from pyro_grad.objectives import ELBO, expectation
-from pyro_grad.paths import Estimator, Reparam, Score, applicable
+from pyro_grad import paths
+from pyro_grad.paths import (
+    ARM,
+    DisARM,
+    Enumerate,
+    Estimator,
+    GumbelSoftmax,
+    MeasureValued,
+    Reparam,
+    Score,
+    StraightThrough,
+    applicable,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARM",
+    "DisARM",
     "ELBO",
+    "Enumerate",
     "Estimator",
     "EstimatorComparison",
     "FiniteDifferences",
     "GradientReport",
+    "GumbelSoftmax",
+    "MeasureValued",
     "compare_estimators",
     "diagnose",
     "EstimatorError",
     "EstimatorMessenger",
     "Reparam",
     "Score",
+    "StraightThrough",
     "applicable",
     "estimators",
     "expectation",
+    "paths",
 ]

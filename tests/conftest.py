@@ -13,6 +13,8 @@ import torch
 
 #: Standard errors of tolerance for every statistical assertion.
 Z = 4.0
+#: float32 rounding, relative to max(1, |exact|): the floor of a zero-variance estimate's error.
+ROUNDING = 1e-5
 
 
 @pytest.fixture(autouse=True)
@@ -39,10 +41,12 @@ def standard_error_of_variance(x: torch.Tensor) -> float:
 def assert_mean(x: torch.Tensor, exact: float, z: float = Z) -> None:
     """The sample mean of ``x`` is within ``z`` standard errors of ``exact``."""
     mean, se = float(x.double().mean()), standard_error_of_mean(x)
-    assert abs(mean - exact) <= z * se + 1e-9, f"mean {mean:.5g} vs exact {exact:.5g} (se {se:.3g})"
+    tolerance = z * se + ROUNDING * max(1.0, abs(exact))
+    assert abs(mean - exact) <= tolerance, f"mean {mean:.5g} vs exact {exact:.5g} (se {se:.3g})"
 
 
 def assert_variance(x: torch.Tensor, exact: float, z: float = Z) -> None:
     """The sample variance of ``x`` is within ``z`` standard errors of ``exact``."""
     var, se = float(x.double().var()), standard_error_of_variance(x)
-    assert abs(var - exact) <= z * se + 1e-9, f"variance {var:.5g} vs exact {exact:.5g} (se {se:.3g})"
+    tolerance = z * se + ROUNDING * max(1.0, abs(exact)) ** 2 * 1e-5
+    assert abs(var - exact) <= tolerance, f"variance {var:.5g} vs exact {exact:.5g} (se {se:.3g})"

@@ -4,6 +4,7 @@ from collections import defaultdict
 from typing import Any, Callable, Tuple
 
 import pyro.infer
+from pyro.poutine.messenger import Messenger
 import torch
 from pyro.distributions.util import is_identically_zero
 from pyro.infer.enum import get_importance_trace
@@ -91,7 +92,7 @@ class ELBO(pyro.infer.ELBO):
         """ELBO estimates ``(G,)`` and their surrogates (see :class:`Estimates`). The
         ``num_particles`` particles form ``G = num_estimates`` independent estimates of
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
-        guide = estimators(guide)
+        guide = RefuseSoftRelaxations()(estimators(guide))
 
         def run_alternative(guide_trace, site, value):
             with AlternativeRun(guide_trace, site, value), torch.no_grad():
@@ -108,7 +109,6 @@ class ELBO(pyro.infer.ELBO):
             dim = self._particle_dim()
             k = self.num_particles if dim is not None else 1
             layout = ParticleLayout(dim, k)
-            _refuse_soft_relaxations(guide_trace)
             elbo, surrogate_elbo, block = _particle_terms(model_trace, guide_trace, dim, k)
             elbos.append(elbo)
             surrogates.append(surrogate_elbo)
@@ -177,13 +177,15 @@ def elbo_estimates(
     return estimates
 
 
-def _refuse_soft_relaxations(guide_trace) -> None:
-    for name, site in guide_trace.nodes.items():
-        estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
-        if isinstance(estimator, GumbelSoftmax) and not estimator.hard:
+class RefuseSoftRelaxations(Messenger):
+    """Stops an ELBO at a guide site drawn by a soft relaxation, before the model scores it."""
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        estimator = msg["infer"].get("estimator")
+        if isinstance(estimator, GumbelSoftmax) and not estimator.hard and not msg["is_observed"]:
             raise EstimatorError(
-                f"{estimator!r} at guide site '{name}': a soft relaxed sample is not in the "
-                "discrete support the model scores; use GumbelSoftmax(hard=True), "
+                f"{estimator!r} at guide site '{msg['name']}': a soft relaxed sample is not in "
+                "the discrete support the model scores; use GumbelSoftmax(hard=True), "
                 "StraightThrough() or an unbiased estimator in an ELBO"
             )
 

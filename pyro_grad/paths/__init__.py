@@ -3,7 +3,8 @@
 # Import order is registry order, which is the order errors list what applies.
 from pyro_grad.paths.base import REGISTRY, DifferenceEstimator, Estimator, applicable, describe  # isort: skip
 from pyro_grad.paths.reparam import Reparam  # isort: skip
-from pyro_grad.paths.score import Score, ScoreFunctionSample  # isort: skip
+from pyro_grad.paths.detached import DetachedSample  # isort: skip
+from pyro_grad.paths.score import Score  # isort: skip
 from pyro_grad.paths.enumerate import Enumerate  # isort: skip
 from pyro_grad.paths.measure_valued import MeasureValued  # isort: skip
 from pyro_grad.paths.arm import ARM, DisARM  # isort: skip
@@ -13,6 +14,7 @@ from pyro_grad.paths.names import parse_estimator  # isort: skip
 __all__ = [
     "ARM",
     "REGISTRY",
+    "DetachedSample",
     "DifferenceEstimator",
     "DisARM",
     "Enumerate",
@@ -21,7 +23,6 @@ __all__ = [
     "MeasureValued",
     "Reparam",
     "Score",
-    "ScoreFunctionSample",
     "StraightThrough",
     "applicable",
     "describe",

@@ -21,6 +21,7 @@ import pyro.distributions as dist
 import torch
 
 from pyro_grad.paths.base import DifferenceEstimator
+from pyro_grad.paths.parameters import logits_of, probs_of
 from pyro_grad.site_tangent import leaf_distribution
 
 
@@ -33,7 +34,7 @@ class _Antithetic(DifferenceEstimator):
         return isinstance(leaf_distribution(fn), dist.Bernoulli) and not isinstance(fn, dist.MaskedDistribution)
 
     def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
-        p = leaf_distribution(fn).probs.detach().expand(value.shape)
+        p = probs_of(leaf_distribution(fn)).detach().expand(value.shape)
         v = torch.rand(value.shape)
         u = torch.where(value > 0.5, v * p, p + v * (1 - p))
         twin = (1 - u < p).to(value.dtype)
@@ -46,7 +47,7 @@ class ARM(_Antithetic):
 
     def alternative_terms(self, name, fn, value, cost, alternative_costs, state, layout) -> torch.Tensor:
         u, _ = state
-        logits = leaf_distribution(fn).logits.expand(value.shape)
+        logits = logits_of(leaf_distribution(fn)).expand(value.shape)
         g = layout.align(alternative_costs[0] - cost) * (u - 0.5)
         return layout.reduce((logits - logits.detach()) * g.detach())
 
@@ -57,7 +58,7 @@ class DisARM(_Antithetic):
 
     def alternative_terms(self, name, fn, value, cost, alternative_costs, state, layout) -> torch.Tensor:
         _, twin = state
-        logits = leaf_distribution(fn).logits.expand(value.shape)
+        logits = logits_of(leaf_distribution(fn)).expand(value.shape)
         sign = 1 - 2 * twin
         differ = (value != twin).to(value.dtype)
         g = 0.5 * layout.align(cost - alternative_costs[0]) * sign * differ * torch.sigmoid(logits.detach().abs())

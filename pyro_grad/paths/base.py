@@ -23,6 +23,7 @@ from typing import Any, ClassVar, List, Tuple, Type
 import torch
 
 from pyro_grad.errors import EstimatorError
+from pyro_grad.paths.detached import DetachedSample
 
 #: Every concrete estimator class, in definition order, so errors can list what applies.
 REGISTRY: List[Type["Estimator"]] = []
@@ -106,6 +107,10 @@ class DifferenceEstimator(Estimator):
 
     _abstract = True
     uses_alternatives = True
+
+    def prepare(self, msg: dict) -> None:
+        super().prepare(msg)
+        msg["fn"] = DetachedSample(msg["fn"])
 
     def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
         """Alternative values (each shaped like ``value``), and any state for the terms."""

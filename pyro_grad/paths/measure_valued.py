@@ -31,6 +31,7 @@ import pyro.distributions as dist
 import torch
 
 from pyro_grad.paths.base import DifferenceEstimator
+from pyro_grad.paths.parameters import probs_of
 from pyro_grad.site_tangent import leaf_distribution
 
 SUPPORTED = (dist.Bernoulli, dist.Binomial, dist.Categorical, dist.Poisson, dist.Geometric)
@@ -82,19 +83,19 @@ class MeasureValued(DifferenceEstimator):
         leaf = leaf_distribution(fn)
         weight = mask.to(value.dtype) * elements
         if isinstance(leaf, dist.Categorical):
-            probs = leaf.probs  # (batch..., k)
+            probs = probs_of(leaf)  # (batch..., k)
             f = torch.stack([layout.align(c) * weight for c in alternative_costs], -1)
             return layout.reduce(((probs - probs.detach()) * f.detach()).sum(-1))
         delta = layout.align(alternative_costs[0] - cost) * weight
-        if isinstance(leaf, dist.Bernoulli):
-            eta, d = leaf.probs, (1 - 2 * value) * delta
-        elif isinstance(leaf, dist.Poisson):
+        if isinstance(leaf, dist.Poisson):
             eta, d = leaf.rate, delta
-        elif isinstance(leaf, dist.Binomial):
-            p = leaf.probs
-            eta, d = p, (leaf.total_count - value) / (1 - p.detach()) * delta
-        else:  # Geometric
-            p = leaf.probs
-            eta, d = p, value / (p.detach() * (1 - p.detach())) * delta
+        else:
+            eta = p = probs_of(leaf)
+            if isinstance(leaf, dist.Bernoulli):
+                d = (1 - 2 * value) * delta
+            elif isinstance(leaf, dist.Binomial):
+                d = (leaf.total_count - value) / (1 - p.detach()) * delta
+            else:  # Geometric
+                d = value / (p.detach() * (1 - p.detach())) * delta
         eta = eta.expand(value.shape)
         return layout.reduce((eta - eta.detach()) * d.detach())

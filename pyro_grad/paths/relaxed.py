@@ -18,6 +18,7 @@ from torch.distributions import constraints
 
 from pyro_grad.errors import EstimatorError
 from pyro_grad.paths.base import Estimator
+from pyro_grad.paths.parameters import logits_of
 from pyro_grad.site_tangent import leaf_distribution
 
 RELAXABLE = (dist.Bernoulli, dist.Categorical, dist.OneHotCategorical)
@@ -54,12 +55,12 @@ class RelaxedSample(TorchDistribution):
         leaf = leaf_distribution(self.base_dist)
         shape = sample_shape + self.base_dist.batch_shape + self.base_dist.event_shape
         if isinstance(leaf, dist.Bernoulli):
-            return self._bernoulli(leaf.logits.expand(shape))
-        categories = leaf.logits.shape[-1]
+            return self._bernoulli(logits_of(leaf).expand(shape))
+        categories = logits_of(leaf).shape[-1]
         if isinstance(leaf, dist.Categorical):
-            one_hot = self._one_hot(leaf.logits.expand(shape + (categories,)))
+            one_hot = self._one_hot(logits_of(leaf).expand(shape + (categories,)))
             return (one_hot * torch.arange(categories, dtype=one_hot.dtype)).sum(-1)
-        return self._one_hot(leaf.logits.expand(shape))
+        return self._one_hot(logits_of(leaf).expand(shape))
 
     def _bernoulli(self, logits: torch.Tensor) -> torch.Tensor:
         if self.temperature is None:  # straight-through: b + p − sg(p)
@@ -96,9 +97,9 @@ class RelaxedSample(TorchDistribution):
         leaf = leaf_distribution(self.base_dist)
         shape = self.base_dist.batch_shape
         if isinstance(leaf, dist.Bernoulli):
-            return dist.RelaxedBernoulli(torch.tensor(self.temperature), logits=leaf.logits.expand(shape))
+            return dist.RelaxedBernoulli(torch.tensor(self.temperature), logits=logits_of(leaf).expand(shape))
         if isinstance(leaf, dist.OneHotCategorical):
-            return dist.RelaxedOneHotCategorical(torch.tensor(self.temperature), logits=leaf.logits)
+            return dist.RelaxedOneHotCategorical(torch.tensor(self.temperature), logits=logits_of(leaf))
         raise EstimatorError(
             "a soft Gumbel-softmax sample of a Categorical is a fractional index with no "
             "density; use hard=True, or a OneHotCategorical site"

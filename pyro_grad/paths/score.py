@@ -5,63 +5,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Tuple, Union
 
 import torch
-import torch.autograd.forward_ad as fwAD
-from torch.distributions import constraints
 
-from pyro.distributions import TorchDistribution
 
 from pyro_grad import baselines
 from pyro_grad.errors import EstimatorError
 from pyro_grad.paths.base import Estimator
+from pyro_grad.paths.detached import DetachedSample
 
 BaselineSpec = Union[None, str, float, Callable]
 _NAMED = ("auto", "loo", "decay")
-
-
-class ScoreFunctionSample(TorchDistribution):
-    """``base_dist`` drawn without reparameterization, so no gradient flows through the value.
-
-    A wrapper rather than ``base_dist.has_rsample_(False)``: that mutates the user's
-    distribution in place and raises on ``Independent`` and masked distributions.
-    """
-
-    arg_constraints = {}
-    has_rsample = False
-
-    def __init__(self, base_dist: Any) -> None:
-        self.base_dist = base_dist
-        super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
-
-    def expand(self, batch_shape, _instance=None) -> "ScoreFunctionSample":
-        return ScoreFunctionSample(self.base_dist.expand(batch_shape))
-
-    @constraints.dependent_property
-    def support(self):
-        return self.base_dist.support
-
-    @property
-    def has_enumerate_support(self) -> bool:
-        return self.base_dist.has_enumerate_support
-
-    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
-        return self.base_dist.enumerate_support(expand=expand)
-
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        # torch samples under no_grad, which stops reverse-mode but not forward-mode
-        # AD; the draw carries no derivative in either mode.
-        with torch.no_grad(), fwAD._set_fwd_grad_enabled(False):
-            return self.base_dist.sample(sample_shape).detach()
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return self.base_dist.log_prob(value)
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.base_dist.mean
-
-    @property
-    def variance(self) -> torch.Tensor:
-        return self.base_dist.variance
 
 
 @dataclass(frozen=True, repr=False)
@@ -108,8 +60,7 @@ class Score(Estimator):
             raise EstimatorError(f"Score(beta={self.beta!r}): beta must be in [0, 1)")
 
     def prepare(self, msg: dict) -> None:
-        if getattr(msg["fn"], "has_rsample", False):
-            msg["fn"] = ScoreFunctionSample(msg["fn"])
+        msg["fn"] = DetachedSample(msg["fn"])
 
     def resolve(self, num_particles: int) -> "Score":
         if self.baseline == "auto":

@@ -1,0 +1,64 @@
+"""Small discrete programs with exact gradients (the discrete-estimator test bench)."""
+
+from typing import Dict
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+#: The target of the REBAR/RELAX/DisARM toy problem.
+TARGET = 0.49
+
+
+def bernoulli_target(phi: torch.Tensor) -> torch.Tensor:
+    """b ~ Bernoulli(σ(φ)), f = (b − 0.49)². ∂φ E[f] = σ'(φ)·((1 − t)² − t²)."""
+    b = pyro.sample("b", dist.Bernoulli(logits=phi))
+    return (b - TARGET) ** 2
+
+
+def bernoulli_target_gradient(phi) -> Dict[str, torch.Tensor]:
+    s = torch.sigmoid(torch.as_tensor(phi, dtype=torch.float))
+    return {"phi": s * (1 - s) * ((1 - TARGET) ** 2 - TARGET**2)}
+
+
+def poisson_square(lam: torch.Tensor) -> torch.Tensor:
+    """X ~ Poisson(λ), f = (X + 1)². ∂λ E[f] = 3 + 2λ."""
+    x = pyro.sample("x", dist.Poisson(lam))
+    return (x + 1) ** 2
+
+
+def poisson_square_gradient(lam) -> Dict[str, torch.Tensor]:
+    return {"lam": 3 + 2 * torch.as_tensor(lam, dtype=torch.float)}
+
+
+BINOMIAL_COUNT = 5
+
+
+def binomial_square(p: torch.Tensor) -> torch.Tensor:
+    """X ~ Binomial(5, p), f = (X + 1)². ∂p E[f] = n(1 − 2p) + 2n²p + 2n."""
+    x = pyro.sample("x", dist.Binomial(BINOMIAL_COUNT, p))
+    return (x + 1) ** 2
+
+
+def binomial_square_gradient(p) -> Dict[str, torch.Tensor]:
+    p, n = torch.as_tensor(p, dtype=torch.float), BINOMIAL_COUNT
+    return {"p": n * (1 - 2 * p) + 2 * n**2 * p + 2 * n}
+
+
+def geometric_failures(p: torch.Tensor) -> torch.Tensor:
+    """X ~ Geometric(p), counting failures, f = X. ∂p E[f] = −1/p²."""
+    return pyro.sample("x", dist.Geometric(p))
+
+
+def geometric_failures_gradient(p) -> Dict[str, torch.Tensor]:
+    return {"p": -1 / torch.as_tensor(p, dtype=torch.float) ** 2}
+
+
+def categorical_square(p: torch.Tensor) -> torch.Tensor:
+    """X ∈ {1, 2} with probabilities [p², 1 − p²], f = (X + 1)². ∂p E[f] = −10p."""
+    c = pyro.sample("x", dist.Categorical(torch.stack([p**2, 1 - p**2], -1)))
+    return (c + 2) ** 2
+
+
+def categorical_square_gradient(p) -> Dict[str, torch.Tensor]:
+    return {"p": -10 * torch.as_tensor(p, dtype=torch.float)}
