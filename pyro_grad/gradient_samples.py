@@ -156,6 +156,40 @@ def substituted_params(values: Dict[str, torch.Tensor]) -> Iterator[None]:
         store._params.update(originals)
 
 
+def primal_of(target: Target, args: tuple, params: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """The current value of an argument or ``pyro.param`` target, detached."""
+    return (args[target.index] if target.kind == "argument" else params[target.name]).detach()
+
+
+@contextlib.contextmanager
+def replaced(target: Target, args: tuple, value: torch.Tensor) -> Iterator[tuple]:
+    """Run with an argument or ``pyro.param`` target set to ``value``; yields the arguments."""
+    new_args = list(args)
+    if target.kind == "argument":
+        new_args[target.index] = value
+        yield tuple(new_args)
+    else:
+        with substituted_params({target.name: value}):
+            yield tuple(new_args)
+
+
+def reverse_leaves(
+    args: tuple, targets: List[Target], params: Dict[str, torch.Tensor]
+) -> Tuple[tuple, Dict[str, torch.Tensor], List[SiteTangent]]:
+    """Reverse-mode leaves for every target: the arguments to call with, ``{name: leaf}``,
+    and the :class:`SiteTangent` messengers that carry the site targets' shifts."""
+    new_args, leaves, sites = list(args), {}, []
+    for t in targets:
+        if t.kind == "argument":
+            leaves[t.name] = new_args[t.index] = args[t.index].detach().requires_grad_()
+        elif t.kind == "param":
+            leaves[t.name] = params[t.name]
+        else:
+            leaves[t.name] = torch.zeros((), requires_grad=True)
+            sites.append(SiteTangent(t.site, t.param, leaves[t.name]))
+    return tuple(new_args), leaves, sites
+
+
 def _tangent_or_zeros(t: torch.Tensor, num_estimates: int) -> torch.Tensor:
     derivative = fwAD.unpack_dual(t).tangent
     return torch.zeros(num_estimates) if derivative is None else derivative.detach().clone()
@@ -179,18 +213,14 @@ def forward_draws(
             tangent[j] = 1.0
             with torch.random.fork_rng(), fwAD.dual_level(), preserved_baseline_state():
                 torch.manual_seed(seed)
-                new_args, substitutes, site = list(args), {}, contextlib.nullcontext()
-                if target.kind == "argument":
-                    primal = args[target.index].detach()
-                    new_args[target.index] = fwAD.make_dual(primal, tangent.view(primal.shape))
-                elif target.kind == "param":
-                    primal = params[target.name].detach()
-                    substitutes[target.name] = fwAD.make_dual(primal, tangent.view(primal.shape))
-                else:
+                if target.kind == "site":
                     shift = fwAD.make_dual(torch.zeros(()), torch.ones(()))
-                    site = SiteTangent(target.site, target.param, shift)
-                with substituted_params(substitutes), site:
-                    out = estimates(tuple(new_args), num_estimates)
+                    with SiteTangent(target.site, target.param, shift):
+                        out = estimates(args, num_estimates)
+                else:
+                    primal = primal_of(target, args, params)
+                    with replaced(target, args, fwAD.make_dual(primal, tangent.view(primal.shape))) as a:
+                        out = estimates(a, num_estimates)
                 columns.append(_tangent_or_zeros(out.values, num_estimates))
                 for s, term in out.score_terms.items():
                     part_columns.setdefault(s, []).append(_tangent_or_zeros(term, num_estimates))
@@ -216,19 +246,11 @@ def loop_draws(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for _ in range(num_estimates):
-            new_args, leaves, sites = list(args), {}, []
-            for t in targets:
-                if t.kind == "argument":
-                    leaves[t.name] = new_args[t.index] = args[t.index].detach().requires_grad_()
-                elif t.kind == "param":
-                    leaves[t.name] = params[t.name]
-                else:
-                    leaves[t.name] = torch.zeros((), requires_grad=True)
-                    sites.append(SiteTangent(t.site, t.param, leaves[t.name]))
+            new_args, leaves, sites = reverse_leaves(args, targets, params)
             with preserved_baseline_state(), contextlib.ExitStack() as stack:
                 for site in sites:
                     stack.enter_context(site)
-                out = estimates(tuple(new_args), 1)
+                out = estimates(new_args, 1)
             chosen = out.estimators
             outputs = {None: out.values[0], **{s: term[0] for s, term in out.score_terms.items()}}
             for key, value in outputs.items():

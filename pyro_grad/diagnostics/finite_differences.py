@@ -6,7 +6,14 @@ from typing import Dict, List
 import torch
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.gradient_samples import Draws, EstimateFn, Target, preserved_baseline_state, substituted_params
+from pyro_grad.gradient_samples import (
+    Draws,
+    EstimateFn,
+    Target,
+    preserved_baseline_state,
+    primal_of,
+    replaced,
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ class FiniteDifferences:
         for target in targets:
             if target.kind == "site":
                 continue
-            primal = args[target.index] if target.kind == "argument" else params[target.name]
+            primal = primal_of(target, args, params)
             columns = []
             for j in range(max(1, primal.numel())):
                 step = torch.zeros(primal.numel())
@@ -54,14 +61,8 @@ class FiniteDifferences:
                 for sign, run_seed in ((1, seed), (-1, seed if self.common_random_numbers else seed + 1)):
                     with torch.random.fork_rng(), preserved_baseline_state(), torch.no_grad():
                         torch.manual_seed(run_seed)
-                        moved = primal.detach() + sign * step
-                        new_args, substitutes = list(args), {}
-                        if target.kind == "argument":
-                            new_args[target.index] = moved
-                        else:
-                            substitutes[target.name] = moved
-                        with substituted_params(substitutes):
-                            values.append(estimates(tuple(new_args), num_estimates).values.detach())
+                        with replaced(target, args, primal + sign * step) as moved_args:
+                            values.append(estimates(moved_args, num_estimates).values.detach())
                 columns.append((values[0] - values[1]) / (2 * self.epsilon))
             samples[target.name] = torch.stack(columns, -1).reshape((num_estimates,) + primal.shape)
         return Draws(samples, {}, {}, "vectorized")

@@ -13,13 +13,12 @@ import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.gradient_samples import Target
+from pyro_grad.gradient_samples import Target, reverse_leaves
 from pyro_grad.handler import estimators
 from pyro_grad.objectives.elbo import elbo_estimates
 from pyro_grad.objectives.expectation import check_cost, expectation_estimates
 from pyro_grad.particles import guess_max_plate_nesting
 from pyro_grad.paths import Reparam
-from pyro_grad.site_tangent import SiteTangent
 
 Reference = Union[None, str, Dict[str, Any], Callable[..., Dict[str, Any]]]
 #: Particles for the ``"reparam"`` reference, per gradient draw diagnosed.
@@ -72,22 +71,14 @@ def gradients_of(
     ``wrap`` must be applied to the program whose sites are targets (the guide, when
     there is one), so that a site's shift reaches only that program's draw.
     """
-    new_args, leaves, sites = list(args), {}, []
-    for t in targets:
-        if t.kind == "argument":
-            leaves[t.name] = new_args[t.index] = args[t.index].detach().requires_grad_()
-        elif t.kind == "param":
-            leaves[t.name] = params[t.name]
-        else:
-            leaves[t.name] = torch.zeros((), requires_grad=True)
-            sites.append(SiteTangent(t.site, t.param, leaves[t.name]))
+    new_args, leaves, sites = reverse_leaves(args, targets, params)
 
     def wrap(program: Callable) -> Callable:
         for site in sites:
             program = site(program)
         return program
 
-    value = objective(tuple(new_args), wrap)
+    value = objective(new_args, wrap)
     grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
     return {
         name: torch.zeros_like(leaves[name]) if g is None else g.detach()
