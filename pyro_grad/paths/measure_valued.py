@@ -19,8 +19,10 @@ Categorical(π)                 probs             ∂π_k: f(k), every category 
 No score function: when the alternative run shares the first run's randomness the
 difference has low variance, and it is exactly 0 where f does not depend on the site.
 A site with several elements per particle (inside a plate) has one element, chosen
-uniformly, moved per particle, and its difference weighted by the number of elements:
-still unbiased. Cost: 2 evaluations per particle (1 + the number of categories for
+uniformly among those that can move, moved per particle, and its difference weighted by
+their number: still unbiased. An element with probability exactly 0 or 1 is taken as
+fixed (as a masked agent is); a parameter that sits exactly at 0 or 1 yet moves with θ
+would be missed. Cost: 2 evaluations per particle (1 + the number of categories for
 a Categorical).
 """
 
@@ -37,16 +39,27 @@ from pyro_grad.site_tangent import leaf_distribution
 SUPPORTED = (dist.Bernoulli, dist.Binomial, dist.Categorical, dist.Poisson, dist.Geometric)
 
 
-def choose_elements(value: torch.Tensor, layout: Any) -> Tuple[torch.Tensor, int]:
-    """A mask picking one element of ``value`` per particle, uniformly, and the number of
-    elements per particle."""
-    first = layout.first(value)
-    elements = first[0].numel() if first.dim() > 1 else 1
-    if elements == 1:
-        return torch.ones_like(value, dtype=torch.bool), 1
-    index = torch.randint(elements, (first.shape[0],))
-    mask = torch.nn.functional.one_hot(index, elements).bool().reshape(first.shape)
-    return layout.natural(mask, value), elements
+def choose_elements(value: torch.Tensor, active: torch.Tensor, layout: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A mask picking, per particle, one *active* element of ``value`` uniformly, and the
+    number of active elements per particle (aligned to broadcast against ``value``)."""
+    active = active.expand(value.shape)
+    first = layout.first(active).reshape(layout.first(value).shape[0], -1).to(value.dtype)
+    count = first.sum(1)
+    if first.shape[1] == 1:
+        return active.clone(), layout.align(count)
+    index = torch.multinomial(first + (count == 0).to(first.dtype).unsqueeze(1), 1).squeeze(1)
+    mask = torch.nn.functional.one_hot(index, first.shape[1]).bool() & first.bool()
+    return layout.natural(mask.reshape(layout.first(value).shape), value), layout.align(count)
+
+
+def active_elements(leaf: Any, value: torch.Tensor) -> torch.Tensor:
+    """Elements that can move: a Bernoulli, Binomial or Geometric whose probability is
+    exactly 0 or 1 is deterministic here, and is treated as fixed (its derivative is
+    taken to be zero, as for a masked agent)."""
+    if isinstance(leaf, (dist.Bernoulli, dist.Binomial, dist.Geometric)):
+        p = probs_of(leaf).detach().expand(value.shape)
+        return (p > 0) & (p < 1)
+    return torch.ones(value.shape, dtype=torch.bool)
 
 
 @dataclass(frozen=True, repr=False)
@@ -63,7 +76,7 @@ class MeasureValued(DifferenceEstimator):
 
     def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
         leaf = leaf_distribution(fn)
-        mask, elements = choose_elements(value, layout)
+        mask, elements = choose_elements(value, active_elements(leaf, value), layout)
         if isinstance(leaf, dist.Categorical):
             categories = leaf.probs.shape[-1]
             alts = [torch.where(mask, torch.full_like(value, k), value) for k in range(categories)]
