@@ -7,9 +7,10 @@ from models.benchmark import Benchmark
 
 def registry() -> Dict[str, Benchmark]:
     """{name: benchmark} for every built-in program."""
-    from models import seeds
+    from models import coin, forum, mixture, sbn, seeds, sir
 
-    return {b.name: b for b in seeds.BENCHMARKS}
+    benchmarks = [*seeds.BENCHMARKS, *forum.BENCHMARKS, sir.BENCHMARK, coin.BENCHMARK, mixture.BENCHMARK, sbn.BENCHMARK]
+    return {b.name: b for b in benchmarks}
 
 
 __all__ = ["Benchmark", "registry"]

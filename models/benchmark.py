@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import torch
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -21,3 +23,12 @@ class Benchmark:
     reference_gradient: Optional[Callable[..., Dict[str, Any]]] = None
     guide: Optional[Callable] = None
     tags: Tuple[str, ...] = field(default=())
+
+    def arguments(self) -> Tuple[Any, ...]:
+        """The default arguments, each number as a fresh tensor that requires grad (the
+        parameters to differentiate); tensors (data, or inputs that already require grad)
+        as they are."""
+        return tuple(
+            torch.tensor(float(a), requires_grad=True) if isinstance(a, (int, float)) else a
+            for a in self.default_args
+        )

@@ -32,6 +32,20 @@ def two_bernoullis(theta: torch.Tensor) -> torch.Tensor:
     return 2 * a + b
 
 
+RANDOM_WALK_STEPS = 10
+
+
+def random_walk(theta: torch.Tensor, steps: int = RANDOM_WALK_STEPS) -> torch.Tensor:
+    """x_t = Σ of t steps of ±1, +1 with probability θ. ∇θ E[x_t] = 2t."""
+    with pyro.plate("steps", steps):
+        up = pyro.sample("up", dist.Bernoulli(probs=theta))
+    return (2 * up - 1).sum(-1)
+
+
+def random_walk_gradient(theta, steps: int = RANDOM_WALK_STEPS) -> Dict[str, torch.Tensor]:
+    return {"theta": torch.full_like(torch.as_tensor(theta, dtype=torch.float), 2.0 * steps)}
+
+
 def fixed_noise_gradient(theta) -> Dict[str, torch.Tensor]:
     return {"theta": 10 * torch.as_tensor(theta, dtype=torch.float)}
 
@@ -80,5 +94,16 @@ BENCHMARKS = (
         default_args=(0.1,),
         arg_names=("theta",),
         reference_gradient=two_bernoullis_gradient,
+    ),
+    Benchmark(
+        name="random_walk",
+        description=(
+            "The tutorial's random walk: x_t is the sum of t = 10 steps of ±1, each +1 with "
+            "probability θ, so ∇θ E[x_t] = 2t = 20. Ten Bernoulli sites in a plate."
+        ),
+        program=random_walk,
+        default_args=(0.3,),
+        arg_names=("theta",),
+        reference_gradient=random_walk_gradient,
     ),
 )

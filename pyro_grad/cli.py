@@ -36,12 +36,12 @@ def applicable_candidates(program: Callable, args: tuple) -> List[Tuple[str, Any
 
 
 def gradient_table(num_samples: int = 10_000, seed: int = 0) -> pd.DataFrame:
-    """Each built-in program under each applicable estimator: mean, exact, variance."""
-    from models import registry
+    """Each seed program under each applicable estimator: mean, exact, variance."""
+    from models import seeds
 
     tables = []
-    for bench in registry().values():
-        args = tuple(torch.tensor(float(a), requires_grad=True) for a in bench.default_args)
+    for bench in seeds.BENCHMARKS:
+        args = bench.arguments()
         for label, estimator, k in applicable_candidates(bench.program, args):
             report = diagnose(
                 bench.program, *args, estimators=estimator, num_particles=k,
@@ -53,6 +53,24 @@ def gradient_table(num_samples: int = 10_000, seed: int = 0) -> pd.DataFrame:
             tables.append(table.assign(program=bench.name, estimator=label))
     table = pd.concat(tables, ignore_index=True)
     return table[["program", "estimator"] + [c for c in table.columns if c not in ("program", "estimator")]]
+
+
+def models_table() -> pd.DataFrame:
+    """One row per built-in benchmark: its name, objective, arguments and description."""
+    from models import registry
+
+    return pd.DataFrame(
+        [
+            {
+                "name": b.name,
+                "objective": "ELBO" if b.guide is not None else "E[f]",
+                "arguments": ", ".join(b.arg_names),
+                "exact reference": b.reference_gradient is not None,
+                "description": b.description,
+            }
+            for b in registry().values()
+        ]
+    )
 
 
 def load_program(spec: str, overrides: List[str]) -> Tuple[Callable, tuple, Optional[Callable]]:
@@ -154,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     report = sub.add_parser("report", help="the seed programs' gradients under each applicable estimator")
     report.add_argument("--samples", type=int, default=10_000, help="gradient draws per estimator")
+    sub.add_parser("models", help="list the built-in benchmark programs")
     diag = sub.add_parser("diagnose", help="per-parameter and per-site gradient statistics of a program")
     diag.add_argument("program", help="MODULE:FUNCTION (a program or a models benchmark)")
     diag.add_argument("--samples", type=int, default=1000, help="independent gradient draws")
@@ -171,6 +190,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if ns.command == "report":
             print(gradient_table(ns.samples).to_markdown(index=False, floatfmt=".4g"))
+            return 0
+        if ns.command == "models":
+            print(models_table().to_markdown(index=False))
             return 0
         return run_diagnose(ns)
     except (UsageError, EstimatorError) as error:

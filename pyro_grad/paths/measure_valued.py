@@ -43,7 +43,7 @@ def choose_elements(value: torch.Tensor, active: torch.Tensor, layout: Any) -> T
     """A mask picking, per particle, one *active* element of ``value`` uniformly, and the
     number of active elements per particle (aligned to broadcast against ``value``)."""
     active = active.expand(value.shape)
-    first = layout.first(active).reshape(layout.first(value).shape[0], -1).to(value.dtype)
+    first = layout.first(active).reshape(layout.first(value).shape[0], -1).float()
     count = first.sum(1)
     if first.shape[1] == 1:
         return active.clone(), layout.align(count)
@@ -94,7 +94,7 @@ class MeasureValued(DifferenceEstimator):
     def alternative_terms(self, name, fn, value, cost, alternative_costs, state, layout) -> torch.Tensor:
         mask, elements = state
         leaf = leaf_distribution(fn)
-        weight = mask.to(value.dtype) * elements
+        weight = mask.float() * elements
         if isinstance(leaf, dist.Categorical):
             probs = probs_of(leaf)  # (batch..., k)
             f = torch.stack([layout.align(c) * weight for c in alternative_costs], -1)
