@@ -70,6 +70,7 @@ class Draws:
     score_parts: Dict[Tuple[str, str], torch.Tensor] = field(default_factory=dict)
     estimators: Dict[str, object] = field(default_factory=dict)
     path: str = "vectorized"
+    cost: int = 1
 
 
 def argument_names(fn: Callable, num_args: int) -> List[str]:
@@ -204,7 +205,7 @@ def forward_draws(
     seed: int,
 ) -> Draws:
     """One forward-mode vectorized pass per target element."""
-    samples, parts, chosen = {}, {}, {}
+    samples, parts, chosen, cost = {}, {}, {}, 1
     for target in targets:
         columns, part_columns = [], {}
         numel = max(1, int(torch.Size(target.shape).numel()))
@@ -224,11 +225,11 @@ def forward_draws(
                 columns.append(_tangent_or_zeros(out.values, num_estimates))
                 for s, term in out.score_terms.items():
                     part_columns.setdefault(s, []).append(_tangent_or_zeros(term, num_estimates))
-                chosen = out.estimators
+                chosen, cost = out.estimators, out.cost
         samples[target.name] = torch.stack(columns, -1).reshape((num_estimates,) + target.shape)
         for s, cols in part_columns.items():
             parts[(target.name, s)] = torch.stack(cols, -1).reshape((num_estimates,) + target.shape)
-    return Draws(samples, parts, chosen, "vectorized")
+    return Draws(samples, parts, chosen, "vectorized", cost)
 
 
 def loop_draws(
@@ -242,7 +243,7 @@ def loop_draws(
 ) -> Draws:
     """``G`` estimates one at a time, each with one reverse-mode backward to every target."""
     rows = {t.name: [] for t in targets}
-    part_rows, chosen = {}, {}
+    part_rows, chosen, cost = {}, {}, 1
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for _ in range(num_estimates):
@@ -251,7 +252,7 @@ def loop_draws(
                 for site in sites:
                     stack.enter_context(site)
                 out = estimates(new_args, 1)
-            chosen = out.estimators
+            chosen, cost = out.estimators, out.cost
             outputs = {None: out.values[0], **{s: term[0] for s, term in out.score_terms.items()}}
             for key, value in outputs.items():
                 grads = (
@@ -269,7 +270,7 @@ def loop_draws(
                 progress()
     samples = {name: torch.stack(r) for name, r in rows.items()}
     parts = {key: torch.stack(r) for key, r in part_rows.items()}
-    return Draws(samples, parts, chosen, "loop")
+    return Draws(samples, parts, chosen, "loop", cost)
 
 
 def gradient_draws(

@@ -208,7 +208,7 @@ def compare_estimators(
                 targets=(targets, params),
             )
             seconds = time.perf_counter() - start
-            cost = num_particles * max([e.cost for e in draws.estimators.values()] or [1])
+            cost = num_particles * draws.cost
             unbiased = all(e.unbiased for e in draws.estimators.values())
         reports[label] = _build_report(draws, targets, references, cost, seconds, str(label), unbiased)
     return EstimatorComparison(reports)

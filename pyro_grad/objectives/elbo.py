@@ -21,6 +21,7 @@ from pyro_grad.objectives.surrogate import (
     Estimates,
     check_num_particles,
     difference_terms,
+    evaluations,
     group,
     joined_terms,
     score_terms,
@@ -122,7 +123,7 @@ class ELBO(pyro.infer.ELBO):
                 )
         elbo = group(concat_particles(elbos), num_estimates).mean(1)
         if not surrogate:
-            return elbo, Estimates(elbo)
+            return elbo, Estimates(elbo, cost=evaluations(guide_trace))
         surrogate_elbo = group(concat_particles(surrogates), num_estimates).mean(1)
         chosen = site_estimators(guide_trace)
         terms, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)
@@ -130,7 +131,7 @@ class ELBO(pyro.infer.ELBO):
         surrogate_elbo = surrogate_elbo - (aux - aux.detach())
         for term in terms.values():
             surrogate_elbo = surrogate_elbo + term
-        return elbo, Estimates(surrogate_elbo, terms, {**chosen, **resolved})
+        return elbo, Estimates(surrogate_elbo, terms, {**chosen, **resolved}, evaluations(guide_trace))
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """An estimate of −ELBO (no gradients; baseline state untouched)."""

@@ -14,6 +14,7 @@ from pyro_grad.objectives.surrogate import (
     Estimates,
     check_num_particles,
     difference_terms,
+    evaluations,
     group,
     joined_terms,
     score_terms,
@@ -112,13 +113,15 @@ def expectation_estimates(
         cost = check_cost(trace.nodes["_RETURN"]["value"], k, dim is not None)
         upstream, cost = get_provenance(cost), detach_provenance(cost)
         trace = prune_subsample_sites(trace)
-        trace.compute_score_parts()
         block: Block = {}
         for name, site in trace.nodes.items():
             estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
             if estimator is None or not estimator.uses_score or name not in upstream:
                 continue
-            score = to_particle_axis(detach_provenance(site["score_parts"].score_function), dim, k)
+            # Only score-path sites need a log-density (a soft relaxed value has none).
+            parts = site["fn"].score_parts(site["value"], *site["args"], **site["kwargs"])
+            parts = parts.scale_and_mask(site["scale"], site["mask"])
+            score = to_particle_axis(detach_provenance(parts.score_function), dim, k)
             block[name] = (estimator, score, match_dims(cost, score.dim()))
         values.append(cost)
         blocks.append(block)
@@ -132,4 +135,4 @@ def expectation_estimates(
     surrogate = group(concat_particles(values), num_estimates).mean(1) + (aux - aux.detach())
     for term in terms.values():
         surrogate = surrogate + term
-    return Estimates(surrogate, terms, {**site_estimators(traces[0]), **resolved})
+    return Estimates(surrogate, terms, {**site_estimators(traces[0]), **resolved}, evaluations(traces[0]))

@@ -44,6 +44,8 @@ class Estimates:
     values: torch.Tensor
     score_terms: Dict[str, torch.Tensor] = field(default_factory=dict)
     estimators: Dict[str, Estimator] = field(default_factory=dict)
+    #: Program evaluations per particle: 1, plus each site's extra runs.
+    cost: int = 1
 
 
 def site_estimators(trace) -> Dict[str, Estimator]:
@@ -53,6 +55,15 @@ def site_estimators(trace) -> Dict[str, Estimator]:
         for name, site in trace.nodes.items()
         if site["type"] == "sample" and "estimator" in site["infer"]
     }
+
+
+def evaluations(trace) -> int:
+    """Program evaluations per particle: the first run, plus every site's extra runs."""
+    return 1 + sum(
+        site["infer"]["estimator"].runs(site["fn"]) - 1
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and "estimator" in site["infer"]
+    )
 
 
 def score_terms(

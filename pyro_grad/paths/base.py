@@ -73,6 +73,11 @@ class Estimator:
         """A default instance, used when listing what applies."""
         return cls()
 
+    def runs(self, fn: Any) -> int:
+        """Program evaluations per particle this estimator needs at a site of ``fn``
+        (``cost``, unless it depends on the distribution)."""
+        return self.cost
+
     def prepare(self, msg: dict) -> None:
         """Set the site's sampling path before the draw; raise if this estimator does not apply."""
         if not self.applies_to(msg["fn"]):

@@ -22,7 +22,8 @@ class Enumerate(DifferenceEstimator):
     with a finite support of at most :data:`MAX_SUPPORT` values (Bernoulli, Categorical,
     OneHotCategorical, Binomial with a small ``total_count``), one element per particle
     (a site inside a plate has a joint support that grows exponentially). Cost: 1 + the
-    support size evaluations per particle; ``cost`` reports the Bernoulli case, 3.
+    support size evaluations per particle (``cost`` is the Bernoulli case, 3; reports count
+each site's own).
     """
 
     unbiased = True
@@ -36,6 +37,9 @@ class Enumerate(DifferenceEstimator):
             return fn.enumerate_support(expand=False).shape[0] <= MAX_SUPPORT
         except (NotImplementedError, ValueError):
             return False
+
+    def runs(self, fn: Any) -> int:
+        return 1 + fn.enumerate_support(expand=False).shape[0]
 
     def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
         event_dim = len(fn.event_shape)

@@ -74,6 +74,10 @@ class MeasureValued(DifferenceEstimator):
     def applies_to(cls, fn: Any) -> bool:
         return isinstance(leaf_distribution(fn), SUPPORTED) and not isinstance(fn, dist.MaskedDistribution)
 
+    def runs(self, fn: Any) -> int:
+        leaf = leaf_distribution(fn)
+        return 1 + probs_of(leaf).shape[-1] if isinstance(leaf, dist.Categorical) else 2
+
     def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
         leaf = leaf_distribution(fn)
         mask, elements = choose_elements(value, active_elements(leaf, value), layout)
