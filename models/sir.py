@@ -12,7 +12,7 @@ the joint distribution of (S, I), differentiably in β and γ: the reference tha
 estimators are checked against.
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import pyro
 import pyro.distributions as dist

@@ -8,31 +8,15 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pandas as pd
-import pyro.poutine as poutine
 import torch
 
 from pyro_grad.diagnostics import diagnose
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths import REGISTRY, parse_estimator
+from pyro_grad.paths import parse_estimator
 
 
 class UsageError(Exception):
     """A mistake on the command line: reported in one line, exit code 2."""
-
-
-def applicable_candidates(program: Callable, args: tuple) -> List[Tuple[str, Any, int]]:
-    """(label, estimator, particles) for each registered estimator that applies to every
-    latent site, plus leave-one-out with 4 particles when the score function applies."""
-    with poutine.block():
-        trace = poutine.trace(program).get_trace(*args)
-    fns = [s["fn"] for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
-    candidates = []
-    for cls in REGISTRY:
-        if all(cls.applies_to(fn) for fn in fns):
-            candidates.append((cls.__name__, cls.example(), 1))
-            if cls.__name__ == "Score":
-                candidates.append(("Score(loo), K=4", cls("loo"), 4))
-    return candidates
 
 
 def gradient_table(num_samples: int = 10_000, seed: int = 0) -> pd.DataFrame:
@@ -42,7 +26,7 @@ def gradient_table(num_samples: int = 10_000, seed: int = 0) -> pd.DataFrame:
     tables = []
     for bench in seeds.BENCHMARKS:
         args = bench.arguments()
-        for label, estimator, k in applicable_candidates(bench.program, args):
+        for label, estimator, k in bench.applicable_estimators():
             report = diagnose(
                 bench.program, *args, estimators=estimator, num_particles=k,
                 num_samples=num_samples, reference=bench.reference_gradient, seed=seed, sites=False,

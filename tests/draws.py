@@ -1,6 +1,6 @@
 """Independent draws of a gradient estimator, for tests that check means and variances."""
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import torch
 

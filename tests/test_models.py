@@ -5,14 +5,13 @@ import math
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from conftest import Z
 from scipy import integrate, stats
 
 import pyro_grad as pg
-from models import coin, forum, mixture, registry, sbn, sir
+from models import coin, forum, registry, sbn, sir
 from pyro_grad.cli import main
 
 
@@ -98,28 +97,7 @@ def test_exact_elbos_match_monte_carlo_estimates(benchmark):
     assert abs(float(values.mean()) - exact) <= Z * float(values.std()) / math.sqrt(20_000)
 
 
-def applicable_configs(benchmark):
-    """(estimator, particles) for each registered estimator that applies to every site."""
-    program = benchmark.guide or benchmark.program
-    with pyro.poutine.block():
-        trace = pyro.poutine.trace(program).get_trace(*benchmark.default_args)
-    fns = [s["fn"] for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
-    plated = any(f.vectorized for s in trace.nodes.values() if s["type"] == "sample"
-                 for f in s["cond_indep_stack"])
-    configs = []
-    for cls in pg.paths.REGISTRY:
-        if not all(cls.applies_to(fn) for fn in fns):
-            continue
-        if cls is pg.Enumerate and (plated or any(fn.batch_shape.numel() > 1 for fn in fns)):
-            continue  # refuses sites in plates (tested in test_discrete)
-        estimator = cls.example()
-        configs.append((estimator, 1))
-        if cls is pg.Score:
-            configs.append((pg.Score("loo"), 2))
-    return configs
-
-
-CASES = [(name, estimator, k) for name, b in registry().items() for estimator, k in applicable_configs(b)]
+CASES = [(name, estimator, k) for name, b in registry().items() for _, estimator, k in b.applicable_estimators()]
 #: Fewer draws for the programs whose draws run one at a time (many parameter elements).
 DRAWS = {"conv_net": 300, "mixture": 600, "sbn": 400, "sir": 3000}
 

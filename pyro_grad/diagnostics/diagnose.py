@@ -64,7 +64,6 @@ def _build_report(
         rows = element_rows(target.name, x, references.get(target.name))
         if target.kind == "site":
             estimator = draws.estimators.get(target.site)
-            parts = draws.score_parts.get((target.name, target.site))
             for row in rows:
                 row.pop("param")
                 row.pop("element")
