@@ -33,14 +33,20 @@ class Benchmark:
 
         import pyro_grad as pg
 
+        from pyro.poutine.util import prune_subsample_sites
+
         with poutine.block():
-            trace = poutine.trace(self.guide or self.program).get_trace(*self.arguments())
+            trace = prune_subsample_sites(poutine.trace(self.guide or self.program).get_trace(*self.arguments()))
         sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
         candidates = []
         for cls in pg.paths.REGISTRY:
             if not all(cls.applies_to(s["fn"]) for s in sites):
                 continue
             if cls is pg.Enumerate and any(s["fn"].batch_shape.numel() > 1 for s in sites):
+                continue
+            if cls is pg.GumbelSoftmax and self.guide is not None:
+                # An ELBO scores the discrete value: only the hard relaxation fits.
+                candidates.append(("GumbelSoftmax(hard)", pg.GumbelSoftmax(hard=True), 1))
                 continue
             candidates.append((cls.__name__, cls.example(), 1))
             if cls is pg.Score:

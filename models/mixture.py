@@ -25,12 +25,20 @@ def iris_petal_lengths(n: int = 30, seed: int = 0) -> torch.Tensor:
     return x[index]
 
 
+def component_mean(means: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """μ_z, written as Σ_k μ_k·max(0, 1 − |z − k|): exactly μ_z at an integer z, and
+    piecewise linear in z so that a relaxed (fractional) assignment carries a gradient."""
+    k = torch.arange(COMPONENTS, dtype=means.dtype)
+    weights = (1 - (z.unsqueeze(-1).to(means.dtype) - k).abs()).clamp(min=0)
+    return (weights * means).sum(-1)
+
+
 def model(data: torch.Tensor) -> None:
     """Means are global params; z_i ~ Categorical(uniform), x_i ~ N(μ_{z_i}, 0.5)."""
     means = pyro.param("means", torch.tensor([-1.2, 0.0, 1.0]))
     with pyro.plate("data", len(data)):
         z = pyro.sample("z", dist.Categorical(torch.ones(COMPONENTS) / COMPONENTS))
-        pyro.sample("x", dist.Normal(means[z], SCALE), obs=data)
+        pyro.sample("x", dist.Normal(component_mean(means, z), SCALE), obs=data)
 
 
 def guide(data: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ Quick start::
     theta.grad  # ≈ 8θ + 3θ² = 28
 """
 
+from pyro_grad.comparison import AutoGuide, Comparison, compare
 from pyro_grad.diagnostics import (
     EstimatorComparison,
     FiniteDifferences,
@@ -23,6 +24,7 @@ from pyro_grad.diagnostics import (
 )
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import EstimatorMessenger, estimators
+from pyro_grad.html_report import report
 from pyro_grad.objectives import ELBO, expectation
 from pyro_grad import paths
 from pyro_grad.paths import (
@@ -42,6 +44,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARM",
+    "AutoGuide",
+    "Comparison",
     "DisARM",
     "ELBO",
     "Enumerate",
@@ -59,7 +63,9 @@ __all__ = [
     "Score",
     "StraightThrough",
     "applicable",
+    "compare",
     "estimators",
     "expectation",
     "paths",
+    "report",
 ]

@@ -151,11 +151,94 @@ def run_diagnose(ns: argparse.Namespace) -> int:
     return 0
 
 
+def parse_configs(items: List[str]) -> Dict[str, Any]:
+    """``NAME=SITE:ESTIMATOR,SITE:ESTIMATOR`` or ``NAME=ESTIMATOR`` (every site) → configs."""
+    configs: Dict[str, Any] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise UsageError(f"--config {item!r}: expected NAME=SITE:ESTIMATOR,... or NAME=ESTIMATOR")
+        parts = spec.split(",")
+        if len(parts) == 1 and "=" not in parts[0] and parts[0].split(":")[0].lower() in _estimator_names():
+            configs[name] = parse_estimator(parts[0])
+            continue
+        config = {}
+        for part in parts:
+            site, sep, estimator = part.partition(":")
+            if not sep:
+                raise UsageError(f"--config {item!r}: {part!r} is not SITE:ESTIMATOR")
+            config[site] = parse_estimator(estimator)
+        configs[name] = config
+    return configs
+
+
+def _estimator_names() -> List[str]:
+    from pyro_grad.paths.names import registered_names
+
+    return list(registered_names())
+
+
+def load_model(spec: str) -> Tuple[Callable, Optional[Callable], tuple]:
+    """A registry name or ``MODULE:FUNCTION`` → (model, guide or None, arguments)."""
+    from models import Benchmark, registry
+
+    benchmarks = registry()
+    if spec in benchmarks:
+        bench = benchmarks[spec]
+        return bench.program, bench.guide, bench.arguments()
+    if ":" not in spec:
+        raise UsageError(f"unknown model {spec!r}; the registry has {sorted(benchmarks)}, or give MODULE:FUNCTION")
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except ImportError as error:
+        raise UsageError(f"cannot import module {module_name!r}: {error}") from None
+    except AttributeError:
+        raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if isinstance(obj, Benchmark):
+        return obj.program, obj.guide, obj.arguments()
+    if not callable(obj):
+        raise UsageError(f"{spec} is neither a model nor a benchmark")
+    return obj, None, ()
+
+
+def run_compare(ns: argparse.Namespace) -> int:
+    from pyro_grad.comparison import compare
+    from pyro_grad.html_report import report
+
+    model, guide, args = load_model(ns.model)
+    configs = parse_configs(ns.config) or {"auto": None}
+    out = Path(ns.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").touch()
+        (out / ".write-test").unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {ns.out}: {error.strerror}") from None
+    result = compare(model, guide, *args, configs=configs, num_steps=ns.steps, num_particles=ns.particles,
+                     seeds=tuple(range(ns.seeds)), diagnose_every=max(1, ns.steps // 2), out=str(out))
+    print(result.summary().to_markdown(index=False, floatfmt=".4g"))
+    print(f"\nwrote {report(result, out / 'report.html', title=f'{ns.model}: SVI comparison')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-grad", description="Gradient estimators for Pyro programs")
     sub = parser.add_subparsers(dest="command", required=True)
-    report = sub.add_parser("report", help="the seed programs' gradients under each applicable estimator")
-    report.add_argument("--samples", type=int, default=10_000, help="gradient draws per estimator")
+    report = sub.add_parser("report", help="the main job: compare every built-in model, write reports/index.html")
+    report.add_argument("--out", default="reports", help="directory for the pages (default: reports)")
+    report.add_argument("--steps", type=int, default=200, help="SVI steps per run")
+    report.add_argument("--samples", type=int, default=2000, help="gradient draws per estimator")
+    table = sub.add_parser("table", help="the seed programs' gradients under each applicable estimator")
+    table.add_argument("--samples", type=int, default=10_000, help="gradient draws per estimator")
+    cmp = sub.add_parser("compare", help="train a model under estimator configurations side by side")
+    cmp.add_argument("model", help="a registry name (pyro-grad models) or MODULE:FUNCTION")
+    cmp.add_argument("--config", action="append", default=[], metavar="NAME=SITE:ESTIMATOR,...",
+                     help="e.g. loo=z:score:loo or fast=disarm (one estimator for every site)")
+    cmp.add_argument("--steps", type=int, default=200)
+    cmp.add_argument("--seeds", type=int, default=2, help="number of seeds (0, 1, ...)")
+    cmp.add_argument("--particles", type=int, default=4)
+    cmp.add_argument("--out", default="compare-out", help="directory for runs.sqlite and report.html")
     sub.add_parser("models", help="list the built-in benchmark programs")
     diag = sub.add_parser("diagnose", help="per-parameter and per-site gradient statistics of a program")
     diag.add_argument("program", help="MODULE:FUNCTION (a program or a models benchmark)")
@@ -173,8 +256,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "report":
+            from pyro_grad.reports import build_reports
+
+            index = build_reports(ns.out, num_steps=ns.steps, num_samples=ns.samples)
+            print(f"wrote {index}")
+            return 0
+        if ns.command == "table":
             print(gradient_table(ns.samples).to_markdown(index=False, floatfmt=".4g"))
             return 0
+        if ns.command == "compare":
+            return run_compare(ns)
         if ns.command == "models":
             print(models_table().to_markdown(index=False))
             return 0

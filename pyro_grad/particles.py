@@ -122,12 +122,15 @@ class ParticleLayout:
             return t.squeeze(0).reshape(like.shape)
         return t.movedim(0, self.dim - event_dim).reshape(like.shape)
 
-    def align(self, cost: torch.Tensor) -> torch.Tensor:
-        """A per-particle ``(P,)`` cost shaped to broadcast against the site's batch dims."""
+    def align(self, cost: torch.Tensor, event_dim: int = 0) -> torch.Tensor:
+        """A per-particle ``(P,)`` cost shaped to broadcast against the site's batch dims
+        (and ``event_dim`` event dims to their right)."""
         if self.dim is None:
             return cost.reshape(())
-        return cost.reshape((self.num,) + (1,) * (-self.dim - 1))
+        return cost.reshape((self.num,) + (1,) * (-self.dim - 1 + event_dim))
 
-    def reduce(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-particle sums ``(P,)``."""
-        return per_particle_sum(t, self.dim, self.num)
+    def reduce(self, t: torch.Tensor, event_dim: int = 0) -> torch.Tensor:
+        """Per-particle sums ``(P,)`` of a tensor with ``event_dim`` event dims."""
+        if self.dim is None:
+            return t.sum().reshape(1)
+        return self.first(t, event_dim).reshape(self.num, -1).sum(1)

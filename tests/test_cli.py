@@ -9,7 +9,7 @@ from pyro_grad.cli import gradient_table, main
 
 
 def test_report_prints_every_seed_program_under_each_applicable_estimator(capsys):
-    assert main(["report", "--samples", "2000"]) == 0
+    assert main(["table", "--samples", "2000"]) == 0
     out = capsys.readouterr().out
     for program in ("fixed_noise", "parameterized_noise", "two_bernoullis"):
         assert program in out

@@ -48,8 +48,9 @@ class ARM(_Antithetic):
     def alternative_terms(self, name, fn, value, cost, alternative_costs, state, layout) -> torch.Tensor:
         u, _ = state
         logits = logits_of(leaf_distribution(fn)).expand(value.shape)
-        g = layout.align(alternative_costs[0] - cost) * (u - 0.5)
-        return layout.reduce((logits - logits.detach()) * g.detach())
+        e = len(fn.event_shape)
+        g = layout.align(alternative_costs[0] - cost, e) * (u - 0.5)
+        return layout.reduce((logits - logits.detach()) * g.detach(), e)
 
 
 @dataclass(frozen=True, repr=False)
@@ -61,5 +62,6 @@ class DisARM(_Antithetic):
         logits = logits_of(leaf_distribution(fn)).expand(value.shape)
         sign = 1 - 2 * twin
         differ = (value != twin).to(value.dtype)
-        g = 0.5 * layout.align(cost - alternative_costs[0]) * sign * differ * torch.sigmoid(logits.detach().abs())
-        return layout.reduce((logits - logits.detach()) * g.detach())
+        e = len(fn.event_shape)
+        g = 0.5 * layout.align(cost - alternative_costs[0], e) * sign * differ * torch.sigmoid(logits.detach().abs())
+        return layout.reduce((logits - logits.detach()) * g.detach(), e)

@@ -39,17 +39,20 @@ from pyro_grad.site_tangent import leaf_distribution
 SUPPORTED = (dist.Bernoulli, dist.Binomial, dist.Categorical, dist.Poisson, dist.Geometric)
 
 
-def choose_elements(value: torch.Tensor, active: torch.Tensor, layout: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+def choose_elements(
+    value: torch.Tensor, active: torch.Tensor, layout: Any, event_dim: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """A mask picking, per particle, one *active* element of ``value`` uniformly, and the
     number of active elements per particle (aligned to broadcast against ``value``)."""
     active = active.expand(value.shape)
-    first = layout.first(active).reshape(layout.first(value).shape[0], -1).float()
+    shape = layout.first(value, event_dim).shape
+    first = layout.first(active, event_dim).reshape(shape[0], -1).float()
     count = first.sum(1)
     if first.shape[1] == 1:
-        return active.clone(), layout.align(count)
+        return active.clone(), layout.align(count, event_dim)
     index = torch.multinomial(first + (count == 0).to(first.dtype).unsqueeze(1), 1).squeeze(1)
     mask = torch.nn.functional.one_hot(index, first.shape[1]).bool() & first.bool()
-    return layout.natural(mask.reshape(layout.first(value).shape), value), layout.align(count)
+    return layout.natural(mask.reshape(shape), value, event_dim), layout.align(count, event_dim)
 
 
 def active_elements(leaf: Any, value: torch.Tensor) -> torch.Tensor:
@@ -80,7 +83,7 @@ class MeasureValued(DifferenceEstimator):
 
     def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
         leaf = leaf_distribution(fn)
-        mask, elements = choose_elements(value, active_elements(leaf, value), layout)
+        mask, elements = choose_elements(value, active_elements(leaf, value), layout, len(fn.event_shape))
         if isinstance(leaf, dist.Categorical):
             categories = leaf.probs.shape[-1]
             alts = [torch.where(mask, torch.full_like(value, k), value) for k in range(categories)]
@@ -98,12 +101,13 @@ class MeasureValued(DifferenceEstimator):
     def alternative_terms(self, name, fn, value, cost, alternative_costs, state, layout) -> torch.Tensor:
         mask, elements = state
         leaf = leaf_distribution(fn)
+        e = len(fn.event_shape)
         weight = mask.float() * elements
         if isinstance(leaf, dist.Categorical):
             probs = probs_of(leaf)  # (batch..., k)
-            f = torch.stack([layout.align(c) * weight for c in alternative_costs], -1)
-            return layout.reduce(((probs - probs.detach()) * f.detach()).sum(-1))
-        delta = layout.align(alternative_costs[0] - cost) * weight
+            f = torch.stack([layout.align(c, e) * weight for c in alternative_costs], -1)
+            return layout.reduce(((probs - probs.detach()) * f.detach()).sum(-1), e)
+        delta = layout.align(alternative_costs[0] - cost, e) * weight
         if isinstance(leaf, dist.Poisson):
             eta, d = leaf.rate, delta
         else:
@@ -115,4 +119,4 @@ class MeasureValued(DifferenceEstimator):
             else:  # Geometric
                 d = value / (p.detach() * (1 - p.detach())) * delta
         eta = eta.expand(value.shape)
-        return layout.reduce((eta - eta.detach()) * d.detach())
+        return layout.reduce((eta - eta.detach()) * d.detach(), e)

@@ -1,0 +1,138 @@
+"""``Comparison``: the runs of :func:`~pyro_grad.compare`, as tables, figures and ArviZ data."""
+
+from typing import Any, Dict, Optional, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import arviz as az  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+#: The last fraction of steps averaged for a run's final ELBO.
+FINAL_FRACTION = 0.1
+
+
+def _final(elbo: list) -> float:
+    tail = max(1, int(len(elbo) * FINAL_FRACTION))
+    return float(np.mean(elbo[-tail:])) if elbo else float("nan")
+
+
+def _smoothed(elbo: list, window: int) -> np.ndarray:
+    x = np.asarray(elbo, dtype=float)
+    if len(x) < window:
+        return x
+    return np.convolve(x, np.ones(window) / window, mode="valid")
+
+
+class Comparison:
+    """Runs keyed by (config label, seed); each a dict with ``status``, ``reason``,
+    ``step``, ``elbo`` (per step), ``checkpoints`` (step, variance, snr), ``seconds``,
+    ``evaluations`` and ``posterior`` ({site: draws})."""
+
+    def __init__(self, runs: Dict[Tuple[str, int], Dict[str, Any]], configs: Dict[str, str]):
+        self.runs = runs
+        self.configs = configs
+
+    @property
+    def labels(self):
+        return list(dict.fromkeys(label for label, _ in self.runs))
+
+    def target(self) -> float:
+        """The default target ELBO: the lowest final ELBO (mean over seeds) of any
+        configuration, so that every configuration can reach it."""
+        finals = self.summary(target=float("-inf"))["final ELBO"]
+        return float(finals.min())
+
+    def summary(self, target: Optional[float] = None) -> pd.DataFrame:
+        """Per configuration: final ELBO mean ± sd over seeds (finished runs), the mean
+        steps and seconds to reach ``target`` (smoothed over 5% of the steps), gradient
+        variance at the last checkpoint, failed runs."""
+        target = self.target() if target is None else target
+        rows = []
+        for label in self.labels:
+            runs = [r for (l, _), r in self.runs.items() if l == label]
+            done = [r for r in runs if r["status"] == "finished"]
+            finals = [_final(r["elbo"]) for r in done]
+            steps, seconds = [], []
+            for r in done:
+                window = max(1, len(r["elbo"]) // 20)
+                smooth = _smoothed(r["elbo"], window)
+                hit = np.nonzero(smooth >= target)[0]
+                if len(hit):
+                    step = int(hit[0]) + window
+                    steps.append(step)
+                    seconds.append(r["seconds"] * step / max(1, len(r["elbo"])))
+            variances = [r["checkpoints"][-1]["variance"] for r in done if r["checkpoints"]]
+            rows.append({
+                "config": label,
+                "estimators": self.configs.get(label, ""),
+                "final ELBO": float(np.mean(finals)) if finals else float("nan"),
+                "± sd": float(np.std(finals)) if finals else float("nan"),
+                "steps to target": float(np.mean(steps)) if steps else float("nan"),
+                "seconds to target": float(np.mean(seconds)) if seconds else float("nan"),
+                "seconds per run": float(np.mean([r["seconds"] for r in runs])),
+                "gradient variance": float(np.mean(variances)) if variances else float("nan"),
+                "failed runs": sum(r["status"] != "finished" for r in runs),
+            })
+        return pd.DataFrame(rows)
+
+    def failures(self) -> pd.DataFrame:
+        """Runs that stopped early, with their reason and step."""
+        return pd.DataFrame([
+            {"config": l, "seed": s, "step": r["step"], "reason": r["reason"]}
+            for (l, s), r in self.runs.items() if r["status"] != "finished"
+        ])
+
+    def plot_elbo(self) -> plt.Figure:
+        """Smoothed ELBO per step: the mean over seeds, with the range as a band."""
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, label in enumerate(self.labels):
+            traces = [r["elbo"] for (l, _), r in self.runs.items() if l == label and r["elbo"]]
+            if not traces:
+                continue
+            n = min(len(t) for t in traces)
+            window = max(1, n // 20)
+            curves = np.stack([_smoothed(t[:n], window) for t in traces])
+            x = np.arange(curves.shape[1]) + window
+            ax.plot(x, curves.mean(0), color=f"C{i}", label=label)
+            ax.fill_between(x, curves.min(0), curves.max(0), color=f"C{i}", alpha=0.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel("ELBO (smoothed)")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        return fig
+
+    def plot_variance(self) -> plt.Figure:
+        """Total gradient variance at the checkpoints (log scale), mean over seeds."""
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, label in enumerate(self.labels):
+            points: Dict[int, list] = {}
+            for (l, _), r in self.runs.items():
+                if l == label:
+                    for c in r["checkpoints"]:
+                        points.setdefault(c["step"], []).append(c["variance"])
+            if points:
+                steps = sorted(points)
+                ax.plot(steps, [np.mean(points[s]) for s in steps], "o-", color=f"C{i}", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("total gradient variance")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+        fig.tight_layout()
+        return fig
+
+    def to_inference_data(self) -> az.InferenceData:
+        """The guides' posterior draws: one variable per (site, configuration), named
+        ``"site[config]"``, with the seeds as chains."""
+        posterior = {}
+        for label in self.labels:
+            runs = sorted(((s, r) for (l, s), r in self.runs.items() if l == label and r["posterior"]))
+            if not runs:
+                continue
+            for site in runs[0][1]["posterior"]:
+                posterior[f"{site}[{label}]"] = np.stack([np.asarray(r["posterior"][site]) for _, r in runs])
+        return az.from_dict(posterior=posterior)

@@ -1,0 +1,111 @@
+"""``report``: one self-contained HTML page (figures embedded) and a markdown twin."""
+
+import base64
+import html
+import io
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any, List, Tuple, Union
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from pyro_grad.comparison.results import Comparison
+from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
+from pyro_grad.errors import EstimatorError
+
+#: Rows of the posterior summary shown (a local latent per data point makes many).
+MAX_POSTERIOR_ROWS = 30
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; } img { max-width: 100%; } code { background: #f6f6f6; }
+"""
+
+
+def machine() -> pd.DataFrame:
+    """The machine and the versions that made the report."""
+    rows = [("python", platform.python_version()), ("platform", platform.platform())]
+    for package in ("torch", "pyro-ppl", "arviz", "pyro-grad"):
+        try:
+            rows.append((package, metadata.version(package)))
+        except metadata.PackageNotFoundError:
+            rows.append((package, "not installed"))
+    return pd.DataFrame(rows, columns=["what", "version"])
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def sections(obj: Any) -> List[Tuple[str, Union[pd.DataFrame, plt.Figure, str]]]:
+    """(heading, table | figure | text) for a Comparison, GradientReport or EstimatorComparison."""
+    if isinstance(obj, Comparison):
+        parts = [
+            ("Summary", obj.summary()),
+            ("ELBO during training", obj.plot_elbo()),
+            ("Gradient variance at checkpoints", obj.plot_variance()),
+            ("Estimator configurations", pd.DataFrame(list(obj.configs.items()), columns=["config", "estimators"])),
+        ]
+        if len(obj.failures()):
+            parts.append(("Runs stopped early", obj.failures()))
+        import arviz as az
+
+        posterior = az.summary(obj.to_inference_data()).reset_index()
+        if len(posterior) > MAX_POSTERIOR_ROWS:
+            heading = f"Posterior (ArviZ summary, first {MAX_POSTERIOR_ROWS} of {len(posterior)} variables)"
+            posterior = posterior.head(MAX_POSTERIOR_ROWS)
+        else:
+            heading = "Posterior (ArviZ summary)"
+        parts.append((heading, posterior))
+        return parts
+    if isinstance(obj, (GradientReport, EstimatorComparison)):
+        return [
+            ("Parameters", obj.params),
+            ("Sample sites", obj.sites if len(obj.sites) else "(none)"),
+            ("Gradient draws", obj.plot()),
+        ]
+    raise EstimatorError(
+        f"report() takes a Comparison, GradientReport or EstimatorComparison, got {type(obj).__name__}"
+    )
+
+
+def report(obj: Any, path: Union[str, Path], title: str = "pyro_grad report") -> Path:
+    """Write ``path`` (HTML, figures embedded as PNG) and its markdown twin (``.md``, with
+    the figures as PNG files beside it). Returns the HTML path."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EstimatorError(f"cannot write the report to {path}: {error.strerror}") from None
+    parts = sections(obj) + [("Machine and versions", machine())]
+    body, markdown = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}"]
+    for i, (heading, content) in enumerate(parts):
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        markdown.append(f"## {heading}")
+        if isinstance(content, pd.DataFrame):
+            body.append(content.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+            markdown.append(content.to_markdown(index=False, floatfmt=".4g"))
+        elif isinstance(content, plt.Figure):
+            png = _png(content)
+            encoded = base64.b64encode(png).decode()
+            body.append(f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{encoded}">')
+            image = path.with_name(f"{path.stem}-figure-{i}.png")
+            image.write_bytes(png)
+            markdown.append(f"![{heading}]({image.name})")
+        else:
+            body.append(f"<p>{html.escape(str(content))}</p>")
+            markdown.append(str(content))
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
+    )
+    path.write_text(page, encoding="utf-8")
+    path.with_suffix(".md").write_text("\n\n".join(markdown) + "\n", encoding="utf-8")
+    return path
