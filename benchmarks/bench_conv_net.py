@@ -11,7 +11,6 @@ import sys
 import time
 import warnings
 
-import torch
 
 import pyro_grad as pg
 from models import forum

@@ -23,6 +23,9 @@ class Benchmark:
     reference_gradient: Optional[Callable[..., Dict[str, Any]]] = None
     guide: Optional[Callable] = None
     tags: Tuple[str, ...] = field(default=())
+    #: Restores any state the program keeps outside Pyro's param store (a network's
+    #: weights), so that every use of the benchmark starts from the same point.
+    reset: Optional[Callable[[], None]] = None
 
     def applicable_estimators(self) -> List[Tuple[str, Any, int]]:
         """(label, estimator, particles) for every registered estimator that applies to all
@@ -56,7 +59,9 @@ class Benchmark:
     def arguments(self) -> Tuple[Any, ...]:
         """The default arguments, each number as a fresh tensor that requires grad (the
         parameters to differentiate); tensors (data, or inputs that already require grad)
-        as they are."""
+        as they are. Calls ``reset`` first."""
+        if self.reset is not None:
+            self.reset()
         return tuple(
             torch.tensor(float(a), requires_grad=True) if isinstance(a, (int, float)) else a
             for a in self.default_args

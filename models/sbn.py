@@ -32,12 +32,21 @@ class SigmoidBeliefNet(torch.nn.Module):
 
     def __init__(self, latents: int = 4, seed: int = 0):
         super().__init__()
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
         self.latents = latents
+        self.seed = seed
         self.prior_logits = torch.nn.Parameter(torch.zeros(latents))
         self.decoder = torch.nn.Linear(latents, PIXELS)
         self.encoder = torch.nn.Linear(PIXELS, latents)
+        self.reset()
+
+    def reset(self) -> None:
+        """Re-initialize every weight from ``seed`` (training updates them in place)."""
+        state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)
+        with torch.no_grad():
+            self.prior_logits.zero_()
+            self.decoder.reset_parameters()
+            self.encoder.reset_parameters()
         torch.random.set_rng_state(state)
 
     def model(self, data: torch.Tensor) -> None:
@@ -93,4 +102,5 @@ BENCHMARK = Benchmark(
     arg_names=("data",),
     reference_gradient=exact_elbo_gradient,
     tags=("elbo", "discrete"),
+    reset=NET.reset,
 )
