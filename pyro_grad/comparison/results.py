@@ -35,6 +35,21 @@ class Comparison:
     def __init__(self, runs: Dict[Tuple[str, int], Dict[str, Any]], configs: Dict[str, str]):
         self.runs = runs
         self.configs = configs
+        self.reference: Dict[str, np.ndarray] = {}
+
+    def add_nuts_reference(
+        self, model: Any, *args: Any, num_samples: int = 300, warmup_steps: int = 200, seed: int = 0, **kwargs: Any
+    ) -> "Comparison":
+        """Draw a NUTS reference posterior (Pyro's MCMC) for a model whose latents are all
+        continuous; :meth:`to_inference_data` then includes it as ``"site[NUTS]"``."""
+        import pyro
+        from pyro.infer import MCMC, NUTS
+
+        pyro.set_rng_seed(seed)
+        mcmc = MCMC(NUTS(model), num_samples=num_samples, warmup_steps=warmup_steps, disable_progbar=True)
+        mcmc.run(*args, **kwargs)
+        self.reference = {site: draws.detach().numpy() for site, draws in mcmc.get_samples().items()}
+        return self
 
     @property
     def labels(self):
@@ -127,8 +142,9 @@ class Comparison:
 
     def to_inference_data(self) -> az.InferenceData:
         """The guides' posterior draws: one variable per (site, configuration), named
-        ``"site[config]"``, with the seeds as chains."""
-        posterior = {}
+        ``"site[config]"``, with the seeds as chains (and ``"site[NUTS]"``, one chain,
+        when a NUTS reference was added)."""
+        posterior = {f"{site}[NUTS]": draws[None] for site, draws in self.reference.items()}
         for label in self.labels:
             runs = sorted(((s, r) for (l, s), r in self.runs.items() if l == label and r["posterior"]))
             if not runs:
