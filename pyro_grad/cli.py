@@ -178,14 +178,14 @@ def _estimator_names() -> List[str]:
     return list(registered_names())
 
 
-def load_model(spec: str) -> Tuple[Callable, Optional[Callable], tuple]:
-    """A registry name or ``MODULE:FUNCTION`` → (model, guide or None, arguments)."""
+def load_model(spec: str) -> Tuple[Callable, Optional[Callable], tuple, Optional[Callable]]:
+    """A registry name or ``MODULE:FUNCTION`` → (model, guide or None, arguments, reset)."""
     from models import Benchmark, registry
 
     benchmarks = registry()
     if spec in benchmarks:
         bench = benchmarks[spec]
-        return bench.program, bench.guide, bench.arguments()
+        return bench.program, bench.guide, bench.arguments(), bench.reset
     if ":" not in spec:
         raise UsageError(f"unknown model {spec!r}; the registry has {sorted(benchmarks)}, or give MODULE:FUNCTION")
     module_name, _, attr = spec.partition(":")
@@ -196,17 +196,17 @@ def load_model(spec: str) -> Tuple[Callable, Optional[Callable], tuple]:
     except AttributeError:
         raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
     if isinstance(obj, Benchmark):
-        return obj.program, obj.guide, obj.arguments()
+        return obj.program, obj.guide, obj.arguments(), obj.reset
     if not callable(obj):
         raise UsageError(f"{spec} is neither a model nor a benchmark")
-    return obj, None, ()
+    return obj, None, (), None
 
 
 def run_compare(ns: argparse.Namespace) -> int:
     from pyro_grad.comparison import compare
     from pyro_grad.html_report import report
 
-    model, guide, args = load_model(ns.model)
+    model, guide, args, reset = load_model(ns.model)
     configs = parse_configs(ns.config) or {"auto": None}
     out = Path(ns.out)
     try:
@@ -216,7 +216,7 @@ def run_compare(ns: argparse.Namespace) -> int:
     except OSError as error:
         raise UsageError(f"cannot write to --out {ns.out}: {error.strerror}") from None
     result = compare(model, guide, *args, configs=configs, num_steps=ns.steps, num_particles=ns.particles,
-                     seeds=tuple(range(ns.seeds)), diagnose_every=max(1, ns.steps // 2), out=str(out))
+                     seeds=tuple(range(ns.seeds)), diagnose_every=max(1, ns.steps // 2), out=str(out), reset=reset)
     print(result.summary().to_markdown(index=False, floatfmt=".4g"))
     print(f"\nwrote {report(result, out / 'report.html', title=f'{ns.model}: SVI comparison')}")
     return 0

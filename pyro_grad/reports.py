@@ -46,7 +46,7 @@ def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int =
             result = compare(
                 bench.program, bench.guide, *bench.arguments(), configs=_svi_configs(bench),
                 num_steps=num_steps, seeds=seeds, diagnose_every=max(1, num_steps // 2),
-                out=str(out_dir / "runs" / name),
+                out=str(out_dir / "runs" / name), reset=bench.reset,
             )
             kind = "SVI"
         page = report(result, out_dir / f"{name}.html", title=f"{name}: {kind}")

@@ -45,10 +45,13 @@ def _posterior(guide: Callable, args: tuple, kwargs: dict) -> Dict[str, list]:
     return draws
 
 
-def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, optim, diagnose_every, progress):
+def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, optim, diagnose_every, progress,
+            reset=None):
     """One SVI run: the ELBO trace, gradient variance at checkpoints, time, evaluations,
     posterior draws; a non-finite ELBO stops the run and is recorded with its step."""
     pyro.clear_param_store()
+    if reset is not None:
+        reset()
     pyro.set_rng_seed(seed)
     base = guide if guide is not None else AutoGuide(model)
     wrapped = _with_config(base, config)
@@ -98,6 +101,7 @@ def compare(
     optim: Any = None,
     diagnose_every: Optional[int] = None,
     out: Optional[str] = None,
+    reset: Optional[Callable[[], None]] = None,
     **kwargs: Any,
 ) -> Comparison:
     """Train ``model`` with ``guide`` (an :class:`AutoGuide` when None) by SVI under each
@@ -111,7 +115,9 @@ def compare(
     ends, and stored runs are skipped on the next call. A run whose ELBO turns
     non-finite (or whose step raises, as when a parameter turns NaN) stops, is recorded
     with the reason and step, and the others go on.
-    ``optim`` is a Pyro optimizer or a factory of one (default: Adam, lr 0.01).
+    ``optim`` is a Pyro optimizer or a factory of one (default: Adam, lr 0.01). Every run
+    starts from a cleared param store; ``reset`` restores any state kept outside it (an
+    ``nn.Module``'s weights trained in place), so that every run starts alike.
     """
     if not isinstance(configs, Mapping) or not configs:
         raise EstimatorError("configs must be a non-empty dict of label -> estimators config")
@@ -130,7 +136,7 @@ def compare(
             stored = store.get(label, seed)
             if stored is None:
                 stored = run_one(model, guide, args, kwargs, configs[label], seed, num_steps,
-                                 num_particles, optim, diagnose_every, progress)
+                                 num_particles, optim, diagnose_every, progress, reset)
                 store.put(label, seed, stored)
             records[(label, seed)] = stored
     progress.close()
