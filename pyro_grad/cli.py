@@ -39,6 +39,31 @@ def gradient_table(num_samples: int = 10_000, seed: int = 0) -> pd.DataFrame:
     return table[["program", "estimator"] + [c for c in table.columns if c not in ("program", "estimator")]]
 
 
+def import_object(spec: str) -> Any:
+    """``MODULE:NAME`` → the object, or a one-line :class:`UsageError`."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"expected MODULE:FUNCTION, got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except ImportError as error:
+        raise UsageError(f"cannot import module {module_name!r}: {error}") from None
+    except AttributeError:
+        raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def writable_directory(path: str) -> Path:
+    """``path`` created if need be and checked writable, or a one-line :class:`UsageError`."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").touch()
+        (out / ".write-test").unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to --out {path}: {error.strerror}") from None
+    return out
+
+
 def models_table() -> pd.DataFrame:
     """One row per built-in benchmark: its name, objective, arguments and description."""
     from models import registry
@@ -67,15 +92,7 @@ def load_program(spec: str, overrides: List[str]) -> Tuple[Callable, tuple, Opti
     """
     from models import Benchmark, registry
 
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UsageError(f"expected MODULE:FUNCTION, got {spec!r}")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except ImportError as error:
-        raise UsageError(f"cannot import module {module_name!r}: {error}") from None
-    except AttributeError:
-        raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+    obj = import_object(spec)
     bench = obj if isinstance(obj, Benchmark) else next(
         (b for b in registry().values() if b.program is obj), None
     )
@@ -128,14 +145,7 @@ def run_diagnose(ns: argparse.Namespace) -> int:
     reference = {"none": None, "exact": exact, "enumerate": "enumerate", "reparam": "reparam"}[ns.reference]
     if ns.reference == "exact" and exact is None:
         raise UsageError(f"{ns.program} has no exact reference; use --reference enumerate, reparam or none")
-    out = Path(ns.out) if ns.out else None
-    if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / ".write-test").touch()
-            (out / ".write-test").unlink()
-        except OSError as error:
-            raise UsageError(f"cannot write to --out {ns.out}: {error.strerror}") from None
+    out = writable_directory(ns.out) if ns.out else None
     report = diagnose(
         program, *args, estimators=parse_config(ns.estimator), num_samples=ns.samples,
         num_particles=ns.particles, reference=reference,
@@ -188,13 +198,7 @@ def load_model(spec: str) -> Tuple[Callable, Optional[Callable], tuple, Optional
         return bench.program, bench.guide, bench.arguments(), bench.reset
     if ":" not in spec:
         raise UsageError(f"unknown model {spec!r}; the registry has {sorted(benchmarks)}, or give MODULE:FUNCTION")
-    module_name, _, attr = spec.partition(":")
-    try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except ImportError as error:
-        raise UsageError(f"cannot import module {module_name!r}: {error}") from None
-    except AttributeError:
-        raise UsageError(f"module {module_name!r} has no attribute {attr!r}") from None
+    obj = import_object(spec)
     if isinstance(obj, Benchmark):
         return obj.program, obj.guide, obj.arguments(), obj.reset
     if not callable(obj):
@@ -208,13 +212,7 @@ def run_compare(ns: argparse.Namespace) -> int:
 
     model, guide, args, reset = load_model(ns.model)
     configs = parse_configs(ns.config) or {"auto": None}
-    out = Path(ns.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").touch()
-        (out / ".write-test").unlink()
-    except OSError as error:
-        raise UsageError(f"cannot write to --out {ns.out}: {error.strerror}") from None
+    out = writable_directory(ns.out)
     result = compare(model, guide, *args, configs=configs, num_steps=ns.steps, num_particles=ns.particles,
                      seeds=tuple(range(ns.seeds)), diagnose_every=max(1, ns.steps // 2), out=str(out), reset=reset)
     print(result.summary().to_markdown(index=False, floatfmt=".4g"))

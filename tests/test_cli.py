@@ -65,3 +65,28 @@ def test_the_console_script_exits_2_without_a_traceback():
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compare", "no_such_model"], "unknown model 'no_such_model'"),
+        (["compare", "coin", "--config", "x=f:bogus"], "unknown estimator 'bogus'"),
+        (["compare", "coin", "--config", "x=g:score"], "site(s) ['g']"),
+        (["compare", "coin", "--config", "broken"], "expected NAME=SITE:ESTIMATOR"),
+        (["compare", "coin", "--out", "/proc/forbidden"], "cannot write to --out"),
+    ],
+)
+def test_compare_mistakes_get_one_line_and_exit_code_2(argv, message, capsys):
+    assert main(argv + ["--steps", "2", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_compare_prints_the_summary_and_writes_the_page(tmp_path, capsys):
+    code = main(["compare", "coin", "--config", "rep=reparam", "--config", "loo=f:score:loo",
+                 "--steps", "20", "--seeds", "1", "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| rep" in out and "| loo" in out
+    assert (tmp_path / "report.html").exists() and (tmp_path / "runs.sqlite").exists()
