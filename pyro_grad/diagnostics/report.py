@@ -83,11 +83,16 @@ class EstimatorComparison:
             ]
         )
 
-    def plot(self, kind: str = "hist") -> plt.Figure:
+    def plot(self, kind: str = "auto") -> plt.Figure:
         """Each candidate's draws per parameter element: overlaid histograms
-        (``kind="hist"``) or box plots (``kind="box"``), with the reference line."""
+        (``kind="hist"``) or box plots (``kind="box"``), with the reference line.
+        ``"auto"`` takes box plots when there are more than four candidates or one of
+        them has (near) zero variance, whose histogram would be a single spike."""
         references = next((r.references for r in self.reports.values() if r.references), {})
         names = list(dict.fromkeys(n for r in self.reports.values() for n in r.params["param"]))
+        if kind == "auto":
+            degenerate = any((r.params["variance"] < 1e-10).any() for r in self.reports.values())
+            kind = "box" if degenerate or len(self.reports) > 4 else "hist"
         return plot_draws(self.samples, references, names, kind=kind)
 
 
