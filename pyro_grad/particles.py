@@ -57,28 +57,6 @@ def particle_traces(
         return [poutine.trace(fn).get_trace(*args, **kwargs) for _ in range(num_particles)], None
 
 
-def to_particle_axis(t: torch.Tensor, particle_dim: Optional[int], num_particles: int) -> torch.Tensor:
-    """``t`` with its particle dim moved to the front and expanded to ``num_particles``.
-
-    ``particle_dim=None`` means ``t`` belongs to one particle: a leading axis of 1 is added.
-    """
-    t = torch.as_tensor(t)
-    if particle_dim is None:
-        return t.unsqueeze(0)
-    if t.dim() < -particle_dim:
-        t = t.reshape((1,) * (-particle_dim - t.dim()) + t.shape)
-    t = t.movedim(particle_dim, 0)
-    return t.expand((num_particles,) + t.shape[1:])
-
-
-def per_particle_sum(t: torch.Tensor, particle_dim: Optional[int], num_particles: int) -> torch.Tensor:
-    """Sum of ``t`` over everything but its particles: shape ``(K,)``."""
-    if particle_dim is None:
-        return t.sum().reshape(1)
-    t = to_particle_axis(t, particle_dim, num_particles)
-    return t.reshape(t.shape[0], -1).sum(1)
-
-
 def match_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
     """Insert size-1 dims after the particle axis so that ``t`` has ``ndim`` dims.
 
@@ -107,7 +85,9 @@ class ParticleLayout:
     num: int
 
     def first(self, t: torch.Tensor, event_dim: int = 0) -> torch.Tensor:
-        """``t`` with its particle axis moved to the front: ``(P, ...)``."""
+        """``t`` with its particle axis moved to the front and expanded: ``(P, ...)``.
+        With no particle axis, ``t`` is one particle's: a leading axis of 1 is added."""
+        t = torch.as_tensor(t)
         if self.dim is None:
             return t.unsqueeze(0)
         need = -self.dim + event_dim
@@ -132,5 +112,5 @@ class ParticleLayout:
     def reduce(self, t: torch.Tensor, event_dim: int = 0) -> torch.Tensor:
         """Per-particle sums ``(P,)`` of a tensor with ``event_dim`` event dims."""
         if self.dim is None:
-            return t.sum().reshape(1)
+            return torch.as_tensor(t).sum().reshape(1)
         return self.first(t, event_dim).reshape(self.num, -1).sum(1)

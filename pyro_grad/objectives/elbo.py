@@ -31,8 +31,6 @@ from pyro_grad.particles import (
     ParticleLayout,
     concat_particles,
     match_dims,
-    per_particle_sum,
-    to_particle_axis,
 )
 from pyro_grad.paths import GumbelSoftmax
 
@@ -101,7 +99,7 @@ class ELBO(pyro.infer.ELBO):
                     pair = self._get_trace(model, guide, args, kwargs)
                 else:
                     pair = self._get_vectorized_trace(model, guide, args, kwargs)
-            return _particle_terms(*pair, dim, k)[0].detach()
+            return _particle_terms(*pair, layout)[0].detach()
 
         elbos, surrogates, blocks, differences = [], [], [], []
         guide_trace = None
@@ -110,7 +108,7 @@ class ELBO(pyro.infer.ELBO):
             dim = self._particle_dim()
             k = self.num_particles if dim is not None else 1
             layout = ParticleLayout(dim, k)
-            elbo, surrogate_elbo, block = _particle_terms(model_trace, guide_trace, dim, k)
+            elbo, surrogate_elbo, block = _particle_terms(model_trace, guide_trace, layout)
             elbos.append(elbo)
             surrogates.append(surrogate_elbo)
             blocks.append(block)
@@ -191,16 +189,16 @@ class RefuseSoftRelaxations(Messenger):
             )
 
 
-def _particle_terms(model_trace, guide_trace, dim, k) -> Tuple[torch.Tensor, torch.Tensor, Block]:
+def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[torch.Tensor, torch.Tensor, Block]:
     """Per-particle ELBO and surrogate ELBO of one trace pair, and its score-path block."""
-    elbo = surrogate = torch.zeros(k)
+    elbo = surrogate = torch.zeros(layout.num)
     downstream = defaultdict(MultiFrameTensor)
     for site in model_trace.nodes.values():
         if site["type"] == "sample":
             # Read the provenance once, then work on plain tensors: provenance
             # tracking through every later op costs more than the ELBO itself.
             upstream, log_p = get_provenance(site["log_prob"]), detach_provenance(site["log_prob"])
-            log_p_sum = per_particle_sum(log_p, dim, k)
+            log_p_sum = layout.reduce(log_p)
             elbo = elbo + log_p_sum
             surrogate = surrogate + log_p_sum
             for name in upstream:
@@ -208,7 +206,7 @@ def _particle_terms(model_trace, guide_trace, dim, k) -> Tuple[torch.Tensor, tor
     for site in guide_trace.nodes.values():
         if site["type"] == "sample":
             upstream, log_q = get_provenance(site["log_prob"]), detach_provenance(site["log_prob"])
-            log_q_sum = per_particle_sum(log_q, dim, k)
+            log_q_sum = layout.reduce(log_q)
             elbo = elbo - log_q_sum
             # Reparameterized sites keep log q's pathwise gradient; score-path sites keep
             # only its value, since their score term already carries −log q as a cost.
@@ -216,7 +214,7 @@ def _particle_terms(model_trace, guide_trace, dim, k) -> Tuple[torch.Tensor, tor
                 surrogate = surrogate - log_q_sum
             else:
                 entropy = detach_provenance(torch.as_tensor(site["score_parts"].entropy_term))
-                entropy_sum = per_particle_sum(entropy, dim, k)
+                entropy_sum = layout.reduce(entropy)
                 surrogate = surrogate - entropy_sum - (log_q_sum - entropy_sum).detach()
             for name in upstream:
                 downstream[name].add((site["cond_indep_stack"], -log_q))
@@ -226,7 +224,7 @@ def _particle_terms(model_trace, guide_trace, dim, k) -> Tuple[torch.Tensor, tor
         estimator = site["infer"].get("estimator") if site else None
         if estimator is None or not estimator.uses_score:
             continue
-        score = to_particle_axis(detach_provenance(site["score_parts"].score_function), dim, k)
-        cost = to_particle_axis(costs.sum_to(site["cond_indep_stack"]), dim, k)
+        score = layout.first(detach_provenance(site["score_parts"].score_function))
+        cost = layout.first(costs.sum_to(site["cond_indep_stack"]))
         block[name] = (estimator, score, match_dims(cost, score.dim()))
     return elbo, surrogate, block

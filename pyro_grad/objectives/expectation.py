@@ -25,7 +25,6 @@ from pyro_grad.particles import (
     concat_particles,
     match_dims,
     particle_traces,
-    to_particle_axis,
 )
 
 
@@ -121,7 +120,7 @@ def expectation_estimates(
             # Only score-path sites need a log-density (a soft relaxed value has none).
             parts = site["fn"].score_parts(site["value"], *site["args"], **site["kwargs"])
             parts = parts.scale_and_mask(site["scale"], site["mask"])
-            score = to_particle_axis(detach_provenance(parts.score_function), dim, k)
+            score = layout.first(detach_provenance(parts.score_function))
             block[name] = (estimator, score, match_dims(cost, score.dim()))
         values.append(cost)
         blocks.append(block)
