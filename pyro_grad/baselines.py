@@ -3,12 +3,45 @@
 Every baseline ``b_k`` here is independent of particle ``k``'s own draw at the site, so
 ``E[∇log q(z_k) · b_k] = 0`` and subtracting it leaves the estimator unbiased.
 ``cost`` has shape ``(G, K, ...)``: ``K`` particles for each of ``G`` independent estimates.
+
+The only state a baseline keeps is the decaying average, in :class:`RunningAverages`:
+plain tensors owned by the :func:`pyro_grad.estimators` handler that chose the site,
+never trainable parameters in Pyro's param store.
 """
 
-from typing import Callable, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import pyro
 import torch
+
+
+class RunningAverages:
+    """Per-site running averages of downstream costs, kept across steps.
+
+    Owned by one estimators handler (and so by the wrapped program, or by a
+    :class:`pyro_grad.ELBO`). Not in Pyro's param store: the averages are state,
+    not parameters, and carry no gradient.
+    """
+
+    def __init__(self) -> None:
+        self._values: Dict[str, torch.Tensor] = {}
+
+    def get(self, name: str) -> Optional[torch.Tensor]:
+        return self._values.get(name)
+
+    def set(self, name: str, value: torch.Tensor) -> None:
+        self._values[name] = value.detach()
+
+    def copy(self) -> "RunningAverages":
+        snapshot = RunningAverages()
+        snapshot._values = dict(self._values)
+        return snapshot
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+    def __repr__(self) -> str:
+        return f"RunningAverages({sorted(self._values)})"
 
 
 def leave_one_out(cost: torch.Tensor) -> torch.Tensor:
@@ -20,20 +53,19 @@ def leave_one_out(cost: torch.Tensor) -> torch.Tensor:
     return (cost.sum(1, keepdim=True) - cost) / (num_particles - 1)
 
 
-def decaying_average(key: str, cost: torch.Tensor, beta: float) -> torch.Tensor:
+def decaying_average(averages: RunningAverages, name: str, cost: torch.Tensor, beta: float) -> torch.Tensor:
     """``b = avg_{t−1}``, then ``avg_t = β·avg_{t−1} + (1 − β)·mean_k c_k``.
 
-    The running average lives in Pyro's param store under ``key`` (as
-    ``TraceGraph_ELBO``'s does), so it persists across steps and is saved with the
-    params. It starts at zero; when the site's shape changes (say, a new subsample
-    size) it restarts from zero.
+    The running average of site ``name`` lives in ``averages`` (see
+    :class:`RunningAverages`), so it persists across steps of the same handler. It
+    starts at zero; when the site's shape changes (say, a new subsample size) it
+    restarts from zero.
     """
-    store = pyro.get_param_store()
     batch_mean = cost.detach().mean((0, 1))
-    old = store[key].detach() if key in store else None
+    old = averages.get(name)
     if old is None or old.shape != batch_mean.shape:
         old = torch.zeros_like(batch_mean)
-    store[key] = beta * old + (1 - beta) * batch_mean
+    averages.set(name, beta * old + (1 - beta) * batch_mean)
     return old.expand(cost.shape[:2] + old.shape)
 
 
@@ -44,7 +76,8 @@ def learned(
 
     ``args`` are the program's (detached) inputs, never the site's own value, so the
     baseline stays unbiased. An ``nn.Module`` is registered with ``pyro.module`` so
-    that SVI optimizes it. Returns ``(baseline, squared-error loss)``.
+    that SVI optimizes it (its weights are trainable parameters, unlike the averages).
+    Returns ``(baseline, squared-error loss)``.
     """
     if isinstance(baseline, torch.nn.Module):
         pyro.module(key, baseline)

@@ -20,6 +20,7 @@ its score term), so diagnostics can attribute variance to sites.
 """
 
 import contextlib
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -28,17 +29,18 @@ import pyro
 import pyro.poutine as poutine
 import torch
 import torch.autograd.forward_ad as fwAD
-from pyro.poutine.messenger import unwrap
+from pyro.poutine.messenger import Messenger, unwrap
 from pyro.poutine.subsample_messenger import _Subsample
 
+from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
+from pyro_grad.handler import CHOICE
 from pyro_grad.objectives.surrogate import Estimates
 from pyro_grad.paths import describe
 from pyro_grad.site_tangent import SiteTangent, differentiable_parameters
 
 #: Above this many target elements, one forward pass per element costs more than the loop.
 MAX_FORWARD_ELEMENTS = 64
-BASELINE_STATE = "_pyro_grad_baseline_avg_"
 
 EstimateFn = Callable[[tuple, int], Estimates]
 
@@ -131,18 +133,23 @@ def find_targets(
     return targets + site_targets, params
 
 
-@contextlib.contextmanager
-def preserved_baseline_state() -> Iterator[None]:
-    """Diagnostics draw estimates without advancing any decaying-average baseline."""
-    store = pyro.get_param_store()
-    saved = {k: store._params[k] for k in list(store._params) if k.startswith(BASELINE_STATE)}
-    try:
-        yield
-    finally:
-        for k in [k for k in list(store._params) if k.startswith(BASELINE_STATE)]:
-            del store[k]
-        for k, v in saved.items():
-            store[k] = v
+class FrozenAverages(Messenger):
+    """Within this context every site's baseline state is a snapshot, so diagnostics
+    draw estimates without advancing any decaying average. It is the outermost
+    handler, so it sees each site after the estimators handlers have chosen."""
+
+    def __enter__(self):
+        self._snapshots: Dict[int, RunningAverages] = {}
+        return super().__enter__()
+
+    def _pyro_sample(self, msg: dict) -> None:
+        choice = msg["infer"].get(CHOICE)
+        if choice is None:
+            return
+        key = id(choice.averages)
+        if key not in self._snapshots:
+            self._snapshots[key] = choice.averages.copy()
+        msg["infer"][CHOICE] = dataclasses.replace(choice, averages=self._snapshots[key])
 
 
 @contextlib.contextmanager
@@ -212,7 +219,7 @@ def forward_draws(
         for j in range(numel):
             tangent = torch.zeros(numel)
             tangent[j] = 1.0
-            with torch.random.fork_rng(), fwAD.dual_level(), preserved_baseline_state():
+            with torch.random.fork_rng(), fwAD.dual_level(), FrozenAverages():
                 torch.manual_seed(seed)
                 if target.kind == "site":
                     shift = fwAD.make_dual(torch.zeros(()), torch.ones(()))
@@ -248,7 +255,7 @@ def loop_draws(
         torch.manual_seed(seed)
         for _ in range(num_estimates):
             new_args, leaves, sites = reverse_leaves(args, targets, params)
-            with preserved_baseline_state(), contextlib.ExitStack() as stack:
+            with FrozenAverages(), contextlib.ExitStack() as stack:
                 for site in sites:
                     stack.enter_context(site)
                 out = estimates(new_args, 1)

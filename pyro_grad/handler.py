@@ -1,18 +1,44 @@
 """The ``estimators`` handler: choose each sample site's gradient path before it is drawn."""
 
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple, Union
 
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
+from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
 from pyro_grad.paths import Estimator, Reparam, Score
 
 Config = Union[None, Mapping, Callable[[dict], Optional[Estimator]]]
 
-#: Set in a site's ``infer`` once a handler has prepared it, so outer handlers leave it be.
-PREPARED = "_pyro_grad_prepared"
+#: Key in a site's ``infer`` of the :class:`Choice` that prepared it.
+CHOICE = "_pyro_grad_choice"
+
+# How strongly a handler's choice holds, weakest first. Handlers nest: the innermost
+# sees a site first, and an outer handler re-prepares the site only with a stronger
+# choice, so an objective's built-in "auto" never hides a user's config around it.
+AUTO, DEFAULT, SITE, CONFIG = range(4)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Who chose a site's estimator, and what the site looked like before.
+
+    ``strength`` is one of ``AUTO < DEFAULT < SITE < CONFIG``; ``site_estimator`` is the
+    site's own ``infer["estimator"]``, so that an outer handler can choose again from
+    the site as written; ``averages`` is the choosing handler's baseline state.
+    """
+
+    strength: int
+    site_estimator: Optional[Estimator]
+    averages: RunningAverages
+
+
+def without_path_switch(fn: Any) -> Any:
+    """``fn`` without the wrapper an estimator's ``prepare`` put around it."""
+    return fn.base_dist if getattr(fn, "path_wrapper", False) else fn
 
 
 def _check_estimator(value: Any, where: str) -> Estimator:
@@ -24,14 +50,25 @@ def _check_estimator(value: Any, where: str) -> Estimator:
     return value
 
 
+def auto_estimator(fn: Any) -> Estimator:
+    """``Reparam`` where the distribution has ``rsample``, else ``Score("auto")``."""
+    return Reparam() if getattr(fn, "has_rsample", False) else Score("auto")
+
+
 class EstimatorMessenger(Messenger):
     """Sets ``msg["infer"]["estimator"]`` for every latent sample site and switches its path.
 
-    Precedence: ``config`` (a mapping from site names, or a callable of the site
-    message), then the site's own ``infer={"estimator": ...}``, then ``default``.
-    Observed and subsample sites are left alone, as are sites an inner handler
-    already prepared. The site's distribution object is never mutated: a path
-    switch replaces ``msg["fn"]`` with a wrapper.
+    Precedence, strongest first: ``config`` (a mapping from site names, or a callable
+    of the site message), then the site's own ``infer={"estimator": ...}``, then an
+    explicit ``default`` estimator, then ``"auto"``. Among nested handlers the inner
+    one wins a tie and an outer one overrides a weaker choice, so that
+    ``with pg.estimators({"z": pg.Score()}): pg.expectation(f, θ)`` uses ``Score`` at
+    ``z`` although the objective applies ``"auto"`` inside. Observed, subsample and
+    replayed sites are left alone. The site's distribution object is never mutated: a
+    path switch replaces ``msg["fn"]`` with a wrapper.
+
+    The handler keeps the state of the baselines it chose (the decaying averages), so
+    wrap a program once and reuse it to carry that state across steps.
     """
 
     def __init__(self, config: Config = None, default: Union[str, Estimator, None] = "auto"):
@@ -47,6 +84,7 @@ class EstimatorMessenger(Messenger):
             _check_estimator(default, "default")
         self.config = config
         self.default = default
+        self.averages = RunningAverages()
         self._seen = set()
 
     def __enter__(self):
@@ -64,32 +102,44 @@ class EstimatorMessenger(Messenger):
                 )
         return result
 
-    def _choose(self, msg: dict) -> Optional[Estimator]:
+    def _choose(self, msg: dict, site_estimator: Optional[Estimator]) -> Optional[Tuple[Estimator, int]]:
         name = msg["name"]
         if isinstance(self.config, Mapping) and name in self.config:
-            return self.config[name]
+            return self.config[name], CONFIG
         if callable(self.config) and not isinstance(self.config, Mapping):
             chosen = self.config(msg)
             if chosen is not None:
-                return _check_estimator(chosen, f"config({name!r})")
-        if "estimator" in msg["infer"]:
-            return _check_estimator(msg["infer"]["estimator"], f"site {name!r} infer['estimator']")
+                return _check_estimator(chosen, f"config({name!r})"), CONFIG
+        if site_estimator is not None:
+            return _check_estimator(site_estimator, f"site {name!r} infer['estimator']"), SITE
         if self.default == "auto":
-            return Reparam() if getattr(msg["fn"], "has_rsample", False) else Score("auto")
-        return self.default
+            return auto_estimator(msg["fn"]), AUTO
+        if self.default is None:
+            return None
+        return self.default, DEFAULT
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or isinstance(msg["fn"], _Subsample):
             return
         self._seen.add(msg["name"])
-        if msg["infer"].get(PREPARED) or msg["value"] is not None:
-            return  # prepared by an inner handler, or replayed: the draw is not ours
-        estimator = self._choose(msg)
-        if estimator is None:
+        earlier: Optional[Choice] = msg["infer"].get(CHOICE)
+        if earlier is None and msg["value"] is not None:
+            return  # replayed: the draw is not ours
+        if earlier is None:
+            site_estimator = msg["infer"].get("estimator")
+        else:
+            site_estimator = earlier.site_estimator
+        # Choose from the site as written: without the inner handler's path switch, but
+        # with what handlers in between did (a plate broadcasting it, say).
+        prepared, msg["fn"] = msg["fn"], without_path_switch(msg["fn"])
+        choice = self._choose(msg, site_estimator)
+        if choice is None or (earlier is not None and choice[1] <= earlier.strength):
+            msg["fn"] = prepared
             return
+        estimator, strength = choice
         estimator.prepare(msg)
         msg["infer"]["estimator"] = estimator
-        msg["infer"][PREPARED] = True
+        msg["infer"][CHOICE] = Choice(strength, site_estimator, self.averages)
 
 
 def estimators(
@@ -101,7 +151,9 @@ def estimators(
     """Choose the gradient estimator of each sample site of ``fn``.
 
     As a wrapper: ``guide = pg.estimators(guide, {"z": pg.Score(baseline="loo")})``.
-    As a context manager: ``with pg.estimators({"z": pg.Reparam()}): ...``.
+    As a context manager: ``with pg.estimators({"z": pg.Reparam()}): ...`` or
+    ``with pg.estimators(config=choose): ...``; a handler's explicit choices win over
+    the objectives' built-in ``"auto"`` inside it.
 
     :param fn: the program (a model or a guide) to wrap; a mapping here is taken as
         ``config`` for the context-manager form.

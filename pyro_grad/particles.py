@@ -11,11 +11,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer.tracegraph_elbo import TrackNonReparam
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
+
+from pyro_grad.control_flow import READ, watched_reads
 
 PARTICLES = "_pyro_grad_particles"
 
@@ -44,17 +45,38 @@ def particle_traces(
     """Traces of ``fn`` for ``num_particles`` particles, and the particle dim (None when looped).
 
     Non-reparameterized sites' values carry provenance (as in ``TraceGraph_ELBO``), so
-    that every cost knows which sites it depends on. ``max_plate_nesting`` is guessed
-    by one extra run when not given.
+    that every cost knows which sites it depends on; a site whose value the program
+    reads into Python is marked (:mod:`pyro_grad.control_flow`). ``max_plate_nesting``
+    is guessed by one extra run when not given.
     """
-    with TrackNonReparam():
-        if vectorize and num_particles > 1:
-            if max_plate_nesting is None:
-                max_plate_nesting = guess_max_plate_nesting(fn, args, kwargs)
-            dim = -max_plate_nesting - 1
-            with pyro.plate(PARTICLES, num_particles, dim=dim):
-                return [poutine.trace(fn).get_trace(*args, **kwargs)], dim
-        return [poutine.trace(fn).get_trace(*args, **kwargs) for _ in range(num_particles)], None
+    batched = vectorize and num_particles > 1
+    if batched:
+        if max_plate_nesting is None:
+            max_plate_nesting = guess_max_plate_nesting(fn, args, kwargs)
+        dim = -max_plate_nesting - 1
+        with pyro.plate(PARTICLES, num_particles, dim=dim):
+            return [watched_trace(fn, args, kwargs, batched=True)], dim
+    return [watched_trace(fn, args, kwargs, batched=False) for _ in range(num_particles)], None
+
+
+def watched_trace(fn: Callable, args: tuple, kwargs: dict, batched: bool) -> Trace:
+    """One trace of ``fn`` with provenance on non-reparameterized values, its Python
+    reads of drawn values marked in the read sites' ``infer``."""
+    with watched_reads(batched) as reads:
+        trace = poutine.trace(fn).get_trace(*args, **kwargs)
+    mark_reads(trace, reads.sites)
+    return trace
+
+
+def mark_reads(trace: Trace, sites) -> None:
+    for name in sites:
+        if name in trace.nodes:
+            trace.nodes[name]["infer"][READ] = True
+
+
+def read_sites(trace: Trace) -> List[str]:
+    """The sites of ``trace`` whose values the program read into Python, in order."""
+    return [name for name, site in trace.nodes.items() if site.get("infer", {}).get(READ)]
 
 
 def match_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -84,11 +84,12 @@ def test_two_bernoullis_every_baseline_is_unbiased(baseline, num_particles):
     if baseline == "learned":
         baseline = ConstantBaseline()
     estimator = pg.Score(baseline=baseline)
-    program = pg.estimators(two_bernoullis, {"a": estimator, "b": estimator})
+    handler = pg.EstimatorMessenger({"a": estimator, "b": estimator})
+    program = handler(two_bernoullis)
     if baseline == "decay":
         for _ in range(30):  # warm the running average so the baseline is not zero
             pg.expectation(program, theta(0.1))
-        assert float(pyro.get_param_store()["_pyro_grad_baseline_avg_a"]) > 0.5
+        assert float(handler.averages.get("a")) > 0.5
     g = expectation_draws(program, theta(0.1), num_draws=N, num_particles=num_particles)["theta"]
     assert_mean(g, 7.0)
 

@@ -10,7 +10,7 @@ from pyro_grad.gradient_samples import (
     Draws,
     EstimateFn,
     Target,
-    preserved_baseline_state,
+    FrozenAverages,
     primal_of,
     replaced,
 )
@@ -59,7 +59,7 @@ class FiniteDifferences:
                 step = step.view(primal.shape)
                 values = []
                 for sign, run_seed in ((1, seed), (-1, seed if self.common_random_numbers else seed + 1)):
-                    with torch.random.fork_rng(), preserved_baseline_state(), torch.no_grad():
+                    with torch.random.fork_rng(), FrozenAverages(), torch.no_grad():
                         torch.manual_seed(run_seed)
                         with replaced(target, args, primal + sign * step) as moved_args:
                             values.append(estimates(moved_args, num_estimates).values.detach())

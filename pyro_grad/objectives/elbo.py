@@ -8,17 +8,18 @@ from pyro.poutine.messenger import Messenger
 import torch
 from pyro.distributions.util import is_identically_zero
 from pyro.infer.enum import get_importance_trace
-from pyro.infer.tracegraph_elbo import TrackNonReparam
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
 from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.util import check_if_enumerated, warn_if_nan
 
-from pyro_grad.handler import estimators
+from pyro_grad.control_flow import watched_reads
+from pyro_grad.handler import EstimatorMessenger
 from pyro_grad.alternative_run import AlternativeRun
 from pyro_grad.errors import EstimatorError
 from pyro_grad.objectives.surrogate import (
     Block,
     Estimates,
+    baseline_state,
     check_num_particles,
     difference_terms,
     evaluations,
@@ -30,7 +31,9 @@ from pyro_grad.objectives.surrogate import (
 from pyro_grad.particles import (
     ParticleLayout,
     concat_particles,
+    mark_reads,
     match_dims,
+    read_sites,
 )
 from pyro_grad.paths import GumbelSoftmax
 
@@ -64,12 +67,16 @@ class ELBO(pyro.infer.ELBO):
             vectorize_particles=vectorize_particles,
             **kwargs,
         )
+        # One handler for the ELBO's lifetime: it keeps the decaying baselines' state
+        # across SVI steps, and yields to any handler the user put around the guide.
+        self.estimators = EstimatorMessenger()
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
-        with TrackNonReparam():
+        with watched_reads(self.vectorize_particles and self.num_particles > 1) as reads:
             model_trace, guide_trace = get_importance_trace(
                 "dense", self.max_plate_nesting, model, guide, args, kwargs
             )
+        mark_reads(guide_trace, reads.sites)
         if is_validation_enabled():
             check_if_enumerated(guide_trace)
         return model_trace, guide_trace
@@ -91,7 +98,7 @@ class ELBO(pyro.infer.ELBO):
         """ELBO estimates ``(G,)`` and their surrogates (see :class:`Estimates`). The
         ``num_particles`` particles form ``G = num_estimates`` independent estimates of
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
-        guide = RefuseSoftRelaxations()(estimators(guide))
+        guide = RefuseSoftRelaxations()(self.estimators(guide))
 
         def run_alternative(guide_trace, site, value):
             with AlternativeRun(guide_trace, site, value), torch.no_grad():
@@ -193,6 +200,8 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[t
     """Per-particle ELBO and surrogate ELBO of one trace pair, and its score-path block."""
     elbo = surrogate = torch.zeros(layout.num)
     downstream = defaultdict(MultiFrameTensor)
+    # Every cost term in program order: the guide's sites, then the model's.
+    terms = []
     for site in model_trace.nodes.values():
         if site["type"] == "sample":
             # Read the provenance once, then work on plain tensors: provenance
@@ -203,6 +212,8 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[t
             surrogate = surrogate + log_p_sum
             for name in upstream:
                 downstream[name].add((site["cond_indep_stack"], log_p))
+            terms.append((site["cond_indep_stack"], log_p))
+    guide_terms = []
     for site in guide_trace.nodes.values():
         if site["type"] == "sample":
             upstream, log_q = get_provenance(site["log_prob"]), detach_provenance(site["log_prob"])
@@ -218,6 +229,13 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[t
                 surrogate = surrogate - entropy_sum - (log_q_sum - entropy_sum).detach()
             for name in upstream:
                 downstream[name].add((site["cond_indep_stack"], -log_q))
+            guide_terms.append((site["name"], (site["cond_indep_stack"], -log_q)))
+    # A guide site read into Python control flow may change every cost after it (which
+    # sites exist, what they draw), in any plate element: all of those are downstream.
+    read = read_sites(guide_trace)
+    for name in read:
+        position = next(i for i, (n, _) in enumerate(guide_terms) if n == name)
+        downstream[name] = MultiFrameTensor(*terms, *(term for _, term in guide_terms[position:]))
     block: Block = {}
     for name, costs in downstream.items():
         site = guide_trace.nodes.get(name)
@@ -225,6 +243,6 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[t
         if estimator is None or not estimator.uses_score:
             continue
         score = layout.first(detach_provenance(site["score_parts"].score_function))
-        cost = layout.first(costs.sum_to(site["cond_indep_stack"]))
-        block[name] = (estimator, score, match_dims(cost, score.dim()))
+        cost = layout.first(costs.sum_to(() if name in read else site["cond_indep_stack"]))
+        block[name] = (estimator, score, match_dims(cost, score.dim()), baseline_state(site))
     return elbo, surrogate, block

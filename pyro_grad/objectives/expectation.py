@@ -1,17 +1,22 @@
 """``expectation``: a surrogate whose gradient is the chosen estimators' estimate of ∇E[f]."""
 
+import copy
 from typing import Any, Callable, Optional
 
+import pyro.poutine as poutine
 import torch
+from pyro.distributions import MaskedDistribution
 from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_grad.errors import EstimatorError
+from pyro_grad.paths import describe
 from pyro_grad.handler import estimators
 from pyro_grad.alternative_run import AlternativeRun
 from pyro_grad.objectives.surrogate import (
     Block,
     Estimates,
+    baseline_state,
     check_num_particles,
     difference_terms,
     evaluations,
@@ -21,10 +26,12 @@ from pyro_grad.objectives.surrogate import (
     site_estimators,
 )
 from pyro_grad.particles import (
+    PARTICLES,
     ParticleLayout,
     concat_particles,
     match_dims,
     particle_traces,
+    read_sites,
 )
 
 
@@ -70,14 +77,100 @@ def expectation(
     when ``f`` depends on ``s`` (value-preserving, in the spirit of DiCE).
 
     ``fn`` returns its cost, one scalar per particle. Sites use the estimators set by
-    :func:`pyro_grad.estimators` around ``fn``, else ``"auto"``. With ``vectorize=True``
-    all particles run in one pass inside an outermost particle plate (``fn`` must
-    broadcast, declaring its batch dims with ``pyro.plate``); ``vectorize=False`` runs
-    them one by one. A learned baseline is fitted by an added squared-error term that
-    is zero in value, so gradient *descent* on the surrogate fits it.
+    :func:`pyro_grad.estimators` around ``fn`` (or around the call), else ``"auto"``.
+    With ``vectorize=True`` all particles run in one pass inside an outermost particle
+    plate (``fn`` must broadcast, declaring its batch dims with ``pyro.plate``);
+    ``vectorize=False`` runs them one by one, and is needed when the program reads a
+    draw into Python control flow. A mask (``.mask(...)`` or ``poutine.mask``) changes
+    what an ELBO scores, never what is drawn: here a masked draw's score is its
+    unmasked log-density. A learned baseline is fitted by an added squared-error term
+    that is zero in value, so gradient *descent* on the surrogate fits it.
     """
     num_particles = check_num_particles(num_particles)
-    return expectation_estimates(fn, args, kwargs, num_particles, 1, vectorize).values[0]
+    value = expectation_estimates(fn, args, kwargs, num_particles, 1, vectorize).values[0]
+    if torch.is_grad_enabled() and not value.requires_grad:
+        raise EstimatorError(nothing_requires_grad(args, kwargs))
+    return value
+
+
+def nothing_requires_grad(args: tuple, kwargs: dict) -> str:
+    inputs = [f"argument {i}: {_kind(a)}" for i, a in enumerate(args)]
+    inputs += [f"{k}=: {_kind(v)}" for k, v in kwargs.items()]
+    return (
+        "the estimate of E[f] depends on no tensor that requires grad, so it has no gradient "
+        f"({'; '.join(inputs) or 'no inputs'}). Pass the parameters as tensors with "
+        "requires_grad=True or use pyro.param, and check that the cost depends on them; "
+        "for the value alone, call under torch.no_grad()"
+    )
+
+
+def _kind(value: Any) -> str:
+    if torch.is_tensor(value):
+        return "a tensor with requires_grad=True" if value.requires_grad else "a tensor without requires_grad"
+    return f"a {type(value).__name__}"
+
+
+def unmasked(fn: Any) -> Any:
+    """``fn`` without its ``MaskedDistribution`` wrappers: the density a draw came from."""
+    if isinstance(fn, MaskedDistribution):
+        return unmasked(fn.base_dist)
+    base = getattr(fn, "base_dist", None)
+    if base is None:
+        return fn
+    inner = unmasked(base)
+    if inner is base:
+        return fn
+    wrapper = copy.copy(fn)
+    wrapper.base_dist = inner
+    return wrapper
+
+
+def draws_particles(trace) -> bool:
+    """Whether any latent site of a vectorized trace was drawn inside the particle plate."""
+    return any(
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and any(frame.name == PARTICLES for frame in site["cond_indep_stack"])
+        for site in trace.nodes.values()
+    )
+
+
+def shared_cost(cost: torch.Tensor, trace, num_particles: int, dim: Optional[int], rerun: Callable) -> torch.Tensor:
+    """A vectorized cost with no particle axis, from a trace with no latent draw inside
+    the particle plate (every site conditioned on, say), is the same for every particle:
+    it is expanded to all of them. Unless it is not the same from run to run: then the
+    program draws randomness pg cannot see, which vectorized particles would share."""
+    if dim is None or num_particles == 1 or cost.numel() != 1 or draws_particles(trace):
+        return cost
+    with torch.no_grad():
+        again = torch.as_tensor(rerun()).detach()
+    if not torch.equal(detach_provenance(cost).detach().reshape(()).to(again.dtype), again.reshape(())):
+        raise EstimatorError(
+            "the program's cost changes from run to run, yet it draws no sample site that "
+            "pg can see (sites hidden by poutine.block, or torch's own samplers such as "
+            "torch.poisson); vectorized particles would all share those draws and their "
+            "gradient path is not chosen by any estimator. Make them pyro.sample sites "
+            "outside poutine.block, or use vectorize=False"
+        )
+    return cost.expand(num_particles)
+
+
+def site_score(name: str, site: dict, vectorized: bool) -> torch.Tensor:
+    """``log q(z)`` of a score-path site's draw, unmasked, or one clear error."""
+    fn = unmasked(site["fn"])
+    try:
+        return fn.log_prob(site["value"], *site["args"], **site["kwargs"])
+    except (ValueError, RuntimeError, NotImplementedError) as error:
+        hint = (
+            "; it may not broadcast over vectorized particles (Empirical does not), so "
+            "use vectorize=False"
+            if vectorized
+            else ""
+        )
+        raise EstimatorError(
+            f"site '{name}' ({describe(fn)}): its log-density failed on the drawn value "
+            f"({error}){hint}"
+        ) from error
 
 
 def expectation_estimates(
@@ -107,10 +200,18 @@ def expectation_estimates(
         cost = check_cost(alternative[0].nodes["_RETURN"]["value"], k, dim is not None)
         return detach_provenance(cost).detach()
 
+    def rerun():
+        with poutine.block():
+            return poutine.trace(program).get_trace(*args, **kwargs).nodes["_RETURN"]["value"]
+
     values, blocks, difference_blocks = [], [], []
     for trace in traces:
-        cost = check_cost(trace.nodes["_RETURN"]["value"], k, dim is not None)
-        upstream, cost = get_provenance(cost), detach_provenance(cost)
+        cost = shared_cost(trace.nodes["_RETURN"]["value"], trace, k, dim, rerun)
+        cost = check_cost(cost, k, dim is not None)
+        # A site read into Python control flow may change anything after it, so the
+        # whole cost counts as downstream of it (and of what it depends on).
+        upstream = get_provenance(cost) | frozenset(read_sites(trace))
+        cost = detach_provenance(cost)
         trace = prune_subsample_sites(trace)
         block: Block = {}
         for name, site in trace.nodes.items():
@@ -118,15 +219,14 @@ def expectation_estimates(
             if estimator is None or not estimator.uses_score or name not in upstream:
                 continue
             # Only score-path sites need a log-density (a soft relaxed value has none).
-            parts = site["fn"].score_parts(site["value"], *site["args"], **site["kwargs"])
-            parts = parts.scale_and_mask(site["scale"], site["mask"])
-            score = layout.first(detach_provenance(parts.score_function))
-            block[name] = (estimator, score, match_dims(cost, score.dim()))
+            score = layout.first(detach_provenance(site_score(name, site, dim is not None)))
+            block[name] = (estimator, score, match_dims(cost, score.dim()), baseline_state(site))
         values.append(cost)
         blocks.append(block)
         difference_blocks.append(
             difference_terms(
-                trace, layout, cost.detach(), lambda s, v, t=trace: run_alternative(t, s, v), upstream
+                trace, layout, cost.detach(), lambda s, v, t=trace: run_alternative(t, s, v), upstream,
+                density=unmasked,
             )
         )
     terms, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)

@@ -13,11 +13,14 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from pyro.ops.provenance import detach_provenance
 
+from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
+from pyro_grad.handler import CHOICE
 from pyro_grad.particles import ParticleLayout, concat_particles
 from pyro_grad.paths import Estimator
 
-Block = Dict[str, Tuple[Estimator, torch.Tensor, torch.Tensor]]
+#: site → (estimator, score, downstream cost, the choosing handler's baseline state)
+Block = Dict[str, Tuple[Estimator, torch.Tensor, torch.Tensor, RunningAverages]]
 
 
 def check_num_particles(num_particles: int) -> int:
@@ -57,6 +60,11 @@ def site_estimators(trace) -> Dict[str, Estimator]:
     }
 
 
+def baseline_state(site: dict) -> RunningAverages:
+    """The baseline state of the handler that chose the site's estimator."""
+    return site["infer"][CHOICE].averages
+
+
 def evaluations(trace) -> int:
     """Program evaluations per particle: the first run, plus every site's extra runs."""
     return 1 + sum(
@@ -78,7 +86,7 @@ def score_terms(
     names = list(dict.fromkeys(name for block in blocks for name in block))
     terms, aux, resolved = {}, torch.zeros(num_groups), {}
     for name in names:
-        estimator = next(block[name][0] for block in blocks if name in block)
+        estimator, averages = next((block[name][0], block[name][3]) for block in blocks if name in block)
         scores, costs = [], []
         for block in blocks:
             if name in block:
@@ -91,20 +99,27 @@ def score_terms(
         score = group(concat_particles(scores), num_groups)
         cost = group(concat_particles(costs), num_groups)
         estimator = estimator.resolve(score.shape[1])
-        terms[name], loss = estimator.surrogate(name, score, cost, args, kwargs)
+        terms[name], loss = estimator.surrogate(name, score, cost, args, kwargs, averages)
         aux = aux + loss
         resolved[name] = estimator
     return terms, aux, resolved
 
 
 def difference_terms(
-    trace, layout: ParticleLayout, cost: torch.Tensor, run_alternative: Callable, sites=None
+    trace,
+    layout: ParticleLayout,
+    cost: torch.Tensor,
+    run_alternative: Callable,
+    sites=None,
+    density: Callable = lambda fn: fn,
 ) -> Dict[str, torch.Tensor]:
     """Per-particle ``(k,)`` terms of every difference-estimator site of one trace.
 
     ``cost`` is the trace's per-particle objective (detached); ``run_alternative(site,
     value)`` re-runs the objective coupled to ``trace`` with the site at ``value`` and
-    returns its per-particle values. ``sites`` restricts to sites the cost depends on.
+    returns its per-particle values. ``sites`` restricts to sites the cost depends on;
+    ``density(fn)`` is the distribution whose parameters are differentiated (the
+    expectation strips masks from it).
     """
     terms = {}
     for name, site in trace.nodes.items():
@@ -114,9 +129,10 @@ def difference_terms(
         if sites is not None and name not in sites:
             continue
         value = detach_provenance(site["value"]).detach()
-        alternatives, state = estimator.alternatives(name, site["fn"], value, layout)
+        fn = density(site["fn"])
+        alternatives, state = estimator.alternatives(name, fn, value, layout)
         costs = [run_alternative(name, alternative) for alternative in alternatives]
-        terms[name] = estimator.alternative_terms(name, site["fn"], value, cost, costs, state, layout)
+        terms[name] = estimator.alternative_terms(name, fn, value, cost, costs, state, layout)
     return terms
 
 

@@ -30,9 +30,12 @@ REGISTRY: List[Type["Estimator"]] = []
 
 
 def describe(fn: Any) -> str:
-    """A distribution's name with its wrappers, e.g. ``Independent(Normal)``."""
-    name = type(fn).__name__
+    """A distribution's name with its wrappers, e.g. ``Independent(Normal)``; the
+    wrappers estimators put around a site to switch its path are left out."""
     base = getattr(fn, "base_dist", None)
+    if getattr(fn, "path_wrapper", False):
+        return describe(base)
+    name = type(fn).__name__
     return f"{name}({describe(base)})" if base is not None else name
 
 
@@ -73,6 +76,12 @@ class Estimator:
         """A default instance, used when listing what applies."""
         return cls()
 
+    @classmethod
+    def example_for(cls, fn: Any) -> "Estimator":
+        """A default instance that applies to ``fn`` (``example()`` unless a setting
+        depends on the distribution)."""
+        return cls.example()
+
     def runs(self, fn: Any) -> int:
         """Program evaluations per particle this estimator needs at a site of ``fn``
         (``cost``, unless it depends on the distribution)."""
@@ -94,6 +103,7 @@ class Estimator:
         cost: torch.Tensor,
         args: tuple = (),
         kwargs: dict = None,
+        averages: Any = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-estimate (surrogate terms, auxiliary losses), each ``(G,)``; zero for pathwise."""
         zero = torch.zeros(score.shape[0])
@@ -137,7 +147,7 @@ class DifferenceEstimator(Estimator):
 
 def applicable(fn: Any) -> List[Estimator]:
     """Default instances of every registered estimator that applies to ``fn``."""
-    return [cls.example() for cls in REGISTRY if cls.applies_to(fn)]
+    return [cls.example_for(fn) for cls in REGISTRY if cls.applies_to(fn)]
 
 
 def not_applicable(estimator: Estimator, msg: dict) -> EstimatorError:

@@ -1,11 +1,35 @@
 """``DetachedSample``: a site's draw with no derivative through it."""
 
+import copy
 from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from pyro.distributions import TorchDistribution
+from pyro.ops.provenance import ProvenanceTensor, get_provenance
 from torch.distributions import constraints
+
+
+def private_copy(fn: Any) -> Any:
+    """A shallow copy of a distribution and of every distribution it holds, so that
+    caches filled while using the copy stay on the copy."""
+    fn = copy.copy(fn)
+    for name, value in vars(fn).items():
+        if isinstance(value, torch.distributions.Distribution):
+            setattr(fn, name, private_copy(value))
+    return fn
+
+
+def parameter_provenance(fn: Any) -> frozenset:
+    """The provenance of every tensor a distribution holds, in it and in every
+    distribution it holds (a wrapped ``base_dist``, a Multinomial's inner Categorical)."""
+    provenance = frozenset()
+    for value in vars(fn).values():
+        if isinstance(value, torch.distributions.Distribution):
+            provenance |= parameter_provenance(value)
+        else:
+            provenance |= get_provenance(value)
+    return provenance
 
 
 class DetachedSample(TorchDistribution):
@@ -20,6 +44,8 @@ class DetachedSample(TorchDistribution):
     """
 
     arg_constraints = {}
+    #: A path switch, not part of the user's distribution (see ``describe``).
+    path_wrapper = True
     has_rsample = False
 
     def __init__(self, base_dist: Any) -> None:
@@ -42,9 +68,17 @@ class DetachedSample(TorchDistribution):
 
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         # torch samples under no_grad, which stops reverse-mode but not forward-mode
-        # AD; the draw carries no derivative in either mode.
-        with torch.no_grad(), fwAD._set_fwd_grad_enabled(False):
-            return self.base_dist.sample(sample_shape).detach()
+        # AD; the draw carries no derivative in either mode. Provenance-tracking
+        # parameters garble the shapes some samplers compute (Geometric, Multinomial:
+        # pyro-ppl/pyro#3436), so the draw runs on plain tensors and the value then
+        # takes the provenance of the parameters it was drawn from.
+        # Sampling fills lazily derived parameters (a Multinomial's logits), cached
+        # without a forward-mode tangent here: a private copy keeps them off the site's
+        # distribution, whose log-density must carry the tangent.
+        sampler = private_copy(self.base_dist)
+        with torch.no_grad(), fwAD._set_fwd_grad_enabled(False), torch._C.DisableTorchFunctionSubclass():
+            value = torch.Tensor.detach(sampler.sample(sample_shape))
+        return ProvenanceTensor(value, parameter_provenance(self.base_dist))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return self.base_dist.log_prob(value)

@@ -17,7 +17,7 @@ from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import Estimator
+from pyro_grad.paths.base import Estimator, describe
 from pyro_grad.paths.parameters import logits_of
 from pyro_grad.site_tangent import leaf_distribution
 
@@ -33,6 +33,8 @@ class RelaxedSample(TorchDistribution):
     is the relaxation's. ``temperature=None`` means straight-through on the probabilities."""
 
     arg_constraints = {}
+    #: A path switch, not part of the user's distribution (see ``describe``).
+    path_wrapper = True
     has_rsample = True
 
     def __init__(self, base_dist: Any, temperature: Any, hard: bool) -> None:
@@ -130,8 +132,20 @@ class GumbelSoftmax(Estimator):
     def applies_to(cls, fn: Any) -> bool:
         return _relaxable(fn)
 
+    @classmethod
+    def example_for(cls, fn: Any) -> "GumbelSoftmax":
+        # A soft sample of a Categorical would be a fractional index.
+        return cls(hard=isinstance(leaf_distribution(fn), dist.Categorical))
+
     def prepare(self, msg: dict) -> None:
         super().prepare(msg)
+        if not self.hard and isinstance(leaf_distribution(msg["fn"]), dist.Categorical):
+            raise EstimatorError(
+                f"{self!r} does not apply to site '{msg['name']}' ({describe(msg['fn'])}): a soft "
+                "sample of a Categorical is a fractional index, which neither indexes nor has "
+                "a density; use GumbelSoftmax(hard=True), StraightThrough(), or a "
+                "OneHotCategorical site for the soft relaxation"
+            )
         msg["fn"] = RelaxedSample(msg["fn"], float(self.temperature), bool(self.hard))
 
 

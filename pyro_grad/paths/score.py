@@ -2,15 +2,17 @@
 
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
+import pyro.distributions as dist
 import torch
 
-
 from pyro_grad import baselines
+from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
 from pyro_grad.paths.base import Estimator
 from pyro_grad.paths.detached import DetachedSample
+from pyro_grad.site_tangent import leaf_distribution
 
 BaselineSpec = Union[None, str, float, Callable]
 _NAMED = ("auto", "loo", "decay")
@@ -27,13 +29,15 @@ class Score(Estimator):
     * ``None``: no baseline.
     * ``"loo"``: leave-one-out, the mean of the other K − 1 particles' costs (K ≥ 2).
     * ``"decay"``: an exponential moving average with factor ``beta``, kept per site
-      in the param store across steps.
+      by the estimators handler that chose it (so by the wrapped program, or by the
+      :class:`~pyro_grad.ELBO`) across steps; never in the param store.
     * ``"auto"``: ``"loo"`` when K ≥ 2, else ``"decay"``.
     * a float: a constant.
     * an ``nn.Module`` or callable: ``baseline(*args, **kwargs)`` of the program's
       inputs, fitted by an added squared-error term as Pyro's ``nn_baseline``.
 
-    Applies to every distribution. Cost: 1 evaluation; the baselines add O(K) work.
+    Applies to every distribution with a density or mass function (not ``Delta``).
+    Cost: 1 evaluation; the baselines add O(K) work.
     """
 
     baseline: BaselineSpec = None
@@ -59,7 +63,13 @@ class Score(Estimator):
         if not 0.0 <= self.beta < 1.0:
             raise EstimatorError(f"Score(beta={self.beta!r}): beta must be in [0, 1)")
 
+    @classmethod
+    def applies_to(cls, fn: Any) -> bool:
+        # A point mass has no density in its parameter: ∇θ log δ(z − θ) does not exist.
+        return not isinstance(leaf_distribution(fn), dist.Delta)
+
     def prepare(self, msg: dict) -> None:
+        super().prepare(msg)
         msg["fn"] = DetachedSample(msg["fn"])
 
     def resolve(self, num_particles: int) -> "Score":
@@ -74,21 +84,22 @@ class Score(Estimator):
         cost: torch.Tensor,
         args: tuple = (),
         kwargs: dict = None,
+        averages: Optional[RunningAverages] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        baseline, aux_loss = self._baseline(name, cost, args, kwargs or {})
+        baseline, aux_loss = self._baseline(name, cost, args, kwargs or {}, averages)
         advantage = (cost - baseline).detach()
         # (s − s.detach()) keeps the surrogate's value equal to the plain estimate.
         term = (score - score.detach()) * advantage
         return term.reshape(term.shape[0], -1).sum(1) / score.shape[1], aux_loss
 
     def _baseline(
-        self, name: str, cost: torch.Tensor, args: tuple, kwargs: dict
+        self, name: str, cost: torch.Tensor, args: tuple, kwargs: dict, averages: Optional[RunningAverages]
     ) -> Tuple[Any, torch.Tensor]:
         b, zero = self.baseline, torch.zeros(cost.shape[0])
         if b is None:
             return 0.0, zero
         if b == "auto":
-            return self.resolve(cost.shape[1])._baseline(name, cost, args, kwargs)
+            return self.resolve(cost.shape[1])._baseline(name, cost, args, kwargs, averages)
         if b == "loo":
             if cost.shape[1] < 2:
                 raise EstimatorError(
@@ -97,8 +108,9 @@ class Score(Estimator):
                 )
             return baselines.leave_one_out(cost), zero
         if b == "decay":
-            key = f"_pyro_grad_baseline_avg_{name}"
-            return baselines.decaying_average(key, cost, self.beta), zero
+            if averages is None:  # no handler keeps state for this site: start afresh
+                averages = RunningAverages()
+            return baselines.decaying_average(averages, name, cost, self.beta), zero
         if isinstance(b, numbers.Real):
             return float(b), zero
         return baselines.learned(f"_pyro_grad_baseline_{name}", b, cost, args, kwargs)

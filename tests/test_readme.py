@@ -1,0 +1,28 @@
+"""The README's complete Python examples run, and print what the README says they print."""
+
+import contextlib
+import io
+import pathlib
+import re
+
+import pyro
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks() -> list:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_the_tutorial_and_poisson_examples_print_what_the_readme_shows():
+    # The seed tutorial (block 1) and the torch.poisson answer (block 2) are complete
+    # programs; "Printed with pyro.set_rng_seed(0) once at the start."
+    blocks = python_blocks()[:2]
+    pyro.set_rng_seed(0)
+    namespace, output = {}, io.StringIO()
+    with contextlib.redirect_stdout(output):
+        for block in blocks:
+            exec(compile(block, str(README), "exec"), namespace)
+    printed = re.findall(r"tensor\((-?[\d.]+)\)", output.getvalue())
+    promised = [m for block in blocks for m in re.findall(r"# .*?tensor\((-?[\d.]+)\)", block)]
+    assert printed == promised
