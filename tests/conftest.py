@@ -11,6 +11,9 @@ import pyro
 import pytest
 import torch
 
+# The suite runs on two pytest-xdist workers on two cores: one torch thread each.
+torch.set_num_threads(1)
+
 #: Standard errors of tolerance for every statistical assertion.
 Z = 4.0
 #: float32 rounding, relative to max(1, |exact|): the floor of a zero-variance estimate's error.

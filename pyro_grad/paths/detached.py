@@ -5,7 +5,8 @@ from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
-from pyro.distributions import TorchDistribution
+from pyro.distributions import MaskedDistribution, TorchDistribution
+from pyro.distributions.score_parts import ScoreParts
 from pyro.ops.provenance import ProvenanceTensor, get_provenance
 from torch.distributions import constraints
 
@@ -82,6 +83,15 @@ class DetachedSample(TorchDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return self.base_dist.log_prob(value)
+
+    def score_parts(self, value: torch.Tensor) -> ScoreParts:
+        # As Pyro's MaskedDistribution.score_parts: a tensor mask removes elements from
+        # what is scored (log_prob), never from the score function of the draw.
+        log_prob = self.log_prob(value)
+        score = log_prob
+        if isinstance(self.base_dist, MaskedDistribution) and not isinstance(self.base_dist._mask, bool):
+            score = self.base_dist.base_dist.log_prob(value)
+        return ScoreParts(log_prob=log_prob, score_function=score, entropy_term=0)
 
     @property
     def mean(self) -> torch.Tensor:
