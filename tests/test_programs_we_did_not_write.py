@@ -149,7 +149,7 @@ def test_a_masked_guide_site_gets_the_gradient_tracegraph_elbo_gives():
     (exact,) = torch.autograd.grad((log_p + mask * entropy).sum(), q)
     exact = exact * q0 * (1 - q0)
 
-    draws = 3000
+    draws = 1500
     ours = elbo_draws(model, guide, num_draws=draws, num_particles=1)["q"]
     tracegraph = []
     for _ in range(draws):
