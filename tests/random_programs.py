@@ -231,8 +231,8 @@ def exact_gradient(program: Program, theta: float) -> Tuple[float, float]:
                 leaf = leaf.base_dist
             x = values
             values = leaf.loc + leaf.scale * math.sqrt(2) * x
-            log_node = torch.as_tensor(np.polynomial.hermite.hermgauss(HERMITE_NODES)[1], dtype=torch.float64)
-            weights = torch.log(log_node / math.sqrt(math.pi))
+            node_weights = torch.as_tensor(np.polynomial.hermite.hermgauss(HERMITE_NODES)[1], dtype=torch.float64)
+            weights = torch.log(node_weights / math.sqrt(math.pi))
             # the node's weight replaces the density: w_j/√π per element
             node_index = torch.as_tensor(_node_indices(supports[i], index[i]))
             log_w = log_w + weights[node_index].sum(-1)

@@ -63,7 +63,7 @@ def test_an_outer_handler_wins_over_the_elbos_auto():
     assert chosen == {"z": pg.Score()}
     assert loss.requires_grad
     assert_mean(g, 1.0)
-    # Score's per-draw variance here is far above Reparam's (which is exactly 1): 
+    # Score's per-draw variance here is far above Reparam's (which is exactly 1):
     # (ε)·(cost) with cost quadratic in ε.
     assert float(g.var()) > 2.0
 

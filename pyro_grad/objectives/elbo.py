@@ -200,7 +200,7 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[t
     """Per-particle ELBO and surrogate ELBO of one trace pair, and its score-path block."""
     elbo = surrogate = torch.zeros(layout.num)
     downstream = defaultdict(MultiFrameTensor)
-    # Every cost term in program order: the guide's sites, then the model's.
+    # The model's cost terms, and the guide's in program order (name, term).
     terms = []
     for site in model_trace.nodes.values():
         if site["type"] == "sample":
