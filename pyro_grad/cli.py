@@ -5,7 +5,7 @@ import importlib
 import inspect
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import pandas as pd
 import torch
@@ -82,35 +82,56 @@ def models_table() -> pd.DataFrame:
     )
 
 
-def load_program(spec: str, overrides: List[str]) -> Tuple[Callable, tuple, Optional[Callable]]:
-    """``MODULE:NAME`` → (program, arguments, exact reference or None).
+class Program(NamedTuple):
+    """A program named on the command line, with what its benchmark (if any) supplies."""
+
+    fn: Callable
+    args: tuple
+    reference: Optional[Callable]
+    guide: Optional[Callable]
+    reset: Optional[Callable]
+
+
+def load_program(spec: str, overrides: List[str]) -> Program:
+    """A registry name or ``MODULE:NAME`` → the program, its arguments, and its
+    benchmark's exact reference, guide and reset (each None without a benchmark).
 
     NAME may be a :class:`models.Benchmark` or a program function; a function that a
-    registered benchmark runs takes that benchmark's defaults. Arguments come from the
-    function's numeric defaults and ``--arg NAME=VALUE``; each becomes a tensor that
-    requires grad.
+    registered benchmark runs takes that benchmark's defaults and guide. Arguments come
+    from the function's numeric defaults and ``--arg NAME=VALUE``; each number becomes a
+    tensor that requires grad.
     """
     from models import Benchmark, registry
 
-    obj = import_object(spec)
+    benchmarks = registry()
+    if spec in benchmarks:
+        obj = benchmarks[spec]
+    elif ":" not in spec:
+        raise UsageError(f"unknown program {spec!r}; the registry has {sorted(benchmarks)}, or give MODULE:FUNCTION")
+    else:
+        obj = import_object(spec)
     bench = obj if isinstance(obj, Benchmark) else next(
-        (b for b in registry().values() if b.program is obj), None
+        (b for b in benchmarks.values() if b.program is obj), None
     )
     if bench is not None:
         names, values = list(bench.arg_names), dict(zip(bench.arg_names, bench.default_args))
-        program, reference = bench.program, bench.reference_gradient
+        program, reference, guide, reset = bench.program, bench.reference_gradient, bench.guide, bench.reset
+        if reset is not None:
+            reset()
     elif callable(obj):
         params = [p for p in inspect.signature(obj).parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         names = [p.name for p in params]
         values = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-        program, reference = obj, None
+        program, reference, guide, reset = obj, None, None, None
     else:
         raise UsageError(f"{spec} is neither a program nor a benchmark")
     for item in overrides:
         name, _, value = item.partition("=")
         if name not in names:
             raise UsageError(f"--arg {item!r}: the program's arguments are {names}")
+        if name in values and not isinstance(values[name], (int, float)):
+            raise UsageError(f"--arg {item!r}: {name} is {type(values[name]).__name__} data, not a number")
         try:
             values[name] = float(value)
         except ValueError:
@@ -122,7 +143,7 @@ def load_program(spec: str, overrides: List[str]) -> Tuple[Callable, tuple, Opti
         torch.tensor(float(values[n]), requires_grad=True) if isinstance(values[n], (int, float)) else values[n]
         for n in names
     )
-    return program, args, reference
+    return Program(program, args, reference, guide, reset)
 
 
 def parse_config(items: List[str]) -> Any:
@@ -141,22 +162,31 @@ def _mixed(items: List[str]) -> None:
 
 
 def run_diagnose(ns: argparse.Namespace) -> int:
-    program, args, exact = load_program(ns.program, ns.arg)
+    program, args, exact, guide, _ = load_program(ns.program, ns.arg)
+    if ns.guide is not None:
+        guide = import_object(ns.guide)
+        if not callable(guide):
+            raise UsageError(f"--guide {ns.guide} is not a function")
     reference = {"none": None, "exact": exact, "enumerate": "enumerate", "reparam": "reparam"}[ns.reference]
     if ns.reference == "exact" and exact is None:
         raise UsageError(f"{ns.program} has no exact reference; use --reference enumerate, reparam or none")
     out = writable_directory(ns.out) if ns.out else None
     report = diagnose(
-        program, *args, estimators=parse_config(ns.estimator), num_samples=ns.samples,
+        program, *args, guide=guide, estimators=parse_config(ns.estimator), num_samples=ns.samples,
         num_particles=ns.particles, reference=reference,
     )
     markdown = report.to_markdown()
     print(markdown)
     if out is not None:
-        report.plot().savefig(out / "gradients.png", dpi=100)
-        (out / "report.md").write_text(
-            f"# Gradient diagnosis of `{ns.program}`\n\n{markdown}\n\n![gradient draws](gradients.png)\n"
-        )
+        figure = out / "gradients.png"
+        try:
+            report.plot().savefig(figure, dpi=100)
+            (out / "report.md").write_text(
+                f"# Gradient diagnosis of `{ns.program}`\n\n{markdown}\n\n![gradient draws](gradients.png)\n"
+            )
+        except OSError as error:
+            raise UsageError(f"cannot write the report in {out}: {error.strerror}; free some space "
+                             "or choose another --out") from None
         print(f"\nwrote {out / 'report.md'}")
     return 0
 
@@ -169,8 +199,9 @@ def parse_configs(items: List[str]) -> Dict[str, Any]:
         if not sep or not name or not spec:
             raise UsageError(f"--config {item!r}: expected NAME=SITE:ESTIMATOR,... or NAME=ESTIMATOR")
         parts = spec.split(",")
-        if len(parts) == 1 and "=" not in parts[0] and parts[0].split(":")[0].lower() in _estimator_names():
-            configs[name] = parse_estimator(parts[0])
+        first = parts[0].split(":")[0].strip().lower()
+        if len(parts) == 1 and (first in _estimator_names() or ":" not in parts[0]):
+            configs[name] = parse_estimator(parts[0])  # one estimator for every site
             continue
         config = {}
         for part in parts:
@@ -188,63 +219,82 @@ def _estimator_names() -> List[str]:
     return list(registered_names())
 
 
-def load_model(spec: str) -> Tuple[Callable, Optional[Callable], tuple, Optional[Callable]]:
-    """A registry name or ``MODULE:FUNCTION`` → (model, guide or None, arguments, reset)."""
-    from models import Benchmark, registry
-
-    benchmarks = registry()
-    if spec in benchmarks:
-        bench = benchmarks[spec]
-        return bench.program, bench.guide, bench.arguments(), bench.reset
-    if ":" not in spec:
-        raise UsageError(f"unknown model {spec!r}; the registry has {sorted(benchmarks)}, or give MODULE:FUNCTION")
-    obj = import_object(spec)
-    if isinstance(obj, Benchmark):
-        return obj.program, obj.guide, obj.arguments(), obj.reset
-    if not callable(obj):
-        raise UsageError(f"{spec} is neither a model nor a benchmark")
-    return obj, None, (), None
-
-
 def run_compare(ns: argparse.Namespace) -> int:
     from pyro_grad.comparison import compare
     from pyro_grad.html_report import report
 
-    model, guide, args, reset = load_model(ns.model)
+    model, args, _, guide, reset = load_program(ns.model, [])
     configs = parse_configs(ns.config) or {"auto": None}
     out = writable_directory(ns.out)
     result = compare(model, guide, *args, configs=configs, num_steps=ns.steps, num_particles=ns.particles,
                      seeds=tuple(range(ns.seeds)), diagnose_every=max(1, ns.steps // 2), out=str(out), reset=reset)
     print(result.summary().to_markdown(index=False, floatfmt=".4g"))
-    print(f"\nwrote {report(result, out / 'report.html', title=f'{ns.model}: SVI comparison')}")
+    print(f"\n{result.provenance()} ({out / 'runs.sqlite'})")
+    print(f"wrote {report(result, out / 'report.html', title=f'{ns.model}: SVI comparison')}")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the same one line as every other mistake."""
+
+    def error(self, message: str) -> None:
+        print(f"pyro-grad: error: {message} (see pyro-grad {self.prog.split()[-1]} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-grad", description="Gradient estimators for Pyro programs")
-    sub = parser.add_subparsers(dest="command", required=True)
-    report = sub.add_parser("report", help="the main job: compare every built-in model, write reports/index.html")
-    report.add_argument("--out", default="reports", help="directory for the pages (default: reports)")
-    report.add_argument("--steps", type=int, default=200, help="SVI steps per run")
-    report.add_argument("--samples", type=int, default=2000, help="gradient draws per estimator")
-    table = sub.add_parser("table", help="the seed programs' gradients under each applicable estimator")
-    table.add_argument("--samples", type=int, default=10_000, help="gradient draws per estimator")
-    cmp = sub.add_parser("compare", help="train a model under estimator configurations side by side")
+    from pyro_grad import __version__
+
+    names = ", ".join(_estimator_names())
+    estimators_help = (
+        f"Estimator names: {names}; each takes an optional :ARG, its first setting "
+        "(score:loo, score:0.5, gumbelsoftmax:0.1)."
+    )
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = _Parser(prog="pyro-grad", description="Gradient estimators for Pyro programs",
+                     epilog=estimators_help, formatter_class=formatter)
+    parser.add_argument("--version", action="version", version=f"pyro-grad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    report = sub.add_parser("report", help="the main job: compare every built-in model, write reports/index.html",
+                            formatter_class=formatter)
+    report.add_argument("--out", default="reports", help="directory for the pages")
+    report.add_argument("--steps", type=positive_int, default=200, help="SVI steps per run")
+    report.add_argument("--samples", type=positive_int, default=2000, help="gradient draws per estimator")
+    table = sub.add_parser("table", help="the seed programs' gradients under each applicable estimator",
+                           formatter_class=formatter)
+    table.add_argument("--samples", type=positive_int, default=10_000, help="gradient draws per estimator")
+    cmp = sub.add_parser("compare", help="train a model under estimator configurations side by side",
+                         epilog=estimators_help, formatter_class=formatter)
     cmp.add_argument("model", help="a registry name (pyro-grad models) or MODULE:FUNCTION")
     cmp.add_argument("--config", action="append", default=[], metavar="NAME=SITE:ESTIMATOR,...",
-                     help="e.g. loo=z:score:loo or fast=disarm (one estimator for every site)")
-    cmp.add_argument("--steps", type=int, default=200)
-    cmp.add_argument("--seeds", type=int, default=2, help="number of seeds (0, 1, ...)")
-    cmp.add_argument("--particles", type=int, default=4)
+                     help="e.g. loo=f:score:loo or fast=disarm (one estimator for every site); "
+                          "none given: the automatic choice")
+    cmp.add_argument("--steps", type=positive_int, default=200, help="SVI steps per run")
+    cmp.add_argument("--seeds", type=positive_int, default=2, help="number of seeds (0, 1, ...)")
+    cmp.add_argument("--particles", type=positive_int, default=4, help="particles per step")
     cmp.add_argument("--out", default="compare-out", help="directory for runs.sqlite and report.html")
-    sub.add_parser("models", help="list the built-in benchmark programs")
-    diag = sub.add_parser("diagnose", help="per-parameter and per-site gradient statistics of a program")
-    diag.add_argument("program", help="MODULE:FUNCTION (a program or a models benchmark)")
-    diag.add_argument("--samples", type=int, default=1000, help="independent gradient draws")
-    diag.add_argument("--particles", type=int, default=1, help="particles per draw")
+    sub.add_parser("models", help="list the built-in benchmark programs", formatter_class=formatter)
+    diag = sub.add_parser("diagnose", help="per-parameter and per-site gradient statistics of a program",
+                          epilog=estimators_help, formatter_class=formatter)
+    diag.add_argument("program", help="a registry name or MODULE:FUNCTION (a program or a models benchmark)")
+    diag.add_argument("--guide", metavar="MODULE:FUNCTION",
+                      help="a guide: diagnose the ELBO gradient (a registry benchmark's own guide by default)")
+    diag.add_argument("--samples", type=positive_int, default=1000, help="independent gradient draws")
+    diag.add_argument("--particles", type=positive_int, default=1, help="particles per draw")
     diag.add_argument("--estimator", action="append", default=[], metavar="SITE=NAME",
                       help="e.g. z=reparam, a=score:loo; or one NAME for every site")
-    diag.add_argument("--reference", default="none", choices=["none", "exact", "enumerate", "reparam"])
+    diag.add_argument("--reference", default="none", choices=["none", "exact", "enumerate", "reparam"],
+                      help="the exact gradient to measure bias against")
     diag.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE", help="a program argument")
     diag.add_argument("--out", help="directory for report.md and its figure")
     return parser
@@ -270,8 +320,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run_diagnose(ns)
     except (UsageError, EstimatorError) as error:
         # Pyro appends trace shapes to errors raised inside a trace: keep the first line.
-        print(f"pyro-grad: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        print(f"pyro-grad: error: {_first_line(error)}", file=sys.stderr)
         return 2
+    except (ValueError, RuntimeError) as error:
+        # Raised by the program itself, e.g. a distribution given an invalid parameter.
+        print(f"pyro-grad: error: the program raised {type(error).__name__}: {_first_line(error)}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        kept = f"; finished runs are kept in {Path(ns.out) / 'runs.sqlite'}" if ns.command == "compare" else ""
+        print(f"pyro-grad: interrupted{kept}", file=sys.stderr)
+        return 130
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -55,6 +55,9 @@ def sections(obj: Any) -> List[Tuple[str, Union[pd.DataFrame, plt.Figure, str]]]
         ]
         if len(obj.failures()):
             parts.append(("Runs stopped early", obj.failures()))
+        parts.append(("Runs", f"{obj.provenance()}."))
+        for note in obj.notes:
+            parts.append(("Note", note))
         import arviz as az
 
         posterior = az.summary(obj.to_inference_data()).reset_index()
@@ -80,11 +83,25 @@ def report(obj: Any, path: Union[str, Path], title: str = "pyro_grad report") ->
     """Write ``path`` (HTML, figures embedded as PNG) and its markdown twin (``.md``, with
     the figures as PNG files beside it). Returns the HTML path."""
     path = Path(path)
+    parts = sections(obj) + [("Machine and versions", machine())]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise EstimatorError(f"cannot write the report to {path}: {error.strerror}") from None
-    parts = sections(obj) + [("Machine and versions", machine())]
+        raise EstimatorError(f"cannot write the report to {path.parent}: {error.strerror}") from None
+    return _write(parts, path, title)
+
+
+def _save(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as error:
+        # A full disk or a read-only directory: nothing computed is lost (runs are stored).
+        raise EstimatorError(
+            f"cannot write the report file {path}: {error.strerror}; free some space or choose another directory"
+        ) from None
+
+
+def _write(parts: List[Tuple[str, Any]], path: Path, title: str) -> Path:
     body, markdown = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}"]
     for i, (heading, content) in enumerate(parts):
         body.append(f"<h2>{html.escape(heading)}</h2>")
@@ -97,7 +114,7 @@ def report(obj: Any, path: Union[str, Path], title: str = "pyro_grad report") ->
             encoded = base64.b64encode(png).decode()
             body.append(f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{encoded}">')
             image = path.with_name(f"{path.stem}-figure-{i}.png")
-            image.write_bytes(png)
+            _save(image, png)
             markdown.append(f"![{heading}]({image.name})")
         else:
             body.append(f"<p>{html.escape(str(content))}</p>")
@@ -106,6 +123,6 @@ def report(obj: Any, path: Union[str, Path], title: str = "pyro_grad report") ->
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
     )
-    path.write_text(page, encoding="utf-8")
-    path.with_suffix(".md").write_text("\n\n".join(markdown) + "\n", encoding="utf-8")
+    _save(path, page.encode("utf-8"))
+    _save(path.with_suffix(".md"), ("\n\n".join(markdown) + "\n").encode("utf-8"))
     return path

@@ -1,11 +1,18 @@
 """The pyro-grad command line: the main job, diagnose, and one-line errors with exit code 2."""
 
+import os
 import subprocess
 import sys
+import textwrap
 
+import pyro
+import pyro.distributions as dist
 import pytest
+import torch
 
 from pyro_grad.cli import gradient_table, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_report_prints_every_seed_program_under_each_applicable_estimator(capsys):
@@ -70,17 +77,149 @@ def test_the_console_script_exits_2_without_a_traceback():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["compare", "no_such_model"], "unknown model 'no_such_model'"),
+        (["compare", "no_such_model"], "unknown program 'no_such_model'"),
+        (["compare", "coin", "--config", "x=nosuchest"], "unknown estimator 'nosuchest'"),
+        (["compare", "coin", "--config", "x=gumbelsoftmax:abc"], "temperature must be a positive number"),
+        (["compare", "coin", "--config", "x=reparam:3"], "Reparam takes no argument"),
+        (["compare", "models.seeds:two_bernoullis"], "has no observed site"),
         (["compare", "coin", "--config", "x=f:bogus"], "unknown estimator 'bogus'"),
         (["compare", "coin", "--config", "x=g:score"], "site(s) ['g']"),
         (["compare", "coin", "--config", "broken"], "expected NAME=SITE:ESTIMATOR"),
         (["compare", "coin", "--out", "/proc/forbidden"], "cannot write to --out"),
     ],
 )
-def test_compare_mistakes_get_one_line_and_exit_code_2(argv, message, capsys):
-    assert main(argv + ["--steps", "2", "--seeds", "1"]) == 2
+def test_compare_mistakes_get_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
+    out = [] if "--out" in argv else ["--out", str(tmp_path)]
+    assert main(argv + ["--steps", "2", "--seeds", "1"] + out) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compare", "coin", "--seeds", "0"], "argument --seeds: must be at least 1, got 0"),
+        (["compare", "coin", "--steps", "x"], "argument --steps: 'x' is not an integer"),
+        (["report", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
+        (["diagnose", "models.seeds:two_bernoullis", "--particles", "0"], "argument --particles: must be at least 1"),
+        (["diagnose", "models.seeds:two_bernoullis", "--arg", "theta=0.9", "--samples", "10"],
+         "the program raised ValueError: Expected parameter probs"),
+        (["diagnose", "models.seeds:two_bernoullis", "--estimator", "gumbelsoftmax:abc"],
+         "temperature must be a positive number"),
+        (["diagnose", "models.seeds:two_bernoullis", "--estimator", "reparam:3"], "Reparam takes no argument"),
+        (["diagnose", "coin", "--guide", "models.coin:DATA"], "is not a function"),
+    ],
+)
+def test_bad_values_get_one_line_and_exit_code_2(argv, message, capsys):
+    with pytest.raises(SystemExit) if "--seeds" in argv or "--steps" in argv or "--particles" in argv else _no_exit():
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def coin_run(out, *extra):
+    return ["compare", "coin", "--config", "rep=reparam", "--steps", "5", "--seeds", "1", "--out", str(out), *extra]
+
+
+def test_a_corrupt_store_is_named_with_what_to_do(tmp_path, capsys):
+    (tmp_path / "runs.sqlite").write_bytes(b"\x13\x37 not a database" * 200)
+    assert main(coin_run(tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{tmp_path / 'runs.sqlite'} cannot be used (file is not a database)" in err and "move the file" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_truncated_row_is_named_with_what_to_do(tmp_path, capsys):
+    import sqlite3
+
+    assert main(coin_run(tmp_path)) == 0
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        db.execute("UPDATE runs SET record = substr(record, 1, 30)")
+    capsys.readouterr()
+    assert main(coin_run(tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the stored run of config 'rep', seed 0 is corrupt" in err and "delete that row" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to simulate a full disk")
+def test_a_full_disk_while_writing_the_report_is_named_and_the_runs_are_kept(tmp_path, capsys):
+    # Every report figure file is /dev/full, where each write fails with ENOSPC.
+    for i in range(6):
+        (tmp_path / f"report-figure-{i}.png").symlink_to("/dev/full")
+    assert main(coin_run(tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write the report file" in err and "report-figure-" in err and "No space left" in err
+    assert len(err.splitlines()) == 1
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+
+
+def test_ctrl_c_exits_130_in_one_line_and_keeps_the_finished_runs(tmp_path):
+    # The process interrupts itself (SIGINT, as Ctrl-C) right after its first run is stored.
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from pyro_grad.comparison import store
+        put = store.RunStore.put
+        def put_then_interrupt(self, *args):
+            put(self, *args)
+            os.kill(os.getpid(), signal.SIGINT)
+        store.RunStore.put = put_then_interrupt
+        from pyro_grad.cli import main
+        sys.exit(main(["compare", "coin", "--config", "a=reparam", "--config", "b=score:loo",
+                       "--steps", "5", "--seeds", "1", "--out", {str(tmp_path)!r}]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 130
+    err = [line for line in result.stderr.splitlines() if "INFO" not in line and "WARNING" not in line]
+    assert err == [f"pyro-grad: interrupted; finished runs are kept in {tmp_path / 'runs.sqlite'}"], result.stderr
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+        assert db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+
+
+def test_diagnose_uses_a_registry_benchmarks_guide_or_the_one_given(capsys):
+    assert main(["diagnose", "coin", "--samples", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha_q" in out and "beta_q" in out  # the ELBO gradient of the benchmark's guide
+    assert main(["diagnose", "models.coin:model", "--guide", "models.coin:guide", "--arg", "data=1",
+                 "--samples", "50"]) == 2  # data is a tensor argument, not a number
+    capsys.readouterr()
+    assert main(["diagnose", "test_cli:scalar_model", "--guide", "test_cli:scalar_guide", "--samples", "50"]) == 0
+    assert "q_loc" in capsys.readouterr().out
+
+
+def scalar_model(x=1.0):
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    pyro.sample("x", dist.Normal(z, 1.0), obs=torch.as_tensor(x).detach())
+
+
+def scalar_guide(x=1.0):
+    pyro.sample("z", dist.Normal(pyro.param("q_loc", torch.tensor(0.0)), 1.0))
+
+
+def test_help_shows_defaults_and_estimator_names_and_the_version(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # argparse wraps at the terminal width
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 200)" in out and "(default: compare-out)" in out
+    assert "reparam, score, enumerate" in out and "disarm" in out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == "pyro-grad 0.1.0"
 
 
 def test_compare_prints_the_summary_and_writes_the_page(tmp_path, capsys):

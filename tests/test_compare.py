@@ -60,53 +60,6 @@ def test_a_nuts_reference_joins_the_posteriors_for_continuous_models():
     assert summary.loc["f[NUTS]", "mean"] == pytest.approx(16 / 30, abs=4 * 0.089 / ess**0.5)
 
 
-def test_a_second_call_with_the_same_out_skips_finished_runs(tmp_path, monkeypatch):
-    pg.compare(coin.model, coin.guide, coin.DATA, configs=CONFIGS, num_steps=20, seeds=(0,), out=str(tmp_path))
-    calls = []
-    original = compare_module.run_one
-    monkeypatch.setattr(compare_module, "run_one", lambda *a, **k: calls.append(a) or original(*a, **k))
-    result = pg.compare(coin.model, coin.guide, coin.DATA, configs={**CONFIGS, "score": pg.Score()},
-                        num_steps=20, seeds=(0,), out=str(tmp_path))
-    assert len(calls) == 1  # only the new configuration ran
-    assert set(label for label, _ in result.runs) == {"reparam", "loo", "score"}
-
-
-def test_a_killed_process_loses_no_finished_run(tmp_path, monkeypatch):
-    script = textwrap.dedent(f"""
-        import pyro_grad as pg
-        from models import coin
-        configs = {{f"c{{i}}": pg.Score("loo") for i in range(6)}}
-        pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=60, seeds=(0,), out={str(tmp_path)!r})
-    """)
-    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
-    database = tmp_path / "runs.sqlite"
-    deadline = time.time() + 120
-    finished = 0
-    while time.time() < deadline and finished < 2:
-        time.sleep(0.2)
-        if database.exists():
-            try:
-                with sqlite3.connect(database) as db:
-                    finished = db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-            except sqlite3.OperationalError:
-                pass
-    process.kill()
-    process.wait()
-    assert 2 <= finished < 6, "the subprocess should be killed mid-way"
-    with sqlite3.connect(database) as db:
-        rows = db.execute("SELECT config, record FROM runs").fetchall()
-    assert len(rows) >= finished
-    for _, record in rows:
-        assert json.loads(record)["status"] == "finished"
-    calls = []
-    original = compare_module.run_one
-    monkeypatch.setattr(compare_module, "run_one", lambda *a, **k: calls.append(a) or original(*a, **k))
-    configs = {f"c{i}": pg.Score("loo") for i in range(6)}
-    result = pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=60, seeds=(0,), out=str(tmp_path))
-    assert len(calls) == 6 - len(rows)
-    assert len(result.runs) == 6
-
-
 def test_every_run_starts_alike_when_reset_restores_module_weights():
     # The SBN's network lives outside the param store and SVI trains it in place.
     from models import sbn
@@ -119,22 +72,60 @@ def test_every_run_starts_alike_when_reset_restores_module_weights():
     assert first == pytest.approx(second)  # same seed, same start: the same run
 
 
+def exploding_on_seed_1(data):
+    # Seed 1 (read back from torch, which pg.compare seeds per run) gives ELBO = −inf.
+    coin.model(data)
+    if torch.initial_seed() == 1:
+        pyro.factor("boom", torch.tensor(float("-inf")))
+
+
 def test_a_run_whose_elbo_turns_non_finite_stops_and_is_recorded(tmp_path):
-    calls = {"n": 0}
-
-    def exploding_model(data):
-        calls["n"] += 1
-        coin.model(data)
-        if calls["n"] > 30:
-            pyro.factor("boom", torch.tensor(float("-inf")))
-
-    result = pg.compare(exploding_model, coin.guide, coin.DATA, configs={"a": pg.Reparam()}, num_steps=100,
-                        seeds=(0,), out=str(tmp_path))
-    run = result.runs[("a", 0)]
-    assert run["status"] == "failed" and "non-finite" in run["reason"]
-    assert 0 < run["step"] < 100
+    result = pg.compare(exploding_on_seed_1, coin.guide, coin.DATA, configs={"a": pg.Reparam()}, num_steps=30,
+                        seeds=(0, 1), out=str(tmp_path))
+    assert result.runs[("a", 0)]["status"] == "finished"
+    run = result.runs[("a", 1)]
+    assert run["status"] == "failed" and "non-finite" in run["reason"] and run["step"] == 0
     assert result.summary().iloc[0]["failed runs"] == 1
     assert "non-finite" in result.failures().iloc[0]["reason"]
+
+
+def diverged_baseline(data):
+    # A baseline network gone non-finite: every run of its config fails at step 0.
+    return torch.tensor(float("inf"))
+
+
+def test_a_config_that_fails_in_every_run_raises_after_storing_the_others(tmp_path):
+    configs = {"fine": pg.Reparam(), "diverged": {"f": pg.Score(diverged_baseline)}}
+    with pytest.warns(UserWarning, match="NaN"):  # Pyro's own warning on the NaN loss
+        with pytest.raises(pg.EstimatorError,
+                           match=r"config 'diverged' failed in every run \(2 of 2\); seed 0: non-finite ELBO"):
+            pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=5, seeds=(0, 1),
+                       out=str(tmp_path))
+    # Every run was stored before the error: the finished ones are reused.
+    result = pg.compare(coin.model, coin.guide, coin.DATA, configs={"fine": pg.Reparam()}, num_steps=5,
+                        seeds=(0, 1), out=str(tmp_path))
+    assert set(result.origin.values()) == {"reused"}
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"seeds": ()}, "seeds must be a non-empty sequence"),
+    ({"seeds": (0, 0)}, "seeds must be distinct"),
+    ({"num_steps": 0}, "num_steps must be a positive integer"),
+    ({"num_particles": 0}, "num_particles must be a positive integer"),
+    ({"diagnose_every": 0}, "diagnose_every must be None or a positive integer"),
+    ({"configs": {}}, "configs must be a non-empty dict"),
+])
+def test_settings_that_cannot_give_a_comparison_are_refused_before_anything_runs(settings, message, monkeypatch):
+    monkeypatch.setattr(compare_module, "run_one", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(pg.EstimatorError, match=message):
+        pg.compare(coin.model, coin.guide, coin.DATA, **{"configs": CONFIGS, **settings})
+
+
+def test_a_program_without_observed_sites_is_refused_with_a_pointer_to_diagnose():
+    from models import seeds
+
+    with pytest.raises(pg.EstimatorError, match="no observed site.*pg.diagnose"):
+        pg.compare(seeds.two_bernoullis, None, torch.tensor(0.3), configs=CONFIGS)
 
 
 def mixed_model(data):
@@ -163,6 +154,99 @@ def test_autoguide_names_a_site_it_cannot_model():
 
     with pytest.raises(pg.EstimatorError, match="site 'n' \\(Poisson\\)"):
         pg.AutoGuide(counts)(torch.zeros(1))
+
+
+TWO_CLUSTERS = torch.cat([torch.linspace(-4.0, -2.0, 20), torch.linspace(2.0, 4.0, 20)])
+
+
+def subsampled_mixture(data):
+    """A two-component mixture whose per-point assignment (discrete) and offset
+    (continuous) share one subsampled plate; written to vectorize over particles."""
+    locs = pyro.sample("locs", dist.Normal(0.0, 5.0).expand([2]).to_event(1))
+    with pyro.plate("data", len(data), subsample_size=10) as index:
+        z = pyro.sample("z", dist.Bernoulli(0.5))
+        offset = pyro.sample("offset", dist.Normal(0.0, 1.0))
+        mean = locs[..., 0] * (1 - z) + locs[..., 1] * z + 0.1 * offset
+        pyro.sample("x", dist.Normal(mean, 1.0), obs=data[index])
+
+
+def test_autoguide_shares_the_models_subsampled_plate_with_full_size_local_parameters():
+    guide = pg.AutoGuide(subsampled_mixture)
+    trace = pyro.poutine.trace(guide).get_trace(TWO_CLUSTERS)
+    # One plate, one subsample: the two local sites are drawn at the same 10 points.
+    assert [n for n, s in trace.nodes.items() if s["type"] == "sample"] == ["data", "locs", "z", "offset"]
+    assert trace.nodes["z"]["value"].shape == trace.nodes["offset"]["value"].shape == (10,)
+    store = pyro.get_param_store()
+    assert store["auto.z.logits"].shape == store["auto.offset.loc"].shape == (40,)
+    assert store["auto.locs.loc"].shape == (2,)
+    # Each slot draws its own data point's factor: logit +30 at even points, −30 at odd
+    # ones, so z = 1 exactly at the slots holding an even index.
+    with torch.no_grad():
+        store["auto.z.logits"].copy_(torch.where(torch.arange(40) % 2 == 0, 30.0, -30.0))
+    trace = pyro.poutine.trace(guide).get_trace(TWO_CLUSTERS)
+    index = trace.nodes["data"]["value"]
+    assert torch.equal(trace.nodes["z"]["value"], (index % 2 == 0).float())
+
+
+def test_posterior_draws_of_a_subsampled_site_are_indexed_by_data_point():
+    result = pg.compare(subsampled_mixture, None, TWO_CLUSTERS, configs={"loo": {"z": pg.Score("loo")}},
+                        num_steps=30, seeds=(0,), optim=pyro.optim.Adam({"lr": 0.1}))
+    z = result.to_inference_data().posterior["z[loo]"]
+    assert z.shape == (1, compare_module.POSTERIOR_DRAWS, 40)  # every data point, not 10 minibatch slots
+    # Point i's draws are Bernoulli(σ(logit_i)) of the trained guide (the last run's
+    # params are still in the store): each mean within 4 standard errors.
+    p = torch.sigmoid(pyro.get_param_store()["auto.z.logits"]).detach().numpy()
+    se = (p * (1 - p) / compare_module.POSTERIOR_DRAWS) ** 0.5
+    assert (abs(z.mean(("chain", "draw")).values - p) <= 4 * se + 1e-9).all()
+    assert p.std() > 0.05  # the points were trained apart, so slot indexing would fail
+
+
+def nested(data):
+    """Groups (dim −2) of items (dim −1): a group effect and a per-item Bernoulli."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("groups", data.shape[0], dim=-2):
+        effect = pyro.sample("effect", dist.Normal(mu, 1.0))
+        with pyro.plate("items", data.shape[1], dim=-1):
+            flip = pyro.sample("flip", dist.Bernoulli(logits=effect))
+            pyro.sample("x", dist.Normal(effect + flip, 0.5), obs=data)
+
+
+def test_autoguide_enters_nested_plates_once_each_and_trains():
+    data = torch.arange(12.0).reshape(3, 4) / 6
+    result = pg.compare(nested, None, data, configs={"disarm": {"flip": pg.DisARM()}}, num_steps=20, seeds=(0,))
+    run = result.runs[("disarm", 0)]
+    assert run["status"] == "finished"
+    draws = result.to_inference_data().posterior
+    assert draws["effect[disarm]"].shape == (1, compare_module.POSTERIOR_DRAWS, 3, 1)
+    assert draws["flip[disarm]"].shape == (1, compare_module.POSTERIOR_DRAWS, 3, 4)
+
+
+def test_a_guides_own_subsampled_site_is_left_out_of_the_posterior_with_a_note():
+    def guide(data):
+        logits = pyro.param("logits", torch.zeros(len(data)))
+        loc = pyro.param("loc", torch.zeros(2))
+        pyro.sample("locs", dist.Normal(loc, 0.1).to_event(1))
+        with pyro.plate("data", len(data), subsample_size=10) as index:
+            pyro.sample("z", dist.Bernoulli(logits=logits[index]))
+            pyro.sample("offset", dist.Normal(0.0, 1.0))
+
+    result = pg.compare(subsampled_mixture, guide, TWO_CLUSTERS, configs={"loo": {"z": pg.Score("loo")}},
+                        num_steps=3, seeds=(0,))
+    assert set(result.to_inference_data().posterior.data_vars) == {"locs[loo]"}
+    assert any("'z' is local to a subsampled plate" in note for note in result.notes)
+
+
+def test_runs_are_timed_after_a_warm_up_in_wall_and_cpu_seconds(monkeypatch):
+    calls = []
+    run_one = compare_module.run_one
+    monkeypatch.setattr(compare_module, "run_one",
+                        lambda *a, **k: calls.append((a[4], a[6], k.get("posterior", True))) or run_one(*a, **k))
+    result = pg.compare(coin.model, coin.guide, coin.DATA, configs=CONFIGS, num_steps=10, seeds=(0,))
+    # An untimed 2-step run of each config first, then the timed 10-step runs.
+    assert calls == [(CONFIGS["reparam"], 2, False), (CONFIGS["loo"], 2, False),
+                     (CONFIGS["reparam"], 10, True), (CONFIGS["loo"], 10, True)]
+    assert all(r["cpu seconds"] > 0 and r["seconds"] > 0 for r in result.runs.values())
+    assert (result.summary()["CPU seconds per run"] > 0).all()
 
 
 def decoded_images(page: str):

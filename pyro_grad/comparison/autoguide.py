@@ -10,14 +10,21 @@ every latent site of the model its own factor, inside the model's plates:
 
 Any other discrete site (Poisson, Binomial, ...) raises an error naming it. The
 estimators config (``pg.estimators(AutoGuide(model), {...})``) picks each site's path.
+
+Plates are shared as in Pyro's autoguides (``pyro.infer.autoguide``): one plate object
+per model plate, built from the model's prototype trace, with the model's
+``subsample_size``. A site local to a subsampled plate has parameters for every data
+point, indexed by the plate's subsample indices.
 """
 
-from typing import Any, Callable, Dict
+import contextlib
+from typing import Any, Callable, Dict, Iterator
 
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
+from pyro.ops.tensor_utils import periodic_repeat
 from torch.distributions import biject_to, constraints
 
 from pyro_grad.errors import EstimatorError
@@ -35,6 +42,12 @@ class AutoGuide:
         self.prefix = prefix
         self.init_scale = init_scale
         self.prototype = None
+        self.frames: Dict[str, Any] = {}
+        self._whole_data = False
+
+    def __repr__(self) -> str:
+        model = getattr(self.model, "__qualname__", type(self.model).__name__)
+        return f"AutoGuide({model}, prefix={self.prefix!r}, init_scale={self.init_scale!r})"
 
     def _setup(self, args: tuple, kwargs: dict) -> None:
         with poutine.block():
@@ -46,59 +59,94 @@ class AutoGuide:
             and type(site["fn"]).__name__ != "_Subsample"
         }
         for name, site in self.prototype.items():
-            self._factor(name, site)  # fails early, naming the site, if unsupported
+            _family(name, site)  # fails early, naming the site, if unsupported
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized:
+                    self.frames[frame.name] = frame
 
-    def _factor(self, name: str, site: dict) -> Any:
-        fn, value = site["fn"], site["value"].detach()
-        leaf = leaf_distribution(fn)
-        key = f"{self.prefix}.{name}"
-        if isinstance(leaf, dist.Bernoulli):
-            logits = pyro.param(f"{key}.logits", torch.zeros(fn.shape()))
-            return dist.Bernoulli(logits=logits).to_event(fn.event_dim)
-        if isinstance(leaf, (dist.Categorical, dist.OneHotCategorical)):
-            categories = leaf.probs.shape[-1]
-            logits = pyro.param(f"{key}.logits", torch.zeros(fn.batch_shape + (categories,)))
-            family = dist.Categorical if isinstance(leaf, dist.Categorical) else dist.OneHotCategorical
-            return family(logits=logits)
-        if fn.support.is_discrete:
-            raise EstimatorError(
-                f"AutoGuide cannot model site '{name}' ({type(leaf).__name__}): only continuous, "
-                "Bernoulli and Categorical latents are supported; write a guide for it"
-            )
-        transform = biject_to(fn.support)
-        unconstrained = transform.inv(value)
-        loc = pyro.param(f"{key}.loc", unconstrained.clone())
-        scale = pyro.param(
-            f"{key}.scale", torch.full_like(unconstrained, self.init_scale), constraint=constraints.positive
-        )
-        event_dim = unconstrained.dim() - len(fn.batch_shape)
-        base = dist.Normal(loc, scale).to_event(max(event_dim, 0))
-        return dist.TransformedDistribution(base, transform)
+    @contextlib.contextmanager
+    def whole_data(self) -> Iterator[None]:
+        """Within this context the guide's plates cover every data point (no
+        subsampling): posterior draws for each data point, as ``pg.compare`` records."""
+        self._whole_data, previous = True, self._whole_data
+        try:
+            yield
+        finally:
+            self._whole_data = previous
+
+    def _plates(self) -> Dict[str, pyro.plate]:
+        plates = {}
+        for name, frame in sorted(self.frames.items()):
+            full_size = frame.full_size or frame.size
+            subsample_size = full_size if self._whole_data else frame.size
+            plates[name] = pyro.plate(name, full_size, dim=frame.dim, subsample_size=subsample_size)
+        return plates
 
     def __call__(self, *args: Any, **kwargs: Any) -> Dict[str, torch.Tensor]:
         if self.prototype is None:
             self._setup(args, kwargs)
+        plates = self._plates()
         values = {}
         for name, site in self.prototype.items():
-            with _plates(site):
-                values[name] = pyro.sample(name, self._factor(name, site))
+            with contextlib.ExitStack() as stack:
+                indices = {
+                    frame.name: stack.enter_context(plates[frame.name])
+                    for frame in site["cond_indep_stack"] if frame.vectorized
+                }
+                values[name] = pyro.sample(name, self._factor(name, site, indices))
         return values
 
+    def _local(self, name: str, init: torch.Tensor, extra_dims: int, site: dict, indices: dict,
+               constraint: Any = constraints.real) -> torch.Tensor:
+        """A parameter shaped like ``init`` (the prototype's shape, with ``extra_dims``
+        dims right of the batch dims), full size along subsampled plates, and the slice
+        of it at this call's subsample indices."""
+        subsampled = [f for f in site["cond_indep_stack"] if f.vectorized and (f.full_size or f.size) != f.size]
 
-class _plates:
-    """Re-enter the plates a prototype site was sampled in."""
+        def full_init() -> torch.Tensor:
+            value = init
+            for frame in subsampled:
+                value = periodic_repeat(value, frame.full_size, frame.dim - extra_dims)
+            return value.contiguous()
 
-    def __init__(self, site: dict):
-        self.frames = [f for f in site["cond_indep_stack"] if f.vectorized]
-        self.stack = []
+        value = pyro.param(f"{self.prefix}.{site['name']}.{name}", full_init, constraint=constraint)
+        for frame in subsampled:
+            value = value.index_select(value.dim() + frame.dim - extra_dims, indices[frame.name])
+        return value
 
-    def __enter__(self):
-        for frame in sorted(self.frames, key=lambda f: -f.dim):
-            plate = pyro.plate(frame.name, frame.size, dim=frame.dim)
-            plate.__enter__()
-            self.stack.append(plate)
+    def _factor(self, name: str, site: dict, indices: dict) -> Any:
+        fn, family = site["fn"], _family(name, site)
+        if family is dist.Bernoulli:
+            logits = self._local("logits", torch.zeros(fn.shape()), fn.event_dim, site, indices)
+            return dist.Bernoulli(logits=logits).to_event(fn.event_dim)
+        if family is dist.Categorical:
+            categories = leaf_distribution(fn).probs.shape[-1]
+            init = torch.zeros(fn.shape() + (categories,))
+            logits = self._local("logits", init, fn.event_dim + 1, site, indices)
+            return dist.Categorical(logits=logits).to_event(fn.event_dim)
+        if family is dist.OneHotCategorical:
+            logits = self._local("logits", torch.zeros(fn.shape()), fn.event_dim, site, indices)
+            return dist.OneHotCategorical(logits=logits).to_event(fn.event_dim - 1)
+        transform = biject_to(fn.support)
+        unconstrained = transform.inv(site["value"].detach())
+        event_dim = max(unconstrained.dim() - len(fn.batch_shape), 0)
+        loc = self._local("loc", unconstrained.clone(), event_dim, site, indices)
+        scale = self._local("scale", torch.full_like(unconstrained, self.init_scale), event_dim, site, indices,
+                            constraint=constraints.positive)
+        return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(event_dim), transform)
 
-    def __exit__(self, *exc):
-        for plate in reversed(self.stack):
-            plate.__exit__(*exc)
-        self.stack = []
+
+def _family(name: str, site: dict) -> Any:
+    """The guide family for a site: Bernoulli, Categorical, OneHotCategorical, or
+    TransformedDistribution for a continuous site; an error naming any other."""
+    fn = site["fn"]
+    leaf = leaf_distribution(fn)
+    for family in (dist.Bernoulli, dist.OneHotCategorical, dist.Categorical):
+        if isinstance(leaf, family):
+            return family
+    if fn.support.is_discrete:
+        raise EstimatorError(
+            f"AutoGuide cannot model site '{name}' ({type(leaf).__name__}): only continuous, "
+            "Bernoulli and Categorical latents are supported; write a guide for it"
+        )
+    return dist.TransformedDistribution

@@ -1,6 +1,7 @@
 """``Comparison``: the runs of :func:`~pyro_grad.compare`, as tables, figures and ArviZ data."""
 
-from typing import Any, Dict, Optional, Tuple
+import math
+from typing import Any, Dict, List, Optional, Tuple
 
 import matplotlib
 
@@ -29,13 +30,32 @@ def _smoothed(elbo: list, window: int) -> np.ndarray:
 
 class Comparison:
     """Runs keyed by (config label, seed); each a dict with ``status``, ``reason``,
-    ``step``, ``elbo`` (per step), ``checkpoints`` (step, variance, snr), ``seconds``,
-    ``evaluations`` and ``posterior`` ({site: draws})."""
+    ``step``, ``elbo`` (per step), ``checkpoints`` (step, variance, snr), ``seconds``
+    and ``cpu seconds`` (wall and CPU time, checkpoints excluded), ``evaluations``,
+    ``posterior`` ({site: draws}, indexed by data point) and ``notes``.
 
-    def __init__(self, runs: Dict[Tuple[str, int], Dict[str, Any]], configs: Dict[str, str]):
+    ``origin[(label, seed)]`` says where each run came from: ``"reused"`` from the
+    store, ``"recomputed"`` (a run of this label and seed was stored under other
+    settings) or ``"new"``.
+    """
+
+    def __init__(self, runs: Dict[Tuple[str, int], Dict[str, Any]], configs: Dict[str, str],
+                 origin: Optional[Dict[Tuple[str, int], str]] = None):
         self.runs = runs
         self.configs = configs
+        self.origin = origin if origin is not None else {key: "new" for key in runs}
         self.reference: Dict[str, np.ndarray] = {}
+
+    def provenance(self) -> str:
+        """One line: how many runs were reused from the store, recomputed, or new."""
+        counts = {kind: sum(o == kind for o in self.origin.values()) for kind in ("reused", "recomputed", "new")}
+        return (f"{counts['reused']} runs reused from the store, {counts['recomputed']} recomputed "
+                f"(stored under other settings), {counts['new']} new")
+
+    @property
+    def notes(self) -> List[str]:
+        """Notes from the runs (sites left out of the posterior draws), each once."""
+        return list(dict.fromkeys(note for r in self.runs.values() for note in r.get("notes", [])))
 
     def add_nuts_reference(
         self, model: Any, *args: Any, num_samples: int = 300, warmup_steps: int = 200, seed: int = 0, **kwargs: Any
@@ -89,8 +109,10 @@ class Comparison:
                 "steps to target": float(np.mean(steps)) if steps else float("nan"),
                 "seconds to target": float(np.mean(seconds)) if seconds else float("nan"),
                 "seconds per run": float(np.mean([r["seconds"] for r in runs])),
+                "CPU seconds per run": float(np.mean([r.get("cpu seconds", math.nan) for r in runs])),
                 "gradient variance": float(np.mean(variances)) if variances else float("nan"),
                 "failed runs": sum(r["status"] != "finished" for r in runs),
+                "reused runs": sum(self.origin.get((label, s)) == "reused" for (l, s) in self.runs if l == label),
             })
         return pd.DataFrame(rows)
 

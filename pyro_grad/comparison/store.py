@@ -1,55 +1,186 @@
-"""``RunStore``: finished SVI runs in SQLite, one row per (config, seed), written as each ends.
+"""``RunStore``: SVI runs in ``out/runs.sqlite``, keyed by their identity digest.
 
-Each row is committed in its own transaction the moment its run finishes, so a process
-killed mid-way loses only the run in progress; a later call skips the stored ones.
+* Each run is committed in its own transaction the moment it ends, so a process killed
+  mid-way loses only the runs in progress.
+* A run is found by its digest (:mod:`~pyro_grad.comparison.identity`): a run stored
+  under other settings is never returned, and stays stored.
+* Before computing a run, a process *claims* its digest. Another process on the same
+  ``out`` skips runs claimed by a live process and picks them up once stored. A claim
+  whose process has died (same host: its pid is gone; any host: no heartbeat for
+  :data:`CLAIM_TIMEOUT` seconds) has expired and can be taken over.
+
+Every connection is closed after use; SQLite errors become one
+:class:`~pyro_grad.EstimatorError` naming the file and what to do.
 """
 
+import contextlib
 import json
+import os
+import socket
 import sqlite3
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
+
+from pyro_grad.errors import EstimatorError
+
+#: Seconds without a heartbeat after which another host's claim has expired.
+CLAIM_TIMEOUT = 600.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
+    digest TEXT PRIMARY KEY,
     config TEXT NOT NULL,
     seed INTEGER NOT NULL,
     record TEXT NOT NULL,
-    PRIMARY KEY (config, seed)
-)
+    stored_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    digest TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    heartbeat REAL NOT NULL
+);
 """
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class RunStore:
-    """``out/runs.sqlite``: ``get(config, seed)`` and ``put(config, seed, record)``."""
+    """``out/runs.sqlite``; with ``out=None`` nothing is stored and nothing claimed."""
 
     def __init__(self, out: Optional[str]):
         self.path = None if out is None else Path(out) / "runs.sqlite"
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as db:
-                db.execute(SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
-
-    def get(self, config: str, seed: int) -> Optional[Dict[str, Any]]:
-        if self.path is None:
-            return None
-        with self._connect() as db:
-            row = db.execute("SELECT record FROM runs WHERE config = ? AND seed = ?", (config, seed)).fetchone()
-        return None if row is None else json.loads(row[0])
-
-    def put(self, config: str, seed: int, record: Dict[str, Any]) -> None:
+        self.host, self.pid = socket.gethostname(), os.getpid()
         if self.path is None:
             return
-        with self._connect() as db:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise EstimatorError(f"cannot write runs to {self.path.parent}: {error.strerror}") from None
+        with self._transaction() as db:
+            columns = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
+            if columns and "digest" not in columns:
+                # A store from before run digests: kept aside, never reused.
+                db.execute("ALTER TABLE runs RENAME TO runs_without_digests")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    def _failure(self, error: Exception) -> EstimatorError:
+        if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+            advice = "another process holds it; try again when it is done"
+        elif isinstance(error, sqlite3.OperationalError) and ("disk" in str(error) or "full" in str(error)):
+            advice = "free some disk space, or choose another out directory"
+        else:
+            advice = "move the file aside (its finished runs are not reused) or choose another out directory"
+        return EstimatorError(f"run store {self.path} cannot be used ({error}): {advice}")
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db:
+                yield db
+        except sqlite3.DatabaseError as error:
+            raise self._failure(error) from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken before any read so that claims are atomic."""
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def get(self, digest: str) -> Optional[Dict[str, Any]]:
+        """The stored record with this digest, or None."""
+        if self.path is None:
+            return None
+        with self._connection() as db:
+            row = db.execute("SELECT config, seed, record FROM runs WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return json.loads(row[2])
+        except json.JSONDecodeError as error:
+            raise EstimatorError(
+                f"run store {self.path}: the stored run of config {row[0]!r}, seed {row[1]} is corrupt "
+                f"({error.msg} at character {error.pos}); delete that row or move the file aside"
+            ) from None
+
+    def holds_other_settings(self, config: str, seed: int, digest: str) -> bool:
+        """Whether a run of this label and seed is stored under other settings (a digest
+        that no longer matches, so it is recomputed rather than reused)."""
+        if self.path is None:
+            return False
+        with self._connection() as db:
+            row = db.execute(
+                "SELECT 1 FROM runs WHERE config = ? AND seed = ? AND digest != ?", (config, seed, digest)
+            ).fetchone()
+        return row is not None
+
+    def put(self, digest: str, config: str, seed: int, record: Dict[str, Any]) -> None:
+        """Store a finished (or failed) run and release its claim, in one transaction."""
+        if self.path is None:
+            return
+        with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO runs (config, seed, record) VALUES (?, ?, ?)",
-                (config, seed, json.dumps(record)),
+                "INSERT OR REPLACE INTO runs (digest, config, seed, record, stored_at) VALUES (?, ?, ?, ?, ?)",
+                (digest, config, seed, json.dumps(record), time.time()),
+            )
+            db.execute("DELETE FROM claims WHERE digest = ?", (digest,))
+
+    def claim(self, digest: str) -> bool:
+        """Claim a run for this process: True unless a live process holds it."""
+        if self.path is None:
+            return True
+        with self._transaction() as db:
+            row = db.execute("SELECT host, pid, heartbeat FROM claims WHERE digest = ?", (digest,)).fetchone()
+            if row is not None and (row[0], row[1]) != (self.host, self.pid) and self._live(*row):
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO claims (digest, host, pid, heartbeat) VALUES (?, ?, ?, ?)",
+                (digest, self.host, self.pid, time.time()),
+            )
+        return True
+
+    def _live(self, host: str, pid: int, heartbeat: float) -> bool:
+        if time.time() - heartbeat > CLAIM_TIMEOUT:
+            return False
+        return _alive(pid) if host == self.host else True
+
+    def heartbeat(self, digest: str) -> None:
+        """Keep this process's claim fresh during a long run."""
+        if self.path is None:
+            return
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE claims SET heartbeat = ? WHERE digest = ? AND host = ? AND pid = ?",
+                (time.time(), digest, self.host, self.pid),
             )
 
+    def release(self, digest: str) -> None:
+        """Give up this process's claim (a run that raised)."""
+        if self.path is None:
+            return
+        with self._transaction() as db:
+            db.execute("DELETE FROM claims WHERE digest = ? AND host = ? AND pid = ?", (digest, self.host, self.pid))
+
     def count(self) -> int:
+        """Stored runs."""
         if self.path is None:
             return 0
-        with self._connect() as db:
+        with self._connection() as db:
             return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]

@@ -1,9 +1,12 @@
 """``compare``: train estimator configurations side by side by SVI, and keep every run."""
 
+import contextlib
+import copy
 import math
+import numbers
 import sys
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pyro
 import pyro.poutine as poutine
@@ -12,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_grad.comparison.autoguide import AutoGuide
+from pyro_grad.comparison.identity import RunIdentity
 from pyro_grad.comparison.results import Comparison
 from pyro_grad.comparison.store import RunStore
 from pyro_grad.diagnostics import diagnose
@@ -24,6 +28,13 @@ from pyro_grad.paths import Estimator
 POSTERIOR_DRAWS = 200
 #: Gradient draws per checkpoint diagnosis.
 CHECKPOINT_DRAWS = 100
+#: SVI steps of each configuration run untimed before the first timed run, so that no
+#: run pays the process's one-time start-up costs.
+WARMUP_STEPS = 2
+#: Seconds between a claimed run's heartbeats, and between looks at runs another process
+#: is computing.
+HEARTBEAT_SECONDS = 60.0
+POLL_SECONDS = 1.0
 
 
 def _with_config(guide: Callable, config: Any) -> Callable:
@@ -34,21 +45,51 @@ def _with_config(guide: Callable, config: Any) -> Callable:
     return estimators_handler(guide, config)
 
 
-def _posterior(guide: Callable, args: tuple, kwargs: dict) -> Dict[str, list]:
+def _fresh_optimizer(optim: Any) -> Any:
+    """A new optimizer for one run: a copy of a Pyro optimizer (so no run inherits
+    another's state), or a factory's product."""
+    if isinstance(optim, pyro.optim.PyroOptim):
+        return copy.deepcopy(optim)
+    if callable(optim):
+        return optim()
+    raise EstimatorError(f"optim must be a Pyro optimizer or a factory of one, got {type(optim).__name__}")
+
+
+def _subsampled(site: dict) -> bool:
+    return any(f.vectorized and (f.full_size or f.size) != f.size for f in site["cond_indep_stack"])
+
+
+def _posterior(guide: Callable, base: Callable, args: tuple, kwargs: dict) -> Tuple[Dict[str, list], List[str]]:
+    """``POSTERIOR_DRAWS`` draws of each latent site, indexed by data point, and notes on
+    any site left out. A site local to a subsampled plate is drawn for every data point
+    when the guide is an :class:`AutoGuide`; another guide's draws of it would be
+    indexed by minibatch slot, so they are left out."""
     draws: Dict[str, list] = {}
-    with torch.no_grad(), poutine.block():
+    left_out: Dict[str, None] = {}
+    whole_data = base.whole_data() if isinstance(base, AutoGuide) else contextlib.nullcontext()
+    with torch.no_grad(), poutine.block(), whole_data:
         for _ in range(POSTERIOR_DRAWS):
             trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
             for name, site in trace.nodes.items():
-                if site["type"] == "sample" and not site["is_observed"]:
-                    draws.setdefault(name, []).append(site["value"].detach().float().tolist())
-    return draws
+                if site["type"] != "sample" or site["is_observed"]:
+                    continue
+                if _subsampled(site):
+                    left_out[name] = None
+                    continue
+                draws.setdefault(name, []).append(site["value"].detach().float().tolist())
+    notes = [
+        f"site '{name}' is local to a subsampled plate: its draws cover a minibatch, not "
+        "every data point, so they are left out (pg.AutoGuide draws every data point)"
+        for name in left_out
+    ]
+    return draws, notes
 
 
-def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, optim, diagnose_every, progress,
-            reset=None):
-    """One SVI run: the ELBO trace, gradient variance at checkpoints, time, evaluations,
-    posterior draws; a non-finite ELBO stops the run and is recorded with its step."""
+def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, optim, diagnose_every,
+            on_step=None, reset=None, posterior=True):
+    """One SVI run: the ELBO trace, gradient variance at checkpoints, wall and CPU time
+    (checkpoints excluded), evaluations, posterior draws; a non-finite ELBO stops the
+    run and is recorded with its step. ``on_step()`` is called after every step."""
     pyro.clear_param_store()
     if reset is not None:
         reset()
@@ -56,9 +97,9 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
     base = guide if guide is not None else AutoGuide(model)
     wrapped = _with_config(base, config)
     loss = ELBO(num_particles=num_particles, vectorize_particles=True)
-    svi = pyro.infer.SVI(model, wrapped, optim() if callable(optim) else optim, loss=loss)
+    svi = pyro.infer.SVI(model, wrapped, _fresh_optimizer(optim), loss=loss)
     record = {"status": "finished", "reason": "", "step": num_steps, "elbo": [], "checkpoints": []}
-    start, diagnosing = time.perf_counter(), 0.0
+    start, start_cpu, diagnosing, diagnosing_cpu = time.perf_counter(), time.process_time(), 0.0, 0.0
     for step in range(num_steps):
         try:
             value = svi.step(*args, **kwargs)
@@ -73,7 +114,7 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
             break
         record["elbo"].append(-value)
         if diagnose_every and (step + 1) % diagnose_every == 0:
-            t = time.perf_counter()
+            t, t_cpu = time.perf_counter(), time.process_time()
             report = diagnose(model, *args, guide=wrapped, num_samples=CHECKPOINT_DRAWS,
                               num_particles=num_particles, sites=False, seed=seed + step, **kwargs)
             totals = report.params.groupby("param")["total variance"].first()
@@ -83,11 +124,40 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
                 "snr": float(report.params["SNR"].replace(math.inf, math.nan).median()),
             })
             diagnosing += time.perf_counter() - t
-        progress.update(1)
+            diagnosing_cpu += time.process_time() - t_cpu
+        if on_step is not None:
+            on_step()
     record["seconds"] = time.perf_counter() - start - diagnosing
+    record["cpu seconds"] = time.process_time() - start_cpu - diagnosing_cpu
     record["evaluations"] = len(record["elbo"]) * num_particles
-    record["posterior"] = _posterior(wrapped, args, kwargs) if record["status"] == "finished" else {}
+    record["posterior"], record["notes"] = ({}, [])
+    if posterior and record["status"] == "finished":
+        record["posterior"], record["notes"] = _posterior(wrapped, base, args, kwargs)
     return record
+
+
+def _check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every) -> None:
+    """Refuse settings that cannot give a comparison, before anything runs."""
+    if not isinstance(configs, Mapping) or not configs:
+        raise EstimatorError("configs must be a non-empty dict of label -> estimators config")
+    for name, value in (("num_steps", num_steps), ("num_particles", num_particles)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise EstimatorError(f"{name} must be a positive integer, got {value!r}")
+    if diagnose_every is not None and (isinstance(diagnose_every, bool) or not isinstance(diagnose_every, int)
+                                       or diagnose_every < 1):
+        raise EstimatorError(f"diagnose_every must be None or a positive integer, got {diagnose_every!r}")
+    seeds = list(seeds) if isinstance(seeds, Sequence) and not isinstance(seeds, str) else None
+    if not seeds or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
+        raise EstimatorError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise EstimatorError(f"seeds must be distinct, got {seeds!r}")
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    if not any(site["type"] == "sample" and site["is_observed"] for site in trace.nodes.values()):
+        raise EstimatorError(
+            f"model {getattr(model, '__qualname__', model)!r} has no observed site, so there is no "
+            "ELBO to train; for the gradient of an expectation E[f], use pg.diagnose (pyro-grad diagnose)"
+        )
 
 
 def compare(
@@ -110,34 +180,107 @@ def compare(
 
     ``configs`` maps a label to an estimators config (site → estimator, a callable, one
     estimator for every site, or None for ``"auto"``). Every ``diagnose_every`` steps the
-    gradient's total variance and median SNR are measured with :func:`diagnose`. With
-    ``out``, each finished (config, seed) run is stored in ``out/runs.sqlite`` as it
-    ends, and stored runs are skipped on the next call. A run whose ELBO turns
-    non-finite (or whose step raises, as when a parameter turns NaN) stops, is recorded
-    with the reason and step, and the others go on.
-    ``optim`` is a Pyro optimizer or a factory of one (default: Adam, lr 0.01). Every run
-    starts from a cleared param store; ``reset`` restores any state kept outside it (an
-    ``nn.Module``'s weights trained in place), so that every run starts alike.
+    gradient's total variance and median SNR are measured with :func:`diagnose`.
+
+    With ``out``, each run is stored in ``out/runs.sqlite`` as it ends, keyed by a digest
+    of everything that determines it (model and guide source, data, estimators, steps,
+    particles, optimizer, seed, versions): a later call reuses a stored run only when
+    its digest matches, and recomputes it otherwise. Processes sharing ``out`` never
+    compute the same run twice.
+
+    A run whose ELBO turns non-finite (or whose step raises, as when a parameter turns
+    NaN) stops, is recorded with the reason and step, and the others go on; a config
+    whose every run fails raises :class:`~pyro_grad.EstimatorError` once all runs are
+    stored. ``optim`` is a Pyro optimizer or a factory of one (default: Adam, lr 0.01).
+    Every run starts from a cleared param store; ``reset`` restores any state kept
+    outside it (an ``nn.Module``'s weights trained in place), so that every run starts
+    alike.
     """
-    if not isinstance(configs, Mapping) or not configs:
-        raise EstimatorError("configs must be a non-empty dict of label -> estimators config")
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise EstimatorError(f"num_steps must be a positive integer, got {num_steps!r}")
-    try:
-        store = RunStore(out)
-    except OSError as error:
-        raise EstimatorError(f"cannot write runs to {out!r}: {error.strerror}") from None
+    _check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every)
     optim = optim if optim is not None else (lambda: pyro.optim.Adam({"lr": 0.01}))
-    records = {}
-    pending = [(label, seed) for label in configs for seed in seeds if store.get(label, seed) is None]
-    progress = tqdm(total=len(pending) * num_steps, disable=not sys.stderr.isatty(), desc="compare")
-    for label in configs:
-        for seed in seeds:
-            stored = store.get(label, seed)
-            if stored is None:
-                stored = run_one(model, guide, args, kwargs, configs[label], seed, num_steps,
-                                 num_particles, optim, diagnose_every, progress, reset)
-                store.put(label, seed, stored)
+    identity = RunIdentity(
+        model=model, guide=guide if guide is not None else "AutoGuide", args=args, kwargs=kwargs,
+        num_steps=num_steps, num_particles=num_particles, diagnose_every=diagnose_every,
+        optim=_fresh_optimizer(optim), reset=reset,
+        draws=(POSTERIOR_DRAWS, CHECKPOINT_DRAWS),
+    )
+    store = RunStore(out)
+    digests = {(label, seed): identity.digest(configs[label], seed) for label in configs for seed in seeds}
+    records: Dict[Tuple[str, int], Dict[str, Any]] = {}
+    origin: Dict[Tuple[str, int], str] = {}
+    pending = []
+    for (label, seed), digest in digests.items():
+        stored = store.get(digest)
+        if stored is not None:
             records[(label, seed)] = stored
-    progress.close()
-    return Comparison(records, {label: repr(config) for label, config in configs.items()})
+            origin[(label, seed)] = "reused"
+        else:
+            pending.append((label, seed))
+            origin[(label, seed)] = "recomputed" if store.holds_other_settings(label, seed, digest) else "new"
+
+    def compute(label: str, seed: int, on_step: Callable[[], None]) -> Dict[str, Any]:
+        return run_one(model, guide, args, kwargs, configs[label], seed, num_steps, num_particles, optim,
+                       diagnose_every, on_step, reset)
+
+    if pending:
+        for label in dict.fromkeys(label for label, _ in pending):
+            # Untimed: the process's first steps pay one-time costs that no run should.
+            run_one(model, guide, args, kwargs, configs[label], pending[0][1], min(WARMUP_STEPS, num_steps),
+                    num_particles, optim, None, reset=reset, posterior=False)
+    progress = tqdm(total=len(pending) * num_steps, disable=not sys.stderr.isatty(), desc="compare")
+    try:
+        waiting = _run_claimed(pending, digests, store, records, compute, progress)
+        while waiting:  # runs other processes hold: wait for them, or take over a dead one's
+            time.sleep(POLL_SECONDS)
+            for key in list(waiting):
+                stored = store.get(digests[key])
+                if stored is not None:
+                    records[key] = stored
+                    waiting.remove(key)
+            waiting = _run_claimed(waiting, digests, store, records, compute, progress)
+    finally:
+        progress.close()
+    ordered = {key: records[key] for key in digests}
+    comparison = Comparison(ordered, {label: repr(config) for label, config in configs.items()}, origin=origin)
+    for label in configs:
+        runs = [(seed, ordered[(label, seed)]) for seed in seeds]
+        if all(r["status"] != "finished" for _, r in runs):
+            seed, first = runs[0]
+            raise EstimatorError(
+                f"config {label!r} failed in every run ({len(runs)} of {len(runs)}); "
+                f"seed {seed}: {first['reason']}"
+            )
+    return comparison
+
+
+def _run_claimed(keys, digests, store, records, compute, progress) -> list:
+    """Compute each run in ``keys`` this process can claim, storing each as it ends;
+    returns the keys a live process holds."""
+    held = []
+    for label, seed in keys:
+        digest = digests[(label, seed)]
+        if (label, seed) in records:
+            continue
+        stored = store.get(digest)  # another process may have finished it meanwhile
+        if stored is not None:
+            records[(label, seed)] = stored
+            continue
+        if not store.claim(digest):
+            held.append((label, seed))
+            continue
+        beat = [time.monotonic()]
+
+        def on_step() -> None:
+            progress.update(1)
+            if time.monotonic() - beat[0] > HEARTBEAT_SECONDS:
+                store.heartbeat(digest)
+                beat[0] = time.monotonic()
+
+        try:
+            record = compute(label, seed, on_step)
+        except BaseException:
+            store.release(digest)
+            raise
+        store.put(digest, label, seed, record)
+        records[(label, seed)] = record
+    return held

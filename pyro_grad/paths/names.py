@@ -1,5 +1,6 @@
 """Estimators by name, for the command line: ``reparam``, ``score``, ``score:loo``, ``score:0.5``."""
 
+from dataclasses import fields
 from typing import Dict, Type
 
 from pyro_grad.errors import EstimatorError
@@ -21,11 +22,12 @@ def parse_estimator(text: str) -> Estimator:
         raise EstimatorError(f"unknown estimator {name!r}; known: {', '.join(sorted(classes))}")
     if not arg:
         return cls()
+    settings = [f.name for f in fields(cls)]
+    if not settings:
+        raise EstimatorError(f"estimator {text!r}: {cls.__name__} takes no argument; write {name.strip()!r}")
     try:
         value = float(arg)
     except ValueError:
         value = arg
-    try:
-        return cls(value)
-    except TypeError as error:
-        raise EstimatorError(f"estimator {text!r}: {error}") from None
+    # The estimator's own checks name the setting and what it accepts.
+    return cls(value)

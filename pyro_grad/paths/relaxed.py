@@ -8,6 +8,7 @@ not in the discrete support, so an ELBO refuses it; in ``pg.expectation`` it is 
 the program as it is and scored by the relaxed density.
 """
 
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,8 +126,9 @@ class GumbelSoftmax(Estimator):
     cost = 1
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise EstimatorError(f"GumbelSoftmax(temperature={self.temperature!r}): temperature must be positive")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not t > 0:
+            raise EstimatorError(f"GumbelSoftmax(temperature={t!r}): temperature must be a positive number")
 
     @classmethod
     def applies_to(cls, fn: Any) -> bool:

@@ -60,7 +60,7 @@ class Score(Estimator):
                 f"Score(baseline={b!r}): baseline must be None, 'loo', 'decay', 'auto', "
                 "a float, or an nn.Module/callable"
             )
-        if not 0.0 <= self.beta < 1.0:
+        if isinstance(self.beta, bool) or not isinstance(self.beta, numbers.Real) or not 0.0 <= self.beta < 1.0:
             raise EstimatorError(f"Score(beta={self.beta!r}): beta must be in [0, 1)")
 
     @classmethod

@@ -1,0 +1,210 @@
+"""The run store: a run is reused only under the settings that made it, nothing finished is
+lost when a process dies, two processes never compute one run twice, and a corrupt store
+is named, not overwritten."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pyro
+import pytest
+import torch
+
+import pyro_grad as pg
+import pyro_grad.comparison.svi_runs as compare_module
+from models import coin
+from pyro_grad.comparison.identity import RunIdentity
+from pyro_grad.comparison.store import RunStore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def coin_compare(out, configs=None, **settings):
+    settings = {"num_steps": 5, "seeds": (0,), **settings}
+    return pg.compare(coin.model, coin.guide, coin.DATA, configs=configs or {"rep": pg.Reparam()}, out=str(out),
+                      **settings)
+
+
+def test_a_stored_run_is_reused_only_when_every_setting_matches(tmp_path):
+    first = coin_compare(tmp_path)
+    again = coin_compare(tmp_path)
+    assert again.origin == {("rep", 0): "reused"}
+    assert again.runs[("rep", 0)]["elbo"] == first.runs[("rep", 0)]["elbo"]
+    # More steps: the 5-step run is not returned as an 8-step one.
+    longer = coin_compare(tmp_path, num_steps=8)
+    assert longer.origin == {("rep", 0): "recomputed"} and len(longer.runs[("rep", 0)]["elbo"]) == 8
+    # The same label with another estimator shows that estimator's own numbers.
+    relabelled = coin_compare(tmp_path, configs={"rep": pg.Score("loo")})
+    assert relabelled.origin == {("rep", 0): "recomputed"}
+    assert relabelled.summary().iloc[0]["estimators"] == "Score(baseline='loo')"
+    assert relabelled.runs[("rep", 0)]["elbo"] != first.runs[("rep", 0)]["elbo"]
+    assert "0 runs reused from the store, 1 recomputed" in relabelled.provenance()
+    # Nothing stored was lost: the first settings find their run again.
+    assert coin_compare(tmp_path).origin == {("rep", 0): "reused"}
+    assert RunStore(str(tmp_path)).count() == 3
+
+
+def identity(**changes):
+    shared = dict(model=coin.model, guide=coin.guide, args=(coin.DATA,), kwargs={}, num_steps=5, num_particles=4,
+                  diagnose_every=None, optim=pyro.optim.Adam({"lr": 0.01}), reset=None)
+    return RunIdentity(**{**shared, **changes})
+
+
+def another_coin_model(data):
+    f = pyro.sample("f", pyro.distributions.Beta(11.0, 10.0))
+    with pyro.plate("tosses", len(data)):
+        pyro.sample("obs", pyro.distributions.Bernoulli(f), obs=data)
+
+
+def test_the_digest_changes_with_every_setting_that_determines_a_run():
+    base = identity().digest({"f": pg.Score("loo")}, 0)
+    changed = {
+        "data": identity(args=(1 - coin.DATA,)).digest({"f": pg.Score("loo")}, 0),
+        "model source": identity(model=another_coin_model).digest({"f": pg.Score("loo")}, 0),
+        "guide": identity(guide="AutoGuide").digest({"f": pg.Score("loo")}, 0),
+        "steps": identity(num_steps=6).digest({"f": pg.Score("loo")}, 0),
+        "particles": identity(num_particles=2).digest({"f": pg.Score("loo")}, 0),
+        "optimizer": identity(optim=pyro.optim.Adam({"lr": 0.02})).digest({"f": pg.Score("loo")}, 0),
+        "optimizer class": identity(optim=pyro.optim.SGD({"lr": 0.01})).digest({"f": pg.Score("loo")}, 0),
+        "estimator": identity().digest({"f": pg.Score("decay")}, 0),
+        "seed": identity().digest({"f": pg.Score("loo")}, 1),
+    }
+    assert all(digest != base for digest in changed.values()), changed
+    assert len(set(changed.values())) == len(changed)
+    # A baseline network is identified by its weights, not by its (address-free) repr.
+    net = torch.nn.Linear(1, 1)
+    before = identity().digest({"f": pg.Score(net)}, 0)
+    with torch.no_grad():
+        net.bias += 1.0
+    assert identity().digest({"f": pg.Score(net)}, 0) != before
+
+
+def test_the_digest_is_the_same_in_every_process():
+    script = textwrap.dedent("""
+        import pyro, pyro_grad as pg
+        from models import coin
+        from pyro_grad.comparison.identity import RunIdentity
+        identity = RunIdentity(model=coin.model, guide=coin.guide, args=(coin.DATA,), kwargs={}, num_steps=5,
+                               num_particles=4, diagnose_every=None, optim=pyro.optim.Adam({"lr": 0.01}), reset=None)
+        print(identity.digest({"f": pg.Score("loo")}, 0))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == identity().digest({"f": pg.Score("loo")}, 0)
+
+
+CONFIGS_SCRIPT = """
+import os, signal, sys
+import pyro_grad as pg
+from models import coin
+from pyro_grad.comparison import store
+# Four distinct configs (beta is part of each one's identity), so four distinct runs.
+configs = {f"c{i}": pg.Score("loo", beta=0.5 + i / 10) for i in range(4)}
+"""
+
+
+def test_a_killed_process_loses_no_finished_run_and_its_claim_expires(tmp_path):
+    # The subprocess kills itself (SIGKILL: no cleanup) right after claiming its third
+    # run, with two runs stored: a known point, not a timed one.
+    script = CONFIGS_SCRIPT + textwrap.dedent(f"""
+        claim = store.RunStore.claim
+        def claim_then_die(self, digest):
+            claimed = claim(self, digest)
+            if self.count() == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return claimed
+        store.RunStore.claim = claim_then_die
+        pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=10, seeds=(0,), out={str(tmp_path)!r})
+    """)
+    process = subprocess.run([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.DEVNULL)
+    assert process.returncode == -9
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+        assert db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 1  # the dead process's
+    configs = {f"c{i}": pg.Score("loo", beta=0.5 + i / 10) for i in range(4)}
+    result = pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=10, seeds=(0,), out=str(tmp_path))
+    assert sorted(result.origin.values()) == ["new", "new", "reused", "reused"]
+    assert all(r["status"] == "finished" and len(r["elbo"]) == 10 for r in result.runs.values())
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+
+
+def test_two_processes_on_one_out_compute_each_run_once(tmp_path):
+    log = tmp_path / "computed.log"
+    script = CONFIGS_SCRIPT + textwrap.dedent(f"""
+        put = store.RunStore.put
+        def put_and_log(self, digest, config, seed, record):
+            put(self, digest, config, seed, record)
+            with open({str(log)!r}, "a") as f:
+                f.write(f"{{os.getpid()}} {{config}}\\n")
+        store.RunStore.put = put_and_log
+        result = pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=10, seeds=(0,),
+                            out={str(tmp_path / "out")!r})
+        print(len(result.runs), all(r["status"] == "finished" for r in result.runs.values()))
+    """)
+    processes = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                                  stderr=subprocess.DEVNULL) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0].split() for p in processes]
+    assert all(p.returncode == 0 for p in processes)
+    assert outputs == [["4", "True"], ["4", "True"]]  # each process returns every run
+    computed = [line.split()[1] for line in log.read_text().splitlines()]
+    assert sorted(computed) == ["c0", "c1", "c2", "c3"]  # and each run was computed once
+
+
+def test_a_run_claimed_by_a_live_process_is_waited_for_not_recomputed(tmp_path, monkeypatch):
+    held = {}
+    claim = RunStore.claim
+
+    def claim_unless_first(store, digest):
+        if not held:  # as if another live process had claimed this run first
+            held.update(store=store, digest=digest)
+            return False
+        return claim(store, digest)
+
+    others_record = {"status": "finished", "reason": "", "step": 5, "elbo": [-7.0] * 5, "checkpoints": [],
+                     "seconds": 1.0, "cpu seconds": 1.0, "evaluations": 20, "posterior": {}, "notes": []}
+
+    def the_other_process_finishes(seconds):
+        held["store"].put(held["digest"], "rep", 0, others_record)
+
+    computed = []
+    run_one = compare_module.run_one
+
+    def counting_run_one(*args, **kwargs):
+        if kwargs.get("posterior", True):  # a timed run, not the warm-up
+            computed.append(args[4])
+        return run_one(*args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "claim", claim_unless_first)
+    monkeypatch.setattr(compare_module.time, "sleep", the_other_process_finishes)
+    monkeypatch.setattr(compare_module, "run_one", counting_run_one)
+    result = coin_compare(tmp_path, configs={"rep": pg.Reparam(), "loo": pg.Score("loo")})
+    assert result.runs[("rep", 0)]["elbo"] == [-7.0] * 5  # the other process's run
+    assert computed == [pg.Score("loo")]  # only the unclaimed run was computed here
+
+
+def test_a_store_that_is_not_a_database_is_named_and_left_untouched(tmp_path):
+    junk = os.urandom(4096)
+    (tmp_path / "runs.sqlite").write_bytes(junk)
+    with pytest.raises(pg.EstimatorError, match=r"runs.sqlite cannot be used \(file is not a database\).*move"):
+        coin_compare(tmp_path)
+    assert (tmp_path / "runs.sqlite").read_bytes() == junk
+
+
+def test_a_corrupt_row_is_named_and_kept(tmp_path):
+    coin_compare(tmp_path)
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        db.execute("UPDATE runs SET record = substr(record, 1, 40)")
+    with pytest.raises(pg.EstimatorError, match="the stored run of config 'rep', seed 0 is corrupt"):
+        coin_compare(tmp_path)
+    assert RunStore(str(tmp_path)).count() == 1
+
+
+def test_a_store_from_before_digests_is_kept_aside_and_never_reused(tmp_path):
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        db.execute("CREATE TABLE runs (config TEXT, seed INTEGER, record TEXT, PRIMARY KEY (config, seed))")
+        db.execute("INSERT INTO runs VALUES ('rep', 0, '{}')")
+    assert coin_compare(tmp_path).origin == {("rep", 0): "new"}
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        assert db.execute("SELECT config FROM runs_without_digests").fetchall() == [("rep",)]
