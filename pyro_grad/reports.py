@@ -11,6 +11,7 @@ import pandas as pd
 import pyro
 
 from pyro_grad.comparison import compare
+from pyro_grad.comparison.svi_runs import ConfigFailed
 from pyro_grad.diagnostics import compare_estimators
 from pyro_grad.html_report import STYLE, machine, report
 
@@ -23,8 +24,10 @@ def _svi_configs(bench) -> Dict[str, Any]:
     return {label: estimator for label, estimator, _ in bench.applicable_estimators() if label != "Score"}
 
 
-def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int = 2000, seeds=(0, 1)) -> Path:
-    """Write ``out/<model>.html`` for every built-in model and ``out/index.html``."""
+def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int = 2000, seeds=(0, 1),
+                  checkpoints: int = 2) -> Path:
+    """Write ``out/<model>.html`` for every built-in model and ``out/index.html``; each
+    SVI run's gradient variance is measured at ``checkpoints`` evenly spaced steps."""
     from models import registry
 
     warnings.filterwarnings("ignore")
@@ -43,11 +46,15 @@ def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int =
             )
             kind = "gradient estimators"
         else:
-            result = compare(
-                bench.program, bench.guide, *bench.arguments(), configs=_svi_configs(bench),
-                num_steps=num_steps, seeds=seeds, diagnose_every=max(1, num_steps // 2),
-                out=str(out_dir / "runs" / name), reset=bench.reset,
-            )
+            try:
+                result = compare(
+                    bench.program, bench.guide, *bench.arguments(), configs=_svi_configs(bench),
+                    num_steps=num_steps, seeds=seeds, diagnose_every=max(1, num_steps // checkpoints),
+                    out=str(out_dir / "runs" / name), reset=bench.reset,
+                )
+            except ConfigFailed as failure:
+                # The page shows the failed runs and their reasons beside the others.
+                result = failure.comparison
             kind = "SVI"
         page = report(result, out_dir / f"{name}.html", title=f"{name}: {kind}")
         rows.append({"model": name, "comparison": kind, "seconds": time.perf_counter() - start,

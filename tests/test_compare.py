@@ -102,6 +102,11 @@ def test_a_config_that_fails_in_every_run_raises_after_storing_the_others(tmp_pa
             pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=5, seeds=(0, 1),
                        out=str(tmp_path))
     # Every run was stored before the error: the finished ones are reused.
+    with pytest.raises(compare_module.ConfigFailed) as failure:
+        pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=5, seeds=(0, 1), out=str(tmp_path))
+    # The error carries every run, for the main job's pages to show the failure.
+    assert failure.value.comparison.summary().set_index("config").loc["diverged", "failed runs"] == 2
+    assert set(failure.value.comparison.origin.values()) == {"reused"}
     result = pg.compare(coin.model, coin.guide, coin.DATA, configs={"fine": pg.Reparam()}, num_steps=5,
                         seeds=(0, 1), out=str(tmp_path))
     assert set(result.origin.values()) == {"reused"}
@@ -267,7 +272,7 @@ def test_report_writes_a_self_contained_page_whose_images_decode(tmp_path):
 
 
 def test_the_main_job_writes_an_index_linking_a_page_per_model(tmp_path):
-    index = build_reports(str(tmp_path), num_steps=10, num_samples=100, seeds=(0,))
+    index = build_reports(str(tmp_path), num_steps=10, num_samples=100, seeds=(0,), checkpoints=1)
     page = index.read_text()
     from models import registry
 

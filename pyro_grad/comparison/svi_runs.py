@@ -246,11 +246,21 @@ def compare(
         runs = [(seed, ordered[(label, seed)]) for seed in seeds]
         if all(r["status"] != "finished" for _, r in runs):
             seed, first = runs[0]
-            raise EstimatorError(
+            raise ConfigFailed(
                 f"config {label!r} failed in every run ({len(runs)} of {len(runs)}); "
-                f"seed {seed}: {first['reason']}"
+                f"seed {seed}: {first['reason']}",
+                comparison,
             )
     return comparison
+
+
+class ConfigFailed(EstimatorError):
+    """Every run of a config failed. ``comparison`` still holds every run (all stored),
+    for a caller that reports the failure rather than stopping at it."""
+
+    def __init__(self, message: str, comparison: Comparison):
+        super().__init__(message)
+        self.comparison = comparison
 
 
 def _run_claimed(keys, digests, store, records, compute, progress) -> list:
