@@ -99,7 +99,7 @@ def test_exact_elbos_match_monte_carlo_estimates(benchmark):
 
 CASES = [(name, estimator, k) for name, b in registry().items() for _, estimator, k in b.applicable_estimators()]
 #: Fewer draws for the programs whose draws run one at a time (many parameter elements).
-DRAWS = {"conv_net": 300, "mixture": 600, "sbn": 400, "sir": 3000}
+DRAWS = {"coin": 3000, "conv_net": 300, "mixture": 600, "sbn": 400, "sir": 3000}
 
 
 @pytest.mark.parametrize("name, estimator, num_particles", CASES, ids=[f"{n}-{e!r}-{k}" for n, e, k in CASES])
