@@ -60,7 +60,13 @@ def sections(obj: Any) -> List[Tuple[str, Union[pd.DataFrame, plt.Figure, str]]]
             parts.append(("Note", note))
         import arviz as az
 
-        posterior = az.summary(obj.to_inference_data()).reset_index()
+        idata = obj.to_inference_data()
+        if not hasattr(idata, "posterior"):
+            parts.append(("Posterior", "(no posterior draws were kept)"))
+            return parts
+        # R-hat and ESS need two chains (seeds); with one, only the statistics are defined.
+        kind = "all" if idata.posterior.sizes["chain"] >= 2 else "stats"
+        posterior = az.summary(idata, kind=kind).reset_index()
         if len(posterior) > MAX_POSTERIOR_ROWS:
             heading = f"Posterior (ArviZ summary, first {MAX_POSTERIOR_ROWS} of {len(posterior)} variables)"
             posterior = posterior.head(MAX_POSTERIOR_ROWS)

@@ -157,8 +157,19 @@ def test_autoguide_names_a_site_it_cannot_model():
     def counts(data):
         pyro.sample("n", dist.Poisson(3.0))
 
-    with pytest.raises(pg.EstimatorError, match="site 'n' \\(Poisson\\)"):
-        pg.AutoGuide(counts)(torch.zeros(1))
+    guide = pg.AutoGuide(counts)
+    for _ in range(2):  # and again on the next call: no half-built guide is left behind
+        with pytest.raises(pg.EstimatorError, match="site 'n' \\(Poisson\\)"):
+            guide(torch.zeros(1))
+
+
+def test_a_site_too_large_to_store_is_left_out_of_the_posterior_with_a_note(monkeypatch, tmp_path):
+    monkeypatch.setattr(compare_module, "MAX_POSTERIOR_VALUES", 100)  # f: 1 element × 200 draws
+    result = pg.compare(coin.model, coin.guide, coin.DATA, configs={"rep": pg.Reparam()}, num_steps=2, seeds=(0,))
+    assert result.runs[("rep", 0)]["posterior"] == {}
+    assert result.notes == ["site 'f' has 1 elements per draw: its draws are left out of the stored run "
+                            "(at most 100 values per site)"]
+    assert "(no posterior draws were kept)" in pg.report(result, tmp_path / "r.html").read_text()
 
 
 TWO_CLUSTERS = torch.cat([torch.linspace(-4.0, -2.0, 20), torch.linspace(2.0, 4.0, 20)])

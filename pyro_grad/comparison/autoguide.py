@@ -52,17 +52,16 @@ class AutoGuide:
     def _setup(self, args: tuple, kwargs: dict) -> None:
         with poutine.block():
             trace = poutine.trace(self.model).get_trace(*args, **kwargs)
-        self.prototype = {
+        prototype = {
             name: site
             for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site["is_observed"] and not site["infer"].get("_do_not_trace")
             and type(site["fn"]).__name__ != "_Subsample"
         }
-        for name, site in self.prototype.items():
-            _family(name, site)  # fails early, naming the site, if unsupported
-            for frame in site["cond_indep_stack"]:
-                if frame.vectorized:
-                    self.frames[frame.name] = frame
+        for name, site in prototype.items():
+            _family(name, site)  # fails early, naming the site, if unsupported (and again on every call)
+        self.frames = {f.name: f for site in prototype.values() for f in site["cond_indep_stack"] if f.vectorized}
+        self.prototype = prototype
 
     @contextlib.contextmanager
     def whole_data(self) -> Iterator[None]:

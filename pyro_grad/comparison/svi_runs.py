@@ -26,6 +26,8 @@ from pyro_grad.paths import Estimator
 
 #: Posterior draws kept per run.
 POSTERIOR_DRAWS = 200
+#: Posterior values kept per site and run (draws × elements), so a stored run stays small.
+MAX_POSTERIOR_VALUES = 1_000_000
 #: Gradient draws per checkpoint diagnosis.
 CHECKPOINT_DRAWS = 100
 #: SVI steps of each configuration run untimed before the first timed run, so that no
@@ -65,24 +67,27 @@ def _posterior(guide: Callable, base: Callable, args: tuple, kwargs: dict) -> Tu
     when the guide is an :class:`AutoGuide`; another guide's draws of it would be
     indexed by minibatch slot, so they are left out."""
     draws: Dict[str, list] = {}
-    left_out: Dict[str, None] = {}
+    left_out: Dict[str, str] = {}
     whole_data = base.whole_data() if isinstance(base, AutoGuide) else contextlib.nullcontext()
     with torch.no_grad(), poutine.block(), whole_data:
         for _ in range(POSTERIOR_DRAWS):
             trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
             for name, site in trace.nodes.items():
-                if site["type"] != "sample" or site["is_observed"]:
+                if site["type"] != "sample" or site["is_observed"] or name in left_out:
                     continue
                 if _subsampled(site):
-                    left_out[name] = None
-                    continue
-                draws.setdefault(name, []).append(site["value"].detach().float().tolist())
-    notes = [
-        f"site '{name}' is local to a subsampled plate: its draws cover a minibatch, not "
-        "every data point, so they are left out (pg.AutoGuide draws every data point)"
-        for name in left_out
-    ]
-    return draws, notes
+                    left_out[name] = (
+                        "is local to a subsampled plate: its draws cover a minibatch, not every data "
+                        "point, so they are left out (pg.AutoGuide draws every data point)"
+                    )
+                elif site["value"].numel() * POSTERIOR_DRAWS > MAX_POSTERIOR_VALUES:
+                    left_out[name] = (
+                        f"has {site['value'].numel():,} elements per draw: its draws are left out of the "
+                        f"stored run (at most {MAX_POSTERIOR_VALUES:,} values per site)"
+                    )
+                else:
+                    draws.setdefault(name, []).append(site["value"].detach().float().tolist())
+    return draws, [f"site '{name}' {reason}" for name, reason in left_out.items()]
 
 
 def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, optim, diagnose_every,
