@@ -167,6 +167,7 @@ def run_diagnose(ns: argparse.Namespace) -> int:
         guide = import_object(ns.guide)
         if not callable(guide):
             raise UsageError(f"--guide {ns.guide} is not a function")
+        exact = None  # a benchmark's exact gradient is its own guide's
     reference = {"none": None, "exact": exact, "enumerate": "enumerate", "reparam": "reparam"}[ns.reference]
     if ns.reference == "exact" and exact is None:
         raise UsageError(f"{ns.program} has no exact reference; use --reference enumerate, reparam or none")
@@ -306,7 +307,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if ns.command == "report":
             from pyro_grad.reports import build_reports
 
-            index = build_reports(ns.out, num_steps=ns.steps, num_samples=ns.samples)
+            index = build_reports(str(writable_directory(ns.out)), num_steps=ns.steps, num_samples=ns.samples)
             print(f"wrote {index}")
             return 0
         if ns.command == "table":

@@ -97,7 +97,8 @@ def report(obj: Any, path: Union[str, Path], title: str = "pyro_grad report") ->
     return _write(parts, path, title)
 
 
-def _save(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, or one :class:`~pyro_grad.EstimatorError` naming the file."""
     try:
         path.write_bytes(data)
     except OSError as error:
@@ -120,7 +121,7 @@ def _write(parts: List[Tuple[str, Any]], path: Path, title: str) -> Path:
             encoded = base64.b64encode(png).decode()
             body.append(f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{encoded}">')
             image = path.with_name(f"{path.stem}-figure-{i}.png")
-            _save(image, png)
+            write_file(image, png)
             markdown.append(f"![{heading}]({image.name})")
         else:
             body.append(f"<p>{html.escape(str(content))}</p>")
@@ -129,6 +130,6 @@ def _write(parts: List[Tuple[str, Any]], path: Path, title: str) -> Path:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
     )
-    _save(path, page.encode("utf-8"))
-    _save(path.with_suffix(".md"), ("\n\n".join(markdown) + "\n").encode("utf-8"))
+    write_file(path, page.encode("utf-8"))
+    write_file(path.with_suffix(".md"), ("\n\n".join(markdown) + "\n").encode("utf-8"))
     return path

@@ -13,7 +13,7 @@ import pyro
 from pyro_grad.comparison import compare
 from pyro_grad.comparison.svi_runs import ConfigFailed
 from pyro_grad.diagnostics import compare_estimators
-from pyro_grad.html_report import STYLE, machine, report
+from pyro_grad.html_report import STYLE, machine, report, write_file
 
 #: Gradient draws per estimator for the expectation programs (fewer for the costly ones).
 DRAWS = {"conv_net": 100, "sir": 500}
@@ -69,13 +69,12 @@ def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int =
         + "<h2>Machine and versions</h2>" + machine().to_html(index=False)
     )
     index = out_dir / "index.html"
-    index.write_text(
+    write_file(index, (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>pyro_grad reports</title>"
-        f"<style>{STYLE}</style></head><body>{body}</body></html>",
-        encoding="utf-8",
-    )
-    (out_dir / "index.md").write_text(
-        "# pyro_grad: built-in models\n\n" + table.assign(model=[f"[{m}]({p.replace('.html', '.md')})" for m, p in zip(table.model, table.page)]).drop(columns="page").to_markdown(index=False, floatfmt=".1f") + "\n",
-        encoding="utf-8",
-    )
+        f"<style>{STYLE}</style></head><body>{body}</body></html>"
+    ).encode("utf-8"))
+    markdown = table.assign(model=[f"[{m}]({p.replace('.html', '.md')})" for m, p in zip(table.model, table.page)])
+    write_file(out_dir / "index.md", (
+        "# pyro_grad: built-in models\n\n" + markdown.drop(columns="page").to_markdown(index=False, floatfmt=".1f") + "\n"
+    ).encode("utf-8"))
     return index

@@ -237,6 +237,33 @@ def test_autoguide_enters_nested_plates_once_each_and_trains():
     assert draws["flip[disarm]"].shape == (1, compare_module.POSTERIOR_DRAWS, 3, 4)
 
 
+def grouped(data):
+    """Subsampled groups (dim −2) of items (dim −1): a 2-vector per group (an event dim)
+    and a Categorical(3) per item."""
+    with pyro.plate("groups", data.shape[0], subsample_size=3, dim=-2) as groups:
+        center = pyro.sample("center", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        with pyro.plate("items", data.shape[1], dim=-1):
+            kind = pyro.sample("kind", dist.Categorical(logits=torch.zeros(3)))
+            pyro.sample("x", dist.Normal(center[..., 0] + kind, 1.0), obs=data[groups])
+
+
+def test_autoguide_indexes_event_and_categorical_parameters_along_a_subsampled_outer_plate():
+    guide = pg.AutoGuide(grouped)
+    data = torch.zeros(6, 4)
+    guide(data)
+    store = pyro.get_param_store()
+    assert store["auto.center.loc"].shape == (6, 1, 2) and store["auto.kind.logits"].shape == (6, 4, 3)
+    # Group i's center is i (scale ≈ 0) and its items' category is i mod 3 (logit +30).
+    store["auto.center.loc"] = torch.arange(6.0).reshape(6, 1, 1).expand(6, 1, 2).clone()
+    store["auto.center.scale"] = torch.full((6, 1, 2), 1e-6)
+    store["auto.kind.logits"] = 30.0 * torch.nn.functional.one_hot(torch.arange(6) % 3, 3)[:, None, :].float()
+    trace = pyro.poutine.trace(guide).get_trace(data)
+    groups = trace.nodes["groups"]["value"]
+    assert trace.nodes["center"]["value"].shape == (3, 1, 2)
+    assert torch.allclose(trace.nodes["center"]["value"], groups.float().reshape(3, 1, 1).expand(3, 1, 2), atol=1e-3)
+    assert torch.equal(trace.nodes["kind"]["value"], (groups % 3).reshape(3, 1).expand(3, 4))
+
+
 def test_a_guides_own_subsampled_site_is_left_out_of_the_posterior_with_a_note():
     def guide(data):
         logits = pyro.param("logits", torch.zeros(len(data)))

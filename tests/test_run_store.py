@@ -81,6 +81,32 @@ def test_the_digest_changes_with_every_setting_that_determines_a_run():
     assert identity().digest({"f": pg.Score(net)}, 0) != before
 
 
+def test_two_lambdas_on_one_line_and_two_objects_of_one_class_have_their_own_digests():
+    first, second = (lambda msg: pg.Reparam()), (lambda msg: pg.Score("loo"))  # one source line
+    assert identity().digest(first, 0) != identity().digest(second, 0)
+
+    class Guide:
+        def __init__(self, scale):
+            self.scale = scale
+
+        def __call__(self, data):
+            pass
+
+    assert identity(guide=Guide(0.1)).digest(None, 0) != identity(guide=Guide(0.2)).digest(None, 0)
+
+
+def test_module_globals_a_program_reads_are_part_of_its_digest():
+    # The same source, run with SCALE = 1 or 2: different programs.
+    source = "def model(data):\n    return SCALE * helper(data)\ndef helper(data):\n    return OFFSET + data\n"
+    programs = []
+    for scale, offset in ((1.0, 0.0), (2.0, 0.0), (1.0, 5.0)):
+        namespace = {"SCALE": scale, "OFFSET": offset}
+        exec(source, namespace)
+        programs.append(namespace["model"])
+    digests = {identity(model=m).digest(None, 0) for m in programs}
+    assert len(digests) == 3  # the helper's global counts too
+
+
 def test_the_digest_is_the_same_in_every_process():
     script = textwrap.dedent("""
         import pyro, pyro_grad as pg
@@ -88,10 +114,15 @@ def test_the_digest_is_the_same_in_every_process():
         from pyro_grad.comparison.identity import RunIdentity
         identity = RunIdentity(model=coin.model, guide=coin.guide, args=(coin.DATA,), kwargs={}, num_steps=5,
                                num_particles=4, diagnose_every=None, optim=pyro.optim.Adam({"lr": 0.01}), reset=None)
-        print(identity.digest({"f": pg.Score("loo")}, 0))
+        print(identity.digest({"f": pg.Score("loo"), "sites": frozenset({"f", "g", "h"})}, 0))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert out.stdout.strip() == identity().digest({"f": pg.Score("loo")}, 0)
+    # Two hash seeds: set order differs between them, the digest must not.
+    digests = {
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert digests == {identity().digest({"f": pg.Score("loo"), "sites": frozenset({"f", "g", "h"})}, 0)}
 
 
 CONFIGS_SCRIPT = """
@@ -132,7 +163,14 @@ def test_a_killed_process_loses_no_finished_run_and_its_claim_expires(tmp_path):
 
 def test_two_processes_on_one_out_compute_each_run_once(tmp_path):
     log = tmp_path / "computed.log"
+    # A barrier: each process starts comparing only once both are up, so they overlap.
     script = CONFIGS_SCRIPT + textwrap.dedent(f"""
+        import pathlib, time
+        ready = pathlib.Path({str(tmp_path)!r}) / f"ready-{{os.getpid()}}"
+        ready.touch()
+        deadline = time.time() + 120
+        while len(list(ready.parent.glob("ready-*"))) < 2 and time.time() < deadline:
+            time.sleep(0.05)
         put = store.RunStore.put
         def put_and_log(self, digest, config, seed, record):
             put(self, digest, config, seed, record)
@@ -159,7 +197,7 @@ def test_a_run_claimed_by_a_live_process_is_waited_for_not_recomputed(tmp_path, 
     def claim_unless_first(store, digest):
         if not held:  # as if another live process had claimed this run first
             held.update(store=store, digest=digest)
-            return False
+            return "held"
         return claim(store, digest)
 
     others_record = {"status": "finished", "reason": "", "step": 5, "elbo": [-7.0] * 5, "checkpoints": [],

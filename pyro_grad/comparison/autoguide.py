@@ -41,8 +41,8 @@ class AutoGuide:
         self.model = model
         self.prefix = prefix
         self.init_scale = init_scale
-        self.prototype = None
-        self.frames: Dict[str, Any] = {}
+        self._prototype = None
+        self._frames: Dict[str, Any] = {}
         self._whole_data = False
 
     def __repr__(self) -> str:
@@ -60,8 +60,8 @@ class AutoGuide:
         }
         for name, site in prototype.items():
             _family(name, site)  # fails early, naming the site, if unsupported (and again on every call)
-        self.frames = {f.name: f for site in prototype.values() for f in site["cond_indep_stack"] if f.vectorized}
-        self.prototype = prototype
+        self._frames = {f.name: f for site in prototype.values() for f in site["cond_indep_stack"] if f.vectorized}
+        self._prototype = prototype
 
     @contextlib.contextmanager
     def whole_data(self) -> Iterator[None]:
@@ -75,18 +75,18 @@ class AutoGuide:
 
     def _plates(self) -> Dict[str, pyro.plate]:
         plates = {}
-        for name, frame in sorted(self.frames.items()):
+        for name, frame in sorted(self._frames.items()):
             full_size = frame.full_size or frame.size
             subsample_size = full_size if self._whole_data else frame.size
             plates[name] = pyro.plate(name, full_size, dim=frame.dim, subsample_size=subsample_size)
         return plates
 
     def __call__(self, *args: Any, **kwargs: Any) -> Dict[str, torch.Tensor]:
-        if self.prototype is None:
+        if self._prototype is None:
             self._setup(args, kwargs)
         plates = self._plates()
         values = {}
-        for name, site in self.prototype.items():
+        for name, site in self._prototype.items():
             with contextlib.ExitStack() as stack:
                 indices = {
                     frame.name: stack.enter_context(plates[frame.name])

@@ -3,23 +3,25 @@
 Two runs with the same digest are the same computation (same program source, data,
 estimators, settings, seed and versions), so a stored run is reused only when its digest
 matches. The digest is built from a deterministic description of each ingredient:
-tensors by their bytes, functions by their qualified name and source (their bytecode
-when the source is unavailable) and any captured variables, estimators field by field,
-modules by their weights. Memory addresses never enter it, so it is the same in every
-process.
-
-State a program keeps outside its arguments (a global network) is identified only by
-the source of the functions that use and ``reset`` it.
+tensors by their bytes; functions by their qualified name, source, bytecode, captured
+variables and the module globals they read (constants and helper functions, followed
+through the user's own code; a library's functions by name, with the library's
+version); estimators field by field; modules by their weights; other objects by their
+class and public attributes. Memory addresses and hash order never enter it, so it is
+the same in every process.
 """
 
 import functools
 import hashlib
 import inspect
+import pickle
+import sys
+import sysconfig
+import types
 from importlib import metadata
 from typing import Any, Iterator, Mapping
 
 import numpy as np
-import pyro.optim
 import torch
 
 #: Bump when the meaning of a stored record changes.
@@ -30,7 +32,7 @@ def _tokens(obj: Any, seen: set) -> Iterator[str]:
     """A deterministic token stream describing ``obj``."""
     from pyro_grad.paths import Estimator
 
-    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
         yield f"{type(obj).__name__}:{obj!r}"
         return
     if isinstance(obj, torch.Tensor):
@@ -39,6 +41,9 @@ def _tokens(obj: Any, seen: set) -> Iterator[str]:
         return
     if isinstance(obj, np.ndarray):
         yield f"array:{obj.dtype}:{obj.shape}:{hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest()}"
+        return
+    if isinstance(obj, types.ModuleType):
+        yield f"module:{obj.__name__}"
         return
     if id(obj) in seen:  # a cycle (a function that refers to itself)
         yield "seen"
@@ -53,6 +58,10 @@ def _tokens(obj: Any, seen: set) -> Iterator[str]:
         yield f"{type(obj).__name__}:{len(obj)}"
         for item in obj:
             yield from _tokens(item, seen)
+    elif isinstance(obj, (set, frozenset)):
+        # Iteration order depends on the process's hash seed: sort the items' descriptions.
+        yield f"set:{len(obj)}"
+        yield from sorted("|".join(_tokens(item, seen)) for item in obj)
     elif isinstance(obj, Estimator):
         # Field by field: a baseline network's weights, not its repr.
         yield f"estimator:{type(obj).__name__}"
@@ -61,9 +70,6 @@ def _tokens(obj: Any, seen: set) -> Iterator[str]:
         yield f"module:{_qualified(type(obj))}"
         yield from _source(type(obj))
         yield from _tokens(dict(obj.state_dict()), seen)
-    elif isinstance(obj, pyro.optim.PyroOptim):
-        yield f"optim:{_qualified(obj.pt_optim_constructor)}"
-        yield from _tokens(obj.pt_optim_args, seen)
     elif isinstance(obj, functools.partial):
         yield "partial"
         yield from _tokens((obj.func, obj.args, obj.keywords), seen)
@@ -71,20 +77,73 @@ def _tokens(obj: Any, seen: set) -> Iterator[str]:
         yield "method"
         yield from _tokens((obj.__func__, obj.__self__), seen)
     elif inspect.isfunction(obj):
-        yield f"function:{_qualified(obj)}"
-        yield from _source(obj)
-        yield from _tokens(obj.__defaults__ or (), seen)
-        cells = [cell.cell_contents for cell in (obj.__closure__ or ()) if _filled(cell)]
-        yield from _tokens(cells, seen)
-    elif inspect.isclass(obj) or inspect.isbuiltin(obj):
+        yield from _function_tokens(obj, seen)
+    elif inspect.isclass(obj) or inspect.isbuiltin(obj) or inspect.isroutine(obj):
         yield f"named:{_qualified(obj)}"
     else:
-        # Any other object: its class, and its repr unless that is just an address.
+        # Any other object (a callable guide, an optimizer): its class and its public
+        # attributes; private ones hold derived state (caches, a prototype trace).
         yield f"object:{_qualified(type(obj))}"
-        yield from _source(type(obj))
+        public = {k: v for k, v in getattr(obj, "__dict__", {}).items() if not k.startswith("_")}
+        if not _is_library(type(obj)):
+            yield from _source(type(obj))
+            yield from _tokens(public, seen)
+        elif public:
+            yield from _tokens(public, seen)
+        else:  # a library's object that keeps its state privately (a DataFrame)
+            yield from _opaque(obj)
+
+
+def _opaque(obj: Any) -> Iterator[str]:
+    try:
+        yield hashlib.sha256(pickle.dumps(obj)).hexdigest()
+    except Exception:  # unpicklable: its repr, unless that is only an address
         text = repr(obj)
-        if " at 0x" not in text:
-            yield text
+        yield text if " at 0x" not in text else "unidentified"
+
+
+def _function_tokens(fn: Any, seen: set) -> Iterator[str]:
+    """A function by its name, source and code (two lambdas on one line share a source
+    line, not their code), its defaults, captured variables, and the module globals its
+    code reads (constants, helper functions), unless it is a library's."""
+    yield f"function:{_qualified(fn)}"
+    if _is_library(fn):
+        return  # identified by the library's version
+    yield from _source(fn)
+    yield from _code_tokens(fn.__code__)
+    yield from _tokens(fn.__defaults__ or (), seen)
+    yield from _tokens(fn.__kwdefaults__ or {}, seen)
+    yield from _tokens([cell.cell_contents for cell in (fn.__closure__ or ()) if _filled(cell)], seen)
+    names = sorted(_global_names(fn.__code__))
+    yield from _tokens({name: fn.__globals__[name] for name in names if name in fn.__globals__}, seen)
+
+
+def _code_tokens(code: types.CodeType) -> Iterator[str]:
+    yield hashlib.sha256(code.co_code).hexdigest()
+    yield repr(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_tokens(const)
+        else:
+            yield repr(const)
+
+
+def _global_names(code: types.CodeType) -> set:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _is_library(obj: Any) -> bool:
+    """Whether ``obj`` comes from an installed package or the standard library (whose
+    versions identify it), rather than from the user's own code."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    if path is None:
+        return getattr(module, "__name__", "") == "builtins"
+    return "site-packages" in path or path.startswith(sysconfig.get_paths()["stdlib"])
 
 
 def _filled(cell: Any) -> bool:
@@ -103,10 +162,7 @@ def _source(obj: Any) -> Iterator[str]:
     try:
         yield inspect.getsource(obj)
     except (OSError, TypeError):
-        code = getattr(obj, "__code__", None)
-        if code is not None:  # defined where no source is kept (python -c, exec)
-            yield hashlib.sha256(code.co_code).hexdigest()
-            yield repr(code.co_consts)
+        pass  # defined where no source is kept (python -c, exec): the code tokens identify it
 
 
 def versions() -> str:

@@ -132,7 +132,7 @@ class RunStore:
         return row is not None
 
     def put(self, digest: str, config: str, seed: int, record: Dict[str, Any]) -> None:
-        """Store a finished (or failed) run and release its claim, in one transaction."""
+        """Store a finished (or failed) run and release this process's claim, in one transaction."""
         if self.path is None:
             return
         with self._transaction() as db:
@@ -140,21 +140,26 @@ class RunStore:
                 "INSERT OR REPLACE INTO runs (digest, config, seed, record, stored_at) VALUES (?, ?, ?, ?, ?)",
                 (digest, config, seed, json.dumps(record), time.time()),
             )
-            db.execute("DELETE FROM claims WHERE digest = ?", (digest,))
+            # Only this process's claim: one that expired and was taken over stays its new owner's.
+            db.execute("DELETE FROM claims WHERE digest = ? AND host = ? AND pid = ?", (digest, self.host, self.pid))
 
-    def claim(self, digest: str) -> bool:
-        """Claim a run for this process: True unless a live process holds it."""
+    def claim(self, digest: str) -> str:
+        """Claim a run for this process, in one transaction with the check that it is not
+        stored yet: ``"claimed"``, ``"stored"`` (another process finished it), or
+        ``"held"`` (a live process is computing it)."""
         if self.path is None:
-            return True
+            return "claimed"
         with self._transaction() as db:
+            if db.execute("SELECT 1 FROM runs WHERE digest = ?", (digest,)).fetchone() is not None:
+                return "stored"
             row = db.execute("SELECT host, pid, heartbeat FROM claims WHERE digest = ?", (digest,)).fetchone()
             if row is not None and (row[0], row[1]) != (self.host, self.pid) and self._live(*row):
-                return False
+                return "held"
             db.execute(
                 "INSERT OR REPLACE INTO claims (digest, host, pid, heartbeat) VALUES (?, ?, ?, ?)",
                 (digest, self.host, self.pid, time.time()),
             )
-        return True
+        return "claimed"
 
     def _live(self, host: str, pid: int, heartbeat: float) -> bool:
         if time.time() - heartbeat > CLAIM_TIMEOUT:

@@ -141,6 +141,30 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
     return record
 
 
+class ModuleStates:
+    """The weights of every ``nn.Module`` in the configs (a Score baseline network),
+    saved once so that each run can start from them."""
+
+    def __init__(self, configs: Mapping[str, Any]):
+        self.saved = [(m, copy.deepcopy(m.state_dict())) for m in _modules(list(configs.values()))]
+
+    def restore(self) -> None:
+        for module, state in self.saved:
+            module.load_state_dict(state)
+
+
+def _modules(obj: Any) -> List[torch.nn.Module]:
+    if isinstance(obj, torch.nn.Module):
+        return [obj]
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [m for item in obj for m in _modules(item)]
+    if isinstance(obj, Estimator):
+        return _modules(list(vars(obj).values()))
+    return []
+
+
 def _check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every) -> None:
     """Refuse settings that cannot give a comparison, before anything runs."""
     if not isinstance(configs, Mapping) or not configs:
@@ -151,9 +175,10 @@ def _check_settings(model, args, kwargs, configs, num_steps, num_particles, seed
     if diagnose_every is not None and (isinstance(diagnose_every, bool) or not isinstance(diagnose_every, int)
                                        or diagnose_every < 1):
         raise EstimatorError(f"diagnose_every must be None or a positive integer, got {diagnose_every!r}")
+    given = seeds
     seeds = list(seeds) if isinstance(seeds, Sequence) and not isinstance(seeds, str) else None
     if not seeds or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
-        raise EstimatorError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
+        raise EstimatorError(f"seeds must be a non-empty sequence of integers, got {given!r}")
     if len(set(seeds)) != len(seeds):
         raise EstimatorError(f"seeds must be distinct, got {seeds!r}")
     with poutine.block(), torch.no_grad():
@@ -203,6 +228,17 @@ def compare(
     """
     _check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every)
     optim = optim if optim is not None else (lambda: pyro.optim.Adam({"lr": 0.01}))
+    # Every run (the warm-up too) starts from the state identified here: reset's, and
+    # the configs' baseline networks as given (restored before each run, and at the end).
+    if reset is not None:
+        reset()
+    modules = ModuleStates(configs)
+
+    def start_alike() -> None:
+        modules.restore()
+        if reset is not None:
+            reset()
+
     identity = RunIdentity(
         model=model, guide=guide if guide is not None else "AutoGuide", args=args, kwargs=kwargs,
         num_steps=num_steps, num_particles=num_particles, diagnose_every=diagnose_every,
@@ -225,26 +261,22 @@ def compare(
 
     def compute(label: str, seed: int, on_step: Callable[[], None]) -> Dict[str, Any]:
         return run_one(model, guide, args, kwargs, configs[label], seed, num_steps, num_particles, optim,
-                       diagnose_every, on_step, reset)
+                       diagnose_every, on_step, start_alike)
 
     if pending:
         for label in dict.fromkeys(label for label, _ in pending):
             # Untimed: the process's first steps pay one-time costs that no run should.
             run_one(model, guide, args, kwargs, configs[label], pending[0][1], min(WARMUP_STEPS, num_steps),
-                    num_particles, optim, None, reset=reset, posterior=False)
+                    num_particles, optim, None, reset=start_alike, posterior=False)
     progress = tqdm(total=len(pending) * num_steps, disable=not sys.stderr.isatty(), desc="compare")
     try:
-        waiting = _run_claimed(pending, digests, store, records, compute, progress)
+        waiting = _run_claimed(pending, digests, store, records, origin, compute, progress)
         while waiting:  # runs other processes hold: wait for them, or take over a dead one's
             time.sleep(POLL_SECONDS)
-            for key in list(waiting):
-                stored = store.get(digests[key])
-                if stored is not None:
-                    records[key] = stored
-                    waiting.remove(key)
-            waiting = _run_claimed(waiting, digests, store, records, compute, progress)
+            waiting = _run_claimed(waiting, digests, store, records, origin, compute, progress)
     finally:
         progress.close()
+        modules.restore()
     ordered = {key: records[key] for key in digests}
     comparison = Comparison(ordered, {label: repr(config) for label, config in configs.items()}, origin=origin)
     for label in configs:
@@ -268,20 +300,21 @@ class ConfigFailed(EstimatorError):
         self.comparison = comparison
 
 
-def _run_claimed(keys, digests, store, records, compute, progress) -> list:
+def _run_claimed(keys, digests, store, records, origin, compute, progress) -> list:
     """Compute each run in ``keys`` this process can claim, storing each as it ends;
-    returns the keys a live process holds."""
+    runs another process stored meanwhile are taken from the store. Returns the keys a
+    live process holds."""
     held = []
-    for label, seed in keys:
-        digest = digests[(label, seed)]
-        if (label, seed) in records:
+    for key in keys:
+        if key in records:
             continue
-        stored = store.get(digest)  # another process may have finished it meanwhile
-        if stored is not None:
-            records[(label, seed)] = stored
+        digest = digests[key]
+        claim = store.claim(digest)
+        if claim == "held":
+            held.append(key)
             continue
-        if not store.claim(digest):
-            held.append((label, seed))
+        if claim == "stored":  # finished by another process (or under another label) meanwhile
+            records[key], origin[key] = store.get(digest), "reused"
             continue
         beat = [time.monotonic()]
 
@@ -292,10 +325,11 @@ def _run_claimed(keys, digests, store, records, compute, progress) -> list:
                 beat[0] = time.monotonic()
 
         try:
-            record = compute(label, seed, on_step)
+            record = compute(*key, on_step)
+            store.put(digest, *key, record)
         except BaseException:
-            store.release(digest)
+            with contextlib.suppress(EstimatorError):  # the store may be what failed; its error is the one raised
+                store.release(digest)
             raise
-        store.put(digest, label, seed, record)
-        records[(label, seed)] = record
+        records[key] = record
     return held
