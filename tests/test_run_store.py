@@ -16,6 +16,7 @@ import pyro_grad as pg
 import pyro_grad.comparison.svi_runs as compare_module
 from models import coin
 from pyro_grad.comparison.identity import RunIdentity
+from pyro_grad.comparison import store as store_module
 from pyro_grad.comparison.store import RunStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -246,3 +247,45 @@ def test_a_store_from_before_digests_is_kept_aside_and_never_reused(tmp_path):
     assert coin_compare(tmp_path).origin == {("rep", 0): "new"}
     with sqlite3.connect(tmp_path / "runs.sqlite") as db:
         assert db.execute("SELECT config FROM runs_without_digests").fetchall() == [("rep",)]
+
+
+def test_a_claim_is_live_while_its_process_runs_and_its_heartbeat_is_fresh(tmp_path):
+    import socket
+    import time
+
+    store = RunStore(str(tmp_path))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now, stale = time.time(), time.time() - 2 * store_module.CLAIM_TIMEOUT
+    claims = {
+        "live here": (socket.gethostname(), sleeper.pid, now),
+        "dead here": (socket.gethostname(), dead.pid, now),
+        "fresh elsewhere": ("another-host", 1, now),
+        "silent elsewhere": ("another-host", 1, stale),
+    }
+    try:
+        with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+            db.executemany("INSERT INTO claims VALUES (?, ?, ?, ?)", [(k, *v) for k, v in claims.items()])
+        assert {k: store.claim(k) for k in claims} == {
+            "live here": "held", "dead here": "claimed", "fresh elsewhere": "held", "silent elsewhere": "claimed",
+        }
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_an_interrupted_run_releases_its_claim(tmp_path, monkeypatch):
+    run_one = compare_module.run_one
+
+    def interrupted_when_timed(*args, **kwargs):
+        if kwargs.get("posterior", True):
+            raise KeyboardInterrupt  # Ctrl-C in the middle of a run
+        return run_one(*args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "run_one", interrupted_when_timed)
+    with pytest.raises(KeyboardInterrupt):
+        coin_compare(tmp_path)
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
