@@ -6,14 +6,17 @@ import io
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any, List, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Tuple, Union
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from pyro_grad.comparison.results import Comparison
 from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
 from pyro_grad.errors import EstimatorError
+from pyro_grad.figures import is_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Rows of the posterior summary shown (a local latent per data point makes many).
 MAX_POSTERIOR_ROWS = 30
@@ -37,14 +40,13 @@ def machine() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["what", "version"])
 
 
-def _png(fig: plt.Figure) -> bytes:
+def _png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
     return buffer.getvalue()
 
 
-def sections(obj: Any) -> List[Tuple[str, Union[pd.DataFrame, plt.Figure, str]]]:
+def sections(obj: Any) -> List[Tuple[str, Union[pd.DataFrame, "Figure", str]]]:
     """(heading, table | figure | text) for a Comparison, GradientReport or EstimatorComparison."""
     if isinstance(obj, Comparison):
         parts = [
@@ -116,7 +118,7 @@ def _write(parts: List[Tuple[str, Any]], path: Path, title: str) -> Path:
         if isinstance(content, pd.DataFrame):
             body.append(content.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
             markdown.append(content.to_markdown(index=False, floatfmt=".4g"))
-        elif isinstance(content, plt.Figure):
+        elif is_figure(content):
             png = _png(content)
             encoded = base64.b64encode(png).decode()
             body.append(f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{encoded}">')

@@ -1,16 +1,16 @@
 """``Comparison``: the runs of :func:`~pyro_grad.compare`, as tables, figures and ArviZ data."""
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
+from pyro_grad.figures import subplots
 
-import arviz as az  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+if TYPE_CHECKING:
+    import arviz
+    from matplotlib.figure import Figure
 
 #: The last fraction of steps averaged for a run's final ELBO.
 FINAL_FRACTION = 0.1
@@ -123,9 +123,9 @@ class Comparison:
             for (l, s), r in self.runs.items() if r["status"] != "finished"
         ])
 
-    def plot_elbo(self) -> plt.Figure:
+    def plot_elbo(self) -> "Figure":
         """Smoothed ELBO per step: the mean over seeds, with the range as a band."""
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = subplots(figsize=(7, 4))
         for i, label in enumerate(self.labels):
             traces = [r["elbo"] for (l, _), r in self.runs.items() if l == label and r["elbo"]]
             if not traces:
@@ -142,9 +142,9 @@ class Comparison:
         fig.tight_layout()
         return fig
 
-    def plot_variance(self) -> plt.Figure:
+    def plot_variance(self) -> "Figure":
         """Total gradient variance at the checkpoints (log scale), mean over seeds."""
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = subplots(figsize=(7, 4))
         for i, label in enumerate(self.labels):
             points: Dict[int, list] = {}
             for (l, _), r in self.runs.items():
@@ -162,10 +162,12 @@ class Comparison:
         fig.tight_layout()
         return fig
 
-    def to_inference_data(self) -> az.InferenceData:
+    def to_inference_data(self) -> "arviz.InferenceData":
         """The guides' posterior draws: one variable per (site, configuration), named
         ``"site[config]"``, with the seeds as chains (and ``"site[NUTS]"``, one chain,
         when a NUTS reference was added)."""
+        import arviz as az
+
         posterior = {f"{site}[NUTS]": draws[None] for site, draws in self.reference.items()}
         for label in self.labels:
             runs = sorted(((s, r) for (l, s), r in self.runs.items() if l == label and r["posterior"]))

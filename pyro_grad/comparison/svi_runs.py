@@ -12,7 +12,6 @@ import pyro
 import pyro.poutine as poutine
 from pyro.poutine.util import prune_subsample_sites
 import torch
-from tqdm.auto import tqdm
 
 from pyro_grad.comparison.autoguide import AutoGuide
 from pyro_grad.comparison.identity import RunIdentity
@@ -268,6 +267,8 @@ def compare(
             # Untimed: the process's first steps pay one-time costs that no run should.
             run_one(model, guide, args, kwargs, configs[label], pending[0][1], min(WARMUP_STEPS, num_steps),
                     num_particles, optim, None, reset=start_alike, posterior=False)
+    from tqdm.auto import tqdm
+
     progress = tqdm(total=len(pending) * num_steps, disable=not sys.stderr.isatty(), desc="compare")
     try:
         waiting = _run_claimed(pending, digests, store, records, origin, compute, progress)

@@ -2,15 +2,15 @@
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List
 
-import matplotlib
+import pandas as pd
+import torch
 
-matplotlib.use("Agg")  # reports are written to files; never needs a display
+from pyro_grad.figures import subplots
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: At most this many parameter elements get a panel in a figure.
 MAX_PANELS = 12
@@ -49,7 +49,7 @@ class GradientReport:
             ]
         )
 
-    def plot(self) -> plt.Figure:
+    def plot(self) -> "Figure":
         """Histograms of the per-draw gradients with the reference (dashed) and mean lines."""
         return plot_draws({self.label: self.samples}, self.references, list(self.params["param"].unique()))
 
@@ -83,7 +83,7 @@ class EstimatorComparison:
             ]
         )
 
-    def plot(self, kind: str = "auto") -> plt.Figure:
+    def plot(self, kind: str = "auto") -> "Figure":
         """Each candidate's draws per parameter element: overlaid histograms
         (``kind="hist"``) or box plots (``kind="box"``), with the reference line.
         ``"auto"`` takes box plots when there are more than four candidates or one of
@@ -109,7 +109,7 @@ def plot_draws(
     references: Dict[str, torch.Tensor],
     names: List[str],
     kind: str = "hist",
-) -> plt.Figure:
+) -> "Figure":
     """One panel per parameter element; each labelled set of draws in its own colour."""
     panels = []
     for name in names:
@@ -119,7 +119,7 @@ def plot_draws(
     panels = panels[:MAX_PANELS]
     columns = min(3, max(1, len(panels)))
     rows = math.ceil(len(panels) / columns) or 1
-    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    fig, axes = subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
     for ax, (name, j, shape) in zip(axes.flat, panels):
         title = name if not shape else f"{name}[{j}]"
         draws = {
