@@ -1,5 +1,6 @@
 """The ``estimators`` handler: choose each sample site's gradient path before it is drawn."""
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Tuple, Union
@@ -11,7 +12,7 @@ from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
 from pyro_grad.paths import Estimator, Reparam, Score
 
-Config = Union[None, Mapping, Callable[[dict], Optional[Estimator]]]
+Config = Union[None, Mapping, Estimator, Callable[[dict], Optional[Estimator]]]
 
 #: Key in a site's ``infer`` of the :class:`Choice` that prepared it.
 CHOICE = "_pyro_grad_choice"
@@ -58,8 +59,8 @@ def auto_estimator(fn: Any) -> Estimator:
 class EstimatorMessenger(Messenger):
     """Sets ``msg["infer"]["estimator"]`` for every latent sample site and switches its path.
 
-    Precedence, strongest first: ``config`` (a mapping from site names, or a callable
-    of the site message), then the site's own ``infer={"estimator": ...}``, then an
+    Precedence, strongest first: ``config`` (a mapping from site names, a callable of
+    the site message, or one estimator for every site), then the site's own ``infer={"estimator": ...}``, then an
     explicit ``default`` estimator, then ``"auto"``. Among nested handlers the inner
     one wins a tie and an outer one overrides a weaker choice, so that
     ``with pg.estimators({"z": pg.Score()}): pg.expectation(f, θ)`` uses ``Score`` at
@@ -76,9 +77,10 @@ class EstimatorMessenger(Messenger):
         if isinstance(config, Mapping):
             for name, value in config.items():
                 _check_estimator(value, f"config[{name!r}]")
-        elif config is not None and not callable(config):
+        elif config is not None and not isinstance(config, Estimator) and not callable(config):
             raise EstimatorError(
-                f"config must be a dict of site names to estimators or a callable, got {config!r}"
+                "config must be a dict of site names to estimators, a callable of the site "
+                f"message, or one estimator for every site; got {config!r}"
             )
         if default not in ("auto", None):
             _check_estimator(default, "default")
@@ -104,6 +106,8 @@ class EstimatorMessenger(Messenger):
 
     def _choose(self, msg: dict, site_estimator: Optional[Estimator]) -> Optional[Tuple[Estimator, int]]:
         name = msg["name"]
+        if isinstance(self.config, Estimator):
+            return self.config, CONFIG
         if isinstance(self.config, Mapping) and name in self.config:
             return self.config[name], CONFIG
         if callable(self.config) and not isinstance(self.config, Mapping):
@@ -142,6 +146,30 @@ class EstimatorMessenger(Messenger):
         msg["infer"][CHOICE] = Choice(strength, site_estimator, self.averages)
 
 
+class WrappedProgram:
+    """A program run under an :class:`EstimatorMessenger` (``messenger``, which keeps the
+    state of the baselines it chose across calls)."""
+
+    def __init__(self, messenger: "EstimatorMessenger", fn: Callable):
+        functools.update_wrapper(self, fn, updated=())
+        self.messenger = messenger
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.messenger:
+            return self.fn(*args, **kwargs)
+
+    def __enter__(self) -> None:
+        name = getattr(self.fn, "__name__", type(self.fn).__name__)
+        raise EstimatorError(
+            f"pg.estimators({name}) wraps {name} as a program, so it cannot open a `with` block; "
+            f"for a callable config there, write `with pg.estimators(config={name}):`"
+        )
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
 def estimators(
     fn: Union[Callable, Mapping, None] = None,
     config: Config = None,
@@ -155,16 +183,27 @@ def estimators(
     ``with pg.estimators(config=choose): ...``; a handler's explicit choices win over
     the objectives' built-in ``"auto"`` inside it.
 
-    :param fn: the program (a model or a guide) to wrap; a mapping here is taken as
-        ``config`` for the context-manager form.
-    :param config: site name → estimator, or a callable ``(site message) →
-        estimator or None``. Wins over a site's ``infer={"estimator": ...}``.
+    :param fn: the program (a model or a guide) to wrap; a mapping or an estimator
+        here is taken as ``config`` for the context-manager form.
+    :param config: site name → estimator, a callable ``(site message) → estimator or
+        None``, or one estimator for every site. Wins over a site's
+        ``infer={"estimator": ...}``.
     :param default: for sites nothing else chose: ``"auto"`` (``Reparam`` where the
         distribution has ``rsample``, else ``Score`` with a leave-one-out baseline
         when there are K ≥ 2 particles and a decaying average otherwise), an
         estimator, or ``None`` to leave the site to an outer handler.
     """
-    if isinstance(fn, Mapping) and config is None:
+    if isinstance(fn, (Mapping, Estimator)) and config is None:
         fn, config = None, fn
     messenger = EstimatorMessenger(config, default=default)
-    return messenger if fn is None else messenger(fn)
+    if fn is None:
+        return messenger
+    if not callable(fn):
+        raise EstimatorError(f"pg.estimators: {fn!r} is neither a program nor an estimators config")
+    return WrappedProgram(messenger, fn)
+
+
+def with_config(program: Callable, config: Config) -> Callable:
+    """``program`` under an estimators ``config`` (any form :func:`estimators` takes), or
+    unchanged for None: the one resolver ``diagnose``, ``compare`` and the CLI share."""
+    return program if config is None else estimators(program, config)

@@ -57,6 +57,42 @@ def test_callable_config_chooses_by_site_message():
     assert chosen == {"a": pg.Score("loo"), "b": pg.Score("auto")}
 
 
+def test_every_config_form_works_as_wrapper_and_as_context_manager():
+    def choose(msg):
+        return pg.Score("loo") if msg["name"] == "a" else pg.Score(0.5)
+
+    forms = {
+        "mapping": {"a": pg.Score("loo"), "b": pg.Score(0.5)},
+        "callable": choose,
+        "one estimator": pg.Score("loo"),
+    }
+    for form, config in forms.items():
+        expected = {"a": pg.Score("loo"), "b": pg.Score(0.5 if form != "one estimator" else "loo")}
+        wrapped = site_estimators(pg.estimators(two_bernoullis, config), torch.tensor(0.1))
+        with pg.estimators(config=config):
+            by_keyword = site_estimators(two_bernoullis, torch.tensor(0.1))
+        assert wrapped == by_keyword == expected, form
+        if form != "callable":  # a positional mapping or estimator is a config too
+            with pg.estimators(config):
+                assert site_estimators(two_bernoullis, torch.tensor(0.1)) == expected, form
+
+
+def test_one_estimator_config_wins_over_a_sites_own_choice():
+    def program(theta):
+        return pyro.sample("z", dist.Normal(theta, 1.0), infer={"estimator": pg.Reparam()})
+
+    assert site_estimators(pg.estimators(program, pg.Score()), torch.tensor(0.0)) == {"z": pg.Score()}
+
+
+def test_a_callable_passed_positionally_to_with_is_one_clear_error():
+    def choose(msg):
+        return pg.Score()
+
+    with pytest.raises(pg.EstimatorError, match=r"pg.estimators\(choose\) wraps choose as a program.*config=choose"):
+        with pg.estimators(choose):
+            pass
+
+
 def test_observed_sites_are_left_alone():
     def program(theta):
         z = pyro.sample("z", dist.Normal(theta, 1.0))

@@ -19,7 +19,7 @@ from pyro_grad.comparison.results import Comparison
 from pyro_grad.comparison.store import RunStore
 from pyro_grad.diagnostics import diagnose
 from pyro_grad.errors import EstimatorError
-from pyro_grad.handler import estimators as estimators_handler
+from pyro_grad.handler import with_config
 from pyro_grad.objectives.elbo import ELBO
 from pyro_grad.paths import Estimator
 
@@ -36,14 +36,6 @@ WARMUP_STEPS = 2
 #: is computing.
 HEARTBEAT_SECONDS = 60.0
 POLL_SECONDS = 1.0
-
-
-def _with_config(guide: Callable, config: Any) -> Callable:
-    if config is None:
-        return estimators_handler(guide)
-    if isinstance(config, Estimator):
-        return estimators_handler(guide, default=config)
-    return estimators_handler(guide, config)
 
 
 def _fresh_optimizer(optim: Any) -> Any:
@@ -99,7 +91,7 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
         reset()
     pyro.set_rng_seed(seed)
     base = guide if guide is not None else AutoGuide(model)
-    wrapped = _with_config(base, config)
+    wrapped = with_config(base, config)
     loss = ELBO(num_particles=num_particles, vectorize_particles=True)
     svi = pyro.infer.SVI(model, wrapped, _fresh_optimizer(optim), loss=loss)
     record = {"status": "finished", "reason": "", "step": num_steps, "elbo": [], "checkpoints": []}

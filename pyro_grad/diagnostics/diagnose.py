@@ -14,7 +14,7 @@ from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
 from pyro_grad.diagnostics.statistics import covariance_share, element_rows
 from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_samples import Draws, find_targets, gradient_draws
-from pyro_grad.handler import Config, estimators as estimators_handler
+from pyro_grad.handler import Config, with_config
 from pyro_grad.objectives.elbo import elbo_estimates
 from pyro_grad.objectives.expectation import expectation_estimates
 from pyro_grad.objectives.surrogate import check_num_particles
@@ -22,14 +22,6 @@ from pyro_grad.particles import guess_max_plate_nesting
 from pyro_grad.paths import Estimator
 
 Candidate = Union[None, Config, Estimator, FiniteDifferences]
-
-
-def _with_estimators(program: Callable, config: Candidate) -> Callable:
-    if config is None:
-        return program
-    if isinstance(config, Estimator):
-        return estimators_handler(program, default=config)
-    return estimators_handler(program, config)
 
 
 def _estimate_fn(fn, guide, program, kwargs, num_particles, vectorize, nesting):
@@ -198,7 +190,7 @@ def compare_estimators(
             seconds = time.perf_counter() - start
             cost, unbiased = candidate.cost * num_particles, candidate.unbiased
         else:
-            program = _with_estimators(base, candidate)
+            program = with_config(base, candidate)
             estimates = _estimate_fn(fn, guide, program, kwargs, num_particles, vectorize, nesting)
             start = time.perf_counter()
             draws = gradient_draws(
