@@ -72,7 +72,10 @@ class Draws:
     score_parts: Dict[Tuple[str, str], torch.Tensor] = field(default_factory=dict)
     estimators: Dict[str, object] = field(default_factory=dict)
     path: str = "vectorized"
+    #: Program evaluations per particle for one draw.
     cost: int = 1
+    #: Program evaluations per particle each site's estimator needs (``runs(fn)``).
+    runs: Dict[str, int] = field(default_factory=dict)
 
 
 def argument_names(fn: Callable, num_args: int) -> List[str]:
@@ -212,7 +215,7 @@ def forward_draws(
     seed: int,
 ) -> Draws:
     """One forward-mode vectorized pass per target element."""
-    samples, parts, chosen, cost = {}, {}, {}, 1
+    samples, parts, chosen, cost, runs = {}, {}, {}, 1, {}
     for target in targets:
         columns, part_columns = [], {}
         numel = max(1, int(torch.Size(target.shape).numel()))
@@ -232,11 +235,11 @@ def forward_draws(
                 columns.append(_tangent_or_zeros(out.values, num_estimates))
                 for s, term in out.score_terms.items():
                     part_columns.setdefault(s, []).append(_tangent_or_zeros(term, num_estimates))
-                chosen, cost = out.estimators, out.cost
+                chosen, cost, runs = out.estimators, out.cost, out.runs
         samples[target.name] = torch.stack(columns, -1).reshape((num_estimates,) + target.shape)
         for s, cols in part_columns.items():
             parts[(target.name, s)] = torch.stack(cols, -1).reshape((num_estimates,) + target.shape)
-    return Draws(samples, parts, chosen, "vectorized", cost)
+    return Draws(samples, parts, chosen, "vectorized", cost, runs)
 
 
 def loop_draws(
@@ -250,7 +253,7 @@ def loop_draws(
 ) -> Draws:
     """``G`` estimates one at a time, each with one reverse-mode backward to every target."""
     rows = {t.name: [] for t in targets}
-    part_rows, chosen, cost = {}, {}, 1
+    part_rows, chosen, cost, runs = {}, {}, 1, {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for _ in range(num_estimates):
@@ -259,7 +262,7 @@ def loop_draws(
                 for site in sites:
                     stack.enter_context(site)
                 out = estimates(new_args, 1)
-            chosen, cost = out.estimators, out.cost
+            chosen, cost, runs = out.estimators, out.cost, out.runs
             outputs = {None: out.values[0], **{s: term[0] for s, term in out.score_terms.items()}}
             for key, value in outputs.items():
                 grads = (
@@ -277,7 +280,7 @@ def loop_draws(
                 progress()
     samples = {name: torch.stack(r) for name, r in rows.items()}
     parts = {key: torch.stack(r) for key, r in part_rows.items()}
-    return Draws(samples, parts, chosen, "loop", cost)
+    return Draws(samples, parts, chosen, "loop", cost, runs)
 
 
 def gradient_draws(

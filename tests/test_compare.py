@@ -153,6 +153,15 @@ def test_autoguide_covers_discrete_and_continuous_latents():
     assert set(result.runs[("disarm", 0)]["posterior"]) == {"loc", "scale", "switch"}
 
 
+def test_evaluations_count_the_difference_estimators_extra_runs():
+    data = torch.tensor([1.0, 1.5, 0.5, 2.0])
+    configs = {"score": {"switch": pg.Score()}, "disarm": {"switch": pg.DisARM()}}
+    result = pg.compare(mixed_model, None, data, configs=configs, num_steps=3, num_particles=4, seeds=(0,))
+    # 3 steps × 4 particles × (1 run, or DisARM's 2: the sample and its antithetic twin).
+    assert result.runs[("score", 0)]["evaluations"] == 12
+    assert result.runs[("disarm", 0)]["evaluations"] == 24
+
+
 def test_autoguide_names_a_site_it_cannot_model():
     def counts(data):
         pyro.sample("n", dist.Poisson(3.0))

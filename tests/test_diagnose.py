@@ -181,3 +181,20 @@ def test_bad_inputs_get_one_clear_message():
         pg.diagnose(fixed_noise, torch.tensor(2.0), num_samples=10)
     with pytest.raises(pg.EstimatorError, match="epsilon"):
         pg.FiniteDifferences(0.0)
+
+
+def test_cost_counts_each_estimators_program_runs():
+    # Enumerate on a Categorical(5): the first run plus one per category, 6 evaluations.
+    def five_way(theta):
+        z = pyro.sample("z", dist.Categorical(logits=theta * torch.arange(5.0)))
+        return z.float() ** 2
+
+    report = pg.diagnose(five_way, torch.tensor(0.3, requires_grad=True), estimators=pg.Enumerate(), num_samples=20)
+    assert set(report.sites["cost"]) == {6} and set(report.params["cost"]) == {6}
+    # Finite differences run the program twice per parameter element for one draw: 2 × 2.
+    two_params = pg.compare_estimators(
+        lambda a, b: (a * b) ** 2 + pyro.sample("z", dist.Normal(0.0, 1.0)),
+        torch.tensor(0.3, requires_grad=True), torch.tensor(0.5, requires_grad=True),
+        candidates={"fd": pg.FiniteDifferences(0.1)}, num_samples=20,
+    )
+    assert set(two_params.params["cost"]) == {4}

@@ -21,6 +21,7 @@ from pyro_grad.diagnostics import diagnose
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import with_config
 from pyro_grad.objectives.elbo import ELBO
+from pyro_grad.objectives.surrogate import evaluations
 from pyro_grad.paths import Estimator
 
 #: Posterior draws kept per run.
@@ -46,6 +47,14 @@ def _fresh_optimizer(optim: Any) -> Any:
     if callable(optim):
         return optim()
     raise EstimatorError(f"optim must be a Pyro optimizer or a factory of one, got {type(optim).__name__}")
+
+
+def _evaluations_per_particle(guide: Callable, args: tuple, kwargs: dict) -> int:
+    """Program evaluations per particle and step: 1, plus the extra runs of the
+    difference estimators the config chose (``runs(fn)`` of each guide site)."""
+    # In a scratch param store: the run's own params are created by its first step.
+    with torch.no_grad(), poutine.block(), pyro.get_param_store().scope():
+        return evaluations(poutine.trace(guide).get_trace(*args, **kwargs))
 
 
 def _subsampled(site: dict) -> bool:
@@ -92,6 +101,8 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
     pyro.set_rng_seed(seed)
     base = guide if guide is not None else AutoGuide(model)
     wrapped = with_config(base, config)
+    per_particle = _evaluations_per_particle(wrapped, args, kwargs)
+    pyro.set_rng_seed(seed)  # as if the count had not drawn anything
     loss = ELBO(num_particles=num_particles, vectorize_particles=True)
     svi = pyro.infer.SVI(model, wrapped, _fresh_optimizer(optim), loss=loss)
     record = {"status": "finished", "reason": "", "step": num_steps, "elbo": [], "checkpoints": []}
@@ -125,7 +136,7 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
             on_step()
     record["seconds"] = time.perf_counter() - start - diagnosing
     record["cpu seconds"] = time.process_time() - start_cpu - diagnosing_cpu
-    record["evaluations"] = len(record["elbo"]) * num_particles
+    record["evaluations"] = len(record["elbo"]) * num_particles * per_particle
     record["posterior"], record["notes"] = ({}, [])
     if posterior and record["status"] == "finished":
         record["posterior"], record["notes"] = _posterior(wrapped, base, args, kwargs)

@@ -65,7 +65,7 @@ def _build_report(
                         "distribution": target.distribution,
                         "estimator": repr(estimator),
                         "unbiased": getattr(estimator, "unbiased", None),
-                        "cost": getattr(estimator, "cost", None),
+                        "cost": draws.runs.get(target.site),
                         "parameter": target.param,
                         **row,
                         "variance share": _site_share(draws, targets, target.site),
@@ -188,7 +188,7 @@ def compare_estimators(
             start = time.perf_counter()
             draws = candidate.draws(estimates, args, targets, params, num_samples, seed)
             seconds = time.perf_counter() - start
-            cost, unbiased = candidate.cost * num_particles, candidate.unbiased
+            cost, unbiased = num_particles * draws.cost, candidate.unbiased
         else:
             program = with_config(base, candidate)
             estimates = _estimate_fn(fn, guide, program, kwargs, num_particles, vectorize, nesting)

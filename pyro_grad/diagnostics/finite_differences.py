@@ -24,7 +24,7 @@ class FiniteDifferences:
     uncorrelated and the variance grows like ``Var f / 2ε²`` as ε shrinks (the
     tutorial's first figure); with common random numbers both runs replay the same
     draws. Biased by O(ε²) in general (exact for quadratics): ``unbiased=False``.
-    Cost: 2 evaluations per draw and parameter element. A whole-program candidate for
+    Cost: 2 evaluations per parameter element for one draw of the whole gradient. A whole-program candidate for
     :func:`~pyro_grad.compare_estimators`, not a per-site estimator.
     """
 
@@ -32,7 +32,6 @@ class FiniteDifferences:
     common_random_numbers: bool = False
 
     unbiased = False
-    cost = 2
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
@@ -47,12 +46,13 @@ class FiniteDifferences:
         num_estimates: int,
         seed: int,
     ) -> Draws:
-        samples = {}
+        samples, elements = {}, 0
         for target in targets:
             if target.kind == "site":
                 continue
             primal = primal_of(target, args, params)
             columns = []
+            elements += max(1, primal.numel())
             for j in range(max(1, primal.numel())):
                 step = torch.zeros(primal.numel())
                 step[j] = self.epsilon
@@ -65,4 +65,5 @@ class FiniteDifferences:
                             values.append(estimates(moved_args, num_estimates).values.detach())
                 columns.append((values[0] - values[1]) / (2 * self.epsilon))
             samples[target.name] = torch.stack(columns, -1).reshape((num_estimates,) + primal.shape)
-        return Draws(samples, {}, {}, "vectorized")
+        # Two runs per parameter element make one draw of the whole gradient.
+        return Draws(samples, {}, {}, "vectorized", cost=2 * elements)

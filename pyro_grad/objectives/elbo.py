@@ -27,6 +27,7 @@ from pyro_grad.objectives.surrogate import (
     joined_terms,
     score_terms,
     site_estimators,
+    site_runs,
 )
 from pyro_grad.particles import (
     ParticleLayout,
@@ -136,7 +137,8 @@ class ELBO(pyro.infer.ELBO):
         surrogate_elbo = surrogate_elbo - (aux - aux.detach())
         for term in terms.values():
             surrogate_elbo = surrogate_elbo + term
-        return elbo, Estimates(surrogate_elbo, terms, {**chosen, **resolved}, evaluations(guide_trace))
+        return elbo, Estimates(surrogate_elbo, terms, {**chosen, **resolved}, evaluations(guide_trace),
+                               site_runs(guide_trace))
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """An estimate of −ELBO (no gradients; baseline state untouched)."""

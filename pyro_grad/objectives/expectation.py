@@ -24,6 +24,7 @@ from pyro_grad.objectives.surrogate import (
     joined_terms,
     score_terms,
     site_estimators,
+    site_runs,
 )
 from pyro_grad.particles import (
     PARTICLES,
@@ -234,4 +235,5 @@ def expectation_estimates(
     surrogate = group(concat_particles(values), num_estimates).mean(1) + (aux - aux.detach())
     for term in terms.values():
         surrogate = surrogate + term
-    return Estimates(surrogate, terms, {**site_estimators(traces[0]), **resolved}, evaluations(traces[0]))
+    return Estimates(surrogate, terms, {**site_estimators(traces[0]), **resolved}, evaluations(traces[0]),
+                     site_runs(traces[0]))

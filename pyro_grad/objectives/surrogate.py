@@ -49,6 +49,8 @@ class Estimates:
     estimators: Dict[str, Estimator] = field(default_factory=dict)
     #: Program evaluations per particle: 1, plus each site's extra runs.
     cost: int = 1
+    #: Each latent site's program evaluations per particle, ``estimator.runs(fn)``.
+    runs: Dict[str, int] = field(default_factory=dict)
 
 
 def site_estimators(trace) -> Dict[str, Estimator]:
@@ -65,13 +67,18 @@ def baseline_state(site: dict) -> RunningAverages:
     return site["infer"][CHOICE].averages
 
 
+def site_runs(trace) -> Dict[str, int]:
+    """Each latent site's program evaluations per particle, as its estimator counts them."""
+    return {
+        name: site["infer"]["estimator"].runs(site["fn"])
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and "estimator" in site["infer"]
+    }
+
+
 def evaluations(trace) -> int:
     """Program evaluations per particle: the first run, plus every site's extra runs."""
-    return 1 + sum(
-        site["infer"]["estimator"].runs(site["fn"]) - 1
-        for site in trace.nodes.values()
-        if site["type"] == "sample" and "estimator" in site["infer"]
-    )
+    return 1 + sum(runs - 1 for runs in site_runs(trace).values())
 
 
 def score_terms(
