@@ -1,6 +1,6 @@
 """The common shape of a benchmark: a stochastic program with its defaults and exact answer."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -22,7 +22,6 @@ class Benchmark:
     arg_names: Tuple[str, ...]
     reference_gradient: Optional[Callable[..., Dict[str, Any]]] = None
     guide: Optional[Callable] = None
-    tags: Tuple[str, ...] = field(default=())
     #: Restores any state the program keeps outside Pyro's param store (a network's
     #: weights), so that every use of the benchmark starts from the same point.
     reset: Optional[Callable[[], None]] = None

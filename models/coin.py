@@ -69,5 +69,4 @@ BENCHMARK = Benchmark(
     default_args=(DATA,),
     arg_names=("data",),
     reference_gradient=exact_elbo_gradient,
-    tags=("elbo",),
 )

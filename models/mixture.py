@@ -74,5 +74,4 @@ BENCHMARK = Benchmark(
     default_args=(iris_petal_lengths(),),
     arg_names=("data",),
     reference_gradient=exact_elbo_gradient,
-    tags=("elbo", "discrete"),
 )

@@ -101,6 +101,5 @@ BENCHMARK = Benchmark(
     default_args=(binarized_digits(),),
     arg_names=("data",),
     reference_gradient=exact_elbo_gradient,
-    tags=("elbo", "discrete"),
     reset=NET.reset,
 )

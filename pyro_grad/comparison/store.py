@@ -182,10 +182,3 @@ class RunStore:
             return
         with self._transaction() as db:
             db.execute("DELETE FROM claims WHERE digest = ? AND host = ? AND pid = ?", (digest, self.host, self.pid))
-
-    def count(self) -> int:
-        """Stored runs."""
-        if self.path is None:
-            return 0
-        with self._connection() as db:
-            return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]

@@ -101,13 +101,13 @@ class Estimator:
         name: str,
         score: torch.Tensor,
         cost: torch.Tensor,
-        args: tuple = (),
-        kwargs: dict = None,
-        averages: Any = None,
+        args: tuple,
+        kwargs: dict,
+        averages: Any,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-estimate (surrogate terms, auxiliary losses), each ``(G,)``; zero for pathwise."""
-        zero = torch.zeros(score.shape[0])
-        return zero, zero
+        """Per-estimate (surrogate terms, auxiliary losses), each ``(G,)``. Called only for
+        estimators with ``uses_score``, which implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no score term")
 
 
 class DifferenceEstimator(Estimator):

@@ -98,8 +98,6 @@ class Score(Estimator):
         b, zero = self.baseline, torch.zeros(cost.shape[0])
         if b is None:
             return 0.0, zero
-        if b == "auto":
-            return self.resolve(cost.shape[1])._baseline(name, cost, args, kwargs, averages)
         if b == "loo":
             if cost.shape[1] < 2:
                 raise EstimatorError(
