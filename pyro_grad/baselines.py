@@ -69,18 +69,23 @@ def decaying_average(averages: RunningAverages, name: str, cost: torch.Tensor, b
     return old.expand(cost.shape[:2] + old.shape)
 
 
+#: Param-store name prefix of a learned baseline network, followed by the site's name.
+LEARNED_PREFIX = "_pyro_grad_baseline_"
+
+
 def learned(
-    key: str, baseline: Callable, cost: torch.Tensor, args: tuple, kwargs: dict
+    site: str, baseline: Callable, cost: torch.Tensor, args: tuple, kwargs: dict
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``b = baseline(*args, **kwargs)``, fitted by the squared error ``Σ_k (c_k − b)² / K``.
 
     ``args`` are the program's (detached) inputs, never the site's own value, so the
     baseline stays unbiased. An ``nn.Module`` is registered with ``pyro.module`` so
-    that SVI optimizes it (its weights are trainable parameters, unlike the averages).
+    as ``LEARNED_PREFIX + site`` so that SVI optimizes it (its weights are trainable
+    parameters, unlike the averages).
     Returns ``(baseline, squared-error loss)``.
     """
     if isinstance(baseline, torch.nn.Module):
-        pyro.module(key, baseline)
+        pyro.module(LEARNED_PREFIX + site, baseline)
     detached_args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
     value = torch.as_tensor(baseline(*detached_args, **kwargs))
     loss = (cost.detach() - value).pow(2)

@@ -111,4 +111,4 @@ class Score(Estimator):
             return baselines.decaying_average(averages, name, cost, self.beta), zero
         if isinstance(b, numbers.Real):
             return float(b), zero
-        return baselines.learned(f"_pyro_grad_baseline_{name}", b, cost, args, kwargs)
+        return baselines.learned(name, b, cost, args, kwargs)
