@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from pyro_grad.diagnostics import diagnose
-from pyro_grad.errors import EstimatorError
+from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.paths import parse_estimator
 
 
@@ -321,22 +321,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run_diagnose(ns)
     except (UsageError, EstimatorError) as error:
         # Pyro appends trace shapes to errors raised inside a trace: keep the first line.
-        print(f"pyro-grad: error: {_first_line(error)}", file=sys.stderr)
+        print(f"pyro-grad: error: {first_line(error)}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as error:
         # Raised by the program itself, e.g. a distribution given an invalid parameter.
-        print(f"pyro-grad: error: the program raised {type(error).__name__}: {_first_line(error)}",
+        print(f"pyro-grad: error: the program raised {type(error).__name__}: {first_line(error)}",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         kept = f"; finished runs are kept in {Path(ns.out) / 'runs.sqlite'}" if ns.command == "compare" else ""
         print(f"pyro-grad: interrupted{kept}", file=sys.stderr)
         return 130
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

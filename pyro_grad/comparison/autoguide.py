@@ -31,6 +31,11 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.site_tangent import leaf_distribution
 
 
+def subsampled_frames(site: dict) -> list:
+    """The vectorized plates of a site that draw a minibatch of their full size."""
+    return [f for f in site["cond_indep_stack"] if f.vectorized and (f.full_size or f.size) != f.size]
+
+
 class AutoGuide:
     """Mean-field guide for ``model``, built from one run of the model on first call.
 
@@ -100,7 +105,7 @@ class AutoGuide:
         """A parameter shaped like ``init`` (the prototype's shape, with ``extra_dims``
         dims right of the batch dims), full size along subsampled plates, and the slice
         of it at this call's subsample indices."""
-        subsampled = [f for f in site["cond_indep_stack"] if f.vectorized and (f.full_size or f.size) != f.size]
+        subsampled = subsampled_frames(site)
 
         def full_init() -> torch.Tensor:
             value = init

@@ -13,12 +13,12 @@ import pyro.poutine as poutine
 from pyro.poutine.util import prune_subsample_sites
 import torch
 
-from pyro_grad.comparison.autoguide import AutoGuide
+from pyro_grad.comparison.autoguide import AutoGuide, subsampled_frames
 from pyro_grad.comparison.identity import RunIdentity
 from pyro_grad.comparison.results import Comparison
 from pyro_grad.comparison.store import RunStore
 from pyro_grad.diagnostics import diagnose
-from pyro_grad.errors import EstimatorError
+from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.handler import with_config
 from pyro_grad.objectives.elbo import ELBO
 from pyro_grad.objectives.surrogate import evaluations
@@ -57,10 +57,6 @@ def _evaluations_per_particle(guide: Callable, args: tuple, kwargs: dict) -> int
         return evaluations(poutine.trace(guide).get_trace(*args, **kwargs))
 
 
-def _subsampled(site: dict) -> bool:
-    return any(f.vectorized and (f.full_size or f.size) != f.size for f in site["cond_indep_stack"])
-
-
 def _posterior(guide: Callable, base: Callable, args: tuple, kwargs: dict) -> Tuple[Dict[str, list], List[str]]:
     """``POSTERIOR_DRAWS`` draws of each latent site, indexed by data point, and notes on
     any site left out. A site local to a subsampled plate is drawn for every data point
@@ -75,7 +71,7 @@ def _posterior(guide: Callable, base: Callable, args: tuple, kwargs: dict) -> Tu
             for name, site in trace.nodes.items():
                 if site["type"] != "sample" or site["is_observed"] or name in left_out:
                     continue
-                if _subsampled(site):
+                if subsampled_frames(site):
                     left_out[name] = (
                         "is local to a subsampled plate: its draws cover a minibatch, not every data "
                         "point, so they are left out (pg.AutoGuide draws every data point)"
@@ -114,7 +110,7 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
             raise  # a mistake in the configuration, not in this run
         except (ValueError, RuntimeError) as error:  # e.g. a parameter driven to NaN
             record.update(status="failed", reason=f"{type(error).__name__} at step {step}: "
-                          f"{str(error).splitlines()[0]}", step=step)
+                          f"{first_line(error)}", step=step)
             break
         if not math.isfinite(value):
             record.update(status="failed", reason=f"non-finite ELBO ({value}) at step {step}", step=step)
