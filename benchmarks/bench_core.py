@@ -18,7 +18,7 @@ from pyro.distributions import constraints
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 
 import pyro_grad as pg
-from models.seeds import parameterized_noise, two_bernoullis
+from pyro_grad.models.seeds import parameterized_noise, two_bernoullis
 
 warnings.filterwarnings("ignore")
 DATA = torch.tensor([1.0] * 6 + [0.0] * 4)

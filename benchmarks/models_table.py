@@ -9,24 +9,17 @@ elements), the norm of the reference and the largest |z| over their elements.
 import warnings
 
 import pandas as pd
-import pyro
 
-import pyro_grad as pg
-from models import registry
+from pyro_grad.models import registry
+from pyro_grad.presentation.suite import diagnose_each
 
-warnings.filterwarnings("ignore")
 DRAWS = {"conv_net": 300, "mixture": 600, "sbn": 400, "sir": 3000}
 
 
 def main() -> pd.DataFrame:
     rows = []
     for name, bench in registry().items():
-        for label, estimator, k in bench.applicable_estimators():
-            pyro.clear_param_store()
-            report = pg.diagnose(
-                bench.program, *bench.arguments(), guide=bench.guide, estimators=estimator, num_particles=k,
-                num_samples=DRAWS.get(name, 10_000), reference=bench.reference_gradient, sites=False,
-            )
+        for label, report in diagnose_each(bench, 10_000, DRAWS).items():
             for param, table in report.params.groupby("param", sort=False):
                 scalar = len(table) == 1
                 rows.append({
@@ -45,4 +38,6 @@ def main() -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    print(main().to_markdown(index=False, floatfmt=".4g"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        print(main().to_markdown(index=False, floatfmt=".4g"))

@@ -6,6 +6,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from pyro_grad.models.benchmark import Benchmark
+
 #: The target of the REBAR/RELAX/DisARM toy problem.
 TARGET = 0.49
 
@@ -62,3 +64,21 @@ def categorical_square(p: torch.Tensor) -> torch.Tensor:
 
 def categorical_square_gradient(p) -> Dict[str, torch.Tensor]:
     return {"p": -10 * torch.as_tensor(p, dtype=torch.float)}
+
+
+#: The discrete test bench as benchmarks (for ``benchmarks/discrete_table.py``); not in
+#: the registry, whose pages and tests cover the models a user would pick.
+BENCHMARKS = (
+    Benchmark("(b−0.49)², φ=0", "Bernoulli(σ(φ)) with f = (b − 0.49)², the REBAR/RELAX toy.",
+              bernoulli_target, (0.0,), ("phi",), bernoulli_target_gradient),
+    Benchmark("(b−0.49)², φ=−2", "The same toy where the Bernoulli is rarely 1.",
+              bernoulli_target, (-2.0,), ("phi",), bernoulli_target_gradient),
+    Benchmark("Poisson(λ=2): (X+1)²", "A Poisson count, squared.", poisson_square, (2.0,), ("lam",),
+              poisson_square_gradient),
+    Benchmark("Binomial(5, 0.3): (X+1)²", "A binomial count, squared.", binomial_square, (0.3,), ("p",),
+              binomial_square_gradient),
+    Benchmark("Geometric(0.4): X", "Failures before the first success.", geometric_failures, (0.4,), ("p",),
+              geometric_failures_gradient),
+    Benchmark("Categorical([p², 1−p²]), p=0.6", "A category index, shifted and squared.",
+              categorical_square, (0.6,), ("p",), categorical_square_gradient),
+)

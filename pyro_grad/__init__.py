@@ -24,7 +24,7 @@ from pyro_grad.diagnostics import (
 )
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import EstimatorMessenger, estimators
-from pyro_grad.html_report import report
+from pyro_grad.presentation.html_report import report
 from pyro_grad.objectives import ELBO, expectation
 from pyro_grad import paths
 from pyro_grad.paths import (

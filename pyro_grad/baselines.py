@@ -13,6 +13,12 @@ from typing import Callable, Dict, Optional, Tuple
 
 import pyro
 import torch
+from pyro.poutine.messenger import Messenger
+
+
+#: Key in a site's ``infer`` of the baseline state (:class:`RunningAverages`) of the
+#: estimators handler that chose the site's estimator.
+STATE = "_pyro_grad_baseline_state"
 
 
 class RunningAverages:
@@ -42,6 +48,16 @@ class RunningAverages:
 
     def __repr__(self) -> str:
         return f"RunningAverages({sorted(self._values)})"
+
+
+def keep_state(msg: dict, averages: RunningAverages) -> None:
+    """Record, in the site, the baseline state its estimator will use."""
+    msg["infer"][STATE] = averages
+
+
+def state_of(site: dict) -> RunningAverages:
+    """The baseline state of the handler that chose the site's estimator."""
+    return site["infer"][STATE]
 
 
 def leave_one_out(cost: torch.Tensor) -> torch.Tensor:
@@ -90,3 +106,23 @@ def learned(
     value = torch.as_tensor(baseline(*detached_args, **kwargs))
     loss = (cost.detach() - value).pow(2)
     return value, loss.reshape(loss.shape[0], -1).sum(1) / cost.shape[1]
+
+
+class FrozenAverages(Messenger):
+    """Within this context every site's baseline state is a snapshot, so diagnostics
+    draw estimates without advancing any decaying average (the save and restore of
+    baseline state for diagnostics). It is the outermost
+    handler, so it sees each site after the estimators handlers have chosen."""
+
+    def __enter__(self):
+        self._snapshots: Dict[int, RunningAverages] = {}
+        return super().__enter__()
+
+    def _pyro_sample(self, msg: dict) -> None:
+        averages = msg["infer"].get(STATE)
+        if averages is None:
+            return
+        key = id(averages)
+        if key not in self._snapshots:
+            self._snapshots[key] = averages.copy()
+        msg["infer"][STATE] = self._snapshots[key]

@@ -13,6 +13,7 @@ import torch
 from pyro_grad.diagnostics import diagnose
 from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.paths import parse_estimator
+from pyro_grad.paths.registry import registered_names
 
 
 class UsageError(Exception):
@@ -21,16 +22,12 @@ class UsageError(Exception):
 
 def gradient_table(num_samples: int = 10_000, seed: int = 0) -> pd.DataFrame:
     """Each seed program under each applicable estimator: mean, exact, variance."""
-    from models import seeds
+    from pyro_grad.models import seeds
+    from pyro_grad.presentation.suite import diagnose_each
 
     tables = []
     for bench in seeds.BENCHMARKS:
-        args = bench.arguments()
-        for label, estimator, k in bench.applicable_estimators():
-            report = diagnose(
-                bench.program, *args, estimators=estimator, num_particles=k,
-                num_samples=num_samples, reference=bench.reference_gradient, seed=seed, sites=False,
-            )
+        for label, report in diagnose_each(bench, num_samples, seed=seed).items():
             table = report.params[
                 ["param", "unbiased (claimed)", "reference", "mean", "std. error", "variance", "cost", "flagged"]
             ]
@@ -66,7 +63,7 @@ def writable_directory(path: str) -> Path:
 
 def models_table() -> pd.DataFrame:
     """One row per built-in benchmark: its name, objective, arguments and description."""
-    from models import registry
+    from pyro_grad.models import registry
 
     return pd.DataFrame(
         [
@@ -101,7 +98,7 @@ def load_program(spec: str, overrides: List[str]) -> Program:
     from the function's numeric defaults and ``--arg NAME=VALUE``; each number becomes a
     tensor that requires grad.
     """
-    from models import Benchmark, registry
+    from pyro_grad.models import Benchmark, registry
 
     benchmarks = registry()
     if spec in benchmarks:
@@ -146,19 +143,21 @@ def load_program(spec: str, overrides: List[str]) -> Program:
     return Program(program, args, reference, guide, reset)
 
 
-def parse_config(items: List[str]) -> Any:
-    """``SITE=NAME`` items → {site: estimator}; a lone ``NAME`` sets every site's default."""
+def parse_config(items: List[str], option: str = "--estimator") -> Any:
+    """``SITE=ESTIMATOR[:ARG]`` items → {site: estimator}; one lone ``ESTIMATOR[:ARG]``
+    sets every site's. The one grammar of ``--estimator`` and of ``--config``'s list."""
     config: Dict[str, Any] = {}
     for item in items:
         site, sep, name = item.partition("=")
         if not sep:
-            return parse_estimator(site) if len(items) == 1 else _mixed(items)
+            if len(items) == 1:
+                return parse_estimator(site)
+            raise UsageError(f"{option} takes SITE=ESTIMATOR[:ARG] items, or one ESTIMATOR[:ARG] for "
+                             f"every site; got {items}")
+        if not site or not name:
+            raise UsageError(f"{option} {item!r}: expected SITE=ESTIMATOR[:ARG]")
         config[site] = parse_estimator(name)
     return config or None
-
-
-def _mixed(items: List[str]) -> None:
-    raise UsageError(f"--estimator takes SITE=NAME items, or one NAME for every site; got {items}")
 
 
 def run_diagnose(ns: argparse.Namespace) -> int:
@@ -193,36 +192,19 @@ def run_diagnose(ns: argparse.Namespace) -> int:
 
 
 def parse_configs(items: List[str]) -> Dict[str, Any]:
-    """``NAME=SITE:ESTIMATOR,SITE:ESTIMATOR`` or ``NAME=ESTIMATOR`` (every site) → configs."""
+    """``NAME=SITE=ESTIMATOR[:ARG],...`` or ``NAME=ESTIMATOR[:ARG]`` (every site) → configs."""
     configs: Dict[str, Any] = {}
     for item in items:
         name, sep, spec = item.partition("=")
         if not sep or not name or not spec:
-            raise UsageError(f"--config {item!r}: expected NAME=SITE:ESTIMATOR,... or NAME=ESTIMATOR")
-        parts = spec.split(",")
-        first = parts[0].split(":")[0].strip().lower()
-        if len(parts) == 1 and (first in _estimator_names() or ":" not in parts[0]):
-            configs[name] = parse_estimator(parts[0])  # one estimator for every site
-            continue
-        config = {}
-        for part in parts:
-            site, sep, estimator = part.partition(":")
-            if not sep:
-                raise UsageError(f"--config {item!r}: {part!r} is not SITE:ESTIMATOR")
-            config[site] = parse_estimator(estimator)
-        configs[name] = config
+            raise UsageError(f"--config {item!r}: expected NAME=SITE=ESTIMATOR[:ARG],... or NAME=ESTIMATOR[:ARG]")
+        configs[name] = parse_config(spec.split(","), option=f"--config {name}=")
     return configs
-
-
-def _estimator_names() -> List[str]:
-    from pyro_grad.paths.names import registered_names
-
-    return list(registered_names())
 
 
 def run_compare(ns: argparse.Namespace) -> int:
     from pyro_grad.comparison import compare
-    from pyro_grad.html_report import report
+    from pyro_grad.presentation.html_report import report
 
     model, args, _, guide, reset = load_program(ns.model, [])
     configs = parse_configs(ns.config) or {"auto": None}
@@ -256,7 +238,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from pyro_grad import __version__
 
-    names = ", ".join(_estimator_names())
+    names = ", ".join(registered_names())
     estimators_help = (
         f"Estimator names: {names}; each takes an optional :ARG, its first setting "
         "(score:loo, score:0.5, gumbelsoftmax:0.1)."
@@ -277,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="train a model under estimator configurations side by side",
                          epilog=estimators_help, formatter_class=formatter)
     cmp.add_argument("model", help="a registry name (pyro-grad models) or MODULE:FUNCTION")
-    cmp.add_argument("--config", action="append", default=[], metavar="NAME=SITE:ESTIMATOR,...",
+    cmp.add_argument("--config", action="append", default=[], metavar="NAME=SITE=ESTIMATOR[:ARG],...",
                      help="e.g. loo=f:score:loo or fast=disarm (one estimator for every site); "
                           "none given: the automatic choice")
     cmp.add_argument("--steps", type=positive_int, default=200, help="SVI steps per run")
@@ -292,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a guide: diagnose the ELBO gradient (a registry benchmark's own guide by default)")
     diag.add_argument("--samples", type=positive_int, default=1000, help="independent gradient draws")
     diag.add_argument("--particles", type=positive_int, default=1, help="particles per draw")
-    diag.add_argument("--estimator", action="append", default=[], metavar="SITE=NAME",
+    diag.add_argument("--estimator", action="append", default=[], metavar="SITE=ESTIMATOR[:ARG]",
                       help="e.g. z=reparam, a=score:loo; or one NAME for every site")
     diag.add_argument("--reference", default="none", choices=["none", "exact", "enumerate", "reparam"],
                       help="the exact gradient to measure bias against")
@@ -305,7 +287,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "report":
-            from pyro_grad.reports import build_reports
+            from pyro_grad.presentation.reports import build_reports
 
             index = build_reports(str(writable_directory(ns.out)), num_steps=ns.steps, num_samples=ns.samples)
             print(f"wrote {index}")

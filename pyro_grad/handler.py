@@ -6,11 +6,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Tuple, Union
 
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import get_plates
 from pyro.poutine.subsample_messenger import _Subsample
 
+from pyro_grad import baselines
 from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths import Estimator, Reparam, Score
+from pyro_grad.distributions import without_path_switch
+from pyro_grad.paths import Estimator, Reparam, Score, Site, not_applicable
 
 Config = Union[None, Mapping, Estimator, Callable[[dict], Optional[Estimator]]]
 
@@ -29,17 +32,12 @@ class Choice:
 
     ``strength`` is one of ``AUTO < DEFAULT < SITE < CONFIG``; ``site_estimator`` is the
     site's own ``infer["estimator"]``, so that an outer handler can choose again from
-    the site as written; ``averages`` is the choosing handler's baseline state.
+    the site as written. (The choosing handler's baseline state goes in the site's
+    ``infer`` under :data:`pyro_grad.baselines.STATE`.)
     """
 
     strength: int
     site_estimator: Optional[Estimator]
-    averages: RunningAverages
-
-
-def without_path_switch(fn: Any) -> Any:
-    """``fn`` without the wrapper an estimator's ``prepare`` put around it."""
-    return fn.base_dist if getattr(fn, "path_wrapper", False) else fn
 
 
 def _check_estimator(value: Any, where: str) -> Estimator:
@@ -141,9 +139,15 @@ class EstimatorMessenger(Messenger):
             msg["fn"] = prepared
             return
         estimator, strength = choice
+        # Refused here, before the draw, with what applies instead.
+        site = Site.of(msg, get_plates())
+        reason = estimator.refusal(site)
+        if reason is not None:
+            raise not_applicable(estimator, site, reason)
         estimator.prepare(msg)
         msg["infer"]["estimator"] = estimator
-        msg["infer"][CHOICE] = Choice(strength, site_estimator, self.averages)
+        msg["infer"][CHOICE] = Choice(strength, site_estimator)
+        baselines.keep_state(msg, self.averages)
 
 
 class WrappedProgram:

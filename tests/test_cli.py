@@ -34,7 +34,7 @@ def test_report_flags_only_estimators_that_do_not_claim_to_be_unbiased():
 
 def test_diagnose_prints_the_site_table_and_writes_report_and_figure(tmp_path, capsys):
     code = main([
-        "diagnose", "models.seeds:two_bernoullis", "--samples", "500", "--particles", "2",
+        "diagnose", "pyro_grad.models.seeds:two_bernoullis", "--samples", "500", "--particles", "2",
         "--estimator", "a=score:loo", "--estimator", "b=score", "--reference", "exact",
         "--out", str(tmp_path / "out"),
     ])
@@ -50,12 +50,12 @@ def test_diagnose_prints_the_site_table_and_writes_report_and_figure(tmp_path, c
     "argv, message",
     [
         (["diagnose", "no_such_module:f"], "cannot import module 'no_such_module'"),
-        (["diagnose", "models.seeds:nope"], "has no attribute 'nope'"),
-        (["diagnose", "models.seeds:two_bernoullis", "--estimator", "c=score"], "site(s) ['c']"),
-        (["diagnose", "models.seeds:two_bernoullis", "--estimator", "a=bogus"], "unknown estimator 'bogus'"),
-        (["diagnose", "models.seeds:two_bernoullis", "--estimator", "a=reparam"], "does not apply to site 'a'"),
-        (["diagnose", "models.seeds:fixed_noise", "--arg", "phi=1"], "arguments are ['theta']"),
-        (["diagnose", "models.seeds:fixed_noise", "--out", "/proc/forbidden"], "cannot write to --out"),
+        (["diagnose", "pyro_grad.models.seeds:nope"], "has no attribute 'nope'"),
+        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--estimator", "c=score"], "site(s) ['c']"),
+        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--estimator", "a=bogus"], "unknown estimator 'bogus'"),
+        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--estimator", "a=reparam"], "does not apply to site 'a'"),
+        (["diagnose", "pyro_grad.models.seeds:fixed_noise", "--arg", "phi=1"], "arguments are ['theta']"),
+        (["diagnose", "pyro_grad.models.seeds:fixed_noise", "--out", "/proc/forbidden"], "cannot write to --out"),
     ],
 )
 def test_mistakes_get_one_line_and_exit_code_2(argv, message, capsys):
@@ -81,10 +81,10 @@ def test_the_console_script_exits_2_without_a_traceback():
         (["compare", "coin", "--config", "x=nosuchest"], "unknown estimator 'nosuchest'"),
         (["compare", "coin", "--config", "x=gumbelsoftmax:abc"], "temperature must be a positive number"),
         (["compare", "coin", "--config", "x=reparam:3"], "Reparam takes no argument"),
-        (["compare", "models.seeds:two_bernoullis"], "has no observed site"),
-        (["compare", "coin", "--config", "x=f:bogus"], "unknown estimator 'bogus'"),
-        (["compare", "coin", "--config", "x=g:score"], "site(s) ['g']"),
-        (["compare", "coin", "--config", "broken"], "expected NAME=SITE:ESTIMATOR"),
+        (["compare", "pyro_grad.models.seeds:two_bernoullis"], "has no observed site"),
+        (["compare", "coin", "--config", "x=f=bogus"], "unknown estimator 'bogus'"),
+        (["compare", "coin", "--config", "x=g=score"], "site(s) ['g']"),
+        (["compare", "coin", "--config", "broken"], "expected NAME=SITE=ESTIMATOR"),
         (["compare", "coin", "--out", "/proc/forbidden"], "cannot write to --out"),
     ],
 )
@@ -101,15 +101,15 @@ def test_compare_mistakes_get_one_line_and_exit_code_2(argv, message, capsys, tm
         (["compare", "coin", "--seeds", "0"], "argument --seeds: must be at least 1, got 0"),
         (["compare", "coin", "--steps", "x"], "argument --steps: 'x' is not an integer"),
         (["report", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
-        (["diagnose", "models.seeds:two_bernoullis", "--particles", "0"], "argument --particles: must be at least 1"),
-        (["diagnose", "models.seeds:two_bernoullis", "--arg", "theta=0.9", "--samples", "10"],
+        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--particles", "0"], "argument --particles: must be at least 1"),
+        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--arg", "theta=0.9", "--samples", "10"],
          "the program raised ValueError: Expected parameter probs"),
-        (["diagnose", "models.seeds:two_bernoullis", "--estimator", "gumbelsoftmax:abc"],
+        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--estimator", "gumbelsoftmax:abc"],
          "temperature must be a positive number"),
-        (["diagnose", "models.seeds:two_bernoullis", "--estimator", "reparam:3"], "Reparam takes no argument"),
-        (["diagnose", "coin", "--guide", "models.coin:DATA"], "is not a function"),
+        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--estimator", "reparam:3"], "Reparam takes no argument"),
+        (["diagnose", "coin", "--guide", "pyro_grad.models.coin:DATA"], "is not a function"),
         (["report", "--out", "/proc/forbidden"], "cannot write to --out"),
-        (["diagnose", "coin", "--guide", "models.coin:guide", "--reference", "exact"], "has no exact reference"),
+        (["diagnose", "coin", "--guide", "pyro_grad.models.coin:guide", "--reference", "exact"], "has no exact reference"),
     ],
 )
 def test_bad_values_get_one_line_and_exit_code_2(argv, message, capsys):
@@ -191,7 +191,7 @@ def test_diagnose_uses_a_registry_benchmarks_guide_or_the_one_given(capsys):
     assert main(["diagnose", "coin", "--samples", "50"]) == 0
     out = capsys.readouterr().out
     assert "alpha_q" in out and "beta_q" in out  # the ELBO gradient of the benchmark's guide
-    assert main(["diagnose", "models.coin:model", "--guide", "models.coin:guide", "--arg", "data=1",
+    assert main(["diagnose", "pyro_grad.models.coin:model", "--guide", "pyro_grad.models.coin:guide", "--arg", "data=1",
                  "--samples", "50"]) == 2  # data is a tensor argument, not a number
     capsys.readouterr()
     assert main(["diagnose", "test_cli:scalar_model", "--guide", "test_cli:scalar_guide", "--samples", "50"]) == 0
@@ -220,7 +220,7 @@ def test_help_shows_defaults_and_estimator_names_and_the_version(capsys, monkeyp
 
 
 def test_compare_prints_the_summary_and_writes_the_page(tmp_path, capsys):
-    code = main(["compare", "coin", "--config", "rep=reparam", "--config", "loo=f:score:loo",
+    code = main(["compare", "coin", "--config", "rep=reparam", "--config", "loo=f=score:loo",
                  "--steps", "20", "--seeds", "1", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out

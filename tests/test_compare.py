@@ -19,8 +19,8 @@ import torch
 
 import pyro_grad as pg
 import pyro_grad.comparison.svi_runs as compare_module
-from models import coin
-from pyro_grad.reports import build_reports
+from pyro_grad.models import coin
+from pyro_grad.presentation.reports import build_reports
 
 CONFIGS = {"reparam": pg.Reparam(), "loo": {"f": pg.Score("loo")}}
 
@@ -62,7 +62,7 @@ def test_a_nuts_reference_joins_the_posteriors_for_continuous_models():
 
 def test_every_run_starts_alike_when_reset_restores_module_weights():
     # The SBN's network lives outside the param store and SVI trains it in place.
-    from models import sbn
+    from pyro_grad.models import sbn
 
     bench_args = sbn.BENCHMARK.arguments()
     configs = {"first": pg.Score("loo"), "second": pg.Score("loo")}
@@ -127,7 +127,7 @@ def test_settings_that_cannot_give_a_comparison_are_refused_before_anything_runs
 
 
 def test_a_program_without_observed_sites_is_refused_with_a_pointer_to_diagnose():
-    from models import seeds
+    from pyro_grad.models import seeds
 
     with pytest.raises(pg.EstimatorError, match="no observed site.*pg.diagnose"):
         pg.compare(seeds.two_bernoullis, None, torch.tensor(0.3), configs=CONFIGS)
@@ -321,7 +321,7 @@ def test_report_writes_a_self_contained_page_whose_images_decode(tmp_path):
 def test_the_main_job_writes_an_index_linking_a_page_per_model(tmp_path):
     index = build_reports(str(tmp_path), num_steps=4, num_samples=40, seeds=(0,), checkpoints=1)
     page = index.read_text()
-    from models import registry
+    from pyro_grad.models import registry
 
     for name in registry():
         assert f'href="{name}.html"' in page

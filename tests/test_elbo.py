@@ -55,17 +55,17 @@ def exact_coin_elbo_gradient():
 
 # Beta's implicit reparameterization (torch's Dirichlet sampler) has no forward-mode
 # derivative, so its draws come from the reverse-mode loop.
-@pytest.mark.parametrize("estimator, num_particles, path, num_draws", [
+@pytest.mark.parametrize("estimator, num_particles, path, num_samples", [
     (pg.Score(), 1, "vectorized", 20_000),
     (pg.Score("loo"), 4, "vectorized", 20_000),
     (pg.Score("decay"), 1, "vectorized", 20_000),
     (pg.Reparam(), 1, "loop", 1_000),
 ])
-def test_coin_elbo_gradient_matches_the_digamma_closed_form(estimator, num_particles, path, num_draws):
+def test_coin_elbo_gradient_matches_the_digamma_closed_form(estimator, num_particles, path, num_samples):
     exact = exact_coin_elbo_gradient()
     guide = pg.estimators(coin_guide, {"f": estimator})
     draws = elbo_draws(
-        coin_model, guide, DATA, num_draws=num_draws, num_particles=num_particles, path=path
+        coin_model, guide, DATA, num_samples=num_samples, num_particles=num_particles, path=path
     )
     for name, value in exact.items():
         assert_mean(draws[name], value)
@@ -74,7 +74,7 @@ def test_coin_elbo_gradient_matches_the_digamma_closed_form(estimator, num_parti
 def test_coin_elbo_loop_path_matches_the_closed_form():
     exact = exact_coin_elbo_gradient()
     guide = pg.estimators(coin_guide, {"f": pg.Score("loo")})
-    draws = elbo_draws(coin_model, guide, DATA, num_draws=600, num_particles=3, path="loop")
+    draws = elbo_draws(coin_model, guide, DATA, num_samples=600, num_particles=3, path="loop")
     for name, value in exact.items():
         assert_mean(draws[name], value)
 
@@ -95,7 +95,7 @@ def test_agrees_in_expectation_with_trace_elbo_on_a_reparameterized_model():
     # Same model and guide: pg.ELBO's mean gradient and Trace_ELBO's agree within Z
     # standard errors of their difference.
     x = torch.tensor([0.5, 1.5, 1.0])
-    ours = elbo_draws(normal_model, normal_guide, x, num_draws=20_000)
+    ours = elbo_draws(normal_model, normal_guide, x, num_samples=20_000)
     theirs = {"m": [], "s": []}
     pyro.set_rng_seed(3)
     for _ in range(2000):

@@ -11,8 +11,9 @@ from conftest import Z
 from scipy import integrate, stats
 
 import pyro_grad as pg
-from models import coin, forum, registry, sbn, sir
+from pyro_grad.models import coin, forum, registry, sbn, sir
 from pyro_grad.cli import main
+from pyro_grad.presentation.suite import Candidate, candidates
 
 
 def test_registry_lists_every_benchmark_with_a_description(capsys):
@@ -92,12 +93,12 @@ def test_exact_elbos_match_monte_carlo_estimates(benchmark):
     else:
         exact = float(sbn.NET.exact_elbo(data))
     pyro.set_rng_seed(0)
-    elbo = pg.ELBO(num_particles=20_000, vectorize_particles=True)
-    values, _ = elbo._particles(b.program, b.guide, (data,), {}, surrogate=False, num_estimates=20_000)
+    with torch.no_grad():
+        values = pg.ELBO(vectorize_particles=True).estimates(b.program, b.guide, (data,), num_samples=20_000).values
     assert abs(float(values.mean()) - exact) <= Z * float(values.std()) / math.sqrt(20_000)
 
 
-CASES = [(name, estimator, k) for name, b in registry().items() for _, estimator, k in b.applicable_estimators()]
+CASES = [(name, c.config, c.particles) for name, b in registry().items() for c in candidates(b)]
 #: Fewer draws for the programs whose draws run one at a time (many parameter elements).
 DRAWS = {"coin": 3000, "conv_net": 300, "mixture": 600, "sbn": 400, "sir": 3000}
 
@@ -112,7 +113,7 @@ def test_every_program_runs_under_every_applicable_estimator(name, estimator, nu
     )
     z = report.params["z"].abs()
     assert z.notna().all()
-    if estimator.unbiased:
+    if Candidate("", estimator, num_particles).unbiased:
         # One z-score per parameter element: none beyond 6 (a Bonferroni-safe bound for
         # ~2,000 elements) and at most 2% beyond 3 (0.27% expected).
         assert float(z.max()) < 6.0, report.params.sort_values("z").tail(3)

@@ -14,7 +14,6 @@ import torch
 from pyro.infer import TraceGraph_ELBO
 
 import pyro_grad as pg
-from pyro_grad.objectives.elbo import elbo_estimates
 from pyro_grad.objectives.expectation import expectation_estimates
 
 from conftest import Z, assert_mean, assert_variance
@@ -40,7 +39,7 @@ def test_an_outer_handler_wins_over_the_expectations_auto(form):
     handler = pg.estimators({"z": pg.Score()}) if form == "mapping" else pg.estimators(config=lambda msg: pg.Score())
     with handler:
         chosen = expectation_estimates(squared_normal, (theta(1.0),), {}, 4, 1, True).estimators
-        g = expectation_draws(squared_normal, theta(1.0), num_draws=20_000)["t"]
+        g = expectation_draws(squared_normal, theta(1.0), num_samples=20_000)["t"]
     assert chosen == {"z": pg.Score()}
     assert_mean(g, 2.0)
     assert_variance(g, 30.0)  # Score's variance, not Reparam's 4
@@ -57,8 +56,8 @@ def test_an_outer_handler_wins_over_the_elbos_auto():
         pyro.sample("z", dist.Normal(pyro.param("mu", torch.tensor(0.0)), 1.0))
 
     with pg.estimators({"z": pg.Score()}):
-        chosen = elbo_estimates(model, guide, (), {}, 2, 1, True).estimators
-        g = elbo_draws(model, guide, num_draws=20_000)["mu"]
+        chosen = pg.ELBO(num_particles=2, vectorize_particles=True).estimates(model, guide).estimators
+        g = elbo_draws(model, guide, num_samples=20_000)["mu"]
         loss = pg.ELBO().differentiable_loss(model, guide)
     assert chosen == {"z": pg.Score()}
     assert loss.requires_grad
@@ -121,7 +120,7 @@ def test_a_mask_never_changes_what_an_expectation_draws(kind, vectorize):
     # Three Bernoulli(θ) draws, f = their sum, whatever the mask: ∂θ E[f] = 3.
     program = pg.estimators(masked_bernoullis(kind), {"a": pg.Score()})
     draws = 20_000 if vectorize else 600
-    g = expectation_draws(program, theta(0.3), num_draws=draws, vectorize=vectorize, path="loop" if not vectorize else "vectorized")["t"]
+    g = expectation_draws(program, theta(0.3), num_samples=draws, vectorize=vectorize, path="loop" if not vectorize else "vectorized")["t"]
     assert_mean(g, 3.0)
 
 
@@ -150,7 +149,7 @@ def test_a_masked_guide_site_gets_the_gradient_tracegraph_elbo_gives():
     exact = exact * q0 * (1 - q0)
 
     draws = 1500
-    ours = elbo_draws(model, guide, num_draws=draws, num_particles=1)["q"]
+    ours = elbo_draws(model, guide, num_samples=draws, num_particles=1)["q"]
     tracegraph = []
     for _ in range(draws):
         pyro.clear_param_store()
@@ -188,7 +187,7 @@ def stop_on_zero(t):
 def test_a_loop_that_stops_on_a_draw_has_the_exact_gradient_looped(estimator, num_particles):
     program = pg.estimators(stop_on_zero, (lambda msg: estimator) if estimator is not None else None)
     g = expectation_draws(
-        program, theta(0.5), num_draws=600, num_particles=num_particles, vectorize=False, path="loop"
+        program, theta(0.5), num_samples=600, num_particles=num_particles, vectorize=False, path="loop"
     )["t"]
     assert_mean(g, 4.0)
 
@@ -213,7 +212,7 @@ def test_a_guide_that_loops_on_its_draws_has_the_exact_elbo_gradient():
     elbo = math.log(0.5) / (1 - q) - q * q.log() / (1 - q) - (1 - q).log()
     (exact,) = torch.autograd.grad(elbo, q)
     exact = float(exact * 0.4 * 0.6)  # q = σ(logit): dq/dlogit = q(1 − q)
-    g = elbo_draws(model, guide, num_draws=1000, num_particles=2, path="loop")["q"]
+    g = elbo_draws(model, guide, num_samples=1000, num_particles=2, path="loop")["q"]
     assert_mean(g, exact)
     with pytest.raises(pg.EstimatorError, match="vectorize_particles=False"):
         pg.ELBO(num_particles=4, vectorize_particles=True).loss(model, guide)
@@ -248,7 +247,7 @@ def test_a_geometric_whose_probability_depends_on_a_bernoulli(estimator, vectori
     program = pg.estimators(geometric_after_bernoulli, default=estimator)
     draws = 20_000 if vectorize else 300
     g = expectation_draws(
-        program, theta(0.0), num_draws=draws, num_particles=2, vectorize=vectorize, path="vectorized" if vectorize else "loop"
+        program, theta(0.0), num_samples=draws, num_particles=2, vectorize=vectorize, path="vectorized" if vectorize else "loop"
     )["t"]
     assert_mean(g, exact)
 
@@ -270,7 +269,7 @@ def test_a_multinomial_whose_probabilities_depend_on_a_categorical(vectorize):
     program = pg.estimators(multinomial_after_categorical, default=pg.Score("loo"))
     draws = 20_000 if vectorize else 300
     g = expectation_draws(
-        program, theta(0.2), num_draws=draws, num_particles=2, vectorize=vectorize, path="vectorized" if vectorize else "loop"
+        program, theta(0.2), num_samples=draws, num_particles=2, vectorize=vectorize, path="vectorized" if vectorize else "loop"
     )["t"]
     assert_mean(g, float(exact))
 
@@ -344,7 +343,7 @@ def test_randomness_hidden_by_block_is_refused_vectorized():
     with pytest.raises(pg.EstimatorError, match="poutine.block.*vectorize=False"):
         pg.expectation(poutine.block(shifted_square), theta(1.0), num_particles=5)
     # Looped, a hidden Normal takes its own rsample: ∂θ E[f] = 1.
-    g = expectation_draws(poutine.block(shifted_square), theta(1.0), num_draws=1000, vectorize=False, path="loop")["t"]
+    g = expectation_draws(poutine.block(shifted_square), theta(1.0), num_samples=1000, vectorize=False, path="loop")["t"]
     assert_mean(g, 1.0)
 
 
@@ -369,7 +368,7 @@ def test_empirical_is_exact_looped_and_refused_vectorized():
     t = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     mean = (torch.stack([t, -t, 0 * t]).softmax(0) * torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64)).sum()
     (exact,) = torch.autograd.grad(mean, t)
-    g = expectation_draws(empirical, theta(0.5), num_draws=600, num_particles=2, vectorize=False, path="loop")["t"]
+    g = expectation_draws(empirical, theta(0.5), num_samples=600, num_particles=2, vectorize=False, path="loop")["t"]
     assert_mean(g, float(exact))
     with pytest.raises(pg.EstimatorError, match=r"site 'e' .*Empirical.*vectorize=False"):
         pg.expectation(empirical, theta(0.5), num_particles=4)

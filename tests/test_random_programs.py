@@ -126,7 +126,7 @@ def check_program(program: Program, data, vectorize: bool) -> None:
     draws = expectation_draws(
         pg.estimators(program, choose),
         torch.tensor(THETA, requires_grad=True),
-        num_draws=DRAWS[vectorize],
+        num_samples=DRAWS[vectorize],
         num_particles=num_particles,
         vectorize=vectorize,
         path="vectorized" if vectorize else "loop",  # looped particles: reverse mode is faster

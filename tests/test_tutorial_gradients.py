@@ -9,7 +9,7 @@ from conftest import Z, assert_mean, assert_variance, standard_error_of_variance
 from draws import expectation_draws
 
 import pyro_grad as pg
-from models.seeds import fixed_noise, parameterized_noise, two_bernoullis
+from pyro_grad.models.seeds import fixed_noise, parameterized_noise, two_bernoullis
 
 N = 20_000  # draws per check: enough for 4-standard-error bands that still catch errors
 
@@ -23,7 +23,7 @@ def test_fixed_noise_gradient_is_10_theta_with_variance_64(estimator):
     # z ~ N(1, 2), f = θ²(z+4): per sample ∇ = 2θ(z+4), mean 10θ = 20, variance 16θ² = 64
     # (the score term vanishes: log N(z; 1, 2) does not depend on θ).
     program = pg.estimators(fixed_noise, {"z": estimator})
-    g = expectation_draws(program, theta(2.0), num_draws=N)["theta"]
+    g = expectation_draws(program, theta(2.0), num_samples=N)["theta"]
     assert_mean(g, 20.0)
     assert_variance(g, 64.0)
 
@@ -31,7 +31,7 @@ def test_fixed_noise_gradient_is_10_theta_with_variance_64(estimator):
 def test_parameterized_noise_reparam_is_8_theta_plus_3_theta_squared_with_variance_64():
     # z = θ + 2ε: ∇ = 8θ + 3θ² + 4θε, mean 28 and variance 16θ² = 64 at θ = 2.
     program = pg.estimators(parameterized_noise, {"z": pg.Reparam()})
-    g = expectation_draws(program, theta(2.0), num_draws=N)["theta"]
+    g = expectation_draws(program, theta(2.0), num_samples=N)["theta"]
     assert_mean(g, 28.0)
     assert_variance(g, 64.0)
 
@@ -40,7 +40,7 @@ def test_parameterized_noise_score_function_has_variance_432():
     # ∇ = 2θ(z+4) + θ²(z+4)(z−θ)/4 = 24 + 20ε + 4ε² at θ = 2: mean 28,
     # variance 400 + 16·Var(ε²) = 400 + 32 = 432.
     program = pg.estimators(parameterized_noise, {"z": pg.Score()})
-    g = expectation_draws(program, theta(2.0), num_draws=N)["theta"]
+    g = expectation_draws(program, theta(2.0), num_samples=N)["theta"]
     assert_mean(g, 28.0)
     assert_variance(g, 432.0)
 
@@ -61,7 +61,7 @@ def test_two_bernoullis_score_function_is_7_with_enumerated_variance():
     mean, variance = score_function_moments(0.1)
     assert mean == pytest.approx(7.0) and variance == pytest.approx(146.619, abs=1e-3)
     program = pg.estimators(two_bernoullis, {"a": pg.Score(), "b": pg.Score()})
-    g = expectation_draws(program, theta(0.1), num_draws=N)["theta"]
+    g = expectation_draws(program, theta(0.1), num_samples=N)["theta"]
     assert_mean(g, 7.0)
     assert_variance(g, variance)
 
@@ -90,7 +90,7 @@ def test_two_bernoullis_every_baseline_is_unbiased(baseline, num_particles):
         for _ in range(30):  # warm the running average so the baseline is not zero
             pg.expectation(program, theta(0.1))
         assert float(handler.averages.get("a")) > 0.5
-    g = expectation_draws(program, theta(0.1), num_draws=N, num_particles=num_particles)["theta"]
+    g = expectation_draws(program, theta(0.1), num_samples=N, num_particles=num_particles)["theta"]
     assert_mean(g, 7.0)
 
 
@@ -100,7 +100,7 @@ def test_leave_one_out_variance_is_measurably_below_no_baseline():
     for baseline in (None, "loo"):
         estimator = pg.Score(baseline=baseline)
         program = pg.estimators(two_bernoullis, {"a": estimator, "b": estimator})
-        draws[baseline] = expectation_draws(program, theta(0.1), num_draws=N, num_particles=10)["theta"]
+        draws[baseline] = expectation_draws(program, theta(0.1), num_samples=N, num_particles=10)["theta"]
     assert_variance(draws[None], score_function_moments(0.1)[1] / 10)
     gap = float(draws[None].var() - draws["loo"].var())
     se = (standard_error_of_variance(draws[None]) ** 2 + standard_error_of_variance(draws["loo"]) ** 2) ** 0.5
@@ -145,9 +145,9 @@ def test_vectorized_and_looped_particles_give_the_same_distribution():
     # Same estimator, two execution paths: their means and variances agree within Z
     # standard errors of the difference.
     program = pg.estimators(two_bernoullis, {"a": pg.Score("loo"), "b": pg.Score("loo")})
-    fast = expectation_draws(program, theta(0.1), num_draws=4000, num_particles=3)["theta"]
+    fast = expectation_draws(program, theta(0.1), num_samples=4000, num_particles=3)["theta"]
     slow = expectation_draws(
-        program, theta(0.1), num_draws=800, num_particles=3, path="loop", vectorize=False
+        program, theta(0.1), num_samples=800, num_particles=3, path="loop", vectorize=False
     )["theta"]
     se_mean = (fast.var() / fast.numel() + slow.var() / slow.numel()).sqrt()
     assert abs(float(fast.mean() - slow.mean())) <= Z * float(se_mean)

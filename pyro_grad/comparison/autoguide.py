@@ -28,7 +28,7 @@ from pyro.ops.tensor_utils import periodic_repeat
 from torch.distributions import biject_to, constraints
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.site_tangent import leaf_distribution
+from pyro_grad.distributions import leaf_distribution
 
 
 def subsampled_frames(site: dict) -> list:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from pyro_grad.figures import subplots
+from pyro_grad.presentation.figures import subplots
 
 if TYPE_CHECKING:
     import arviz

@@ -20,8 +20,9 @@ from pyro_grad.comparison.store import RunStore
 from pyro_grad.diagnostics import diagnose
 from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.handler import with_config
+from pyro_grad.objectives.choice import is_elbo
 from pyro_grad.objectives.elbo import ELBO
-from pyro_grad.objectives.surrogate import evaluations
+from pyro_grad.engine.surrogate import evaluations
 from pyro_grad.paths import Estimator
 
 #: Posterior draws kept per run.
@@ -87,7 +88,7 @@ def _posterior(guide: Callable, base: Callable, args: tuple, kwargs: dict) -> Tu
 
 
 def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, optim, diagnose_every,
-            on_step=None, reset=None, posterior=True):
+            on_step=None, reset=None, posterior=True, objective=ELBO):
     """One SVI run: the ELBO trace, gradient variance at checkpoints, wall and CPU time
     (checkpoints excluded), evaluations, posterior draws; a non-finite ELBO stops the
     run and is recorded with its step. ``on_step()`` is called after every step."""
@@ -99,7 +100,7 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
     wrapped = with_config(base, config)
     per_particle = _evaluations_per_particle(wrapped, args, kwargs)
     pyro.set_rng_seed(seed)  # as if the count had not drawn anything
-    loss = ELBO(num_particles=num_particles, vectorize_particles=True)
+    loss = objective(num_particles=num_particles, vectorize_particles=True)
     svi = pyro.infer.SVI(model, wrapped, _fresh_optimizer(optim), loss=loss)
     record = {"status": "finished", "reason": "", "step": num_steps, "elbo": [], "checkpoints": []}
     start, start_cpu, diagnosing, diagnosing_cpu = time.perf_counter(), time.process_time(), 0.0, 0.0
@@ -118,7 +119,7 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
         record["elbo"].append(-value)
         if diagnose_every and (step + 1) % diagnose_every == 0:
             t, t_cpu = time.perf_counter(), time.process_time()
-            report = diagnose(model, *args, guide=wrapped, num_samples=CHECKPOINT_DRAWS,
+            report = diagnose(model, *args, guide=wrapped, objective=objective, num_samples=CHECKPOINT_DRAWS,
                               num_particles=num_particles, sites=False, seed=seed + step, **kwargs)
             totals = report.params.groupby("param")["total variance"].first()
             record["checkpoints"].append({
@@ -200,11 +201,13 @@ def compare(
     diagnose_every: Optional[int] = None,
     out: Optional[str] = None,
     reset: Optional[Callable[[], None]] = None,
+    objective: Any = ELBO,
     **kwargs: Any,
 ) -> Comparison:
     """Train ``model`` with ``guide`` (an :class:`AutoGuide` when None) by SVI under each
-    estimators config and seed, with :class:`~pyro_grad.ELBO` (``num_particles``,
-    vectorized).
+    estimators config and seed, with ``objective`` (an ELBO class, :class:`~pyro_grad.ELBO`
+    by default, built with ``num_particles``, vectorized) as the loss; the checkpoint
+    diagnoses differentiate the same objective.
 
     ``configs`` maps a label to an estimators config (site → estimator, a callable, one
     estimator for every site, or None for ``"auto"``). Every ``diagnose_every`` steps the
@@ -225,6 +228,11 @@ def compare(
     alike.
     """
     _check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every)
+    if not is_elbo(objective):
+        raise EstimatorError(
+            f"compare trains by SVI, which needs an ELBO: objective must be an ELBO class such as "
+            f"pg.ELBO, got {objective!r}"
+        )
     optim = optim if optim is not None else (lambda: pyro.optim.Adam({"lr": 0.01}))
     # Every run (the warm-up too) starts from the state identified here: reset's, and
     # the configs' baseline networks as given (restored before each run, and at the end).
@@ -240,7 +248,7 @@ def compare(
     identity = RunIdentity(
         model=model, guide=guide if guide is not None else "AutoGuide", args=args, kwargs=kwargs,
         num_steps=num_steps, num_particles=num_particles, diagnose_every=diagnose_every,
-        optim=_fresh_optimizer(optim), reset=reset,
+        optim=_fresh_optimizer(optim), reset=reset, objective=objective,
         draws=(POSTERIOR_DRAWS, CHECKPOINT_DRAWS),
     )
     store = RunStore(out)
@@ -259,13 +267,13 @@ def compare(
 
     def compute(label: str, seed: int, on_step: Callable[[], None]) -> Dict[str, Any]:
         return run_one(model, guide, args, kwargs, configs[label], seed, num_steps, num_particles, optim,
-                       diagnose_every, on_step, start_alike)
+                       diagnose_every, on_step, start_alike, objective=objective)
 
     if pending:
         for label in dict.fromkeys(label for label, _ in pending):
             # Untimed: the process's first steps pay one-time costs that no run should.
             run_one(model, guide, args, kwargs, configs[label], pending[0][1], min(WARMUP_STEPS, num_steps),
-                    num_particles, optim, None, reset=start_alike, posterior=False)
+                    num_particles, optim, None, reset=start_alike, posterior=False, objective=objective)
     from tqdm.auto import tqdm
 
     progress = tqdm(total=len(pending) * num_steps, disable=not sys.stderr.isatty(), desc="compare")

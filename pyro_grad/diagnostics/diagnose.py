@@ -13,29 +13,26 @@ from pyro_grad.diagnostics.references import Reference, resolve_reference
 from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
 from pyro_grad.diagnostics.statistics import covariance_share, element_rows
 from pyro_grad.errors import EstimatorError
-from pyro_grad.gradient_samples import Draws, find_targets, gradient_draws
+from pyro_grad.diagnostics.gradient_samples import Draws, find_targets, gradient_draws
 from pyro_grad.handler import Config, with_config
-from pyro_grad.objectives.elbo import elbo_estimates
-from pyro_grad.objectives.expectation import expectation_estimates
-from pyro_grad.objectives.surrogate import check_num_particles
-from pyro_grad.particles import guess_max_plate_nesting
+from pyro_grad.engine.particles import guess_max_plate_nesting
+from pyro_grad.engine.surrogate import check_num_particles
+from pyro_grad.objectives.choice import resolve_objective, sampler
+from pyro_grad.objectives.expectation import expectation
 from pyro_grad.paths import Estimator
 
 Candidate = Union[None, Config, Estimator, FiniteDifferences]
 
 
-def _estimate_fn(fn, guide, program, kwargs, num_particles, vectorize, nesting):
-    """``estimates(args, G)`` for the objective: E[fn] without a guide, else the ELBO."""
-    if guide is None:
-        return lambda a, g: expectation_estimates(program, a, kwargs, num_particles, g, vectorize, nesting)
-    return lambda a, g: elbo_estimates(fn, program, a, kwargs, num_particles, g, vectorize, nesting)
+def _programs(objective, fn: Callable, program: Callable) -> list:
+    """The programs whose params are targets: the program alone for ``E[f]``; for an
+    ELBO, model ``fn`` and the guide ``program`` (whose sites are the site targets)."""
+    return [program] if objective is expectation else [fn, program]
 
 
-def _plate_nesting(fn, guide, args, kwargs):
+def _plate_nesting(programs, args, kwargs):
     """Guessed once per comparison, so that no draw pays for the guess again."""
-    if guide is None:
-        return guess_max_plate_nesting(fn, args, kwargs)
-    return max(guess_max_plate_nesting(fn, args, kwargs), guess_max_plate_nesting(guide, args, kwargs))
+    return max(guess_max_plate_nesting(program, args, kwargs) for program in programs)
 
 
 def _build_report(
@@ -117,6 +114,7 @@ def diagnose(
     fn: Callable,
     *args: Any,
     guide: Optional[Callable] = None,
+    objective: Any = None,
     estimators: Candidate = None,
     num_samples: int = 1000,
     reference: Reference = None,
@@ -128,9 +126,10 @@ def diagnose(
 ) -> GradientReport:
     """Draw ``num_samples`` independent gradient estimates and summarize them.
 
-    Without ``guide``: the gradient of ``E[fn(*args, **kwargs)]`` (as
-    :func:`~pyro_grad.expectation`); with ``guide``: the ELBO gradient of model ``fn`` and
-    ``guide`` (as :class:`~pyro_grad.ELBO`). ``estimators`` is an estimators config
+    ``objective`` is :func:`~pyro_grad.expectation` (the gradient of
+    ``E[fn(*args, **kwargs)]``, the default without ``guide``) or an ELBO class such as
+    :class:`~pyro_grad.ELBO` (the ELBO gradient of model ``fn`` and ``guide``, the
+    default with one). ``estimators`` is an estimators config
     (site → estimator, a callable, or one estimator for every site) applied to the
     guide, or to ``fn`` when there is no guide. Each draw uses ``num_particles``
     particles. The draws are made in one vectorized pass per parameter element
@@ -144,8 +143,8 @@ def diagnose(
         raise EstimatorError("FiniteDifferences is a candidate for compare_estimators, not a site estimator")
     comparison = compare_estimators(
         fn, *args, candidates={"default" if estimators is None else repr(estimators): estimators},
-        guide=guide, num_samples=num_samples, reference=reference, num_particles=num_particles,
-        vectorize=vectorize, seed=seed, sites=sites, **kwargs,
+        guide=guide, objective=objective, num_samples=num_samples, reference=reference,
+        num_particles=num_particles, vectorize=vectorize, seed=seed, sites=sites, **kwargs,
     )
     return next(iter(comparison.reports.values()))
 
@@ -155,6 +154,7 @@ def compare_estimators(
     *args: Any,
     candidates: Mapping,
     guide: Optional[Callable] = None,
+    objective: Any = None,
     num_samples: int = 1000,
     reference: Reference = None,
     num_particles: int = 1,
@@ -176,25 +176,29 @@ def compare_estimators(
         raise EstimatorError(f"num_samples must be an integer >= 2, got {num_samples!r}")
     if not isinstance(candidates, Mapping) or not candidates:
         raise EstimatorError("candidates must be a non-empty dict of label -> estimators config")
-    base = guide if guide is not None else fn
-    programs = [base] if guide is None else [fn, base]
+    objective = resolve_objective(objective, guide)
+    base = fn if objective is expectation else guide
+    programs = _programs(objective, fn, base)
     targets, params = find_targets(programs, args, kwargs, sites=sites)
-    references = resolve_reference(reference, fn, guide, args, kwargs, targets, params, num_samples)
-    nesting = _plate_nesting(fn, guide, args, kwargs)
+    references = resolve_reference(reference, objective, fn, guide, args, kwargs, targets, params, num_samples)
+    nesting = _plate_nesting(programs, args, kwargs)
+
+    def samples(program: Callable):
+        model = program if objective is expectation else fn
+        return sampler(objective, model, program, kwargs, num_particles, vectorize, nesting)
+
     reports = {}
     for label, candidate in candidates.items():
         if isinstance(candidate, FiniteDifferences):
-            estimates = _estimate_fn(fn, guide, base, kwargs, num_particles, vectorize, nesting)
             start = time.perf_counter()
-            draws = candidate.draws(estimates, args, targets, params, num_samples, seed)
+            draws = candidate.draws(samples(base), args, targets, params, num_samples, seed)
             seconds = time.perf_counter() - start
             cost, unbiased = num_particles * draws.cost, candidate.unbiased
         else:
             program = with_config(base, candidate)
-            estimates = _estimate_fn(fn, guide, program, kwargs, num_particles, vectorize, nesting)
             start = time.perf_counter()
             draws = gradient_draws(
-                estimates, [program] if guide is None else [fn, program], args, kwargs,
+                samples(program), _programs(objective, fn, program), args, kwargs,
                 num_samples, seed=seed, path="auto" if vectorize else "loop", sites=sites,
                 targets=(targets, params),
             )

@@ -6,7 +6,7 @@ from typing import Dict, List
 import torch
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.gradient_samples import (
+from pyro_grad.diagnostics.gradient_samples import (
     Draws,
     EstimateFn,
     Target,
@@ -43,7 +43,7 @@ class FiniteDifferences:
         args: tuple,
         targets: List[Target],
         params: Dict[str, torch.Tensor],
-        num_estimates: int,
+        num_samples: int,
         seed: int,
     ) -> Draws:
         samples, elements = {}, 0
@@ -62,8 +62,8 @@ class FiniteDifferences:
                     with torch.random.fork_rng(), FrozenAverages(), torch.no_grad():
                         torch.manual_seed(run_seed)
                         with replaced(target, args, primal + sign * step) as moved_args:
-                            values.append(estimates(moved_args, num_estimates).values.detach())
+                            values.append(estimates(moved_args, num_samples).values.detach())
                 columns.append((values[0] - values[1]) / (2 * self.epsilon))
-            samples[target.name] = torch.stack(columns, -1).reshape((num_estimates,) + primal.shape)
+            samples[target.name] = torch.stack(columns, -1).reshape((num_samples,) + primal.shape)
         # Two runs per parameter element make one draw of the whole gradient.
         return Draws(samples, {}, {}, "vectorized", cost=2 * elements)

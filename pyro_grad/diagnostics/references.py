@@ -3,7 +3,7 @@
 Every reference is a dict from target name (an argument, a ``pyro.param``, or a
 site's ``"site.param"``) to a tensor. Computed references differentiate an objective
 in reverse mode with respect to every target at once, site parameters included (via
-:class:`~pyro_grad.site_tangent.SiteTangent` shifts).
+:class:`~pyro_grad.diagnostics.site_tangent.SiteTangent` shifts).
 """
 
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -12,12 +12,12 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 
+from pyro_grad.diagnostics.gradient_samples import Target, reverse_leaves
+from pyro_grad.engine.particles import guess_max_plate_nesting
 from pyro_grad.errors import EstimatorError
-from pyro_grad.gradient_samples import Target, reverse_leaves
 from pyro_grad.handler import estimators
-from pyro_grad.objectives.elbo import elbo_estimates
-from pyro_grad.objectives.expectation import check_cost, expectation_estimates
-from pyro_grad.particles import guess_max_plate_nesting
+from pyro_grad.objectives.choice import sampler
+from pyro_grad.objectives.expectation import check_cost, expectation
 from pyro_grad.paths import Reparam
 
 Reference = Union[None, str, Dict[str, Any], Callable[..., Dict[str, Any]]]
@@ -88,6 +88,7 @@ def gradients_of(
 
 def resolve_reference(
     reference: Reference,
+    objective: Any,
     fn: Callable,
     guide: Optional[Callable],
     args: tuple,
@@ -96,32 +97,32 @@ def resolve_reference(
     params: Dict[str, torch.Tensor],
     num_samples: int,
 ) -> Dict[str, torch.Tensor]:
-    """The reference gradient for each target it covers (possibly none)."""
+    """The reference gradient of ``objective`` (``pg.expectation`` of ``fn``, or an ELBO
+    class of model ``fn`` and ``guide``) for each target it covers (possibly none)."""
     if reference is None:
         return {}
     if isinstance(reference, str):
         if reference == "enumerate":
-            if guide is None:
-                def objective(a, wrap):
+            if objective is expectation:
+                def exact(a, wrap):
                     return exact_enumerated_expectation(wrap(fn), a, kwargs)
             else:
-                def objective(a, wrap):
+                def exact(a, wrap):
                     return exact_enumerated_elbo(fn, wrap(guide), a, kwargs)
         elif reference == "reparam":
             particles = REPARAM_PARTICLES_PER_DRAW * num_samples
-            if guide is None:
-                def objective(a, wrap):
-                    program = estimators(wrap(fn), default=Reparam())
-                    return expectation_estimates(program, a, kwargs, particles, 1, True).values[0]
-            else:
-                def objective(a, wrap):
-                    program = estimators(wrap(guide), default=Reparam())
-                    return elbo_estimates(fn, program, a, kwargs, particles, 1, True).values[0]
+
+            def exact(a, wrap):
+                if objective is expectation:
+                    model, program = estimators(wrap(fn), default=Reparam()), None
+                else:
+                    model, program = fn, estimators(wrap(guide), default=Reparam())
+                return sampler(objective, model, program, kwargs, particles, True)(a, 1).values[0]
         else:
             raise EstimatorError(
                 f"reference must be None, 'enumerate', 'reparam', a dict or a callable; got {reference!r}"
             )
-        return gradients_of(objective, args, targets, params)
+        return gradients_of(exact, args, targets, params)
     if callable(reference):
         reference = reference(*args, **kwargs)
     if not isinstance(reference, dict):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Dict, List
 import pandas as pd
 import torch
 
-from pyro_grad.figures import subplots
+from pyro_grad.presentation.figures import subplots
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -1,7 +1,8 @@
 """``ELBO``: Pyro's evidence lower bound, with each guide site's gradient path chosen per site."""
 
+import copy
 from collections import defaultdict
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import pyro.infer
 from pyro.poutine.messenger import Messenger
@@ -12,31 +13,27 @@ from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
 from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.util import check_if_enumerated, warn_if_nan
 
-from pyro_grad.control_flow import watched_reads
+from pyro_grad import baselines
+from pyro_grad.engine.control_flow import watched_reads
 from pyro_grad.handler import EstimatorMessenger
-from pyro_grad.alternative_run import AlternativeRun
+from pyro_grad.engine.alternative_run import AlternativeRun
 from pyro_grad.errors import EstimatorError
-from pyro_grad.objectives.surrogate import (
+from pyro_grad.engine.surrogate import (
     Block,
     Estimates,
-    baseline_state,
+    assemble,
     check_num_particles,
     difference_terms,
     evaluations,
     group,
-    joined_terms,
-    score_terms,
-    site_estimators,
-    site_runs,
 )
-from pyro_grad.particles import (
+from pyro_grad.engine.particles import (
     ParticleLayout,
     concat_particles,
     mark_reads,
     match_dims,
     read_sites,
 )
-from pyro_grad.paths import GumbelSoftmax
 
 
 class ELBO(pyro.infer.ELBO):
@@ -94,20 +91,23 @@ class ELBO(pyro.infer.ELBO):
         args: tuple,
         kwargs: dict,
         surrogate: bool,
-        num_estimates: int = 1,
+        num_samples: int = 1,
     ) -> Tuple[torch.Tensor, Estimates]:
         """ELBO estimates ``(G,)`` and their surrogates (see :class:`Estimates`). The
-        ``num_particles`` particles form ``G = num_estimates`` independent estimates of
+        ``num_particles`` particles form ``G = num_samples`` independent samples of
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
-        guide = RefuseSoftRelaxations()(self.estimators(guide))
+        guide = RefuseInexactValues()(self.estimators(guide))
 
-        def run_alternative(guide_trace, site, value):
-            with AlternativeRun(guide_trace, site, value), torch.no_grad():
+        def run_alternative(guide_trace, site, value, keep_gradients):
+            with AlternativeRun(guide_trace, site, value), torch.set_grad_enabled(
+                keep_gradients and torch.is_grad_enabled()
+            ):
                 if dim is None:
                     pair = self._get_trace(model, guide, args, kwargs)
                 else:
                     pair = self._get_vectorized_trace(model, guide, args, kwargs)
-            return _particle_terms(*pair, layout)[0].detach()
+            elbo = _particle_terms(*pair, layout)[0]
+            return elbo if keep_gradients else elbo.detach()
 
         elbos, surrogates, blocks, differences = [], [], [], []
         guide_trace = None
@@ -124,21 +124,29 @@ class ELBO(pyro.infer.ELBO):
                 differences.append(
                     difference_terms(
                         guide_trace, layout, elbo.detach(),
-                        lambda s, v, t=guide_trace: run_alternative(t, s, v),
+                        lambda s, v, keep, t=guide_trace: run_alternative(t, s, v, keep),
                     )
                 )
-        elbo = group(concat_particles(elbos), num_estimates).mean(1)
+        elbo = group(concat_particles(elbos), num_samples).mean(1)
         if not surrogate:
             return elbo, Estimates(elbo, cost=evaluations(guide_trace))
-        surrogate_elbo = group(concat_particles(surrogates), num_estimates).mean(1)
-        chosen = site_estimators(guide_trace)
-        terms, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)
-        terms.update(joined_terms(differences, num_estimates))
-        surrogate_elbo = surrogate_elbo - (aux - aux.detach())
-        for term in terms.values():
-            surrogate_elbo = surrogate_elbo + term
-        return elbo, Estimates(surrogate_elbo, terms, {**chosen, **resolved}, evaluations(guide_trace),
-                               site_runs(guide_trace))
+        # The ELBO is maximized, so auxiliary losses enter with a minus sign.
+        return elbo, assemble(surrogates, blocks, differences, num_samples, guide_trace, args, kwargs, loss_sign=-1.0)
+
+    def estimates(
+        self, model: Callable, guide: Callable, args: tuple = (), kwargs: Optional[dict] = None, num_samples: int = 1
+    ) -> Estimates:
+        """``num_samples`` independent surrogate ELBOs of ``num_particles`` particles each,
+        with their per-site terms: ``values (G,)`` (gradients ascend the ELBO), each
+        score-path site's share ``score_terms[site] (G,)``, the estimators each site used
+        and their runs. The raw material of ``pg.diagnose``; baselines see each sample's
+        own particles."""
+        check_num_particles(num_samples)
+        wide = copy.copy(self)  # shares the estimators handler, so its baseline state
+        wide.num_particles = self.num_particles * num_samples
+        if self.vectorize_particles and self.num_particles == 1 and wide.num_particles > 1:
+            wide.max_plate_nesting += 1  # Pyro's ELBO keeps a particle dim only for K > 1
+        return wide._particles(model, guide, tuple(args), dict(kwargs or {}), surrogate=True, num_samples=num_samples)[1]
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """An estimate of −ELBO (no gradients; baseline state untouched)."""
@@ -162,35 +170,13 @@ class ELBO(pyro.infer.ELBO):
         return loss
 
 
-def elbo_estimates(
-    model: Callable,
-    guide: Callable,
-    args: tuple,
-    kwargs: dict,
-    num_particles: int,
-    num_estimates: int,
-    vectorize: bool,
-    max_plate_nesting: float = float("inf"),
-) -> Estimates:
-    """``num_estimates`` independent surrogate ELBOs of ``num_particles`` particles each
-    (gradients ascend the ELBO). ``max_plate_nesting`` is guessed when infinite."""
-    elbo = ELBO(
-        num_particles=num_particles * num_estimates,
-        vectorize_particles=vectorize,
-        max_plate_nesting=max_plate_nesting,
-    )
-    _, estimates = elbo._particles(
-        model, guide, args, kwargs, surrogate=True, num_estimates=num_estimates
-    )
-    return estimates
-
-
-class RefuseSoftRelaxations(Messenger):
-    """Stops an ELBO at a guide site drawn by a soft relaxation, before the model scores it."""
+class RefuseInexactValues(Messenger):
+    """Stops an ELBO at a guide site whose draw is not an exact value of its distribution
+    (a soft relaxation's), before the model scores it."""
 
     def _pyro_post_sample(self, msg: dict) -> None:
         estimator = msg["infer"].get("estimator")
-        if isinstance(estimator, GumbelSoftmax) and not estimator.hard and not msg["is_observed"]:
+        if estimator is not None and not estimator.exact_value and not msg["is_observed"]:
             raise EstimatorError(
                 f"{estimator!r} at guide site '{msg['name']}': a soft relaxed sample is not in "
                 "the discrete support the model scores; use GumbelSoftmax(hard=True), "
@@ -246,5 +232,5 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[t
             continue
         score = layout.first(detach_provenance(site["score_parts"].score_function))
         cost = layout.first(costs.sum_to(() if name in read else site["cond_indep_stack"]))
-        block[name] = (estimator, score, match_dims(cost, score.dim()), baseline_state(site))
+        block[name] = (estimator, score, match_dims(cost, score.dim()), baselines.state_of(site))
     return elbo, surrogate, block

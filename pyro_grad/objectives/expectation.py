@@ -1,39 +1,19 @@
 """``expectation``: a surrogate whose gradient is the chosen estimators' estimate of ∇E[f]."""
 
-import copy
 from typing import Any, Callable, Optional
 
 import pyro.poutine as poutine
 import torch
-from pyro.distributions import MaskedDistribution
 from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_grad import baselines
+from pyro_grad.distributions import describe, unmasked
+from pyro_grad.engine.alternative_run import AlternativeRun
+from pyro_grad.engine.particles import PARTICLES, ParticleLayout, match_dims, particle_traces, read_sites
+from pyro_grad.engine.surrogate import Block, Estimates, assemble, check_num_particles, difference_terms
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths import describe
 from pyro_grad.handler import estimators
-from pyro_grad.alternative_run import AlternativeRun
-from pyro_grad.objectives.surrogate import (
-    Block,
-    Estimates,
-    baseline_state,
-    check_num_particles,
-    difference_terms,
-    evaluations,
-    group,
-    joined_terms,
-    score_terms,
-    site_estimators,
-    site_runs,
-)
-from pyro_grad.particles import (
-    PARTICLES,
-    ParticleLayout,
-    concat_particles,
-    match_dims,
-    particle_traces,
-    read_sites,
-)
 
 
 def check_cost(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor:
@@ -111,21 +91,6 @@ def _kind(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def unmasked(fn: Any) -> Any:
-    """``fn`` without its ``MaskedDistribution`` wrappers: the density a draw came from."""
-    if isinstance(fn, MaskedDistribution):
-        return unmasked(fn.base_dist)
-    base = getattr(fn, "base_dist", None)
-    if base is None:
-        return fn
-    inner = unmasked(base)
-    if inner is base:
-        return fn
-    wrapper = copy.copy(fn)
-    wrapper.base_dist = inner
-    return wrapper
-
-
 def draws_particles(trace) -> bool:
     """Whether any latent site of a vectorized trace was drawn inside the particle plate."""
     return any(
@@ -179,27 +144,28 @@ def expectation_estimates(
     args: tuple,
     kwargs: dict,
     num_particles: int,
-    num_estimates: int,
+    num_samples: int,
     vectorize: bool,
     max_plate_nesting: Optional[int] = None,
 ) -> Estimates:
-    """``num_estimates`` independent surrogates of :func:`expectation`, shape ``(G,)``.
+    """``num_samples`` independent surrogates of :func:`expectation`, shape ``(G,)``: the
+    per-sample terms diagnostics draw gradients from.
 
     All ``G·K`` particles run together (one pass when vectorized); each run of ``K``
-    consecutive particles forms one estimate, with its own baselines.
+    consecutive particles forms one sample, with its own baselines.
     """
-    total = num_particles * num_estimates
+    total = num_particles * num_samples
     program = estimators(fn)
     traces, dim = particle_traces(program, args, kwargs, total, vectorize, max_plate_nesting)
     k = total if dim is not None else 1
     layout = ParticleLayout(dim, k)
     nesting = None if dim is None else -dim - 1
 
-    def run_alternative(trace, site, value):
-        with AlternativeRun(trace, site, value), torch.no_grad():
+    def run_alternative(trace, site, value, keep_gradients):
+        with AlternativeRun(trace, site, value), torch.set_grad_enabled(keep_gradients and torch.is_grad_enabled()):
             alternative, _ = particle_traces(program, args, kwargs, k, dim is not None, nesting)
-        cost = check_cost(alternative[0].nodes["_RETURN"]["value"], k, dim is not None)
-        return detach_provenance(cost).detach()
+        cost = detach_provenance(check_cost(alternative[0].nodes["_RETURN"]["value"], k, dim is not None))
+        return cost if keep_gradients else cost.detach()
 
     def rerun():
         with poutine.block():
@@ -221,19 +187,13 @@ def expectation_estimates(
                 continue
             # Only score-path sites need a log-density (a soft relaxed value has none).
             score = layout.first(detach_provenance(site_score(name, site, dim is not None)))
-            block[name] = (estimator, score, match_dims(cost, score.dim()), baseline_state(site))
+            block[name] = (estimator, score, match_dims(cost, score.dim()), baselines.state_of(site))
         values.append(cost)
         blocks.append(block)
         difference_blocks.append(
             difference_terms(
-                trace, layout, cost.detach(), lambda s, v, t=trace: run_alternative(t, s, v), upstream,
-                density=unmasked,
+                trace, layout, cost.detach(), lambda s, v, keep, t=trace: run_alternative(t, s, v, keep),
+                upstream, density=unmasked,
             )
         )
-    terms, aux, resolved = score_terms(blocks, num_estimates, args, kwargs)
-    terms.update(joined_terms(difference_blocks, num_estimates))
-    surrogate = group(concat_particles(values), num_estimates).mean(1) + (aux - aux.detach())
-    for term in terms.values():
-        surrogate = surrogate + term
-    return Estimates(surrogate, terms, {**site_estimators(traces[0]), **resolved}, evaluations(traces[0]),
-                     site_runs(traces[0]))
+    return assemble(values, blocks, difference_blocks, num_samples, traces[0], args, kwargs, loss_sign=1.0)

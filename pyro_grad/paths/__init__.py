@@ -1,15 +1,16 @@
-"""Gradient estimators, one module each; see :mod:`pyro_grad.paths.base` for the contract."""
+"""Gradient estimators, one module each; see :mod:`pyro_grad.paths.base` for the contract
+and :mod:`pyro_grad.paths.registry` for the list."""
 
-# Import order is registry order, which is the order errors list what applies.
-from pyro_grad.paths.base import REGISTRY, DifferenceEstimator, Estimator, applicable, describe  # isort: skip
-from pyro_grad.paths.reparam import Reparam  # isort: skip
-from pyro_grad.paths.detached import DetachedSample  # isort: skip
-from pyro_grad.paths.score import Score  # isort: skip
-from pyro_grad.paths.enumerate import Enumerate  # isort: skip
-from pyro_grad.paths.measure_valued import MeasureValued  # isort: skip
-from pyro_grad.paths.arm import ARM, DisARM  # isort: skip
-from pyro_grad.paths.relaxed import GumbelSoftmax, StraightThrough  # isort: skip
-from pyro_grad.paths.names import parse_estimator  # isort: skip
+from pyro_grad.paths.arm import ARM, DisARM
+from pyro_grad.paths.base import DifferenceEstimator, Estimator, Example, Site
+from pyro_grad.paths.detached import DetachedSample
+from pyro_grad.paths.enumerate import Enumerate
+from pyro_grad.paths.measure_valued import MeasureValued
+from pyro_grad.paths.names import parse_estimator
+from pyro_grad.paths.registry import REGISTRY, applicable, not_applicable
+from pyro_grad.paths.relaxed import GumbelSoftmax, StraightThrough
+from pyro_grad.paths.reparam import Reparam
+from pyro_grad.paths.score import Score
 
 __all__ = [
     "ARM",
@@ -19,12 +20,14 @@ __all__ = [
     "DisARM",
     "Enumerate",
     "Estimator",
+    "Example",
     "GumbelSoftmax",
     "MeasureValued",
     "Reparam",
     "Score",
+    "Site",
     "StraightThrough",
     "applicable",
-    "describe",
+    "not_applicable",
     "parse_estimator",
 ]

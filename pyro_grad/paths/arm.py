@@ -20,17 +20,17 @@ from typing import Any, List, Tuple
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.paths.base import DifferenceEstimator
-from pyro_grad.paths.parameters import logits_of, probs_of
-from pyro_grad.site_tangent import leaf_distribution
+from pyro_grad.paths.base import DifferenceEstimator, Site
+from pyro_grad.distributions import logits_of, probs_of
+from pyro_grad.distributions import leaf_distribution
 
 
 class _Antithetic(DifferenceEstimator):
     unbiased = True
-    cost = 2
 
     @classmethod
-    def applies_to(cls, fn: Any) -> bool:
+    def applies_to(cls, site: Site) -> bool:
+        fn = site.fn
         return isinstance(leaf_distribution(fn), dist.Bernoulli) and not isinstance(fn, dist.MaskedDistribution)
 
     def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:

@@ -2,41 +2,69 @@
 
 An estimator has two jobs, one before and one after the draw:
 
-* ``prepare(msg)`` runs in the handler's ``_pyro_sample``, *before* the value is drawn,
-  and switches the site's sampling path (for example, a score-function site must not
-  be drawn by ``rsample``). It raises :class:`~pyro_grad.errors.EstimatorError` when the
-  estimator does not apply to the site's distribution.
+* ``applies_to(site)`` says, before the draw, whether it can differentiate the site
+  (its distribution, plates and event shape: a :class:`Site`); the handler refuses
+  the site with one clear error otherwise. ``prepare(msg)`` then switches the site's
+  sampling path (for example, a score-function site must not be drawn by ``rsample``).
 * Difference estimators (``uses_alternatives``) instead name alternative values for the
   site (``alternatives``); the objective re-runs the program at each, coupled to the
-  first run (:class:`~pyro_grad.alternative_run.AlternativeRun`), and
+  first run (:class:`~pyro_grad.engine.alternative_run.AlternativeRun`), and
   ``alternative_terms`` turns the per-particle costs into per-particle terms.
 * ``surrogate(name, score, cost, ...)`` turns per-particle values into the site's term
   of a surrogate objective: ``score`` holds ``log q(z_{g,k})`` for particle ``k`` of
-  independent estimate ``g`` (shape ``(G, K, ...)``) and ``cost`` the costs downstream
-  of the site, broadcastable to it. Per-sample values in, per-estimate terms ``(G,)``
+  independent sample ``g`` (shape ``(G, K, ...)``) and ``cost`` the costs downstream
+  of the site, broadcastable to it. Per-sample values in, per-sample terms ``(G,)``
   out: this is what makes variance diagnostics free.
+
+``runs(site)`` is the estimator's cost: program evaluations per particle at the site.
 """
 
+import math
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, List, Tuple, Type
+from typing import Any, ClassVar, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from pyro_grad.errors import EstimatorError
+from pyro_grad.distributions import without_path_switch
+from pyro_grad.engine.particles import PARTICLE_PLATES
 from pyro_grad.paths.detached import DetachedSample
 
-#: Every concrete estimator class, in definition order, so errors can list what applies.
-REGISTRY: List[Type["Estimator"]] = []
+
+@dataclass(frozen=True)
+class Site:
+    """What an estimator may know of a sample site before its draw: its ``name`` (None
+    for a bare distribution), its distribution ``fn``, and its number of ``elements``
+    per particle (the batch, plates included, the particle plate left out)."""
+
+    name: Optional[str]
+    fn: Any
+    elements: int
+
+    @classmethod
+    def of(cls, msg: dict, plates: tuple = ()) -> "Site":
+        """The site of a sample message or trace node. The particle plate's dim is left
+        out of its elements; a handler sees a site before the particle plate marks it,
+        so it passes the enclosing ``plates`` (``pyro.poutine.runtime.get_plates()``)."""
+        fn = without_path_switch(msg["fn"])
+        shape = list(fn.batch_shape)
+        for frame in (*msg.get("cond_indep_stack", ()), *plates):
+            if frame.name in PARTICLE_PLATES and frame.dim is not None and -frame.dim <= len(shape):
+                shape[frame.dim] = 1
+        return cls(msg.get("name"), fn, math.prod(shape))
+
+    @classmethod
+    def of_distribution(cls, fn: Any) -> "Site":
+        """A bare distribution as a site: its whole batch is one particle's."""
+        return cls(None, fn, fn.batch_shape.numel())
 
 
-def describe(fn: Any) -> str:
-    """A distribution's name with its wrappers, e.g. ``Independent(Normal)``; the
-    wrappers estimators put around a site to switch its path are left out."""
-    base = getattr(fn, "base_dist", None)
-    if getattr(fn, "path_wrapper", False):
-        return describe(base)
-    name = type(fn).__name__
-    return f"{name}({describe(base)})" if base is not None else name
+class Example(NamedTuple):
+    """A default instance for listings and the benchmark suite: its label, the
+    estimator, and the particles it needs (a leave-one-out baseline needs two)."""
+
+    label: str
+    estimator: "Estimator"
+    particles: int
 
 
 @dataclass(frozen=True, repr=False)
@@ -45,8 +73,6 @@ class Estimator:
 
     #: True when the estimator's expectation is the exact gradient.
     unbiased: ClassVar[bool] = True
-    #: Program evaluations per particle.
-    cost: ClassVar[int] = 1
     #: Whether :meth:`surrogate` needs the site's score and downstream cost.
     uses_score: ClassVar[bool] = False
     #: Whether the estimator differentiates by re-running the program at other values.
@@ -61,36 +87,46 @@ class Estimator:
         ]
         return f"{type(self).__name__}({', '.join(changed)})"
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_") and not cls.__dict__.get("_abstract", False):
-            REGISTRY.append(cls)
-
-    @classmethod
-    def applies_to(cls, fn: Any) -> bool:
-        """Whether this estimator can differentiate through a draw from ``fn``."""
+    @property
+    def exact_value(self) -> bool:
+        """Whether a draw is an exact value of the site's distribution (a soft
+        relaxation's is not, so an ELBO, which scores the value, refuses it)."""
         return True
 
     @classmethod
+    def applies_to(cls, site: Site) -> bool:
+        """Whether this estimator can differentiate through a draw at ``site``."""
+        return True
+
+    def refusal(self, site: Site) -> Optional[str]:
+        """None when this instance, with its settings, applies to ``site``; else why not
+        (empty when ``applies_to`` says no and there is nothing more to say)."""
+        return None if self.applies_to(site) else ""
+
+    @classmethod
     def example(cls) -> "Estimator":
-        """A default instance, used when listing what applies."""
+        """A default instance."""
         return cls()
 
     @classmethod
-    def example_for(cls, fn: Any) -> "Estimator":
-        """A default instance that applies to ``fn`` (``example()`` unless a setting
+    def example_for(cls, site: Site) -> "Estimator":
+        """A default instance that applies to ``site`` (``example()`` unless a setting
         depends on the distribution)."""
         return cls.example()
 
-    def runs(self, fn: Any) -> int:
-        """Program evaluations per particle this estimator needs at a site of ``fn``
-        (``cost``, unless it depends on the distribution)."""
-        return self.cost
+    @classmethod
+    def examples_for(cls, site: Site, exact_value: bool = False) -> List[Example]:
+        """The instances the benchmark suite runs at ``site``; with ``exact_value``,
+        only those whose draws are exact values (an ELBO's)."""
+        example = cls.example_for(site)
+        return [Example(cls.__name__, example, 1)] if example.exact_value or not exact_value else []
+
+    def runs(self, site: Site) -> int:
+        """Program evaluations per particle this estimator needs at ``site``."""
+        return 1
 
     def prepare(self, msg: dict) -> None:
-        """Set the site's sampling path before the draw; raise if this estimator does not apply."""
-        if not self.applies_to(msg["fn"]):
-            raise not_applicable(self, msg)
+        """Set the site's sampling path before the draw (the handler checked ``refusal``)."""
 
     def resolve(self, num_particles: int) -> "Estimator":
         """The concrete estimator once the number of particles is known."""
@@ -105,7 +141,7 @@ class Estimator:
         kwargs: dict,
         averages: Any,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-estimate (surrogate terms, auxiliary losses), each ``(G,)``. Called only for
+        """Per-sample (surrogate terms, auxiliary losses), each ``(G,)``. Called only for
         estimators with ``uses_score``, which implement it."""
         raise NotImplementedError(f"{type(self).__name__} has no score term")
 
@@ -116,15 +152,22 @@ class DifferenceEstimator(Estimator):
     ``value`` is the site's sampled value and ``fn`` its distribution, as traced
     (particles inside, at ``layout.dim``); ``cost`` ``(P,)`` is the first run's
     per-particle objective and ``alternative_costs`` one ``(P,)`` tensor per alternative
-    value. ``layout`` (a :class:`~pyro_grad.particles.ParticleLayout`) aligns per-particle
-    costs with the site's tensors and sums terms per particle.
+    value. ``layout`` (a :class:`~pyro_grad.engine.particles.ParticleLayout`) aligns
+    per-particle costs with the site's tensors and sums terms per particle.
+
+    With ``keeps_alternative_gradients`` the alternative runs are differentiable (their
+    costs carry gradients to parameters, as a learned control variate needs); else they
+    run under ``no_grad``. ``alternative_loss`` may add a per-particle auxiliary loss
+    (zero in value in the surrogate; a control variate's training loss, as RELAX's).
     """
 
-    _abstract = True
     uses_alternatives = True
+    keeps_alternative_gradients: ClassVar[bool] = False
+
+    def runs(self, site: Site) -> int:
+        return 2
 
     def prepare(self, msg: dict) -> None:
-        super().prepare(msg)
         msg["fn"] = DetachedSample(msg["fn"])
 
     def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
@@ -144,16 +187,15 @@ class DifferenceEstimator(Estimator):
         """Per-particle surrogate terms ``(P,)``, zero in value."""
         raise NotImplementedError
 
-
-def applicable(fn: Any) -> List[Estimator]:
-    """Default instances of every registered estimator that applies to ``fn``."""
-    return [cls.example_for(fn) for cls in REGISTRY if cls.applies_to(fn)]
-
-
-def not_applicable(estimator: Estimator, msg: dict) -> EstimatorError:
-    fn = msg["fn"]
-    options = ", ".join(repr(e) for e in applicable(fn)) or "none"
-    return EstimatorError(
-        f"{estimator!r} does not apply to site '{msg['name']}' ({describe(fn)}); "
-        f"estimators that apply: {options}"
-    )
+    def alternative_loss(
+        self,
+        name: str,
+        fn: Any,
+        value: torch.Tensor,
+        cost: torch.Tensor,
+        alternative_costs: List[torch.Tensor],
+        state: Any,
+        layout: Any,
+    ) -> Optional[torch.Tensor]:
+        """Per-particle auxiliary losses ``(P,)`` to minimize, or None (the default)."""
+        return None

@@ -1,12 +1,12 @@
 """Exact enumeration of a discrete site over its finite support."""
 
 from dataclasses import dataclass
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import DifferenceEstimator
+from pyro_grad.paths.base import DifferenceEstimator, Site
 
 #: The largest support enumerated per site.
 MAX_SUPPORT = 64
@@ -22,15 +22,17 @@ class Enumerate(DifferenceEstimator):
     with a finite support of at most :data:`MAX_SUPPORT` values (Bernoulli, Categorical,
     OneHotCategorical, Binomial with a small ``total_count``), one element per particle
     (a site inside a plate has a joint support that grows exponentially). Cost: 1 + the
-    support size evaluations per particle (``cost`` is the Bernoulli case, 3; reports count
-each site's own).
+    support size evaluations per particle (3 for a Bernoulli).
     """
 
     unbiased = True
-    cost = 3
 
     @classmethod
-    def applies_to(cls, fn: Any) -> bool:
+    def applies_to(cls, site: Site) -> bool:
+        return site.elements == 1 and cls._finite_support(site.fn)
+
+    @staticmethod
+    def _finite_support(fn: Any) -> bool:
         if not getattr(fn, "has_enumerate_support", False):
             return False
         try:
@@ -38,8 +40,16 @@ each site's own).
         except (NotImplementedError, ValueError):
             return False
 
-    def runs(self, fn: Any) -> int:
-        return 1 + fn.enumerate_support(expand=False).shape[0]
+    def refusal(self, site: Site) -> Optional[str]:
+        if site.elements > 1 and self._finite_support(site.fn):
+            return (
+                f"site '{site.name}': {site.elements} elements per particle (a plate or batch) have "
+                "a joint support too large to enumerate"
+            )
+        return super().refusal(site)
+
+    def runs(self, site: Site) -> int:
+        return 1 + site.fn.enumerate_support(expand=False).shape[0]
 
     def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
         event_dim = len(fn.event_shape)

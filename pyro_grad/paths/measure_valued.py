@@ -32,9 +32,9 @@ from typing import Any, List, Tuple
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.paths.base import DifferenceEstimator
-from pyro_grad.paths.parameters import probs_of
-from pyro_grad.site_tangent import leaf_distribution
+from pyro_grad.paths.base import DifferenceEstimator, Site
+from pyro_grad.distributions import probs_of
+from pyro_grad.distributions import leaf_distribution
 
 SUPPORTED = (dist.Bernoulli, dist.Binomial, dist.Categorical, dist.Poisson, dist.Geometric)
 
@@ -71,14 +71,14 @@ class MeasureValued(DifferenceEstimator):
     Unbiased; cost 2 evaluations per particle (a Categorical: one per category, plus 1)."""
 
     unbiased = True
-    cost = 2
 
     @classmethod
-    def applies_to(cls, fn: Any) -> bool:
+    def applies_to(cls, site: Site) -> bool:
+        fn = site.fn
         return isinstance(leaf_distribution(fn), SUPPORTED) and not isinstance(fn, dist.MaskedDistribution)
 
-    def runs(self, fn: Any) -> int:
-        leaf = leaf_distribution(fn)
+    def runs(self, site: Site) -> int:
+        leaf = leaf_distribution(site.fn)
         return 1 + probs_of(leaf).shape[-1] if isinstance(leaf, dist.Categorical) else 2
 
     def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:

@@ -1,15 +1,10 @@
 """Estimators by name, for the command line: ``reparam``, ``score``, ``score:loo``, ``score:0.5``."""
 
 from dataclasses import fields
-from typing import Dict, Type
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import REGISTRY, Estimator
-
-
-def registered_names() -> Dict[str, Type[Estimator]]:
-    """``{lower-case class name: class}`` for every registered estimator."""
-    return {cls.__name__.lower(): cls for cls in REGISTRY}
+from pyro_grad.paths.base import Estimator
+from pyro_grad.paths.registry import registered_names
 
 
 def parse_estimator(text: str) -> Estimator:

@@ -10,7 +10,7 @@ the program as it is and scored by the relaxed density.
 
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, List, Optional
 
 import pyro.distributions as dist
 import torch
@@ -18,9 +18,9 @@ from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import Estimator, describe
-from pyro_grad.paths.parameters import logits_of
-from pyro_grad.site_tangent import leaf_distribution
+from pyro_grad.paths.base import Estimator, Example, Site
+from pyro_grad.distributions import logits_of
+from pyro_grad.distributions import leaf_distribution
 
 RELAXABLE = (dist.Bernoulli, dist.Categorical, dist.OneHotCategorical)
 
@@ -123,31 +123,41 @@ class GumbelSoftmax(Estimator):
     hard: bool = False
 
     unbiased = False
-    cost = 1
 
     def __post_init__(self) -> None:
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, numbers.Real) or not t > 0:
             raise EstimatorError(f"GumbelSoftmax(temperature={t!r}): temperature must be a positive number")
 
-    @classmethod
-    def applies_to(cls, fn: Any) -> bool:
-        return _relaxable(fn)
+    @property
+    def exact_value(self) -> bool:
+        return bool(self.hard)
 
     @classmethod
-    def example_for(cls, fn: Any) -> "GumbelSoftmax":
-        # A soft sample of a Categorical would be a fractional index.
-        return cls(hard=isinstance(leaf_distribution(fn), dist.Categorical))
+    def applies_to(cls, site: Site) -> bool:
+        return _relaxable(site.fn)
 
-    def prepare(self, msg: dict) -> None:
-        super().prepare(msg)
-        if not self.hard and isinstance(leaf_distribution(msg["fn"]), dist.Categorical):
-            raise EstimatorError(
-                f"{self!r} does not apply to site '{msg['name']}' ({describe(msg['fn'])}): a soft "
-                "sample of a Categorical is a fractional index, which neither indexes nor has "
-                "a density; use GumbelSoftmax(hard=True), StraightThrough(), or a "
+    def refusal(self, site: Site) -> Optional[str]:
+        if self.applies_to(site) and not self.hard and isinstance(leaf_distribution(site.fn), dist.Categorical):
+            return (
+                "a soft sample of a Categorical is a fractional index, which neither indexes nor "
+                "has a density; use GumbelSoftmax(hard=True), StraightThrough(), or a "
                 "OneHotCategorical site for the soft relaxation"
             )
+        return super().refusal(site)
+
+    @classmethod
+    def example_for(cls, site: Site) -> "GumbelSoftmax":
+        # A soft sample of a Categorical would be a fractional index.
+        return cls(hard=isinstance(leaf_distribution(site.fn), dist.Categorical))
+
+    @classmethod
+    def examples_for(cls, site: Site, exact_value: bool = False) -> List[Example]:
+        if exact_value:  # an ELBO scores the discrete value: only the hard relaxation fits
+            return [Example("GumbelSoftmax(hard)", cls(hard=True), 1)]
+        return super().examples_for(site)
+
+    def prepare(self, msg: dict) -> None:
         msg["fn"] = RelaxedSample(msg["fn"], float(self.temperature), bool(self.hard))
 
 
@@ -159,12 +169,10 @@ class StraightThrough(Estimator):
     """
 
     unbiased = False
-    cost = 1
 
     @classmethod
-    def applies_to(cls, fn: Any) -> bool:
-        return _relaxable(fn)
+    def applies_to(cls, site: Site) -> bool:
+        return _relaxable(site.fn)
 
     def prepare(self, msg: dict) -> None:
-        super().prepare(msg)
         msg["fn"] = RelaxedSample(msg["fn"], None, True)

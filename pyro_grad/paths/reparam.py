@@ -1,9 +1,7 @@
 """The pathwise (reparameterization) gradient."""
 
 from dataclasses import dataclass
-from typing import Any
-
-from pyro_grad.paths.base import Estimator
+from pyro_grad.paths.base import Estimator, Site
 
 
 @dataclass(frozen=True, repr=False)
@@ -17,8 +15,7 @@ class Reparam(Estimator):
     """
 
     unbiased = True
-    cost = 1
 
     @classmethod
-    def applies_to(cls, fn: Any) -> bool:
-        return bool(getattr(fn, "has_rsample", False))
+    def applies_to(cls, site: Site) -> bool:
+        return bool(getattr(site.fn, "has_rsample", False))

@@ -2,7 +2,7 @@
 
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import pyro.distributions as dist
 import torch
@@ -10,9 +10,9 @@ import torch
 from pyro_grad import baselines
 from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import Estimator
+from pyro_grad.paths.base import Estimator, Example, Site
 from pyro_grad.paths.detached import DetachedSample
-from pyro_grad.site_tangent import leaf_distribution
+from pyro_grad.distributions import leaf_distribution
 
 BaselineSpec = Union[None, str, float, Callable]
 _NAMED = ("auto", "loo", "decay")
@@ -44,7 +44,6 @@ class Score(Estimator):
     beta: float = 0.9
 
     unbiased = True
-    cost = 1
     uses_score = True
 
     def __post_init__(self) -> None:
@@ -64,12 +63,16 @@ class Score(Estimator):
             raise EstimatorError(f"Score(beta={self.beta!r}): beta must be in [0, 1)")
 
     @classmethod
-    def applies_to(cls, fn: Any) -> bool:
+    def applies_to(cls, site: Site) -> bool:
         # A point mass has no density in its parameter: ∇θ log δ(z − θ) does not exist.
-        return not isinstance(leaf_distribution(fn), dist.Delta)
+        return not isinstance(leaf_distribution(site.fn), dist.Delta)
+
+    @classmethod
+    def examples_for(cls, site: Site, exact_value: bool = False) -> List[Example]:
+        # The plain score function, and beside it the leave-one-out baseline it needs.
+        return [Example("Score", cls(), 1), Example("Score(loo), K=4", cls("loo"), 4)]
 
     def prepare(self, msg: dict) -> None:
-        super().prepare(msg)
         msg["fn"] = DetachedSample(msg["fn"])
 
     def resolve(self, num_particles: int) -> "Score":

@@ -5,41 +5,15 @@ the site's *own* distribution parameter (a Normal site's ``loc``, a Bernoulli si
 ``probs``), carried only by that site's estimator: the per-site estimator variance.
 """
 
-import copy
-from typing import Any, Dict, List
+from typing import Any, List
 
 import torch
-from torch.distributions.utils import lazy_property
 from pyro.poutine.messenger import Messenger
+
+from pyro_grad.distributions import given_parameters, leaf_distribution, with_parameter
 
 #: Integer-valued arguments that are not differentiable parameters.
 NOT_DIFFERENTIABLE = ("total_count",)
-
-
-def leaf_distribution(fn: Any) -> Any:
-    """The innermost distribution under wrappers (Independent, masked, expanded, ...)."""
-    while getattr(fn, "base_dist", None) is not None:
-        fn = fn.base_dist
-    return fn
-
-
-def given_parameters(fn: Any) -> Dict[str, torch.Tensor]:
-    """The parameters ``fn`` was built from, by the names of its ``arg_constraints``.
-
-    Parameters derived lazily from another (a Bernoulli's ``logits`` when built from
-    ``probs``) are left out; properties (a Beta's concentrations) are read.
-    """
-    params = {}
-    for name in getattr(fn, "arg_constraints", {}):
-        if isinstance(getattr(type(fn), name, None), lazy_property):
-            value = fn.__dict__.get(name)
-            if value is None or (hasattr(fn, "_param") and value is not fn._param):
-                continue
-        else:
-            value = getattr(fn, name, None)
-        if torch.is_tensor(value):
-            params[name] = value
-    return params
 
 
 def differentiable_parameters(fn: Any) -> List[str]:
@@ -56,18 +30,6 @@ def differentiable_parameters(fn: Any) -> List[str]:
             continue
         names.append(name)
     return names
-
-
-def with_parameter(fn: Any, name: str, value: torch.Tensor) -> Any:
-    """A copy of ``fn`` whose leaf distribution has parameter ``name`` set to ``value``."""
-    base = getattr(fn, "base_dist", None)
-    if base is not None:
-        wrapper = copy.copy(fn)
-        wrapper.base_dist = with_parameter(base, name, value)
-        return wrapper
-    params = given_parameters(fn)
-    params[name] = value
-    return type(fn)(**params, validate_args=False)
 
 
 class SiteTangent(Messenger):

@@ -4,7 +4,7 @@ An *estimate* is one evaluation of an objective's surrogate with ``K`` particles
 gradient is one draw of the estimator. We need ``G`` such draws, for every *target*:
 each parameter (tensor arguments, ``pyro.param``s) and each sample site's own
 distribution parameters (along a common shift of their elements, see
-:class:`~pyro_grad.site_tangent.SiteTangent`).
+:class:`~pyro_grad.diagnostics.site_tangent.SiteTangent`).
 
 * ``"vectorized"`` (fast path): all ``G·K`` particles run in one pass and forward-mode AD
   carries a tangent for one target element at a time, giving that element's derivative
@@ -20,7 +20,6 @@ its score term), so diagnostics can attribute variance to sites.
 """
 
 import contextlib
-import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -31,13 +30,13 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from pyro.poutine.messenger import Messenger, unwrap
 from pyro.poutine.subsample_messenger import _Subsample
+from torch.distributions import transform_to
 
-from pyro_grad.baselines import RunningAverages
+from pyro_grad.baselines import FrozenAverages
 from pyro_grad.errors import EstimatorError
-from pyro_grad.handler import CHOICE
-from pyro_grad.objectives.surrogate import Estimates
-from pyro_grad.paths import describe
-from pyro_grad.site_tangent import SiteTangent, differentiable_parameters
+from pyro_grad.engine.surrogate import Estimates
+from pyro_grad.distributions import describe
+from pyro_grad.diagnostics.site_tangent import SiteTangent, differentiable_parameters
 
 #: Above this many target elements, one forward pass per element costs more than the loop.
 MAX_FORWARD_ELEMENTS = 64
@@ -136,35 +135,20 @@ def find_targets(
     return targets + site_targets, params
 
 
-class FrozenAverages(Messenger):
-    """Within this context every site's baseline state is a snapshot, so diagnostics
-    draw estimates without advancing any decaying average. It is the outermost
-    handler, so it sees each site after the estimators handlers have chosen."""
+class SubstitutedParams(Messenger):
+    """``pyro.param`` returns the given *unconstrained* values, constrained as the param
+    store constrains them; the store itself is left untouched (so a forward-mode dual
+    substituted here never reaches it)."""
 
-    def __enter__(self):
-        self._snapshots: Dict[int, RunningAverages] = {}
-        return super().__enter__()
+    def __init__(self, values: Dict[str, torch.Tensor]):
+        super().__init__()
+        self.values = values
+        self.constraints = pyro.get_param_store().get_state()["constraints"]
 
-    def _pyro_sample(self, msg: dict) -> None:
-        choice = msg["infer"].get(CHOICE)
-        if choice is None:
-            return
-        key = id(choice.averages)
-        if key not in self._snapshots:
-            self._snapshots[key] = choice.averages.copy()
-        msg["infer"][CHOICE] = dataclasses.replace(choice, averages=self._snapshots[key])
-
-
-@contextlib.contextmanager
-def substituted_params(values: Dict[str, torch.Tensor]) -> Iterator[None]:
-    """Temporarily replace unconstrained ``pyro.param`` tensors in the param store."""
-    store = pyro.get_param_store()
-    originals = {name: store._params[name] for name in values}
-    store._params.update(values)
-    try:
-        yield
-    finally:
-        store._params.update(originals)
+    def _pyro_param(self, msg: dict) -> None:
+        name = msg["name"]
+        if name in self.values:
+            msg["value"] = transform_to(self.constraints[name])(self.values[name])
 
 
 def primal_of(target: Target, args: tuple, params: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -180,7 +164,7 @@ def replaced(target: Target, args: tuple, value: torch.Tensor) -> Iterator[tuple
         new_args[target.index] = value
         yield tuple(new_args)
     else:
-        with substituted_params({target.name: value}):
+        with SubstitutedParams({target.name: value}):
             yield tuple(new_args)
 
 
@@ -201,9 +185,9 @@ def reverse_leaves(
     return tuple(new_args), leaves, sites
 
 
-def _tangent_or_zeros(t: torch.Tensor, num_estimates: int) -> torch.Tensor:
+def _tangent_or_zeros(t: torch.Tensor, num_samples: int) -> torch.Tensor:
     derivative = fwAD.unpack_dual(t).tangent
-    return torch.zeros(num_estimates) if derivative is None else derivative.detach().clone()
+    return torch.zeros(num_samples) if derivative is None else derivative.detach().clone()
 
 
 def forward_draws(
@@ -211,7 +195,7 @@ def forward_draws(
     args: tuple,
     targets: List[Target],
     params: Dict[str, torch.Tensor],
-    num_estimates: int,
+    num_samples: int,
     seed: int,
 ) -> Draws:
     """One forward-mode vectorized pass per target element."""
@@ -227,18 +211,18 @@ def forward_draws(
                 if target.kind == "site":
                     shift = fwAD.make_dual(torch.zeros(()), torch.ones(()))
                     with SiteTangent(target.site, target.param, shift):
-                        out = estimates(args, num_estimates)
+                        out = estimates(args, num_samples)
                 else:
                     primal = primal_of(target, args, params)
                     with replaced(target, args, fwAD.make_dual(primal, tangent.view(primal.shape))) as a:
-                        out = estimates(a, num_estimates)
-                columns.append(_tangent_or_zeros(out.values, num_estimates))
+                        out = estimates(a, num_samples)
+                columns.append(_tangent_or_zeros(out.values, num_samples))
                 for s, term in out.score_terms.items():
-                    part_columns.setdefault(s, []).append(_tangent_or_zeros(term, num_estimates))
+                    part_columns.setdefault(s, []).append(_tangent_or_zeros(term, num_samples))
                 chosen, cost, runs = out.estimators, out.cost, out.runs
-        samples[target.name] = torch.stack(columns, -1).reshape((num_estimates,) + target.shape)
+        samples[target.name] = torch.stack(columns, -1).reshape((num_samples,) + target.shape)
         for s, cols in part_columns.items():
-            parts[(target.name, s)] = torch.stack(cols, -1).reshape((num_estimates,) + target.shape)
+            parts[(target.name, s)] = torch.stack(cols, -1).reshape((num_samples,) + target.shape)
     return Draws(samples, parts, chosen, "vectorized", cost, runs)
 
 
@@ -247,7 +231,7 @@ def loop_draws(
     args: tuple,
     targets: List[Target],
     params: Dict[str, torch.Tensor],
-    num_estimates: int,
+    num_samples: int,
     seed: int,
     progress: Optional[Callable[[], None]] = None,
 ) -> Draws:
@@ -256,7 +240,7 @@ def loop_draws(
     part_rows, chosen, cost, runs = {}, {}, 1, {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        for _ in range(num_estimates):
+        for _ in range(num_samples):
             new_args, leaves, sites = reverse_leaves(args, targets, params)
             with FrozenAverages(), contextlib.ExitStack() as stack:
                 for site in sites:
@@ -288,13 +272,13 @@ def gradient_draws(
     programs: List[Callable],
     args: tuple,
     kwargs: dict,
-    num_estimates: int,
+    num_samples: int,
     seed: int = 0,
     path: str = "auto",
     sites: bool = True,
     targets: Optional[Tuple[List[Target], Dict[str, torch.Tensor]]] = None,
 ) -> Draws:
-    """Draw ``num_estimates`` gradients of ``estimates`` with respect to every target.
+    """Draw ``num_samples`` gradients of ``estimates`` with respect to every target.
 
     ``estimates(args, G)`` returns ``G`` independent :class:`Estimates`. ``path`` is
     ``"auto"`` (vectorized when there are at most :data:`MAX_FORWARD_ELEMENTS` target
@@ -312,8 +296,8 @@ def gradient_draws(
     elements = sum(max(1, torch.Size(t.shape).numel()) for t in targets)
     if path == "vectorized" or (path == "auto" and elements <= MAX_FORWARD_ELEMENTS):
         try:
-            return forward_draws(estimates, args, targets, params, num_estimates, seed)
+            return forward_draws(estimates, args, targets, params, num_samples, seed)
         except (RuntimeError, NotImplementedError, ValueError):
             if path == "vectorized":
                 raise
-    return loop_draws(estimates, args, targets, params, num_estimates, seed)
+    return loop_draws(estimates, args, targets, params, num_samples, seed)

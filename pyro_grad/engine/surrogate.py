@@ -15,9 +15,8 @@ from pyro.ops.provenance import detach_provenance
 
 from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
-from pyro_grad.handler import CHOICE
-from pyro_grad.particles import ParticleLayout, concat_particles
-from pyro_grad.paths import Estimator
+from pyro_grad.engine.particles import ParticleLayout, concat_particles
+from pyro_grad.paths import Estimator, Site
 
 #: site → (estimator, score, downstream cost, the choosing handler's baseline state)
 Block = Dict[str, Tuple[Estimator, torch.Tensor, torch.Tensor, RunningAverages]]
@@ -29,16 +28,16 @@ def check_num_particles(num_particles: int) -> int:
     return num_particles
 
 
-def group(t: torch.Tensor, num_groups: int) -> torch.Tensor:
+def group(t: torch.Tensor, num_samples: int) -> torch.Tensor:
     """``(G·K, ...)`` → ``(G, K, ...)``: consecutive particles form one estimate."""
-    return t.reshape((num_groups, t.shape[0] // num_groups) + t.shape[1:])
+    return t.reshape((num_samples, t.shape[0] // num_samples) + t.shape[1:])
 
 
 @dataclass
 class Estimates:
-    """``G`` independent estimates of an objective, each a value-preserving surrogate.
+    """``G`` independent samples of an objective's estimate, each a value-preserving surrogate.
 
-    ``values[g]``'s value is estimate ``g`` and its gradient is one draw of the estimator.
+    ``values[g]``'s value is sample ``g`` and its gradient is one draw of the estimator.
     ``score_terms[site][g]`` is zero in value; its gradient is the part of that draw
     carried by the site's score term. ``estimators`` is every latent site's estimator,
     resolved (e.g. ``Score("auto")`` to ``Score("loo")``).
@@ -49,7 +48,7 @@ class Estimates:
     estimators: Dict[str, Estimator] = field(default_factory=dict)
     #: Program evaluations per particle: 1, plus each site's extra runs.
     cost: int = 1
-    #: Each latent site's program evaluations per particle, ``estimator.runs(fn)``.
+    #: Each latent site's program evaluations per particle, ``estimator.runs(site)``.
     runs: Dict[str, int] = field(default_factory=dict)
 
 
@@ -62,15 +61,10 @@ def site_estimators(trace) -> Dict[str, Estimator]:
     }
 
 
-def baseline_state(site: dict) -> RunningAverages:
-    """The baseline state of the handler that chose the site's estimator."""
-    return site["infer"][CHOICE].averages
-
-
 def site_runs(trace) -> Dict[str, int]:
     """Each latent site's program evaluations per particle, as its estimator counts them."""
     return {
-        name: site["infer"]["estimator"].runs(site["fn"])
+        name: site["infer"]["estimator"].runs(Site.of(site))
         for name, site in trace.nodes.items()
         if site["type"] == "sample" and "estimator" in site["infer"]
     }
@@ -82,7 +76,7 @@ def evaluations(trace) -> int:
 
 
 def score_terms(
-    blocks: List[Block], num_groups: int, args: tuple, kwargs: dict
+    blocks: List[Block], num_samples: int, args: tuple, kwargs: dict
 ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, Dict[str, Estimator]]:
     """Every score-path site's per-group surrogate term, the per-group sum of auxiliary
     (baseline) losses, each of shape ``(G,)``, and the estimator each site resolved to.
@@ -91,7 +85,7 @@ def score_terms(
     one independent estimate (``G = 1`` for a plain objective; diagnostics draw many).
     """
     names = list(dict.fromkeys(name for block in blocks for name in block))
-    terms, aux, resolved = {}, torch.zeros(num_groups), {}
+    terms, aux, resolved = {}, torch.zeros(num_samples), {}
     for name in names:
         estimator, averages = next((block[name][0], block[name][3]) for block in blocks if name in block)
         scores, costs = [], []
@@ -103,8 +97,8 @@ def score_terms(
                 k = next(iter(block.values()))[1].shape[0] if block else 1
                 scores.append(torch.zeros(k))
                 costs.append(torch.zeros(k))
-        score = group(concat_particles(scores), num_groups)
-        cost = group(concat_particles(costs), num_groups)
+        score = group(concat_particles(scores), num_samples)
+        cost = group(concat_particles(costs), num_samples)
         estimator = estimator.resolve(score.shape[1])
         terms[name], loss = estimator.surrogate(name, score, cost, args, kwargs, averages)
         aux = aux + loss
@@ -112,23 +106,29 @@ def score_terms(
     return terms, aux, resolved
 
 
+#: site → per-particle ``(k,)`` tensor, for one block of particles.
+Terms = Dict[str, torch.Tensor]
+
+
 def difference_terms(
     trace,
     layout: ParticleLayout,
     cost: torch.Tensor,
-    run_alternative: Callable,
+    run_alternative: Callable[[str, torch.Tensor, bool], torch.Tensor],
     sites=None,
     density: Callable = lambda fn: fn,
-) -> Dict[str, torch.Tensor]:
-    """Per-particle ``(k,)`` terms of every difference-estimator site of one trace.
+) -> Tuple[Terms, Terms]:
+    """Per-particle ``(k,)`` terms of every difference-estimator site of one trace, and
+    the auxiliary losses of those that add one.
 
     ``cost`` is the trace's per-particle objective (detached); ``run_alternative(site,
-    value)`` re-runs the objective coupled to ``trace`` with the site at ``value`` and
-    returns its per-particle values. ``sites`` restricts to sites the cost depends on;
-    ``density(fn)`` is the distribution whose parameters are differentiated (the
-    expectation strips masks from it).
+    value, keep_gradients)`` re-runs the objective coupled to ``trace`` with the site at
+    ``value`` and returns its per-particle values, differentiable only when the
+    estimator ``keeps_alternative_gradients``. ``sites`` restricts to sites the cost
+    depends on; ``density(fn)`` is the distribution whose parameters are differentiated
+    (the expectation strips masks from it).
     """
-    terms = {}
+    terms, losses = {}, {}
     for name, site in trace.nodes.items():
         estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
         if estimator is None or not estimator.uses_alternatives or site["is_observed"]:
@@ -138,16 +138,49 @@ def difference_terms(
         value = detach_provenance(site["value"]).detach()
         fn = density(site["fn"])
         alternatives, state = estimator.alternatives(name, fn, value, layout)
-        costs = [run_alternative(name, alternative) for alternative in alternatives]
+        keep = estimator.keeps_alternative_gradients
+        costs = [run_alternative(name, alternative, keep) for alternative in alternatives]
         terms[name] = estimator.alternative_terms(name, fn, value, cost, costs, state, layout)
-    return terms
+        loss = estimator.alternative_loss(name, fn, value, cost, costs, state, layout)
+        if loss is not None:
+            losses[name] = loss
+    return terms, losses
 
 
-def joined_terms(blocks: List[Dict[str, torch.Tensor]], num_groups: int) -> Dict[str, torch.Tensor]:
-    """Per-block ``(k,)`` terms joined into per-estimate means ``(G,)``."""
+def joined_terms(blocks: List[Terms], num_samples: int) -> Dict[str, torch.Tensor]:
+    """Per-block ``(k,)`` terms joined into per-sample means ``(G,)``."""
     names = list(dict.fromkeys(name for block in blocks for name in block))
     joined = {}
     for name in names:
         parts = [block.get(name, torch.zeros(1)) for block in blocks]
-        joined[name] = group(concat_particles(parts), num_groups).mean(1)
+        joined[name] = group(concat_particles(parts), num_samples).mean(1)
     return joined
+
+
+def assemble(
+    values: List[torch.Tensor],
+    blocks: List[Block],
+    differences: List[Tuple[Terms, Terms]],
+    num_samples: int,
+    trace,
+    args: tuple,
+    kwargs: dict,
+    loss_sign: float,
+) -> Estimates:
+    """The objective's ``G`` surrogates from its per-block pieces.
+
+    ``values`` are per-block ``(k,)`` objective values carrying the pathwise gradient;
+    ``blocks`` the score-path sites' per-block values; ``differences`` the difference
+    estimators' per-block (terms, losses) from :func:`difference_terms`. Every auxiliary
+    loss enters zero in value, with ``loss_sign`` (+1 when the objective is minimized,
+    −1 when it is maximized) so that following the objective's gradient minimizes it.
+    ``trace`` (one of the block's) names each site's estimator and runs.
+    """
+    terms, aux, resolved = score_terms(blocks, num_samples, args, kwargs)
+    terms.update(joined_terms([d for d, _ in differences], num_samples))
+    for loss in joined_terms([losses for _, losses in differences], num_samples).values():
+        aux = aux + loss
+    surrogate = group(concat_particles(values), num_samples).mean(1) + loss_sign * (aux - aux.detach())
+    for term in terms.values():
+        surrogate = surrogate + term
+    return Estimates(surrogate, terms, {**site_estimators(trace), **resolved}, evaluations(trace), site_runs(trace))

@@ -16,9 +16,11 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
 
-from pyro_grad.control_flow import READ, watched_reads
+from pyro_grad.engine.control_flow import READ, watched_reads
 
 PARTICLES = "_pyro_grad_particles"
+#: The plates that hold particles: ours, and the one Pyro's ELBOs vectorize over.
+PARTICLE_PLATES = (PARTICLES, "num_particles_vectorized")
 
 
 def guess_max_plate_nesting(fn: Callable, args: tuple, kwargs: dict) -> int:
@@ -46,7 +48,7 @@ def particle_traces(
 
     Non-reparameterized sites' values carry provenance (as in ``TraceGraph_ELBO``), so
     that every cost knows which sites it depends on; a site whose value the program
-    reads into Python is marked (:mod:`pyro_grad.control_flow`). ``max_plate_nesting``
+    reads into Python is marked (:mod:`pyro_grad.engine.control_flow`). ``max_plate_nesting``
     is guessed by one extra run when not given.
     """
     batched = vectorize and num_particles > 1

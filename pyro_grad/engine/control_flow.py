@@ -25,7 +25,7 @@ from pyro.poutine.messenger import Messenger
 from torch.overrides import TorchFunctionMode
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import describe
+from pyro_grad.distributions import describe
 
 #: Tensor methods that hand a tensor's values to Python.
 PYTHON_READS = frozenset(

@@ -13,7 +13,7 @@ import pandas as pd
 from pyro_grad.comparison.results import Comparison
 from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
 from pyro_grad.errors import EstimatorError
-from pyro_grad.figures import is_figure
+from pyro_grad.presentation.figures import is_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

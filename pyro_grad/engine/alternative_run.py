@@ -21,8 +21,8 @@ from pyro.ops.provenance import detach_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
-from pyro_grad.paths.parameters import probs_of
-from pyro_grad.site_tangent import given_parameters, leaf_distribution
+from pyro_grad.distributions import probs_of
+from pyro_grad.distributions import given_parameters, leaf_distribution
 
 
 def same_distribution(a: Any, b: Any) -> bool:

@@ -12,16 +12,12 @@ import pyro
 
 from pyro_grad.comparison import compare
 from pyro_grad.comparison.svi_runs import ConfigFailed
-from pyro_grad.diagnostics import compare_estimators
-from pyro_grad.html_report import STYLE, machine, report, write_file
+from pyro_grad.diagnostics import EstimatorComparison
+from pyro_grad.presentation.html_report import STYLE, machine, report, write_file
+from pyro_grad.presentation.suite import diagnose_each, svi_configs
 
 #: Gradient draws per estimator for the expectation programs (fewer for the costly ones).
 DRAWS = {"conv_net": 100, "sir": 500}
-
-
-def _svi_configs(bench) -> Dict[str, Any]:
-    """Every estimator that applies, the leave-one-out Score standing for the plain one."""
-    return {label: estimator for label, estimator, _ in bench.applicable_estimators() if label != "Score"}
 
 
 def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int = 2000, seeds=(0, 1),
@@ -36,7 +32,7 @@ def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int =
 
 
 def _build_reports(out: str, num_steps: int, num_samples: int, seeds: Any, checkpoints: int) -> Path:
-    from models import registry
+    from pyro_grad.models import registry
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -45,17 +41,13 @@ def _build_reports(out: str, num_steps: int, num_samples: int, seeds: Any, check
         start = time.perf_counter()
         pyro.clear_param_store()
         if bench.guide is None:
-            candidates = {label: estimator for label, estimator, _ in bench.applicable_estimators()}
-            result = compare_estimators(
-                bench.program, *bench.arguments(), candidates=candidates, num_particles=4,
-                num_samples=min(DRAWS.get(name, num_samples), num_samples), reference=bench.reference_gradient,
-                sites=False,
-            )
+            count = min(DRAWS.get(name, num_samples), num_samples)
+            result = EstimatorComparison(diagnose_each(bench, count))
             kind = "gradient estimators"
         else:
             try:
                 result = compare(
-                    bench.program, bench.guide, *bench.arguments(), configs=_svi_configs(bench),
+                    bench.program, bench.guide, *bench.arguments(), configs=svi_configs(bench),
                     num_steps=num_steps, seeds=seeds, diagnose_every=max(1, num_steps // checkpoints),
                     out=str(out_dir / "runs" / name), reset=bench.reset,
                 )

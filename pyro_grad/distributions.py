@@ -1,0 +1,103 @@
+"""Distribution utilities: what a site's distribution is under its wrappers, the
+parameters it was built from, and copies with one parameter changed.
+
+Torch derives ``probs`` from ``logits`` (and back) lazily and caches the result; when
+the first access happens while sampling, under ``no_grad``, the cached tensor carries no
+derivative. Difference estimators differentiate these parameters, so they recompute
+them from what the distribution was built with (:func:`probs_of`, :func:`logits_of`).
+"""
+
+import copy
+from typing import Any, Dict
+
+import torch
+from pyro.distributions import MaskedDistribution
+from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
+
+
+def leaf_distribution(fn: Any) -> Any:
+    """The innermost distribution under wrappers (Independent, masked, expanded, ...)."""
+    while getattr(fn, "base_dist", None) is not None:
+        fn = fn.base_dist
+    return fn
+
+
+def describe(fn: Any) -> str:
+    """A distribution's name with its wrappers, e.g. ``Independent(Normal)``; the
+    wrappers estimators put around a site to switch its path are left out."""
+    base = getattr(fn, "base_dist", None)
+    if getattr(fn, "path_wrapper", False):
+        return describe(base)
+    name = type(fn).__name__
+    return f"{name}({describe(base)})" if base is not None else name
+
+
+def without_path_switch(fn: Any) -> Any:
+    """``fn`` without the wrapper an estimator's ``prepare`` put around it."""
+    return fn.base_dist if getattr(fn, "path_wrapper", False) else fn
+
+
+def unmasked(fn: Any) -> Any:
+    """``fn`` without its ``MaskedDistribution`` wrappers: the density a draw came from."""
+    if isinstance(fn, MaskedDistribution):
+        return unmasked(fn.base_dist)
+    base = getattr(fn, "base_dist", None)
+    if base is None:
+        return fn
+    inner = unmasked(base)
+    if inner is base:
+        return fn
+    wrapper = copy.copy(fn)
+    wrapper.base_dist = inner
+    return wrapper
+
+
+def given_parameters(fn: Any) -> Dict[str, torch.Tensor]:
+    """The parameters ``fn`` was built from, by the names of its ``arg_constraints``.
+
+    Parameters derived lazily from another (a Bernoulli's ``logits`` when built from
+    ``probs``) are left out; properties (a Beta's concentrations) are read.
+    """
+    params = {}
+    for name in getattr(fn, "arg_constraints", {}):
+        if isinstance(getattr(type(fn), name, None), lazy_property):
+            value = fn.__dict__.get(name)
+            if value is None or (hasattr(fn, "_param") and value is not fn._param):
+                continue
+        else:
+            value = getattr(fn, name, None)
+        if torch.is_tensor(value):
+            params[name] = value
+    return params
+
+
+def with_parameter(fn: Any, name: str, value: torch.Tensor) -> Any:
+    """A copy of ``fn`` whose leaf distribution has parameter ``name`` set to ``value``."""
+    base = getattr(fn, "base_dist", None)
+    if base is not None:
+        wrapper = copy.copy(fn)
+        wrapper.base_dist = with_parameter(base, name, value)
+        return wrapper
+    params = given_parameters(fn)
+    params[name] = value
+    return type(fn)(**params, validate_args=False)
+
+
+def _binary(fn: Any) -> bool:
+    return not hasattr(fn, "_num_events")  # Categorical has categories; the rest are binary
+
+
+def probs_of(fn: Any) -> torch.Tensor:
+    """``fn``'s probabilities, differentiable in the parameter it was built from."""
+    given = given_parameters(fn)
+    if "probs" in given:
+        return given["probs"]
+    return logits_to_probs(given["logits"], is_binary=_binary(fn))
+
+
+def logits_of(fn: Any) -> torch.Tensor:
+    """``fn``'s logits, differentiable in the parameter it was built from."""
+    given = given_parameters(fn)
+    if "logits" in given:
+        return given["logits"]
+    return probs_to_logits(given["probs"], is_binary=_binary(fn))

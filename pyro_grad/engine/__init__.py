@@ -1,0 +1,3 @@
+"""The shared engine under both objectives: running K particles (``particles``), coupled
+re-runs at other site values (``alternative_run``), Python reads of drawn values
+(``control_flow``), and assembling per-sample terms into a surrogate (``surrogate``)."""

@@ -1,0 +1,94 @@
+"""The benchmark suite's one loop: a benchmark under every estimator that applies to it.
+
+The command line's tables, the main job's pages and ``benchmarks/`` all draw from
+:func:`candidates` and :func:`diagnose_each`, so they always agree on what applies.
+"""
+
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
+
+import pyro
+import pyro.poutine as poutine
+from pyro.poutine.util import prune_subsample_sites
+
+from pyro_grad.diagnostics import GradientReport, diagnose
+from pyro_grad.models.benchmark import Benchmark
+from pyro_grad.paths import REGISTRY, Estimator, Site
+
+
+class Candidate(NamedTuple):
+    """One way to run a benchmark: its label, the estimators config (one estimator for
+    every site, or site → estimator where the sites need different settings), and the
+    particles it needs."""
+
+    label: str
+    config: Union[Estimator, Dict[str, Estimator]]
+    particles: int
+
+    @property
+    def unbiased(self) -> bool:
+        chosen = self.config.values() if isinstance(self.config, dict) else [self.config]
+        return all(estimator.unbiased for estimator in chosen)
+
+
+def latent_sites(bench: Benchmark) -> List[Site]:
+    """The latent sites whose paths are chosen: the guide's for an ELBO, else the program's."""
+    with poutine.block():
+        trace = poutine.trace(bench.guide or bench.program).get_trace(*bench.arguments())
+    return [
+        Site.of(node)
+        for node in prune_subsample_sites(trace).nodes.values()
+        if node["type"] == "sample" and not node["is_observed"]
+    ]
+
+
+def candidates(bench: Benchmark) -> List[Candidate]:
+    """Every registered estimator that applies to all of the benchmark's latent sites,
+    in registry order, with each estimator's own variants (the score function beside
+    its leave-one-out baseline). For an ELBO only estimators whose draws are exact
+    values qualify (the model scores them)."""
+    sites = latent_sites(bench)
+    exact_value = bench.guide is not None
+    found = []
+    for cls in REGISTRY:
+        if not sites or not all(cls.applies_to(site) for site in sites):
+            continue
+        per_site = [cls.examples_for(site, exact_value) for site in sites]
+        for examples in zip(*per_site):
+            if any(e.estimator.refusal(site) is not None for e, site in zip(examples, sites)):
+                continue
+            first = examples[0]
+            if all(e.estimator == first.estimator for e in examples):
+                config: Union[Estimator, Dict[str, Estimator]] = first.estimator
+            else:
+                config = {site.name: e.estimator for e, site in zip(examples, sites)}
+            found.append(Candidate(first.label, config, max(e.particles for e in examples)))
+    return found
+
+
+def diagnose_each(
+    bench: Benchmark,
+    num_samples: int,
+    draws: Optional[Mapping[str, int]] = None,
+    seed: int = 0,
+    only: Optional[List[Candidate]] = None,
+) -> Dict[str, GradientReport]:
+    """``{label: report}``: the benchmark diagnosed under each of its :func:`candidates`
+    (or ``only`` those), against its exact reference, with ``num_samples`` gradient
+    draws (``draws[bench.name]`` when given, for the costly benchmarks). The param store
+    is cleared and the benchmark reset before each."""
+    count = (draws or {}).get(bench.name, num_samples)
+    reports = {}
+    for candidate in candidates(bench) if only is None else only:
+        pyro.clear_param_store()
+        reports[candidate.label] = diagnose(
+            bench.program, *bench.arguments(), guide=bench.guide, estimators=candidate.config,
+            num_particles=candidate.particles, num_samples=count, reference=bench.reference_gradient,
+            seed=seed, sites=False,
+        )
+    return reports
+
+
+def svi_configs(bench: Benchmark) -> Dict[str, Any]:
+    """The SVI comparison's configurations: every candidate, the leave-one-out score
+    function standing for the plain one (which SVI trains with the same particles)."""
+    return {c.label: c.config for c in candidates(bench) if c.label != "Score"}
