@@ -18,21 +18,17 @@ from pyro.distributions import constraints
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 
 import pyro_grad as pg
+from pyro_grad.models import coin
 from pyro_grad.models.seeds import parameterized_noise, two_bernoullis
 
 warnings.filterwarnings("ignore")
-DATA = torch.tensor([1.0] * 6 + [0.0] * 4)
-
-
-def coin_model(data):
-    f = pyro.sample("f", dist.Beta(10.0, 10.0))
-    with pyro.plate("tosses", len(data)):
-        pyro.sample("obs", dist.Bernoulli(f), obs=data)
+coin_model, DATA = coin.model, coin.DATA
 
 
 def coin_guide(data, reparameterized=True, tracegraph_baseline=False):
-    alpha = pyro.param("alpha_q", torch.tensor(12.0), constraint=constraints.positive)
-    beta = pyro.param("beta_q", torch.tensor(9.0), constraint=constraints.positive)
+    """models/coin.py's guide, with the switches Pyro's own ELBOs need for a score-function run."""
+    alpha = pyro.param("alpha_q", torch.tensor(coin.ALPHA_Q), constraint=constraints.positive)
+    beta = pyro.param("beta_q", torch.tensor(coin.BETA_Q), constraint=constraints.positive)
     d = dist.Beta(alpha, beta)
     infer = {"baseline": {"use_decaying_avg_baseline": True}} if tracegraph_baseline else {}
     pyro.sample("f", d if reparameterized else d.has_rsample_(False), infer=infer)

@@ -49,7 +49,7 @@ def exact_elbo_gradient(data: torch.Tensor = DATA) -> Dict[str, torch.Tensor]:
     init = {"alpha_q": ALPHA_Q, "beta_q": BETA_Q}
     positive = transform_to(constraints.positive)
     u = {
-        n: (store._params[n].detach().clone() if n in store else positive.inv(torch.tensor(v))).requires_grad_()
+        n: (store[n].unconstrained().detach().clone() if n in store else positive.inv(torch.tensor(v))).requires_grad_()
         for n, v in init.items()
     }
     value = exact_elbo(positive(u["alpha_q"]), positive(u["beta_q"]), data)

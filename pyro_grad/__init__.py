@@ -27,45 +27,29 @@ from pyro_grad.handler import EstimatorMessenger, estimators
 from pyro_grad.presentation.html_report import report
 from pyro_grad.objectives import ELBO, expectation
 from pyro_grad import paths
-from pyro_grad.paths import (
-    ARM,
-    DisARM,
-    Enumerate,
-    Estimator,
-    GumbelSoftmax,
-    MeasureValued,
-    Reparam,
-    Score,
-    StraightThrough,
-    applicable,
-)
+from pyro_grad.paths import Estimator, applicable
+from pyro_grad.paths.registry import REGISTRY
+from pyro_grad.paths.registry import *  # noqa: F401,F403  every registered estimator class, by name
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARM",
     "AutoGuide",
     "Comparison",
-    "DisARM",
     "ELBO",
-    "Enumerate",
     "Estimator",
     "EstimatorComparison",
     "FiniteDifferences",
     "GradientReport",
-    "GumbelSoftmax",
-    "MeasureValued",
     "compare_estimators",
     "diagnose",
     "EstimatorError",
     "EstimatorMessenger",
-    "Reparam",
-    "Score",
-    "StraightThrough",
     "applicable",
     "compare",
     "estimators",
     "expectation",
     "paths",
     "report",
+    *(cls.__name__ for cls in REGISTRY),
 ]

@@ -8,49 +8,17 @@ from conftest import Z, assert_mean
 from draws import elbo_draws
 from pyro.distributions import constraints
 from pyro.infer import SVI, Trace_ELBO
-from torch.distributions import transform_to
 
 import pyro_grad as pg
+from pyro_grad.models import coin
 
-# Pyro's SVI tutorial coin: f ~ Beta(10, 10), 6 heads in 10 tosses, guide Beta(α, β).
-DATA = torch.tensor([1.0] * 6 + [0.0] * 4)
-ALPHA0, BETA0 = 10.0, 10.0
-ALPHA_Q, BETA_Q = 12.0, 9.0
-
-
-def coin_model(data):
-    f = pyro.sample("f", dist.Beta(ALPHA0, BETA0))
-    with pyro.plate("tosses", len(data)):
-        pyro.sample("obs", dist.Bernoulli(f), obs=data)
-
-
-def coin_guide(data):
-    alpha = pyro.param("alpha_q", torch.tensor(ALPHA_Q), constraint=constraints.positive)
-    beta = pyro.param("beta_q", torch.tensor(BETA_Q), constraint=constraints.positive)
-    pyro.sample("f", dist.Beta(alpha, beta))
+# Pyro's SVI tutorial coin (models/coin.py): f ~ Beta(10, 10), 6 heads in 10 tosses,
+# guide Beta(α, β); the ELBO's gradient in the unconstrained params is closed-form.
+coin_model, coin_guide, DATA = coin.model, coin.guide, coin.DATA
 
 
 def exact_coin_elbo_gradient():
-    """∇ of the closed-form ELBO w.r.t. the *unconstrained* params (what SVI updates).
-
-    With E_q[log f] = ψ(α) − ψ(α+β) and E_q[log(1−f)] = ψ(β) − ψ(α+β):
-    ELBO = (α0−1+H−α+1) E[log f] + (β0−1+T−β+1) E[log(1−f)] − log B(α0,β0) + log B(α,β).
-    """
-    u = {n: transform_to(constraints.positive).inv(torch.tensor(v)).requires_grad_()
-         for n, v in (("alpha_q", ALPHA_Q), ("beta_q", BETA_Q))}
-    a = transform_to(constraints.positive)(u["alpha_q"])
-    b = transform_to(constraints.positive)(u["beta_q"])
-    heads, tails = DATA.sum(), len(DATA) - DATA.sum()
-    e_log_f = torch.digamma(a) - torch.digamma(a + b)
-    e_log_1mf = torch.digamma(b) - torch.digamma(a + b)
-
-    def log_beta(x, y):
-        return torch.lgamma(x) + torch.lgamma(y) - torch.lgamma(x + y)
-
-    elbo = ((ALPHA0 + heads - a) * e_log_f + (BETA0 + tails - b) * e_log_1mf
-            - log_beta(torch.tensor(ALPHA0), torch.tensor(BETA0)) + log_beta(a, b))
-    elbo.backward()
-    return {n: float(t.grad) for n, t in u.items()}
+    return {name: float(g) for name, g in coin.exact_elbo_gradient().items()}
 
 
 # Beta's implicit reparameterization (torch's Dirichlet sampler) has no forward-mode

@@ -13,7 +13,7 @@ from pyro_grad.diagnostics.references import Reference, resolve_reference
 from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
 from pyro_grad.diagnostics.statistics import covariance_share, element_rows
 from pyro_grad.errors import EstimatorError
-from pyro_grad.diagnostics.gradient_samples import Draws, find_targets, gradient_draws
+from pyro_grad.diagnostics.gradient_samples import Draws, GradientTask, find_targets, gradient_draws
 from pyro_grad.handler import Config, with_config
 from pyro_grad.engine.particles import guess_max_plate_nesting
 from pyro_grad.engine.surrogate import check_num_particles
@@ -110,42 +110,32 @@ def _site_share(draws: Draws, targets, site: str) -> float:
     return covariance_share(torch.cat(parts, 1), torch.cat(totals, 1))
 
 
-def diagnose(
-    fn: Callable,
-    *args: Any,
-    guide: Optional[Callable] = None,
-    objective: Any = None,
-    estimators: Candidate = None,
-    num_samples: int = 1000,
-    reference: Reference = None,
-    num_particles: int = 1,
-    vectorize: bool = True,
-    seed: int = 0,
-    sites: bool = True,
-    **kwargs: Any,
-) -> GradientReport:
+def diagnose(fn: Callable, *args: Any, estimators: Candidate = None, **settings: Any) -> GradientReport:
     """Draw ``num_samples`` independent gradient estimates and summarize them.
 
-    ``objective`` is :func:`~pyro_grad.expectation` (the gradient of
-    ``E[fn(*args, **kwargs)]``, the default without ``guide``) or an ELBO class such as
-    :class:`~pyro_grad.ELBO` (the ELBO gradient of model ``fn`` and ``guide``, the
-    default with one). ``estimators`` is an estimators config
-    (site → estimator, a callable, or one estimator for every site) applied to the
-    guide, or to ``fn`` when there is no guide. Each draw uses ``num_particles``
-    particles. The draws are made in one vectorized pass per parameter element
-    (forward-mode AD) and fall back to a loop where that cannot run
-    (``report.path`` says which); ``vectorize=False`` forces the loop. ``reference`` is
-    None, a dict or callable of exact gradients, ``"enumerate"`` (exact, by summing
-    every discrete site over its support) or ``"reparam"`` (a high-sample pathwise
-    estimate). Draws replay a fixed ``seed`` and leave decaying baselines untouched.
+    ``estimators`` is an estimators config (site → estimator, a callable, or one
+    estimator for every site) applied to the guide, or to ``fn`` when there is no guide.
+    Every other keyword is :func:`compare_estimators`' (``guide``, ``objective``,
+    ``num_samples=1000``, ``reference``, ``num_particles=1``, ``vectorize=True``,
+    ``seed=0``, ``sites=True``) or, beyond those, the program's own:
+
+    * ``objective`` is :func:`~pyro_grad.expectation` (the gradient of
+      ``E[fn(*args, **kwargs)]``, the default without ``guide``) or an ELBO class such
+      as :class:`~pyro_grad.ELBO` (the ELBO gradient of model ``fn`` and ``guide``, the
+      default with one).
+    * Each draw uses ``num_particles`` particles. The draws are made in one vectorized
+      pass per parameter element (forward-mode AD) and fall back to a loop where that
+      cannot run (``report.path`` says which); ``vectorize=False`` forces the loop.
+    * ``reference`` is None, a dict or callable of exact gradients, ``"enumerate"``
+      (exact, by summing every discrete site over its support) or ``"reparam"`` (a
+      high-sample pathwise estimate).
+    * Draws replay a fixed ``seed`` and leave decaying baselines untouched; with
+      ``sites``, each latent site's own distribution parameters are targets too.
     """
     if isinstance(estimators, FiniteDifferences):
         raise EstimatorError("FiniteDifferences is a candidate for compare_estimators, not a site estimator")
-    comparison = compare_estimators(
-        fn, *args, candidates={"default" if estimators is None else repr(estimators): estimators},
-        guide=guide, objective=objective, num_samples=num_samples, reference=reference,
-        num_particles=num_particles, vectorize=vectorize, seed=seed, sites=sites, **kwargs,
-    )
+    label = "default" if estimators is None else repr(estimators)
+    comparison = compare_estimators(fn, *args, candidates={label: estimators}, **settings)
     return next(iter(comparison.reports.values()))
 
 
@@ -163,7 +153,8 @@ def compare_estimators(
     sites: bool = True,
     **kwargs: Any,
 ) -> EstimatorComparison:
-    """:func:`diagnose` each candidate with the same seed and reference, side by side.
+    """:func:`diagnose` each candidate with the same seed and reference, side by side
+    (the settings are explained there; ``**kwargs`` are the program's).
 
     ``candidates`` maps a label to an estimators config (as ``diagnose``'s
     ``estimators``; None for the default), or to :class:`FiniteDifferences` (central
@@ -191,7 +182,7 @@ def compare_estimators(
     for label, candidate in candidates.items():
         if isinstance(candidate, FiniteDifferences):
             start = time.perf_counter()
-            draws = candidate.draws(samples(base), args, targets, params, num_samples, seed)
+            draws = candidate.draws(GradientTask(samples(base), args, targets, params), num_samples, seed)
             seconds = time.perf_counter() - start
             cost, unbiased = num_particles * draws.cost, candidate.unbiased
         else:

@@ -1,19 +1,11 @@
 """Central finite differences, the baseline every autodiff estimator is measured against."""
 
 from dataclasses import dataclass
-from typing import Dict, List
-
 import torch
 
+from pyro_grad.baselines import FrozenAverages
+from pyro_grad.diagnostics.gradient_samples import Draws, GradientTask, primal_of, replaced
 from pyro_grad.errors import EstimatorError
-from pyro_grad.diagnostics.gradient_samples import (
-    Draws,
-    EstimateFn,
-    Target,
-    FrozenAverages,
-    primal_of,
-    replaced,
-)
 
 
 @dataclass(frozen=True)
@@ -37,20 +29,13 @@ class FiniteDifferences:
         if not self.epsilon > 0:
             raise EstimatorError(f"FiniteDifferences(epsilon={self.epsilon!r}): epsilon must be positive")
 
-    def draws(
-        self,
-        estimates: EstimateFn,
-        args: tuple,
-        targets: List[Target],
-        params: Dict[str, torch.Tensor],
-        num_samples: int,
-        seed: int,
-    ) -> Draws:
+    def draws(self, task: GradientTask, num_samples: int, seed: int) -> Draws:
+        """``num_samples`` draws of the central difference of every argument and param target."""
         samples, elements = {}, 0
-        for target in targets:
+        for target in task.targets:
             if target.kind == "site":
                 continue
-            primal = primal_of(target, args, params)
+            primal = primal_of(target, task.args, task.params)
             columns = []
             elements += max(1, primal.numel())
             for j in range(max(1, primal.numel())):
@@ -61,8 +46,8 @@ class FiniteDifferences:
                 for sign, run_seed in ((1, seed), (-1, seed if self.common_random_numbers else seed + 1)):
                     with torch.random.fork_rng(), FrozenAverages(), torch.no_grad():
                         torch.manual_seed(run_seed)
-                        with replaced(target, args, primal + sign * step) as moved_args:
-                            values.append(estimates(moved_args, num_samples).values.detach())
+                        with replaced(target, task.args, primal + sign * step) as moved_args:
+                            values.append(task.estimates(moved_args, num_samples).values.detach())
                 columns.append((values[0] - values[1]) / (2 * self.epsilon))
             samples[target.name] = torch.stack(columns, -1).reshape((num_samples,) + primal.shape)
         # Two runs per parameter element make one draw of the whole gradient.

@@ -77,6 +77,18 @@ class Draws:
     runs: Dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class GradientTask:
+    """What to draw gradients of: ``estimates(args, G)``, ``G`` independent surrogates of
+    an objective, at ``args``, with respect to ``targets`` (``params``: the unconstrained
+    ``pyro.param`` tensors by name, as :func:`find_targets` returns them)."""
+
+    estimates: EstimateFn
+    args: tuple
+    targets: List[Target]
+    params: Dict[str, torch.Tensor]
+
+
 def argument_names(fn: Callable, num_args: int) -> List[str]:
     """Names of ``fn``'s positional parameters (``arg0``… where they cannot be read)."""
     target = unwrap(fn)  # through poutine handlers to the user's function
@@ -190,17 +202,11 @@ def _tangent_or_zeros(t: torch.Tensor, num_samples: int) -> torch.Tensor:
     return torch.zeros(num_samples) if derivative is None else derivative.detach().clone()
 
 
-def forward_draws(
-    estimates: EstimateFn,
-    args: tuple,
-    targets: List[Target],
-    params: Dict[str, torch.Tensor],
-    num_samples: int,
-    seed: int,
-) -> Draws:
+def forward_draws(task: GradientTask, num_samples: int, seed: int) -> Draws:
     """One forward-mode vectorized pass per target element."""
+    estimates, args, params = task.estimates, task.args, task.params
     samples, parts, chosen, cost, runs = {}, {}, {}, 1, {}
-    for target in targets:
+    for target in task.targets:
         columns, part_columns = [], {}
         numel = max(1, int(torch.Size(target.shape).numel()))
         for j in range(numel):
@@ -226,26 +232,18 @@ def forward_draws(
     return Draws(samples, parts, chosen, "vectorized", cost, runs)
 
 
-def loop_draws(
-    estimates: EstimateFn,
-    args: tuple,
-    targets: List[Target],
-    params: Dict[str, torch.Tensor],
-    num_samples: int,
-    seed: int,
-    progress: Optional[Callable[[], None]] = None,
-) -> Draws:
+def loop_draws(task: GradientTask, num_samples: int, seed: int, progress: Optional[Callable[[], None]] = None) -> Draws:
     """``G`` estimates one at a time, each with one reverse-mode backward to every target."""
-    rows = {t.name: [] for t in targets}
+    rows = {t.name: [] for t in task.targets}
     part_rows, chosen, cost, runs = {}, {}, 1, {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for _ in range(num_samples):
-            new_args, leaves, sites = reverse_leaves(args, targets, params)
+            new_args, leaves, sites = reverse_leaves(task.args, task.targets, task.params)
             with FrozenAverages(), contextlib.ExitStack() as stack:
                 for site in sites:
                     stack.enter_context(site)
-                out = estimates(new_args, 1)
+                out = task.estimates(new_args, 1)
             chosen, cost, runs = out.estimators, out.cost, out.runs
             outputs = {None: out.values[0], **{s: term[0] for s, term in out.score_terms.items()}}
             for key, value in outputs.items():
@@ -296,8 +294,8 @@ def gradient_draws(
     elements = sum(max(1, torch.Size(t.shape).numel()) for t in targets)
     if path == "vectorized" or (path == "auto" and elements <= MAX_FORWARD_ELEMENTS):
         try:
-            return forward_draws(estimates, args, targets, params, num_samples, seed)
+            return forward_draws(GradientTask(estimates, args, targets, params), num_samples, seed)
         except (RuntimeError, NotImplementedError, ValueError):
             if path == "vectorized":
                 raise
-    return loop_draws(estimates, args, targets, params, num_samples, seed)
+    return loop_draws(GradientTask(estimates, args, targets, params), num_samples, seed)

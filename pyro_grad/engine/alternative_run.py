@@ -13,7 +13,7 @@ so the alternative run shares the first run's randomness wherever it can:
   ``cdf`` and ``icdf``), else independently.
 """
 
-from typing import Any
+from typing import Any, Dict
 
 import pyro.distributions as dist
 import torch
@@ -62,25 +62,25 @@ def coupled_draw(old_fn: Any, old_value: torch.Tensor, new_fn: Any) -> Any:
 
 
 class AlternativeRun(Messenger):
-    """Replays ``trace`` except at ``site``, which takes ``value`` (see module docs).
+    """Replays ``trace`` except at the sites of ``changes``, which take their values
+    there (see module docs).
 
     Enter it *outside* the particle plate so that distributions are compared after
     broadcasting. Sites whose value is already set (observed, or replayed by an inner
     handler, as a model replaying its guide) are left alone.
     """
 
-    def __init__(self, trace: Trace, site: str, value: torch.Tensor):
+    def __init__(self, trace: Trace, changes: Dict[str, torch.Tensor]):
         super().__init__()
         self.trace = trace
-        self.site = site
-        self.value = value
+        self.changes = changes
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["value"] is not None:
             return
         name = msg["name"]
-        if name == self.site:
-            msg["value"] = self.value
+        if name in self.changes:
+            msg["value"] = self.changes[name]
             return
         first = self.trace.nodes.get(name)
         if first is None or first["type"] != "sample":

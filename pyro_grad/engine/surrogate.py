@@ -16,7 +16,7 @@ from pyro.ops.provenance import detach_provenance
 from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
-from pyro_grad.paths import Estimator, Site
+from pyro_grad.paths import CoupledRuns, Estimator, Site
 
 #: site → (estimator, score, downstream cost, the choosing handler's baseline state)
 Block = Dict[str, Tuple[Estimator, torch.Tensor, torch.Tensor, RunningAverages]]
@@ -140,8 +140,9 @@ def difference_terms(
         alternatives, state = estimator.alternatives(name, fn, value, layout)
         keep = estimator.keeps_alternative_gradients
         costs = [run_alternative(name, alternative, keep) for alternative in alternatives]
-        terms[name] = estimator.alternative_terms(name, fn, value, cost, costs, state, layout)
-        loss = estimator.alternative_loss(name, fn, value, cost, costs, state, layout)
+        runs = CoupledRuns(name, fn, value, cost, costs, state, layout)
+        terms[name] = estimator.alternative_terms(runs)
+        loss = estimator.alternative_loss(runs)
         if loss is not None:
             losses[name] = loss
     return terms, losses

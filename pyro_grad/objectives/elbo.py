@@ -99,7 +99,7 @@ class ELBO(pyro.infer.ELBO):
         guide = RefuseInexactValues()(self.estimators(guide))
 
         def run_alternative(guide_trace, site, value, keep_gradients):
-            with AlternativeRun(guide_trace, site, value), torch.set_grad_enabled(
+            with AlternativeRun(guide_trace, {site: value}), torch.set_grad_enabled(
                 keep_gradients and torch.is_grad_enabled()
             ):
                 if dim is None:

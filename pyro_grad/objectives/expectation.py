@@ -162,7 +162,7 @@ def expectation_estimates(
     nesting = None if dim is None else -dim - 1
 
     def run_alternative(trace, site, value, keep_gradients):
-        with AlternativeRun(trace, site, value), torch.set_grad_enabled(keep_gradients and torch.is_grad_enabled()):
+        with AlternativeRun(trace, {site: value}), torch.set_grad_enabled(keep_gradients and torch.is_grad_enabled()):
             alternative, _ = particle_traces(program, args, kwargs, k, dim is not None, nesting)
         cost = detach_provenance(check_cost(alternative[0].nodes["_RETURN"]["value"], k, dim is not None))
         return cost if keep_gradients else cost.detach()

@@ -20,7 +20,7 @@ from typing import Any, List, Tuple
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.paths.base import DifferenceEstimator, Site
+from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site
 from pyro_grad.distributions import logits_of, probs_of
 from pyro_grad.distributions import leaf_distribution
 
@@ -45,23 +45,24 @@ class _Antithetic(DifferenceEstimator):
 class ARM(_Antithetic):
     """Augment-REINFORCE-merge: ``∇φ E[f(b)] = E[(f(b̃) − f(b))(u − ½)]`` (module docs)."""
 
-    def alternative_terms(self, name, fn, value, cost, alternative_costs, state, layout) -> torch.Tensor:
-        u, _ = state
-        logits = logits_of(leaf_distribution(fn)).expand(value.shape)
-        e = len(fn.event_shape)
-        g = layout.align(alternative_costs[0] - cost, e) * (u - 0.5)
-        return layout.reduce((logits - logits.detach()) * g.detach(), e)
+    def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
+        u, _ = runs.state
+        logits = logits_of(leaf_distribution(runs.fn)).expand(runs.value.shape)
+        e = len(runs.fn.event_shape)
+        g = runs.layout.align(runs.alternative_costs[0] - runs.cost, e) * (u - 0.5)
+        return runs.layout.reduce((logits - logits.detach()) * g.detach(), e)
 
 
 @dataclass(frozen=True, repr=False)
 class DisARM(_Antithetic):
     """``∇φ E[f(b)] = E[½ (f(b) − f(b̃)) (−1)^b̃ 1[b ≠ b̃] σ(|φ|)]`` (module docs)."""
 
-    def alternative_terms(self, name, fn, value, cost, alternative_costs, state, layout) -> torch.Tensor:
-        _, twin = state
-        logits = logits_of(leaf_distribution(fn)).expand(value.shape)
+    def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
+        _, twin = runs.state
+        logits = logits_of(leaf_distribution(runs.fn)).expand(runs.value.shape)
         sign = 1 - 2 * twin
-        differ = (value != twin).to(value.dtype)
-        e = len(fn.event_shape)
-        g = 0.5 * layout.align(cost - alternative_costs[0], e) * sign * differ * torch.sigmoid(logits.detach().abs())
-        return layout.reduce((logits - logits.detach()) * g.detach(), e)
+        differ = (runs.value != twin).to(runs.value.dtype)
+        e = len(runs.fn.event_shape)
+        cost_difference = runs.layout.align(runs.cost - runs.alternative_costs[0], e)
+        g = 0.5 * cost_difference * sign * differ * torch.sigmoid(logits.detach().abs())
+        return runs.layout.reduce((logits - logits.detach()) * g.detach(), e)

@@ -10,8 +10,9 @@ An estimator has two jobs, one before and one after the draw:
   site (``alternatives``); the objective re-runs the program at each, coupled to the
   first run (:class:`~pyro_grad.engine.alternative_run.AlternativeRun`), and
   ``alternative_terms`` turns the per-particle costs into per-particle terms.
-* ``surrogate(name, score, cost, ...)`` turns per-particle values into the site's term
-  of a surrogate objective: ``score`` holds ``log q(z_{g,k})`` for particle ``k`` of
+* Score-path estimators (``uses_score``) implement ``surrogate(name, score, cost, args,
+  kwargs, averages) -> (terms, auxiliary losses)``, turning per-particle values into the
+  site's term of a surrogate objective: ``score`` holds ``log q(z_{g,k})`` for particle ``k`` of
   independent sample ``g`` (shape ``(G, K, ...)``) and ``cost`` the costs downstream
   of the site, broadcastable to it. Per-sample values in, per-sample terms ``(G,)``
   out: this is what makes variance diagnostics free.
@@ -58,6 +59,24 @@ class Site:
         return cls(None, fn, fn.batch_shape.numel())
 
 
+class CoupledRuns(NamedTuple):
+    """A difference-estimator site after its alternative runs: the site's ``name``, its
+    distribution ``fn`` and sampled ``value`` as traced (particles inside, at
+    ``layout.dim``), the first run's per-particle objective ``cost`` ``(P,)``, one ``(P,)``
+    tensor per alternative value in ``alternative_costs``, the ``state`` that
+    ``alternatives`` returned, and the ``layout`` (a
+    :class:`~pyro_grad.engine.particles.ParticleLayout`) that aligns per-particle costs
+    with the site's tensors and sums terms per particle."""
+
+    name: str
+    fn: Any
+    value: torch.Tensor
+    cost: torch.Tensor
+    alternative_costs: List[torch.Tensor]
+    state: Any
+    layout: Any
+
+
 class Example(NamedTuple):
     """A default instance for listings and the benchmark suite: its label, the
     estimator, and the particles it needs (a leave-one-out baseline needs two)."""
@@ -73,7 +92,7 @@ class Estimator:
 
     #: True when the estimator's expectation is the exact gradient.
     unbiased: ClassVar[bool] = True
-    #: Whether :meth:`surrogate` needs the site's score and downstream cost.
+    #: Whether the estimator has a score-function term (it implements ``surrogate``).
     uses_score: ClassVar[bool] = False
     #: Whether the estimator differentiates by re-running the program at other values.
     uses_alternatives: ClassVar[bool] = False
@@ -132,28 +151,13 @@ class Estimator:
         """The concrete estimator once the number of particles is known."""
         return self
 
-    def surrogate(
-        self,
-        name: str,
-        score: torch.Tensor,
-        cost: torch.Tensor,
-        args: tuple,
-        kwargs: dict,
-        averages: Any,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample (surrogate terms, auxiliary losses), each ``(G,)``. Called only for
-        estimators with ``uses_score``, which implement it."""
-        raise NotImplementedError(f"{type(self).__name__} has no score term")
-
 
 class DifferenceEstimator(Estimator):
     """Base of estimators built on cost differences between coupled runs.
 
-    ``value`` is the site's sampled value and ``fn`` its distribution, as traced
-    (particles inside, at ``layout.dim``); ``cost`` ``(P,)`` is the first run's
-    per-particle objective and ``alternative_costs`` one ``(P,)`` tensor per alternative
-    value. ``layout`` (a :class:`~pyro_grad.engine.particles.ParticleLayout`) aligns
-    per-particle costs with the site's tensors and sums terms per particle.
+    ``alternatives(name, fn, value, layout)`` names the values to re-run the program at
+    (each shaped like ``value``) and any state; the objective re-runs it at each and
+    hands the results to ``alternative_terms`` as :class:`CoupledRuns`.
 
     With ``keeps_alternative_gradients`` the alternative runs are differentiable (their
     costs carry gradients to parameters, as a learned control variate needs); else they
@@ -174,28 +178,10 @@ class DifferenceEstimator(Estimator):
         """Alternative values (each shaped like ``value``), and any state for the terms."""
         raise NotImplementedError
 
-    def alternative_terms(
-        self,
-        name: str,
-        fn: Any,
-        value: torch.Tensor,
-        cost: torch.Tensor,
-        alternative_costs: List[torch.Tensor],
-        state: Any,
-        layout: Any,
-    ) -> torch.Tensor:
+    def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
         """Per-particle surrogate terms ``(P,)``, zero in value."""
         raise NotImplementedError
 
-    def alternative_loss(
-        self,
-        name: str,
-        fn: Any,
-        value: torch.Tensor,
-        cost: torch.Tensor,
-        alternative_costs: List[torch.Tensor],
-        state: Any,
-        layout: Any,
-    ) -> Optional[torch.Tensor]:
+    def alternative_loss(self, runs: CoupledRuns) -> Optional[torch.Tensor]:
         """Per-particle auxiliary losses ``(P,)`` to minimize, or None (the default)."""
         return None

@@ -6,7 +6,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import DifferenceEstimator, Site
+from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site
 
 #: The largest support enumerated per site.
 MAX_SUPPORT = 64
@@ -63,11 +63,11 @@ class Enumerate(DifferenceEstimator):
             )
         support = fn.enumerate_support(expand=False)  # (S, 1, ..., *event)
         values = [s.expand(value.shape).to(value.dtype) for s in support]
-        return values, None
+        return values, values
 
-    def alternative_terms(self, name, fn, value, cost, alternative_costs, state, layout) -> torch.Tensor:
+    def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
         terms = 0.0
-        for v, c in zip(self.alternatives(name, fn, value, layout)[0], alternative_costs):
-            p = fn.log_prob(v).exp()
-            terms = terms + (p - p.detach()) * layout.align(c).detach()
-        return layout.reduce(terms)
+        for v, c in zip(runs.state, runs.alternative_costs):
+            p = runs.fn.log_prob(v).exp()
+            terms = terms + (p - p.detach()) * runs.layout.align(c).detach()
+        return runs.layout.reduce(terms)

@@ -32,7 +32,7 @@ from typing import Any, List, Tuple
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.paths.base import DifferenceEstimator, Site
+from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site
 from pyro_grad.distributions import probs_of
 from pyro_grad.distributions import leaf_distribution
 
@@ -98,8 +98,9 @@ class MeasureValued(DifferenceEstimator):
             moved = value + 1
         return [torch.where(mask, moved, value)], (mask, elements)
 
-    def alternative_terms(self, name, fn, value, cost, alternative_costs, state, layout) -> torch.Tensor:
-        mask, elements = state
+    def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
+        fn, value, cost, alternative_costs, layout = runs.fn, runs.value, runs.cost, runs.alternative_costs, runs.layout
+        mask, elements = runs.state
         leaf = leaf_distribution(fn)
         e = len(fn.event_shape)
         weight = mask.float() * elements

@@ -1,8 +1,10 @@
 """Every estimator pyro_grad ships, in the order listings show them.
 
-Adding an estimator: write its module in ``paths/``, add its class here, and give it a
-test and a README row. The command line names an estimator by its lower-case class
-name, so names are unique (checked by the tests).
+Adding an estimator: write its module in ``paths/``, import its class here and add it
+to ``REGISTRY``, and give it tests and a README row. ``pyro_grad`` and
+``pyro_grad.paths`` export every registered class by name (``pg.Score``). The command
+line names an estimator by its lower-case class name, so names are unique (checked by
+the tests).
 """
 
 from typing import Any, Dict, List, Tuple, Type, Union
@@ -27,6 +29,9 @@ REGISTRY: Tuple[Type[Estimator], ...] = (
     GumbelSoftmax,
     StraightThrough,
 )
+
+
+__all__ = ["REGISTRY", "applicable", "not_applicable", "registered_names", *(cls.__name__ for cls in REGISTRY)]
 
 
 def registered_names() -> Dict[str, Type[Estimator]]:
