@@ -18,16 +18,16 @@ from pyro_grad.models import forum
 warnings.filterwarnings("ignore")
 
 
-def main(draws: int = 20) -> None:
+def main(num_samples: int = 20) -> None:
     x_mean, x_var = forum.conv_inputs(300)
     exact = forum.conv_net_gradient(x_mean, x_var)
     norm = {k: float(v.norm()) for k, v in exact.items()}
-    print(f"300×300, {draws} draws each; |exact| x_mean {norm['x_mean']:.4g}, x_var {norm['x_var']:.4g}")
+    print(f"300×300, {num_samples} draws each; |exact| x_mean {norm['x_mean']:.4g}, x_var {norm['x_var']:.4g}")
     for label, estimator, k in (("Reparam", pg.Reparam(), 1), ("Score(loo), K=2", pg.Score("loo"), 2)):
         start = time.perf_counter()
         report = pg.diagnose(forum.conv_net, x_mean, x_var, estimators=estimator, num_particles=k,
-                             num_samples=draws, sites=False)
-        seconds = (time.perf_counter() - start) / draws
+                             num_samples=num_samples, sites=False)
+        seconds = (time.perf_counter() - start) / num_samples
         for name in ("x_mean", "x_var"):
             s = report.samples[name]
             error = float((s.mean(0) - exact[name]).norm()) / norm[name]

@@ -95,8 +95,8 @@ def learned(
     """``b = baseline(*args, **kwargs)``, fitted by the squared error ``Σ_k (c_k − b)² / K``.
 
     ``args`` are the program's (detached) inputs, never the site's own value, so the
-    baseline stays unbiased. An ``nn.Module`` is registered with ``pyro.module`` so
-    as ``LEARNED_PREFIX + site`` so that SVI optimizes it (its weights are trainable
+    baseline stays unbiased. An ``nn.Module`` is registered with ``pyro.module`` as
+    ``LEARNED_PREFIX + site``, so that SVI optimizes it (its weights are trainable
     parameters, unlike the averages).
     Returns ``(baseline, squared-error loss)``.
     """

@@ -93,7 +93,7 @@ def load_program(spec: str, overrides: List[str]) -> Program:
     """A registry name or ``MODULE:NAME`` → the program, its arguments, and its
     benchmark's exact reference, guide and reset (each None without a benchmark).
 
-    NAME may be a :class:`models.Benchmark` or a program function; a function that a
+    NAME may be a :class:`pyro_grad.models.Benchmark` or a program function; a function that a
     registered benchmark runs takes that benchmark's defaults and guide. Arguments come
     from the function's numeric defaults and ``--arg NAME=VALUE``; each number becomes a
     tensor that requires grad.
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=estimators_help, formatter_class=formatter)
     cmp.add_argument("model", help="a registry name (pyro-grad models) or MODULE:FUNCTION")
     cmp.add_argument("--config", action="append", default=[], metavar="NAME=SITE=ESTIMATOR[:ARG],...",
-                     help="e.g. loo=f:score:loo or fast=disarm (one estimator for every site); "
+                     help="e.g. loo=f=score:loo or fast=disarm (one estimator for every site); "
                           "none given: the automatic choice")
     cmp.add_argument("--steps", type=positive_int, default=200, help="SVI steps per run")
     cmp.add_argument("--seeds", type=positive_int, default=2, help="number of seeds (0, 1, ...)")

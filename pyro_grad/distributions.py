@@ -12,6 +12,7 @@ from typing import Any, Dict
 
 import torch
 from pyro.distributions import MaskedDistribution
+from pyro.ops.provenance import detach_provenance, get_provenance
 from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
 
 
@@ -101,3 +102,43 @@ def logits_of(fn: Any) -> torch.Tensor:
     if "logits" in given:
         return given["logits"]
     return probs_to_logits(given["probs"], is_binary=_binary(fn))
+
+
+def same_distribution(a: Any, b: Any) -> bool:
+    """Whether two distributions are the same family with equal (broadcast) parameters."""
+    if type(leaf_distribution(a)) is not type(leaf_distribution(b)):
+        return False
+    pa, pb = given_parameters(leaf_distribution(a)), given_parameters(leaf_distribution(b))
+    if pa.keys() != pb.keys():
+        return False
+    for name in pa:
+        x, y = detach_provenance(pa[name]).detach(), detach_provenance(pb[name]).detach()
+        try:
+            x, y = torch.broadcast_tensors(x, y)
+        except RuntimeError:
+            return False
+        if not torch.equal(x, y):
+            return False
+    return True
+
+
+def private_copy(fn: Any) -> Any:
+    """A shallow copy of a distribution and of every distribution it holds, so that
+    caches filled while using the copy stay on the copy."""
+    fn = copy.copy(fn)
+    for name, value in vars(fn).items():
+        if isinstance(value, torch.distributions.Distribution):
+            setattr(fn, name, private_copy(value))
+    return fn
+
+
+def parameter_provenance(fn: Any) -> frozenset:
+    """The provenance of every tensor a distribution holds, in it and in every
+    distribution it holds (a wrapped ``base_dist``, a Multinomial's inner Categorical)."""
+    provenance = frozenset()
+    for value in vars(fn).values():
+        if isinstance(value, torch.distributions.Distribution):
+            provenance |= parameter_provenance(value)
+        else:
+            provenance |= get_provenance(value)
+    return provenance

@@ -34,20 +34,24 @@ def test_the_registry_is_explicit_ordered_and_its_cli_names_are_unique():
 def test_an_estimator_sees_the_sites_plates_and_refuses_before_the_draw():
     drawn = []
 
-    def plated(t):
-        with pyro.plate("agents", 3):
-            x = pyro.sample("x", dist.Bernoulli(t))
+    def batched(t):
+        x = pyro.sample("x", dist.Bernoulli(t.expand(3)).to_event(1))
         drawn.append(x)  # never reached: the refusal comes before the draw
         return x.sum(-1)
 
-    with pytest.raises(pg.EstimatorError, match=r"Enumerate\(\) does not apply to site 'x' \(Bernoulli\).*"
-                                                 r"3 elements per particle.*MeasureValued\(\)"):
-        pg.expectation(pg.estimators(plated, {"x": pg.Enumerate()}), torch.tensor(0.3, requires_grad=True),
+    # Three coordinates of one event share one cost: their joint support has 8 values.
+    with pytest.raises(pg.EstimatorError, match=r"Enumerate\(\) does not apply to site 'x' \(Independent\(Bernoulli\)\)"
+                                                 r".*MeasureValued\(\)"):
+        pg.expectation(pg.estimators(batched, {"x": pg.Enumerate()}), torch.tensor(0.3, requires_grad=True),
                        num_particles=2)
     assert drawn == []
-    # Outside a plate the same site has one element per particle: enumeration applies.
-    site = pg.paths.Site.of({"name": "x", "fn": dist.Bernoulli(0.3), "cond_indep_stack": ()})
-    assert pg.Enumerate.applies_to(site) and pg.Enumerate().runs(site) == 3
+    # One element per particle, or one per plate element: enumeration applies.
+    lone = pg.paths.Site.of({"name": "x", "fn": dist.Bernoulli(0.3), "cond_indep_stack": ()})
+    assert pg.Enumerate.applies_to(lone) and pg.Enumerate().runs(lone) == 3
+    with pyro.plate("data", 4):
+        plated = pg.paths.Site.of({"name": "x", "fn": dist.Bernoulli(0.3).expand([4]),
+                                   "cond_indep_stack": pyro.poutine.runtime.get_plates()})
+    assert (plated.elements, plated.plated) == (4, 4) and pg.Enumerate.applies_to(plated)
 
 
 @dataclass(frozen=True, repr=False)

@@ -52,7 +52,7 @@ def _fresh_optimizer(optim: Any) -> Any:
 
 def _evaluations_per_particle(guide: Callable, args: tuple, kwargs: dict) -> int:
     """Program evaluations per particle and step: 1, plus the extra runs of the
-    difference estimators the config chose (``runs(fn)`` of each guide site)."""
+    difference estimators the config chose (``runs(site)`` of each guide site)."""
     # In a scratch param store: the run's own params are created by its first step.
     with torch.no_grad(), poutine.block(), pyro.get_param_store().scope():
         return evaluations(poutine.trace(guide).get_trace(*args, **kwargs))

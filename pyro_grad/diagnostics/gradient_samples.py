@@ -73,7 +73,7 @@ class Draws:
     path: str = "vectorized"
     #: Program evaluations per particle for one draw.
     cost: int = 1
-    #: Program evaluations per particle each site's estimator needs (``runs(fn)``).
+    #: Program evaluations per particle each site's estimator needs (``runs(site)``).
     runs: Dict[str, int] = field(default_factory=dict)
 
 

@@ -21,26 +21,7 @@ from pyro.ops.provenance import detach_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
-from pyro_grad.distributions import probs_of
-from pyro_grad.distributions import given_parameters, leaf_distribution
-
-
-def same_distribution(a: Any, b: Any) -> bool:
-    """Whether two distributions are the same family with equal (broadcast) parameters."""
-    if type(leaf_distribution(a)) is not type(leaf_distribution(b)):
-        return False
-    pa, pb = given_parameters(leaf_distribution(a)), given_parameters(leaf_distribution(b))
-    if pa.keys() != pb.keys():
-        return False
-    for name in pa:
-        x, y = detach_provenance(pa[name]).detach(), detach_provenance(pb[name]).detach()
-        try:
-            x, y = torch.broadcast_tensors(x, y)
-        except RuntimeError:
-            return False
-        if not torch.equal(x, y):
-            return False
-    return True
+from pyro_grad.distributions import leaf_distribution, probs_of, same_distribution
 
 
 def coupled_draw(old_fn: Any, old_value: torch.Tensor, new_fn: Any) -> Any:

@@ -16,7 +16,7 @@ from pyro.ops.provenance import detach_provenance
 from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
-from pyro_grad.paths import CoupledRuns, Estimator, Site
+from pyro_grad.paths import CoupledRuns, Estimator, Site, SiteDraw
 
 #: site → (estimator, score, downstream cost, the choosing handler's baseline state)
 Block = Dict[str, Tuple[Estimator, torch.Tensor, torch.Tensor, RunningAverages]]
@@ -113,20 +113,23 @@ Terms = Dict[str, torch.Tensor]
 def difference_terms(
     trace,
     layout: ParticleLayout,
-    cost: torch.Tensor,
+    cost_at: Callable[[str], torch.Tensor],
     run_alternative: Callable[[str, torch.Tensor, bool], torch.Tensor],
+    local: Callable[[str], bool] = lambda name: False,
     sites=None,
     density: Callable = lambda fn: fn,
 ) -> Tuple[Terms, Terms]:
     """Per-particle ``(k,)`` terms of every difference-estimator site of one trace, and
     the auxiliary losses of those that add one.
 
-    ``cost`` is the trace's per-particle objective (detached); ``run_alternative(site,
-    value, keep_gradients)`` re-runs the objective coupled to ``trace`` with the site at
-    ``value`` and returns its per-particle values, differentiable only when the
-    estimator ``keeps_alternative_gradients``. ``sites`` restricts to sites the cost
-    depends on; ``density(fn)`` is the distribution whose parameters are differentiated
-    (the expectation strips masks from it).
+    ``cost_at(site)`` is the first run's cost at the site (detached), shaped to
+    broadcast against its batch; ``run_alternative(site, value, keep_gradients)``
+    re-runs the objective coupled to ``trace`` with the site at ``value`` and returns
+    its cost at the site alike, differentiable only when the estimator
+    ``keeps_alternative_gradients``. ``local(site)`` says whether each plate element's
+    costs stay in its element. ``sites`` restricts to sites the cost depends on;
+    ``density(fn)`` is the distribution whose parameters are differentiated (the
+    expectation strips masks from it).
     """
     terms, losses = {}, {}
     for name, site in trace.nodes.items():
@@ -135,12 +138,11 @@ def difference_terms(
             continue
         if sites is not None and name not in sites:
             continue
-        value = detach_provenance(site["value"]).detach()
-        fn = density(site["fn"])
-        alternatives, state = estimator.alternatives(name, fn, value, layout)
+        draw = SiteDraw(name, density(site["fn"]), detach_provenance(site["value"]).detach(), layout, local(name))
+        alternatives, state = estimator.alternatives(draw)
         keep = estimator.keeps_alternative_gradients
         costs = [run_alternative(name, alternative, keep) for alternative in alternatives]
-        runs = CoupledRuns(name, fn, value, cost, costs, state, layout)
+        runs = CoupledRuns(draw, cost_at(name), costs, state)
         terms[name] = estimator.alternative_terms(runs)
         loss = estimator.alternative_loss(runs)
         if loss is not None:

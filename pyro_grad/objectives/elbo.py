@@ -2,7 +2,7 @@
 
 import copy
 from collections import defaultdict
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import pyro.infer
 from pyro.poutine.messenger import Messenger
@@ -98,7 +98,7 @@ class ELBO(pyro.infer.ELBO):
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
         guide = RefuseInexactValues()(self.estimators(guide))
 
-        def run_alternative(guide_trace, site, value, keep_gradients):
+        def run_alternative(guide_trace, first, site, value, keep_gradients):
             with AlternativeRun(guide_trace, {site: value}), torch.set_grad_enabled(
                 keep_gradients and torch.is_grad_enabled()
             ):
@@ -106,8 +106,8 @@ class ELBO(pyro.infer.ELBO):
                     pair = self._get_trace(model, guide, args, kwargs)
                 else:
                     pair = self._get_vectorized_trace(model, guide, args, kwargs)
-            elbo = _particle_terms(*pair, layout)[0]
-            return elbo if keep_gradients else elbo.detach()
+            cost = site_cost(_particle_terms(*pair, layout), guide_trace.nodes[site], layout, first.read)
+            return cost if keep_gradients else cost.detach()
 
         elbos, surrogates, blocks, differences = [], [], [], []
         guide_trace = None
@@ -116,15 +116,17 @@ class ELBO(pyro.infer.ELBO):
             dim = self._particle_dim()
             k = self.num_particles if dim is not None else 1
             layout = ParticleLayout(dim, k)
-            elbo, surrogate_elbo, block = _particle_terms(model_trace, guide_trace, layout)
-            elbos.append(elbo)
-            surrogates.append(surrogate_elbo)
-            blocks.append(block)
+            terms = _particle_terms(model_trace, guide_trace, layout)
+            elbos.append(terms.elbo)
+            surrogates.append(terms.surrogate)
+            blocks.append(terms.block)
             if surrogate:
                 differences.append(
                     difference_terms(
-                        guide_trace, layout, elbo.detach(),
-                        lambda s, v, keep, t=guide_trace: run_alternative(t, s, v, keep),
+                        guide_trace, layout,
+                        lambda s, t=terms, g=guide_trace: site_cost(t, g.nodes[s], layout, t.read).detach(),
+                        lambda s, v, keep, t=terms, g=guide_trace: run_alternative(g, t, s, v, keep),
+                        local=lambda s, t=terms, g=guide_trace: stays_in_plates(t, g.nodes[s]),
                     )
                 )
         elbo = group(concat_particles(elbos), num_samples).mean(1)
@@ -184,10 +186,50 @@ class RefuseInexactValues(Messenger):
             )
 
 
-def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[torch.Tensor, torch.Tensor, Block]:
-    """Per-particle ELBO and surrogate ELBO of one trace pair, and its score-path block."""
+class PairTerms(NamedTuple):
+    """One trace pair's per-particle ``elbo`` and ``surrogate`` ``(P,)``, its score-path
+    ``block``, every cost term by plates (``costs``: ``log p`` and ``−log q``), the terms
+    downstream of each guide site (``downstream``), and the guide sites read into
+    Python (``read``)."""
+
+    elbo: torch.Tensor
+    surrogate: torch.Tensor
+    block: Block
+    costs: MultiFrameTensor
+    downstream: Dict[str, MultiFrameTensor]
+    read: List[str]
+
+
+def site_cost(terms: PairTerms, site: dict, layout: ParticleLayout, read: List[str]) -> torch.Tensor:
+    """The ELBO terms each element of a guide site can change, summed to its plates
+    (what a difference estimator differences, per plate element), shaped to broadcast
+    against its batch; the whole per-particle ELBO for a site read into Python."""
+    batch = site["fn"].batch_shape
+    if site["name"] not in read:
+        cost = torch.as_tensor(terms.costs.sum_to(site["cond_indep_stack"]))
+        try:
+            if cost.dim() <= len(batch) and torch.broadcast_shapes(cost.shape, batch) == batch:
+                return cost
+        except RuntimeError:
+            pass  # a cost with a batch dim no plate declares: only the total is safe
+    return layout.align(terms.elbo)
+
+
+def stays_in_plates(terms: PairTerms, site: dict) -> bool:
+    """Whether every cost that depends on the site lies in all of the site's plates, so
+    that each plate element's cost depends on that element alone."""
+    if site["name"] in terms.read:
+        return False
+    own = frozenset(f for f in site["cond_indep_stack"] if f.vectorized)
+    return all(own <= frames for frames in terms.downstream.get(site["name"], {}))
+
+
+def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> PairTerms:
+    """Per-particle ELBO and surrogate ELBO of one trace pair, its score-path block, and
+    its cost terms by plates."""
     elbo = surrogate = torch.zeros(layout.num)
     downstream = defaultdict(MultiFrameTensor)
+    costs = MultiFrameTensor()
     # The model's cost terms, and the guide's in program order (name, term).
     terms = []
     for site in model_trace.nodes.values():
@@ -201,6 +243,7 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[t
             for name in upstream:
                 downstream[name].add((site["cond_indep_stack"], log_p))
             terms.append((site["cond_indep_stack"], log_p))
+            costs.add((site["cond_indep_stack"], log_p))
     guide_terms = []
     for site in guide_trace.nodes.values():
         if site["type"] == "sample":
@@ -218,6 +261,7 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[t
             for name in upstream:
                 downstream[name].add((site["cond_indep_stack"], -log_q))
             guide_terms.append((site["name"], (site["cond_indep_stack"], -log_q)))
+            costs.add((site["cond_indep_stack"], -log_q))
     # A guide site read into Python control flow may change every cost after it (which
     # sites exist, what they draw), in any plate element: all of those are downstream.
     read = read_sites(guide_trace)
@@ -233,4 +277,4 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[t
         score = layout.first(detach_provenance(site["score_parts"].score_function))
         cost = layout.first(costs.sum_to(() if name in read else site["cond_indep_stack"]))
         block[name] = (estimator, score, match_dims(cost, score.dim()), baselines.state_of(site))
-    return elbo, surrogate, block
+    return PairTerms(elbo, surrogate, block, costs, dict(downstream), read)

@@ -165,7 +165,7 @@ def expectation_estimates(
         with AlternativeRun(trace, {site: value}), torch.set_grad_enabled(keep_gradients and torch.is_grad_enabled()):
             alternative, _ = particle_traces(program, args, kwargs, k, dim is not None, nesting)
         cost = detach_provenance(check_cost(alternative[0].nodes["_RETURN"]["value"], k, dim is not None))
-        return cost if keep_gradients else cost.detach()
+        return layout.align(cost if keep_gradients else cost.detach())
 
     def rerun():
         with poutine.block():
@@ -192,8 +192,8 @@ def expectation_estimates(
         blocks.append(block)
         difference_blocks.append(
             difference_terms(
-                trace, layout, cost.detach(), lambda s, v, keep, t=trace: run_alternative(t, s, v, keep),
-                upstream, density=unmasked,
+                trace, layout, lambda _, c=layout.align(cost.detach()): c,
+                lambda s, v, keep, t=trace: run_alternative(t, s, v, keep), sites=upstream, density=unmasked,
             )
         )
     return assemble(values, blocks, difference_blocks, num_samples, traces[0], args, kwargs, loss_sign=1.0)

@@ -9,7 +9,11 @@ respect to the logits ``φ`` is
   ARM with ``u`` integrated out given ``(b, b̃)``: never more variance.
 
 Several Bernoulli elements (a plate, or a batch) share one pair of runs, with an
-independent ``u`` each: the multivariate estimators. ``u`` is drawn at derivative time
+independent ``u`` each: the multivariate estimators. In an ELBO each element's ``f`` is
+only the cost that element can change (its own plate element's terms, and any cost
+outside the plate), by the plate's conditional independence: a ``to_event`` latent in
+a data plate gets the papers' per-datum estimator, whose variance does not grow with
+the batch. ``u`` is drawn at derivative time
 given the sampled ``b`` (``u | b`` is uniform on the side of ``σ(φ)`` that ``b`` fell on),
 which has the same joint law as drawing it first. Cost: 2 evaluations per particle.
 """
@@ -20,9 +24,8 @@ from typing import Any, List, Tuple
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site
-from pyro_grad.distributions import logits_of, probs_of
-from pyro_grad.distributions import leaf_distribution
+from pyro_grad.distributions import leaf_distribution, logits_of, probs_of
+from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
 
 
 class _Antithetic(DifferenceEstimator):
@@ -33,36 +36,38 @@ class _Antithetic(DifferenceEstimator):
         fn = site.fn
         return isinstance(leaf_distribution(fn), dist.Bernoulli) and not isinstance(fn, dist.MaskedDistribution)
 
-    def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
-        p = probs_of(leaf_distribution(fn)).detach().expand(value.shape)
+    def alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
+        value = draw.value
+        p = probs_of(leaf_distribution(draw.fn)).detach().expand(value.shape)
         v = torch.rand(value.shape)
         u = torch.where(value > 0.5, v * p, p + v * (1 - p))
         twin = (1 - u < p).to(value.dtype)
         return [twin], (u, twin)
+
+    def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
+        fn, value, layout = runs.draw.fn, runs.draw.value, runs.draw.layout
+        logits = logits_of(leaf_distribution(fn)).expand(value.shape)
+        u, twin = runs.state
+        g = self.logit_gradient(runs.at_value(runs.cost), runs.at_value(runs.alternative_costs[0]), value, u, twin,
+                                logits.detach())
+        return layout.reduce((logits - logits.detach()) * g.detach(), len(fn.event_shape))
+
+    def logit_gradient(self, f, f_twin, b, u, twin, logits) -> torch.Tensor:
+        """The per-element estimate of ∂f/∂φ from the pair's values (module docs)."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, repr=False)
 class ARM(_Antithetic):
     """Augment-REINFORCE-merge: ``∇φ E[f(b)] = E[(f(b̃) − f(b))(u − ½)]`` (module docs)."""
 
-    def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
-        u, _ = runs.state
-        logits = logits_of(leaf_distribution(runs.fn)).expand(runs.value.shape)
-        e = len(runs.fn.event_shape)
-        g = runs.layout.align(runs.alternative_costs[0] - runs.cost, e) * (u - 0.5)
-        return runs.layout.reduce((logits - logits.detach()) * g.detach(), e)
+    def logit_gradient(self, f, f_twin, b, u, twin, logits) -> torch.Tensor:
+        return (f_twin - f) * (u - 0.5)
 
 
 @dataclass(frozen=True, repr=False)
 class DisARM(_Antithetic):
     """``∇φ E[f(b)] = E[½ (f(b) − f(b̃)) (−1)^b̃ 1[b ≠ b̃] σ(|φ|)]`` (module docs)."""
 
-    def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
-        _, twin = runs.state
-        logits = logits_of(leaf_distribution(runs.fn)).expand(runs.value.shape)
-        sign = 1 - 2 * twin
-        differ = (runs.value != twin).to(runs.value.dtype)
-        e = len(runs.fn.event_shape)
-        cost_difference = runs.layout.align(runs.cost - runs.alternative_costs[0], e)
-        g = 0.5 * cost_difference * sign * differ * torch.sigmoid(logits.detach().abs())
-        return runs.layout.reduce((logits - logits.detach()) * g.detach(), e)
+    def logit_gradient(self, f, f_twin, b, u, twin, logits) -> torch.Tensor:
+        return 0.5 * (f - f_twin) * (1 - 2 * twin) * (b != twin).to(b.dtype) * torch.sigmoid(logits.abs())

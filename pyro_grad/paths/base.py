@@ -34,12 +34,14 @@ from pyro_grad.paths.detached import DetachedSample
 @dataclass(frozen=True)
 class Site:
     """What an estimator may know of a sample site before its draw: its ``name`` (None
-    for a bare distribution), its distribution ``fn``, and its number of ``elements``
-    per particle (the batch, plates included, the particle plate left out)."""
+    for a bare distribution), its distribution ``fn``, its number of ``elements`` per
+    particle (the batch, plates included, the particle plate left out), and how many of
+    them its plates account for (``plated``; the rest are a batch within each element)."""
 
     name: Optional[str]
     fn: Any
     elements: int
+    plated: int = 1
 
     @classmethod
     def of(cls, msg: dict, plates: tuple = ()) -> "Site":
@@ -51,7 +53,9 @@ class Site:
         for frame in (*msg.get("cond_indep_stack", ()), *plates):
             if frame.name in PARTICLE_PLATES and frame.dim is not None and -frame.dim <= len(shape):
                 shape[frame.dim] = 1
-        return cls(msg.get("name"), fn, math.prod(shape))
+        own = {f.name: f for f in msg.get("cond_indep_stack", ()) if f.vectorized and f.name not in PARTICLE_PLATES}
+        plated = math.prod(shape[f.dim] for f in own.values() if -f.dim <= len(shape))
+        return cls(msg.get("name"), fn, math.prod(shape), plated)
 
     @classmethod
     def of_distribution(cls, fn: Any) -> "Site":
@@ -59,22 +63,36 @@ class Site:
         return cls(None, fn, fn.batch_shape.numel())
 
 
-class CoupledRuns(NamedTuple):
-    """A difference-estimator site after its alternative runs: the site's ``name``, its
-    distribution ``fn`` and sampled ``value`` as traced (particles inside, at
-    ``layout.dim``), the first run's per-particle objective ``cost`` ``(P,)``, one ``(P,)``
-    tensor per alternative value in ``alternative_costs``, the ``state`` that
-    ``alternatives`` returned, and the ``layout`` (a
-    :class:`~pyro_grad.engine.particles.ParticleLayout`) that aligns per-particle costs
-    with the site's tensors and sums terms per particle."""
+class SiteDraw(NamedTuple):
+    """A difference-estimator site as drawn: its ``name``, its distribution ``fn`` and
+    sampled ``value`` as traced (particles inside, at ``layout.dim``), the ``layout`` (a
+    :class:`~pyro_grad.engine.particles.ParticleLayout`), and whether its costs are
+    ``local``: every cost that depends on an element of the site lies in that element's
+    plates (an ELBO's data plate, by conditional independence), so one re-run may move
+    every element at once and each element still sees only its own difference."""
 
     name: str
     fn: Any
     value: torch.Tensor
+    layout: Any
+    local: bool = False
+
+
+class CoupledRuns(NamedTuple):
+    """A difference-estimator site after its alternative runs: the ``draw``, the first
+    run's ``cost`` and one cost per alternative value in ``alternative_costs``, and the
+    ``state`` that ``alternatives`` returned. Costs are the objective's at the site:
+    shaped to broadcast against the site's batch (per particle, and per plate element
+    where the objective knows which costs each element can change)."""
+
+    draw: SiteDraw
     cost: torch.Tensor
     alternative_costs: List[torch.Tensor]
     state: Any
-    layout: Any
+
+    def at_value(self, cost: torch.Tensor) -> torch.Tensor:
+        """``cost`` shaped to broadcast against the site's value (its event dims added)."""
+        return cost.reshape(cost.shape + (1,) * len(self.draw.fn.event_shape))
 
 
 class Example(NamedTuple):
@@ -155,9 +173,9 @@ class Estimator:
 class DifferenceEstimator(Estimator):
     """Base of estimators built on cost differences between coupled runs.
 
-    ``alternatives(name, fn, value, layout)`` names the values to re-run the program at
-    (each shaped like ``value``) and any state; the objective re-runs it at each and
-    hands the results to ``alternative_terms`` as :class:`CoupledRuns`.
+    ``alternatives(draw)`` names the values to re-run the program at (each shaped like
+    ``draw.value``) and any state; the objective re-runs it at each and hands the
+    results to ``alternative_terms`` as :class:`CoupledRuns`.
 
     With ``keeps_alternative_gradients`` the alternative runs are differentiable (their
     costs carry gradients to parameters, as a learned control variate needs); else they
@@ -174,8 +192,8 @@ class DifferenceEstimator(Estimator):
     def prepare(self, msg: dict) -> None:
         msg["fn"] = DetachedSample(msg["fn"])
 
-    def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
-        """Alternative values (each shaped like ``value``), and any state for the terms."""
+    def alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
+        """Alternative values (each shaped like ``draw.value``), and any state for the terms."""
         raise NotImplementedError
 
     def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:

@@ -1,36 +1,15 @@
 """``DetachedSample``: a site's draw with no derivative through it."""
 
-import copy
 from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from pyro.distributions import MaskedDistribution, TorchDistribution
 from pyro.distributions.score_parts import ScoreParts
-from pyro.ops.provenance import ProvenanceTensor, get_provenance
+from pyro.ops.provenance import ProvenanceTensor
 from torch.distributions import constraints
 
-
-def private_copy(fn: Any) -> Any:
-    """A shallow copy of a distribution and of every distribution it holds, so that
-    caches filled while using the copy stay on the copy."""
-    fn = copy.copy(fn)
-    for name, value in vars(fn).items():
-        if isinstance(value, torch.distributions.Distribution):
-            setattr(fn, name, private_copy(value))
-    return fn
-
-
-def parameter_provenance(fn: Any) -> frozenset:
-    """The provenance of every tensor a distribution holds, in it and in every
-    distribution it holds (a wrapped ``base_dist``, a Multinomial's inner Categorical)."""
-    provenance = frozenset()
-    for value in vars(fn).values():
-        if isinstance(value, torch.distributions.Distribution):
-            provenance |= parameter_provenance(value)
-        else:
-            provenance |= get_provenance(value)
-    return provenance
+from pyro_grad.distributions import parameter_provenance, private_copy
 
 
 class DetachedSample(TorchDistribution):

@@ -6,7 +6,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site
+from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
 
 #: The largest support enumerated per site.
 MAX_SUPPORT = 64
@@ -20,8 +20,11 @@ class Enumerate(DifferenceEstimator):
     Exact through the site's distribution: that site contributes no variance (the
     pathwise part of ``f`` stays that of the sampled value). Applies to distributions
     with a finite support of at most :data:`MAX_SUPPORT` values (Bernoulli, Categorical,
-    OneHotCategorical, Binomial with a small ``total_count``), one element per particle
-    (a site inside a plate has a joint support that grows exponentially). Cost: 1 + the
+    OneHotCategorical, Binomial with a small ``total_count``), one element per particle,
+    or one per plate element when each element's costs stay in its plate (an ELBO's
+    mixture assignments): one run per support value then serves every element at once.
+    Elements that share one cost (``pg.expectation``'s, or a batch outside any plate)
+    have a joint support that grows exponentially, and are refused. Cost: 1 + the
     support size evaluations per particle (3 for a Bernoulli).
     """
 
@@ -29,7 +32,7 @@ class Enumerate(DifferenceEstimator):
 
     @classmethod
     def applies_to(cls, site: Site) -> bool:
-        return site.elements == 1 and cls._finite_support(site.fn)
+        return site.elements in (1, site.plated) and cls._finite_support(site.fn)
 
     @staticmethod
     def _finite_support(fn: Any) -> bool:
@@ -41,26 +44,29 @@ class Enumerate(DifferenceEstimator):
             return False
 
     def refusal(self, site: Site) -> Optional[str]:
-        if site.elements > 1 and self._finite_support(site.fn):
+        if site.elements not in (1, site.plated) and self._finite_support(site.fn):
             return (
-                f"site '{site.name}': {site.elements} elements per particle (a plate or batch) have "
-                "a joint support too large to enumerate"
+                f"site '{site.name}': {site.elements} elements per particle, a batch outside any "
+                "plate, have a joint support too large to enumerate"
             )
         return super().refusal(site)
 
     def runs(self, site: Site) -> int:
         return 1 + site.fn.enumerate_support(expand=False).shape[0]
 
-    def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
-        event_dim = len(fn.event_shape)
-        first = layout.first(value, event_dim)
+    def alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
+        fn, value = draw.fn, draw.value
+        first = draw.layout.first(value, len(fn.event_shape))
         elements = first[0].numel() // max(1, fn.event_shape.numel())
-        if elements != 1:
+        if elements != 1 and not draw.local:
             raise EstimatorError(
-                f"Enumerate() at site '{name}': {elements} elements per particle "
-                "(a plate or batch) have a joint support too large to enumerate; use "
-                "MeasureValued(), ARM() or Score() there"
+                f"Enumerate() at site '{draw.name}': {elements} elements per particle share one "
+                "cost (pg.expectation's one cost per particle, or a cost outside their plate), so "
+                "their joint support is too large to enumerate; use MeasureValued(), ARM() or "
+                "Score() there, or an ELBO whose costs stay in the plate"
             )
+        # Every element takes each support value at once: with local costs each element
+        # sees only its own value's cost, so one run per value serves the whole plate.
         support = fn.enumerate_support(expand=False)  # (S, 1, ..., *event)
         values = [s.expand(value.shape).to(value.dtype) for s in support]
         return values, values
@@ -68,6 +74,6 @@ class Enumerate(DifferenceEstimator):
     def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
         terms = 0.0
         for v, c in zip(runs.state, runs.alternative_costs):
-            p = runs.fn.log_prob(v).exp()
-            terms = terms + (p - p.detach()) * runs.layout.align(c).detach()
-        return runs.layout.reduce(terms)
+            p = runs.draw.fn.log_prob(v).exp()
+            terms = terms + (p - p.detach()) * c.detach()
+        return runs.draw.layout.reduce(terms)

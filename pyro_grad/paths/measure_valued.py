@@ -20,7 +20,9 @@ No score function: when the alternative run shares the first run's randomness th
 difference has low variance, and it is exactly 0 where f does not depend on the site.
 A site with several elements per particle (inside a plate) has one element, chosen
 uniformly among those that can move, moved per particle, and its difference weighted by
-their number: still unbiased. An element with probability exactly 0 or 1 is taken as
+their number: still unbiased. In an ELBO whose costs stay in the plate (each element's
+terms depend only on its own value), every element moves in the same re-run and sees
+only its own cost's difference (one coordinate of an event per element). An element with probability exactly 0 or 1 is taken as
 fixed (as a masked agent is); a parameter that sits exactly at 0 or 1 yet moves with θ
 would be missed. Cost: 2 evaluations per particle (1 + the number of categories for
 a Categorical).
@@ -32,9 +34,8 @@ from typing import Any, List, Tuple
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site
-from pyro_grad.distributions import probs_of
-from pyro_grad.distributions import leaf_distribution
+from pyro_grad.distributions import leaf_distribution, probs_of
+from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
 
 SUPPORTED = (dist.Bernoulli, dist.Binomial, dist.Categorical, dist.Poisson, dist.Geometric)
 
@@ -53,6 +54,21 @@ def choose_elements(
     index = torch.multinomial(first + (count == 0).to(first.dtype).unsqueeze(1), 1).squeeze(1)
     mask = torch.nn.functional.one_hot(index, first.shape[1]).bool() & first.bool()
     return layout.natural(mask.reshape(shape), value, event_dim), layout.align(count, event_dim)
+
+
+def choose_in_events(value: torch.Tensor, active: torch.Tensor, event_dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A mask picking, per batch element (each particle's plate elements alike), one
+    *active* coordinate of its event uniformly, and their number (shaped to broadcast
+    against ``value``). Without event dims every active element is picked, once."""
+    active = active.expand(value.shape)
+    if event_dim == 0:
+        return active.clone(), torch.ones(())
+    batch = value.shape[: value.dim() - event_dim]
+    flat = active.reshape(batch.numel(), -1).float()
+    count = flat.sum(1)
+    index = torch.multinomial(flat + (count == 0).to(flat.dtype).unsqueeze(1), 1).squeeze(1)
+    mask = torch.nn.functional.one_hot(index, flat.shape[1]).bool() & flat.bool()
+    return mask.reshape(value.shape), count.reshape(batch + (1,) * event_dim)
 
 
 def active_elements(leaf: Any, value: torch.Tensor) -> torch.Tensor:
@@ -81,9 +97,14 @@ class MeasureValued(DifferenceEstimator):
         leaf = leaf_distribution(site.fn)
         return 1 + probs_of(leaf).shape[-1] if isinstance(leaf, dist.Categorical) else 2
 
-    def alternatives(self, name: str, fn: Any, value: torch.Tensor, layout: Any) -> Tuple[List[torch.Tensor], Any]:
+    def alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
+        fn, value = draw.fn, draw.value
         leaf = leaf_distribution(fn)
-        mask, elements = choose_elements(value, active_elements(leaf, value), layout, len(fn.event_shape))
+        active, event_dim = active_elements(leaf, value), len(fn.event_shape)
+        if draw.local:  # each plate element sees only its own move: move them all at once
+            mask, elements = choose_in_events(value, active, event_dim)
+        else:
+            mask, elements = choose_elements(value, active, draw.layout, event_dim)
         if isinstance(leaf, dist.Categorical):
             categories = leaf.probs.shape[-1]
             alts = [torch.where(mask, torch.full_like(value, k), value) for k in range(categories)]
@@ -99,16 +120,16 @@ class MeasureValued(DifferenceEstimator):
         return [torch.where(mask, moved, value)], (mask, elements)
 
     def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
-        fn, value, cost, alternative_costs, layout = runs.fn, runs.value, runs.cost, runs.alternative_costs, runs.layout
+        fn, value, layout = runs.draw.fn, runs.draw.value, runs.draw.layout
         mask, elements = runs.state
         leaf = leaf_distribution(fn)
         e = len(fn.event_shape)
         weight = mask.float() * elements
         if isinstance(leaf, dist.Categorical):
             probs = probs_of(leaf)  # (batch..., k)
-            f = torch.stack([layout.align(c, e) * weight for c in alternative_costs], -1)
+            f = torch.stack([runs.at_value(c) * weight for c in runs.alternative_costs], -1)
             return layout.reduce(((probs - probs.detach()) * f.detach()).sum(-1), e)
-        delta = layout.align(alternative_costs[0] - cost, e) * weight
+        delta = runs.at_value(runs.alternative_costs[0] - runs.cost) * weight
         if isinstance(leaf, dist.Poisson):
             eta, d = leaf.rate, delta
         else:

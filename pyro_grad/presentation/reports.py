@@ -5,7 +5,7 @@ import html
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import pandas as pd
 import pyro
@@ -41,8 +41,8 @@ def _build_reports(out: str, num_steps: int, num_samples: int, seeds: Any, check
         start = time.perf_counter()
         pyro.clear_param_store()
         if bench.guide is None:
-            count = min(DRAWS.get(name, num_samples), num_samples)
-            result = EstimatorComparison(diagnose_each(bench, count))
+            counts = {name: min(DRAWS.get(name, num_samples), num_samples)}
+            result = EstimatorComparison(diagnose_each(bench, num_samples, counts))
             kind = "gradient estimators"
         else:
             try:

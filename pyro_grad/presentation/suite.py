@@ -4,6 +4,7 @@ The command line's tables, the main job's pages and ``benchmarks/`` all draw fro
 :func:`candidates` and :func:`diagnose_each`, so they always agree on what applies.
 """
 
+import dataclasses
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
 
 import pyro
@@ -45,9 +46,13 @@ def candidates(bench: Benchmark) -> List[Candidate]:
     """Every registered estimator that applies to all of the benchmark's latent sites,
     in registry order, with each estimator's own variants (the score function beside
     its leave-one-out baseline). For an ELBO only estimators whose draws are exact
-    values qualify (the model scores them)."""
+    values qualify (the model scores them), and only an ELBO splits its costs by
+    plate elements (so enumerates a plate-local site)."""
     sites = latent_sites(bench)
     exact_value = bench.guide is not None
+    if bench.guide is None:
+        # pg.expectation returns one cost per particle: its plates do not split it.
+        sites = [dataclasses.replace(site, plated=1) for site in sites]
     found = []
     for cls in REGISTRY:
         if not sites or not all(cls.applies_to(site) for site in sites):
@@ -68,17 +73,16 @@ def candidates(bench: Benchmark) -> List[Candidate]:
 def diagnose_each(
     bench: Benchmark,
     num_samples: int,
-    draws: Optional[Mapping[str, int]] = None,
+    num_samples_by_name: Optional[Mapping[str, int]] = None,
     seed: int = 0,
-    only: Optional[List[Candidate]] = None,
 ) -> Dict[str, GradientReport]:
-    """``{label: report}``: the benchmark diagnosed under each of its :func:`candidates`
-    (or ``only`` those), against its exact reference, with ``num_samples`` gradient
-    draws (``draws[bench.name]`` when given, for the costly benchmarks). The param store
-    is cleared and the benchmark reset before each."""
-    count = (draws or {}).get(bench.name, num_samples)
+    """``{label: report}``: the benchmark diagnosed under each of its :func:`candidates`,
+    against its exact reference, with ``num_samples`` gradient draws
+    (``num_samples_by_name[bench.name]`` when given, for the costly benchmarks). The
+    param store is cleared and the benchmark reset before each."""
+    count = (num_samples_by_name or {}).get(bench.name, num_samples)
     reports = {}
-    for candidate in candidates(bench) if only is None else only:
+    for candidate in candidates(bench):
         pyro.clear_param_store()
         reports[candidate.label] = diagnose(
             bench.program, *bench.arguments(), guide=bench.guide, estimators=candidate.config,
