@@ -7,9 +7,12 @@ from pyro_grad.models.benchmark import Benchmark
 
 def registry() -> Dict[str, Benchmark]:
     """{name: benchmark} for every built-in program."""
-    from pyro_grad.models import coin, forum, mixture, sbn, seeds, sir
+    from pyro_grad.models import coin, forum, mixture, mnist_vae, sbn, seeds, sir
 
-    benchmarks = [*seeds.BENCHMARKS, *forum.BENCHMARKS, sir.BENCHMARK, coin.BENCHMARK, mixture.BENCHMARK, sbn.BENCHMARK]
+    benchmarks = [
+        *seeds.BENCHMARKS, *forum.BENCHMARKS, sir.BENCHMARK, coin.BENCHMARK, mixture.BENCHMARK, sbn.BENCHMARK,
+        mnist_vae.BENCHMARK,
+    ]
     return {b.name: b for b in benchmarks}
 
 

@@ -287,7 +287,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "report":
-            from pyro_grad.presentation.reports import build_reports
+            from pyro_grad.presentation.main_job import build_reports
 
             index = build_reports(str(writable_directory(ns.out)), num_steps=ns.steps, num_samples=ns.samples)
             print(f"wrote {index}")

@@ -20,7 +20,7 @@ import torch
 import pyro_grad as pg
 import pyro_grad.comparison.svi_runs as compare_module
 from pyro_grad.models import coin
-from pyro_grad.presentation.reports import build_reports
+from pyro_grad.presentation.main_job import build_reports
 
 CONFIGS = {"reparam": pg.Reparam(), "loo": {"f": pg.Score("loo")}}
 

@@ -9,7 +9,7 @@ import warnings
 
 import pyro_grad.models as models
 from pyro_grad.models import seeds
-from pyro_grad.presentation.reports import build_reports
+from pyro_grad.presentation.main_job import build_reports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

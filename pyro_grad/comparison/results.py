@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from pyro_grad.presentation.figures import subplots
+from pyro_grad.presentation.figures import band_figure, points_figure
 
 if TYPE_CHECKING:
     import arviz
@@ -125,27 +125,20 @@ class Comparison:
 
     def plot_elbo(self) -> "Figure":
         """Smoothed ELBO per step: the mean over seeds, with the range as a band."""
-        fig, ax = subplots(figsize=(7, 4))
-        for i, label in enumerate(self.labels):
+        curves = {}
+        for label in self.labels:
             traces = [r["elbo"] for (l, _), r in self.runs.items() if l == label and r["elbo"]]
-            if not traces:
-                continue
-            n = min(len(t) for t in traces)
-            window = max(1, n // 20)
-            curves = np.stack([_smoothed(t[:n], window) for t in traces])
-            x = np.arange(curves.shape[1]) + window
-            ax.plot(x, curves.mean(0), color=f"C{i}", label=label)
-            ax.fill_between(x, curves.min(0), curves.max(0), color=f"C{i}", alpha=0.2)
-        ax.set_xlabel("step")
-        ax.set_ylabel("ELBO (smoothed)")
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        return fig
+            if traces:
+                n = min(len(t) for t in traces)
+                window = max(1, n // 20)
+                smooth = np.stack([_smoothed(t[:n], window) for t in traces])
+                curves[label] = (np.arange(smooth.shape[1]) + window, smooth.mean(0), smooth.min(0), smooth.max(0))
+        return band_figure(curves, "step", "ELBO (smoothed)")
 
     def plot_variance(self) -> "Figure":
         """Total gradient variance at the checkpoints (log scale), mean over seeds."""
-        fig, ax = subplots(figsize=(7, 4))
-        for i, label in enumerate(self.labels):
+        series = {}
+        for label in self.labels:
             points: Dict[int, list] = {}
             for (l, _), r in self.runs.items():
                 if l == label:
@@ -153,14 +146,8 @@ class Comparison:
                         points.setdefault(c["step"], []).append(c["variance"])
             if points:
                 steps = sorted(points)
-                ax.plot(steps, [np.mean(points[s]) for s in steps], "o-", color=f"C{i}", label=label)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel("total gradient variance")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
-        fig.tight_layout()
-        return fig
+                series[label] = (steps, [float(np.mean(points[s])) for s in steps])
+        return points_figure(series, "step", "total gradient variance", log=True)
 
     def to_inference_data(self) -> "arviz.InferenceData":
         """The guides' posterior draws: one variable per (site, configuration), named

@@ -11,7 +11,7 @@ import torch
 from pyro_grad.diagnostics.finite_differences import FiniteDifferences
 from pyro_grad.diagnostics.references import Reference, resolve_reference
 from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
-from pyro_grad.diagnostics.statistics import covariance_share, element_rows
+from pyro_grad.diagnostics.statistics import covariance_share, element_table
 from pyro_grad.errors import EstimatorError
 from pyro_grad.diagnostics.gradient_samples import Draws, GradientTask, find_targets, gradient_draws
 from pyro_grad.handler import Config, with_config
@@ -21,7 +21,7 @@ from pyro_grad.objectives.choice import resolve_objective, sampler
 from pyro_grad.objectives.expectation import expectation
 from pyro_grad.paths import Estimator
 
-Candidate = Union[None, Config, Estimator, FiniteDifferences]
+CandidateConfig = Union[None, Config, Estimator, FiniteDifferences]
 
 
 def _programs(objective, fn: Callable, program: Callable) -> list:
@@ -45,45 +45,37 @@ def _build_report(
     unbiased: bool,
 ) -> GradientReport:
     num_samples = next(iter(draws.samples.values())).shape[0]
-    param_rows, site_rows = [], []
+    param_tables, site_tables = [], []
     for target in targets:
         if target.name not in draws.samples:
             continue
         x = draws.samples[target.name]
-        rows = element_rows(target.name, x, references.get(target.name))
+        table = element_table(target.name, x, references.get(target.name))
         if target.kind == "site":
             estimator = draws.estimators.get(target.site)
-            for row in rows:
-                row.pop("param")
-                row.pop("element")
-                site_rows.append(
-                    {
-                        "site": target.site,
-                        "distribution": target.distribution,
-                        "estimator": repr(estimator),
-                        "unbiased": getattr(estimator, "unbiased", None),
-                        "cost": draws.runs.get(target.site),
-                        "parameter": target.param,
-                        **row,
-                        "variance share": _site_share(draws, targets, target.site),
-                    }
-                )
+            described = pd.DataFrame({
+                "site": target.site,
+                "distribution": target.distribution,
+                "estimator": repr(estimator),
+                "unbiased": getattr(estimator, "unbiased", None),
+                "cost": draws.runs.get(target.site),
+                "parameter": target.param,
+            }, index=table.index)
+            share = _site_share(draws, targets, target.site)
+            site_tables.append(pd.concat([described, table.drop(columns=["param", "element"])], axis=1)
+                               .assign(**{"variance share": share}))
         else:
             total = float(x.double().reshape(num_samples, -1).var(0).sum()) if num_samples > 1 else 0.0
-            for row in rows:
-                row.update(
-                    {
-                        "unbiased (claimed)": unbiased,
-                        "total variance": total,
-                        "cost": cost,
-                        "seconds per draw": seconds / num_samples,
-                        "work-normalized variance": total * cost,
-                    }
-                )
-                param_rows.append(row)
+            param_tables.append(table.assign(**{
+                "unbiased (claimed)": unbiased,
+                "total variance": total,
+                "cost": cost,
+                "seconds per draw": seconds / num_samples,
+                "work-normalized variance": total * cost,
+            }))
     return GradientReport(
-        params=pd.DataFrame(param_rows),
-        sites=pd.DataFrame(site_rows),
+        params=pd.concat(param_tables, ignore_index=True) if param_tables else pd.DataFrame(),
+        sites=pd.concat(site_tables, ignore_index=True) if site_tables else pd.DataFrame(),
         samples=draws.samples,
         path=draws.path,
         references=references,
@@ -110,7 +102,7 @@ def _site_share(draws: Draws, targets, site: str) -> float:
     return covariance_share(torch.cat(parts, 1), torch.cat(totals, 1))
 
 
-def diagnose(fn: Callable, *args: Any, estimators: Candidate = None, **settings: Any) -> GradientReport:
+def diagnose(fn: Callable, *args: Any, estimators: CandidateConfig = None, **settings: Any) -> GradientReport:
     """Draw ``num_samples`` independent gradient estimates and summarize them.
 
     ``estimators`` is an estimators config (site → estimator, a callable, or one

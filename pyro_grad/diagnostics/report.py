@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING, Dict, List
 import pandas as pd
 import torch
 
-from pyro_grad.presentation.figures import subplots
+from pyro_grad.presentation.figures import plot_draws
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 #: At most this many parameter elements get a panel in a figure.
-MAX_PANELS = 12
 
 
 @dataclass
@@ -102,45 +101,3 @@ def _side_by_side(tables: Dict[str, pd.DataFrame]) -> pd.DataFrame:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)
     return table[["candidate"] + [c for c in table.columns if c != "candidate"]]
-
-
-def plot_draws(
-    samples: Dict[str, Dict[str, torch.Tensor]],
-    references: Dict[str, torch.Tensor],
-    names: List[str],
-    kind: str = "hist",
-) -> "Figure":
-    """One panel per parameter element; each labelled set of draws in its own colour."""
-    panels = []
-    for name in names:
-        shape = next((s[name].shape[1:] for s in samples.values() if name in s), torch.Size())
-        for j in range(max(1, shape.numel())):
-            panels.append((name, j, shape))
-    panels = panels[:MAX_PANELS]
-    columns = min(3, max(1, len(panels)))
-    rows = math.ceil(len(panels) / columns) or 1
-    fig, axes = subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
-    for ax, (name, j, shape) in zip(axes.flat, panels):
-        title = name if not shape else f"{name}[{j}]"
-        draws = {
-            label: s[name].reshape(s[name].shape[0], -1)[:, j].double().numpy()
-            for label, s in samples.items()
-            if name in s
-        }
-        if kind == "box":
-            ax.boxplot(list(draws.values()), showmeans=True, showfliers=False)
-            ax.set_xticks(range(1, len(draws) + 1), list(draws), rotation=20)
-        else:
-            for i, (label, x) in enumerate(draws.items()):
-                ax.hist(x, bins=100, alpha=0.35, density=True, color=f"C{i}", label=label)
-                ax.axvline(x.mean(), color=f"C{i}", linewidth=1)
-        if name in references:
-            ref = float(torch.as_tensor(references[name]).reshape(-1)[j])
-            line = ax.axhline if kind == "box" else ax.axvline
-            line(ref, color="black", linestyle="dashed", linewidth=1, label="reference")
-        ax.set_title(f"∂/∂{title}")
-        ax.legend(fontsize="small")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    return fig

@@ -1,4 +1,4 @@
-"""Summary statistics of gradient draws: draws in, one row per element out.
+"""Summary statistics of gradient draws: draws in, one row per element out (vectorized).
 
 Tolerances are in standard errors: a bias is flagged when it is at least
 :data:`FLAG_Z` standard errors from the reference, or when the mean is confidently
@@ -6,8 +6,10 @@ Tolerances are in standard errors: a bias is flagged when it is at least
 """
 
 import math
-from typing import Dict, List, Optional
+from typing import List, Optional
 
+import numpy as np
+import pandas as pd
 import torch
 
 #: Standard errors at which a bias, or a wrong sign, is flagged.
@@ -16,57 +18,42 @@ FLAG_Z = 4.0
 EXACT_TOLERANCE = 1e-5
 
 
-def element_label(name: str, index: tuple) -> str:
-    return name if not index else f"{name}[{','.join(str(i) for i in index)}]"
+def element_labels(name: str, shape: tuple) -> List[str]:
+    """``name[i,j]`` for every element of a tensor of ``shape`` (``name`` for a scalar)."""
+    if not shape:
+        return [name]
+    indices = np.stack(np.unravel_index(np.arange(int(np.prod(shape))), shape), 1)
+    return [f"{name}[{','.join(map(str, index))}]" for index in indices.tolist()]
 
 
-def element_rows(
-    name: str, draws: torch.Tensor, reference: Optional[torch.Tensor] = None
-) -> List[Dict[str, object]]:
-    """Per-element statistics of ``draws`` ``(N, *shape)``, against ``reference`` if given."""
+def element_table(name: str, draws: torch.Tensor, reference: Optional[torch.Tensor] = None) -> pd.DataFrame:
+    """Per-element statistics of ``draws`` ``(N, *shape)``, one row per element, against
+    ``reference`` if given (computed for all elements at once)."""
     n = draws.shape[0]
     flat = draws.double().reshape(n, -1)
     means = flat.mean(0)
     variances = flat.var(0) if n > 1 else torch.zeros_like(means)
-    refs = None
-    if reference is not None:
-        refs = torch.as_tensor(reference, dtype=torch.double).expand(draws.shape[1:]).reshape(-1)
-    shape = tuple(draws.shape[1:])
-    rows = []
-    for j in range(flat.shape[1]):
-        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(j), shape)) if shape else ()
-        mean, variance = float(means[j]), float(variances[j])
-        se = math.sqrt(variance / n)
-        row = {
-            "param": name,
-            "element": element_label(name, index),
-            "mean": mean,
-            "variance": variance,
-            "std. error": se,
-            "SNR": abs(mean) / math.sqrt(variance) if variance > 0 else math.inf,
-        }
-        if refs is not None:
-            row.update(bias_columns(mean, se, float(refs[j])))
-        rows.append(row)
-    return rows
-
-
-def bias_columns(mean: float, se: float, reference: float) -> Dict[str, object]:
-    """Reference, bias, its z-score, and whether the bias or the sign is flagged."""
-    bias = mean - reference
+    se = (variances / n).sqrt()
+    snr = torch.where(variances > 0, means.abs() / variances.sqrt(), torch.full_like(means, math.inf))
+    table = pd.DataFrame({
+        "param": name,
+        "element": element_labels(name, tuple(draws.shape[1:])),
+        "mean": means.numpy(),
+        "variance": variances.numpy(),
+        "std. error": se.numpy(),
+        "SNR": snr.numpy(),
+    })
+    if reference is None:
+        return table
+    refs = torch.as_tensor(reference, dtype=torch.double).expand(draws.shape[1:]).reshape(-1)
+    bias = means - refs
     # Floating-point rounding bounds how exact a zero-variance estimate can be.
-    scale = math.hypot(se, EXACT_TOLERANCE * max(1.0, abs(reference)))
+    scale = torch.hypot(se, EXACT_TOLERANCE * refs.abs().clamp(min=1.0))
     z = bias / scale
-    wrong_sign = (
-        reference != 0 and mean != 0 and math.copysign(1, mean) != math.copysign(1, reference)
-        and abs(mean) >= FLAG_Z * se
+    wrong_sign = (refs != 0) & (means != 0) & (means.sign() != refs.sign()) & (means.abs() >= FLAG_Z * se)
+    return table.assign(
+        reference=refs.numpy(), bias=bias.numpy(), z=z.numpy(), flagged=((z.abs() >= FLAG_Z) | wrong_sign).numpy()
     )
-    return {
-        "reference": reference,
-        "bias": bias,
-        "z": z,
-        "flagged": bool(abs(z) >= FLAG_Z or wrong_sign),
-    }
 
 
 def covariance_share(parts: torch.Tensor, draws: torch.Tensor) -> float:

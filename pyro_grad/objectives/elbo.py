@@ -176,6 +176,11 @@ class RefuseInexactValues(Messenger):
     """Stops an ELBO at a guide site whose draw is not an exact value of its distribution
     (a soft relaxation's), before the model scores it."""
 
+    def _pyro_sample(self, msg: dict) -> None:
+        # Before the draw, for the estimators chosen inside; after it (below), for a
+        # handler around the ELBO's call that chose again.
+        self._pyro_post_sample(msg)
+
     def _pyro_post_sample(self, msg: dict) -> None:
         estimator = msg["infer"].get("estimator")
         if estimator is not None and not estimator.exact_value and not msg["is_observed"]:

@@ -5,10 +5,16 @@ They are built without pyplot, so no backend is chosen or switched (a user's
 (nothing to close). matplotlib itself is imported only when a figure is made.
 """
 
-from typing import TYPE_CHECKING, Any, Tuple
+import math
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
+
+import torch
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+#: The most panels one figure of gradient draws shows.
+MAX_PANELS = 12
 
 
 def subplots(rows: int = 1, columns: int = 1, figsize: Tuple[float, float] = (7, 4), **kwargs: Any) -> Tuple["Figure", Any]:
@@ -25,3 +31,76 @@ def is_figure(obj: Any) -> bool:
 
     figure_module = sys.modules.get("matplotlib.figure")
     return figure_module is not None and isinstance(obj, figure_module.Figure)
+
+
+def plot_draws(
+    samples: Dict[str, Dict[str, torch.Tensor]],
+    references: Dict[str, torch.Tensor],
+    names: List[str],
+    kind: str = "hist",
+) -> "Figure":
+    """One panel per parameter element; each labelled set of draws in its own colour."""
+    panels = []
+    for name in names:
+        shape = next((s[name].shape[1:] for s in samples.values() if name in s), torch.Size())
+        for j in range(max(1, shape.numel())):
+            panels.append((name, j, shape))
+    panels = panels[:MAX_PANELS]
+    columns = min(3, max(1, len(panels)))
+    rows = math.ceil(len(panels) / columns) or 1
+    fig, axes = subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for ax, (name, j, shape) in zip(axes.flat, panels):
+        title = name if not shape else f"{name}[{j}]"
+        draws = {
+            label: s[name].reshape(s[name].shape[0], -1)[:, j].double().numpy()
+            for label, s in samples.items()
+            if name in s
+        }
+        if kind == "box":
+            ax.boxplot(list(draws.values()), showmeans=True, showfliers=False)
+            ax.set_xticks(range(1, len(draws) + 1), list(draws), rotation=20)
+        else:
+            for i, (label, x) in enumerate(draws.items()):
+                ax.hist(x, bins=100, alpha=0.35, density=True, color=f"C{i}", label=label)
+                ax.axvline(x.mean(), color=f"C{i}", linewidth=1)
+        if name in references:
+            ref = float(torch.as_tensor(references[name]).reshape(-1)[j])
+            line = ax.axhline if kind == "box" else ax.axvline
+            line(ref, color="black", linestyle="dashed", linewidth=1, label="reference")
+        ax.set_title(f"∂/∂{title}")
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def band_figure(curves: Dict[str, Tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]],
+                xlabel: str, ylabel: str) -> "Figure":
+    """One line per label, ``(x, middle, low, high)``, with the low–high range as a band."""
+    fig, ax = subplots(figsize=(7, 4))
+    for i, (label, (x, middle, low, high)) in enumerate(curves.items()):
+        ax.plot(x, middle, color=f"C{i}", label=label)
+        ax.fill_between(x, low, high, color=f"C{i}", alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if curves:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def points_figure(series: Dict[str, Tuple[List[float], List[float]]], xlabel: str, ylabel: str,
+                  log: bool = False) -> "Figure":
+    """One marked line per label, ``(x, y)``; ``log`` for a log-scaled y axis."""
+    fig, ax = subplots(figsize=(7, 4))
+    for i, (label, (x, y)) in enumerate(series.items()):
+        ax.plot(x, y, "o-", color=f"C{i}", label=label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if series:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
