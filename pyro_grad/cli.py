@@ -289,7 +289,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if ns.command == "report":
             from pyro_grad.presentation.main_job import build_reports
 
-            index = build_reports(str(writable_directory(ns.out)), num_steps=ns.steps, num_samples=ns.samples)
+            index = build_reports(str(writable_directory(ns.out)), num_steps=ns.steps, num_samples=ns.samples,
+                                  log=lambda line: print(line, file=sys.stderr, flush=True))
             print(f"wrote {index}")
             return 0
         if ns.command == "table":

@@ -319,7 +319,7 @@ def test_report_writes_a_self_contained_page_whose_images_decode(tmp_path):
 
 
 def test_the_main_job_writes_an_index_linking_a_page_per_model(tmp_path):
-    index = build_reports(str(tmp_path), num_steps=4, num_samples=40, seeds=(0,), checkpoints=1)
+    index = build_reports(str(tmp_path), num_steps=2, num_samples=10, seeds=(0,), checkpoints=1)
     page = index.read_text()
     from pyro_grad.models import registry
 

@@ -20,9 +20,12 @@ def test_registry_lists_every_benchmark_with_a_description(capsys):
     names = set(registry())
     assert names == {
         "fixed_noise", "parameterized_noise", "two_bernoullis", "random_walk", "poisson_fit",
-        "conv_net", "sir", "coin", "mixture", "sbn",
+        "conv_net", "sir", "coin", "mixture", "sbn", "mnist_vae",
     }
-    assert all(len(b.description) > 80 and b.reference_gradient for b in registry().values())
+    assert all(len(b.description) > 80 for b in registry().values())
+    # Every exact reference but mnist_vae's: 200 latents have 2^200 states; its 8-latent
+    # variant is checked against the enumerated ELBO in tests/test_mnist_vae.py.
+    assert {name for name, b in registry().items() if b.reference_gradient is None} == {"mnist_vae"}
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in names)

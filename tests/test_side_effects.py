@@ -48,3 +48,11 @@ def test_the_main_job_leaves_the_warning_filters_as_it_found_them(tmp_path, monk
     build_reports(str(tmp_path), num_steps=2, num_samples=20, seeds=(0,))
     assert warnings.filters == before
     assert (tmp_path / "two_bernoullis.html").exists()
+
+
+def test_the_main_job_logs_one_line_per_model(tmp_path, monkeypatch):
+    two_bernoullis = next(b for b in seeds.BENCHMARKS if b.name == "two_bernoullis")
+    monkeypatch.setattr(models, "registry", lambda: {"two_bernoullis": two_bernoullis})
+    lines = []
+    build_reports(str(tmp_path), num_steps=2, num_samples=20, seeds=(0,), log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("two_bernoullis: gradient estimators, ")

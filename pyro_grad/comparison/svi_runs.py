@@ -88,7 +88,7 @@ def _posterior(guide: Callable, base: Callable, args: tuple, kwargs: dict) -> Tu
 
 
 def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, optim, diagnose_every,
-            on_step=None, reset=None, posterior=True, objective=ELBO):
+            on_step=None, reset=None, posterior=True, objective=ELBO, checkpoint_samples=CHECKPOINT_DRAWS):
     """One SVI run: the ELBO trace, gradient variance at checkpoints, wall and CPU time
     (checkpoints excluded), evaluations, posterior draws; a non-finite ELBO stops the
     run and is recorded with its step. ``on_step()`` is called after every step."""
@@ -119,7 +119,7 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
         record["elbo"].append(-value)
         if diagnose_every and (step + 1) % diagnose_every == 0:
             t, t_cpu = time.perf_counter(), time.process_time()
-            report = diagnose(model, *args, guide=wrapped, objective=objective, num_samples=CHECKPOINT_DRAWS,
+            report = diagnose(model, *args, guide=wrapped, objective=objective, num_samples=checkpoint_samples,
                               num_particles=num_particles, sites=False, seed=seed + step, **kwargs)
             totals = report.params.groupby("param")["total variance"].first()
             record["checkpoints"].append({
@@ -202,6 +202,7 @@ def compare(
     out: Optional[str] = None,
     reset: Optional[Callable[[], None]] = None,
     objective: Any = ELBO,
+    checkpoint_samples: int = CHECKPOINT_DRAWS,
     **kwargs: Any,
 ) -> Comparison:
     """Train ``model`` with ``guide`` (an :class:`AutoGuide` when None) by SVI under each
@@ -211,7 +212,8 @@ def compare(
 
     ``configs`` maps a label to an estimators config (site → estimator, a callable, one
     estimator for every site, or None for ``"auto"``). Every ``diagnose_every`` steps the
-    gradient's total variance and median SNR are measured with :func:`diagnose`.
+    gradient's total variance and median SNR are measured with :func:`diagnose`, from
+    ``checkpoint_samples`` gradient draws.
 
     With ``out``, each run is stored in ``out/runs.sqlite`` as it ends, keyed by a digest
     of everything that determines it (model and guide source, data, estimators, steps,
@@ -228,6 +230,8 @@ def compare(
     alike.
     """
     _check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every)
+    if isinstance(checkpoint_samples, bool) or not isinstance(checkpoint_samples, int) or checkpoint_samples < 2:
+        raise EstimatorError(f"checkpoint_samples must be an integer >= 2, got {checkpoint_samples!r}")
     if not is_elbo(objective):
         raise EstimatorError(
             f"compare trains by SVI, which needs an ELBO: objective must be an ELBO class such as "
@@ -249,7 +253,7 @@ def compare(
         model=model, guide=guide if guide is not None else "AutoGuide", args=args, kwargs=kwargs,
         num_steps=num_steps, num_particles=num_particles, diagnose_every=diagnose_every,
         optim=_fresh_optimizer(optim), reset=reset, objective=objective,
-        draws=(POSTERIOR_DRAWS, CHECKPOINT_DRAWS),
+        draws=(POSTERIOR_DRAWS, checkpoint_samples),
     )
     store = RunStore(out)
     digests = {(label, seed): identity.digest(configs[label], seed) for label in configs for seed in seeds}
@@ -267,7 +271,8 @@ def compare(
 
     def compute(label: str, seed: int, on_step: Callable[[], None]) -> Dict[str, Any]:
         return run_one(model, guide, args, kwargs, configs[label], seed, num_steps, num_particles, optim,
-                       diagnose_every, on_step, start_alike, objective=objective)
+                       diagnose_every, on_step, start_alike, objective=objective,
+                       checkpoint_samples=checkpoint_samples)
 
     if pending:
         for label in dict.fromkeys(label for label, _ in pending):

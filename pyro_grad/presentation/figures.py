@@ -82,12 +82,7 @@ def band_figure(curves: Dict[str, Tuple[Sequence[float], Sequence[float], Sequen
     for i, (label, (x, middle, low, high)) in enumerate(curves.items()):
         ax.plot(x, middle, color=f"C{i}", label=label)
         ax.fill_between(x, low, high, color=f"C{i}", alpha=0.2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if curves:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, xlabel, ylabel)
 
 
 def points_figure(series: Dict[str, Tuple[List[float], List[float]]], xlabel: str, ylabel: str,
@@ -98,9 +93,13 @@ def points_figure(series: Dict[str, Tuple[List[float], List[float]]], xlabel: st
         ax.plot(x, y, "o-", color=f"C{i}", label=label)
     if log:
         ax.set_yscale("log")
+    return _labelled(fig, ax, xlabel, ylabel)
+
+
+def _labelled(fig: "Figure", ax: Any, xlabel: str, ylabel: str) -> "Figure":
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if series:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
     fig.tight_layout()
     return fig

@@ -5,13 +5,13 @@ import html
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import pandas as pd
 import pyro
 
 from pyro_grad.comparison import compare
-from pyro_grad.comparison.svi_runs import ConfigFailed
+from pyro_grad.comparison.svi_runs import CHECKPOINT_DRAWS, ConfigFailed
 from pyro_grad.diagnostics import EstimatorComparison
 from pyro_grad.presentation.html_report import STYLE, machine, report, write_file
 from pyro_grad.presentation.suite import diagnose_each, svi_configs
@@ -21,17 +21,20 @@ DRAWS = {"conv_net": 100, "sir": 500}
 
 
 def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int = 2000, seeds=(0, 1),
-                  checkpoints: int = 2) -> Path:
+                  checkpoints: int = 2, log: Optional[Callable[[str], None]] = None) -> Path:
     """Write ``out/<model>.html`` for every built-in model and ``out/index.html``; each
     SVI run's gradient variance is measured at ``checkpoints`` evenly spaced steps.
+    ``log`` receives one line per model as it finishes (the CLI writes them to stderr,
+    so long work shows in logs and CI).
     Warnings the runs raise (Pyro's NaN-loss warnings from failing configs) are silenced
     while the job runs, and only then."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _build_reports(out, num_steps, num_samples, seeds, checkpoints)
+        return _build_reports(out, num_steps, num_samples, seeds, checkpoints, log)
 
 
-def _build_reports(out: str, num_steps: int, num_samples: int, seeds: Any, checkpoints: int) -> Path:
+def _build_reports(out: str, num_steps: int, num_samples: int, seeds: Any, checkpoints: int,
+                   log: Optional[Callable[[str], None]]) -> Path:
     from pyro_grad.models import registry
 
     out_dir = Path(out)
@@ -50,13 +53,17 @@ def _build_reports(out: str, num_steps: int, num_samples: int, seeds: Any, check
                     bench.program, bench.guide, *bench.arguments(), configs=svi_configs(bench),
                     num_steps=num_steps, seeds=seeds, diagnose_every=max(1, num_steps // checkpoints),
                     out=str(out_dir / "runs" / name), reset=bench.reset,
+                    checkpoint_samples=min(num_samples, CHECKPOINT_DRAWS),
                 )
             except ConfigFailed as failure:
                 # The page shows the failed runs and their reasons beside the others.
                 result = failure.comparison
             kind = "SVI"
         page = report(result, out_dir / f"{name}.html", title=f"{name}: {kind}")
-        rows.append({"model": name, "comparison": kind, "seconds": time.perf_counter() - start,
+        seconds = time.perf_counter() - start
+        if log is not None:
+            log(f"{name}: {kind}, {seconds:.1f} s, {page.name}")
+        rows.append({"model": name, "comparison": kind, "seconds": seconds,
                      "description": bench.description, "page": page.name})
     table = pd.DataFrame(rows)
     links = table.assign(model=[f'<a href="{html.escape(p)}">{html.escape(m)}</a>' for m, p in zip(table.model, table.page)])
