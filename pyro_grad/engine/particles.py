@@ -43,22 +43,31 @@ def particle_traces(
     num_particles: int,
     vectorize: bool,
     max_plate_nesting: Optional[int] = None,
+    watched: bool = True,
 ) -> Tuple[List[Trace], Optional[int]]:
     """Traces of ``fn`` for ``num_particles`` particles, and the particle dim (None when looped).
 
     Non-reparameterized sites' values carry provenance (as in ``TraceGraph_ELBO``), so
     that every cost knows which sites it depends on; a site whose value the program
     reads into Python is marked (:mod:`pyro_grad.engine.control_flow`). ``max_plate_nesting``
-    is guessed by one extra run when not given.
+    is guessed by one extra run when not given. ``watched=False`` skips provenance and
+    the read watch, for re-runs whose only use is their cost (provenance tracking
+    costs more than many programs themselves).
     """
+    trace = watched_trace if watched else plain_trace
     batched = vectorize and num_particles > 1
     if batched:
         if max_plate_nesting is None:
             max_plate_nesting = guess_max_plate_nesting(fn, args, kwargs)
         dim = -max_plate_nesting - 1
         with pyro.plate(PARTICLES, num_particles, dim=dim):
-            return [watched_trace(fn, args, kwargs, batched=True)], dim
-    return [watched_trace(fn, args, kwargs, batched=False) for _ in range(num_particles)], None
+            return [trace(fn, args, kwargs, batched=True)], dim
+    return [trace(fn, args, kwargs, batched=False) for _ in range(num_particles)], None
+
+
+def plain_trace(fn: Callable, args: tuple, kwargs: dict, batched: bool) -> Trace:
+    """One trace of ``fn``, with no provenance and no read watch."""
+    return poutine.trace(fn).get_trace(*args, **kwargs)
 
 
 def watched_trace(fn: Callable, args: tuple, kwargs: dict, batched: bool) -> Trace:

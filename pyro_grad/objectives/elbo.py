@@ -68,8 +68,13 @@ class ELBO(pyro.infer.ELBO):
         # One handler for the ELBO's lifetime: it keeps the decaying baselines' state
         # across SVI steps, and yields to any handler the user put around the guide.
         self.estimators = EstimatorMessenger()
+        # Off while a difference estimator re-runs: a re-run's only use is its cost, and
+        # provenance tracking costs more than many models themselves.
+        self._watching = True
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        if not self._watching:
+            return get_importance_trace("dense", self.max_plate_nesting, model, guide, args, kwargs)
         with watched_reads(self.vectorize_particles and self.num_particles > 1) as reads:
             model_trace, guide_trace = get_importance_trace(
                 "dense", self.max_plate_nesting, model, guide, args, kwargs
@@ -99,13 +104,17 @@ class ELBO(pyro.infer.ELBO):
         guide = RefuseInexactValues()(self.estimators(guide))
 
         def run_alternative(guide_trace, first, site, value, keep_gradients):
-            with AlternativeRun(guide_trace, {site: value}), torch.set_grad_enabled(
-                keep_gradients and torch.is_grad_enabled()
-            ):
-                if dim is None:
-                    pair = self._get_trace(model, guide, args, kwargs)
-                else:
-                    pair = self._get_vectorized_trace(model, guide, args, kwargs)
+            self._watching = False
+            try:
+                with AlternativeRun(guide_trace, {site: value}), torch.set_grad_enabled(
+                    keep_gradients and torch.is_grad_enabled()
+                ):
+                    if dim is None:
+                        pair = self._get_trace(model, guide, args, kwargs)
+                    else:
+                        pair = self._get_vectorized_trace(model, guide, args, kwargs)
+            finally:
+                self._watching = True
             cost = site_cost(_particle_terms(*pair, layout), guide_trace.nodes[site], layout, first.read)
             return cost if keep_gradients else cost.detach()
 

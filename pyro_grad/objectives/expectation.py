@@ -175,7 +175,7 @@ def expectation_estimates(
 
     def run_alternative(trace, site, value, keep_gradients):
         with AlternativeRun(trace, {site: value}), torch.set_grad_enabled(keep_gradients and torch.is_grad_enabled()):
-            alternative, _ = particle_traces(program, args, kwargs, k, dim is not None, nesting)
+            alternative, _ = particle_traces(program, args, kwargs, k, dim is not None, nesting, watched=False)
         cost = detach_provenance(check_cost(alternative[0].nodes["_RETURN"]["value"], k, dim is not None))
         return layout.align(cost if keep_gradients else cost.detach())
 

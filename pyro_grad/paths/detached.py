@@ -58,7 +58,8 @@ class DetachedSample(TorchDistribution):
         sampler = private_copy(self.base_dist)
         with torch.no_grad(), fwAD._set_fwd_grad_enabled(False), torch._C.DisableTorchFunctionSubclass():
             value = torch.Tensor.detach(sampler.sample(sample_shape))
-        return ProvenanceTensor(value, parameter_provenance(self.base_dist))
+        provenance = parameter_provenance(self.base_dist)
+        return ProvenanceTensor(value, provenance) if provenance else value
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return self.base_dist.log_prob(value)
