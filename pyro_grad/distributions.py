@@ -84,6 +84,14 @@ def with_parameter(fn: Any, name: str, value: torch.Tensor) -> Any:
     return type(fn)(**params, validate_args=False)
 
 
+def uniform_given_bernoulli(value: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``u ~ U(0, 1)`` conditioned on the Bernoulli draw ``value = 1[u < p]``: uniform on
+    ``(0, p)`` where ``value`` is 1, on ``(p, 1)`` where it is 0. Drawing ``u`` after
+    ``value`` this way has the joint law of drawing it first (inverse-CDF coupling)."""
+    v = torch.rand(value.shape)
+    return torch.where(value > 0.5, v * p, p + v * (1 - p))
+
+
 def _binary(fn: Any) -> bool:
     return not hasattr(fn, "_num_events")  # Categorical has categories; the rest are binary
 

@@ -21,7 +21,7 @@ from pyro.ops.provenance import detach_provenance
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
-from pyro_grad.distributions import leaf_distribution, probs_of, same_distribution
+from pyro_grad.distributions import leaf_distribution, probs_of, same_distribution, uniform_given_bernoulli
 
 
 def coupled_draw(old_fn: Any, old_value: torch.Tensor, new_fn: Any) -> Any:
@@ -30,10 +30,8 @@ def coupled_draw(old_fn: Any, old_value: torch.Tensor, new_fn: Any) -> Any:
     shape = torch.broadcast_shapes(old_value.shape, new_fn.shape())
     if isinstance(old_leaf, dist.Bernoulli) and isinstance(new_leaf, dist.Bernoulli):
         p_old = probs_of(old_leaf).detach().expand(shape)
-        # u | b ~ U(0, p) when b = 1, U(p, 1) when b = 0; then b' = 1[u < p'].
-        v = torch.rand(shape)
-        b = old_value.detach().expand(shape)
-        u = torch.where(b > 0.5, v * p_old, p_old + v * (1 - p_old))
+        # u | b, then b' = 1[u < p'].
+        u = uniform_given_bernoulli(old_value.detach().expand(shape), p_old)
         return (u < probs_of(new_leaf).detach().expand(shape)).to(old_value.dtype)
     try:
         u = old_fn.cdf(old_value.detach())

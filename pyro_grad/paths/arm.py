@@ -24,7 +24,7 @@ from typing import Any, List, Tuple
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.distributions import leaf_distribution, logits_of, probs_of
+from pyro_grad.distributions import leaf_distribution, logits_of, probs_of, uniform_given_bernoulli
 from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
 
 
@@ -39,8 +39,7 @@ class _Antithetic(DifferenceEstimator):
     def alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
         value = draw.value
         p = probs_of(leaf_distribution(draw.fn)).detach().expand(value.shape)
-        v = torch.rand(value.shape)
-        u = torch.where(value > 0.5, v * p, p + v * (1 - p))
+        u = uniform_given_bernoulli(value, p)
         twin = (1 - u < p).to(value.dtype)
         return [twin], (u, twin)
 

@@ -32,7 +32,12 @@ class Enumerate(DifferenceEstimator):
 
     @classmethod
     def applies_to(cls, site: Site) -> bool:
-        return site.elements in (1, site.plated) and cls._finite_support(site.fn)
+        return cls._one_per_plate_element(site) and cls._finite_support(site.fn)
+
+    @staticmethod
+    def _one_per_plate_element(site: Site) -> bool:
+        """One element per particle, or only those its plates account for."""
+        return site.elements in (1, site.plated)
 
     @staticmethod
     def _finite_support(fn: Any) -> bool:
@@ -44,7 +49,7 @@ class Enumerate(DifferenceEstimator):
             return False
 
     def refusal(self, site: Site) -> Optional[str]:
-        if site.elements not in (1, site.plated) and self._finite_support(site.fn):
+        if not self._one_per_plate_element(site) and self._finite_support(site.fn):
             return (
                 f"site '{site.name}': {site.elements} elements per particle, a batch outside any "
                 "plate, have a joint support too large to enumerate"
