@@ -1,4 +1,5 @@
-"""``PythonReads``: find the sites whose values a program reads into Python.
+"""``PythonReads``: track which draws every value depends on, and find the sites whose
+values a program reads into Python.
 
 Rao-Blackwellizing by provenance (as ``TraceGraph_ELBO`` does) follows a draw's value
 through tensor operations only. A program that reads a draw into Python (``.item()``,
@@ -10,6 +11,15 @@ its value flows into.
 
 With vectorized particles one Python control flow serves all particles, which is
 wrong whatever the estimator, so a read there is an error.
+
+The values are :class:`WatchedTensor`\\ s: Pyro's ``ProvenanceTensor`` (so Pyro's
+``get_provenance`` and ``detach_provenance`` read them) with a faster dispatch. Pyro's
+flattens every call's arguments with ``torch.utils._pytree`` twice, which cost more
+than the 784–200–784 VAE's own step; a call's arguments are almost always tensors,
+numbers and flat lists of them, which are unwrapped directly here, and anything nested
+deeper takes Pyro's general path. A read into Python is a tensor call too, so the
+value itself reports it to its watch: no ``TorchFunctionMode`` taxes every other
+tensor operation of the program.
 """
 
 import contextlib
@@ -19,10 +29,10 @@ from typing import Any, Dict, FrozenSet, Iterator, Optional, Set
 
 import pyro
 import torch
-from pyro.infer.tracegraph_elbo import TrackNonReparam
-from pyro.ops.provenance import get_provenance
+from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provenance
 from pyro.poutine.messenger import Messenger
-from torch.overrides import TorchFunctionMode
+from pyro.poutine.subsample_messenger import _Subsample
+from torch.utils._pytree import tree_flatten, tree_map
 
 from pyro_grad.errors import EstimatorError
 from pyro_grad.distributions import describe
@@ -58,6 +68,8 @@ LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, pyro))
 #: torch's own Python shims between a read and its caller.
 SHIMS = tuple(os.path.join(os.path.dirname(torch.__file__), f) for f in ("overrides.py", "_tensor.py"))
 
+_NONE: FrozenSet[str] = frozenset()
+
 
 def read_by_program(frame: Any) -> bool:
     """Whether the code that made a read (``frame``, skipping torch's shims) is the
@@ -67,25 +79,78 @@ def read_by_program(frame: Any) -> bool:
     return frame is not None and not frame.f_code.co_filename.startswith(LIBRARIES)
 
 
-class _Mode(TorchFunctionMode):
-    def __init__(self, watch: "PythonReads") -> None:
-        super().__init__()
-        self.watch = watch
+class _Nested(Exception):
+    """An argument nested deeper than a flat list: Pyro's general path unwraps it."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in PYTHON_READS and args:
-            sites = get_provenance(args[0])
-            if sites and read_by_program(sys._getframe(1)):
-                self.watch.read(sites)
-        return func(*args, **(kwargs or {}))
+
+def _unwrap(x: Any, found: list) -> Any:
+    """``x`` with its provenance removed (collected into ``found``), for a tensor, a
+    number or a flat list/tuple of them."""
+    if isinstance(x, ProvenanceTensor):
+        found.append(x)
+        return x._t
+    kind = type(x)
+    if kind is tuple or kind is list:
+        parts = None
+        for i, part in enumerate(x):
+            if isinstance(part, ProvenanceTensor):
+                parts = list(x) if parts is None else parts
+                parts[i] = part._t
+                found.append(part)
+            elif isinstance(part, (tuple, list, dict)):
+                raise _Nested
+        return x if parts is None else kind(parts)
+    if kind is dict:
+        raise _Nested
+    return x
+
+
+class WatchedTensor(ProvenanceTensor):
+    """A value with provenance whose reads into Python are reported to ``_watch``."""
+
+    _watch: Optional["PythonReads"]
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        found: list = []
+        try:
+            plain_args = [_unwrap(a, found) for a in args]
+            plain_kwargs = {k: _unwrap(v, found) for k, v in kwargs.items()} if kwargs else {}
+        except _Nested:
+            found = [t for t in tree_flatten([args, kwargs])[0] if isinstance(t, ProvenanceTensor)]
+            plain_args, plain_kwargs = detach_provenance([list(args), kwargs or {}])
+        provenance = _NONE.union(*(t._provenance for t in found))
+        watch = next((t._watch for t in found if isinstance(t, WatchedTensor)), None)
+        if watch is not None and func in PYTHON_READS:
+            watch.saw_read(provenance, sys._getframe(1))
+        return watched(func(*plain_args, **plain_kwargs), provenance, watch)
+
+
+def watched(value: Any, provenance: FrozenSet[str], watch: Optional["PythonReads"]) -> Any:
+    """``value`` (a tensor or a structure of them) carrying ``provenance``, reporting
+    reads to ``watch``."""
+    if not provenance:
+        return value
+    if isinstance(value, torch.Tensor):
+        tensor = WatchedTensor(detach_provenance(value), provenance)
+        tensor._watch = watch
+        return tensor
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return kind(watched(v, provenance, watch) for v in value)
+    if isinstance(value, (tuple, list, dict)):  # named tuples, torch.return_types
+        return tree_map(lambda v: watched(v, provenance, watch), value)
+    return value
 
 
 class PythonReads(Messenger):
-    """Records which sites' values the program reads into Python.
+    """Gives every non-reparameterized draw its site's name as provenance (as Pyro's
+    ``TrackNonReparam``) and records which sites' values the program reads into Python.
 
-    The watch starts only once a site with provenance is drawn, so a program with
-    only reparameterized sites pays nothing. With ``batched=True`` (vectorized
-    particles, K ≥ 2) a read raises :class:`~pyro_grad.errors.EstimatorError`.
+    A program with only reparameterized sites makes no watched value and pays nothing.
+    With ``batched=True`` (vectorized particles, K ≥ 2) a read raises
+    :class:`~pyro_grad.errors.EstimatorError`. Reads after the run ends are not the
+    run's, and are ignored.
     """
 
     def __init__(self, batched: bool = False) -> None:
@@ -93,25 +158,30 @@ class PythonReads(Messenger):
         self.batched = batched
         self.sites: Set[str] = set()
         self._fns: Dict[str, Any] = {}
-        self._mode = None
+        self._running = False
 
     def __enter__(self):
-        self.sites, self._fns, self._mode = set(), {}, None
+        self.sites, self._fns, self._running = set(), {}, True
         return super().__enter__()
 
     def __exit__(self, *exc):
-        if self._mode is not None:
-            self._mode.__exit__(None, None, None)
-            self._mode = None
+        self._running = False
         return super().__exit__(*exc)
 
     def _pyro_post_sample(self, msg: dict) -> None:
         self._fns.setdefault(msg["name"], msg["fn"])
-        if self._mode is None and get_provenance(msg["value"]):
-            self._mode = _Mode(self)
-            self._mode.__enter__()
+        if (
+            msg["is_observed"]
+            or isinstance(msg["fn"], _Subsample)
+            or getattr(msg["fn"], "has_rsample", False)
+        ):
+            return
+        provenance = get_provenance(msg["value"]) | {msg["name"]}
+        msg["value"] = watched(detach_provenance(msg["value"]), provenance, self)
 
-    def read(self, sites: FrozenSet[str]) -> None:
+    def saw_read(self, sites: FrozenSet[str], frame: Any) -> None:
+        if not self._running or not sites or not read_by_program(frame):
+            return
         if self.batched:
             named = ", ".join(
                 f"'{s}' ({describe(self._fns[s])})" if s in self._fns else f"'{s}'" for s in sorted(sites)
@@ -132,7 +202,7 @@ def watched_reads(batched: bool) -> Iterator[PythonReads]:
     batched read becomes one clear :class:`~pyro_grad.errors.EstimatorError`."""
     reads = PythonReads(batched=batched)
     try:
-        with TrackNonReparam(), reads:
+        with reads:
             yield reads
     except RuntimeError as error:
         clear = batched_read_error(error) if batched else None
