@@ -12,8 +12,10 @@ from typing import Any, Dict
 
 import torch
 from pyro.distributions import MaskedDistribution
-from pyro.ops.provenance import detach_provenance, get_provenance
+from pyro.ops.provenance import ProvenanceTensor
 from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
+
+from pyro_grad.engine.provenance import plain, provenance_of
 
 
 def leaf_distribution(fn: Any) -> Any:
@@ -120,7 +122,7 @@ def same_distribution(a: Any, b: Any) -> bool:
     if pa.keys() != pb.keys():
         return False
     for name in pa:
-        x, y = detach_provenance(pa[name]).detach(), detach_provenance(pb[name]).detach()
+        x, y = plain(pa[name]).detach(), plain(pb[name]).detach()
         try:
             x, y = torch.broadcast_tensors(x, y)
         except RuntimeError:
@@ -140,6 +142,21 @@ def private_copy(fn: Any) -> Any:
     return fn
 
 
+def without_provenance(fn: Any) -> Any:
+    """``fn``, or a shallow copy of it (and of every distribution it holds) whose tensors
+    carry no provenance, so that scoring it tracks nothing; ``parameter_provenance(fn)``
+    is what the copy dropped. Tensors held elsewhere (a transform's) keep theirs."""
+    if not parameter_provenance(fn):
+        return fn
+    fn = copy.copy(fn)
+    for name, value in vars(fn).items():
+        if isinstance(value, torch.distributions.Distribution):
+            setattr(fn, name, without_provenance(value))
+        elif isinstance(value, ProvenanceTensor):
+            setattr(fn, name, plain(value))
+    return fn
+
+
 def parameter_provenance(fn: Any) -> frozenset:
     """The provenance of every tensor a distribution holds, in it and in every
     distribution it holds (a wrapped ``base_dist``, a Multinomial's inner Categorical)."""
@@ -148,5 +165,5 @@ def parameter_provenance(fn: Any) -> frozenset:
         if isinstance(value, torch.distributions.Distribution):
             provenance |= parameter_provenance(value)
         else:
-            provenance |= get_provenance(value)
+            provenance |= provenance_of(value)
     return provenance

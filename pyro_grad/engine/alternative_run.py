@@ -11,16 +11,19 @@ so the alternative run shares the first run's randomness wherever it can:
 * a site whose distribution changed is drawn anew, coupled to its first value through
   a common uniform where the distribution allows (Bernoulli; any distribution with
   ``cdf`` and ``icdf``), else independently.
+
+Subsample sites count as sites: a re-run scores the first run's data points.
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import pyro.distributions as dist
 import torch
-from pyro.ops.provenance import detach_provenance
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 
+from pyro_grad.engine.provenance import plain
 from pyro_grad.distributions import leaf_distribution, probs_of, same_distribution, uniform_given_bernoulli
 
 
@@ -42,17 +45,20 @@ def coupled_draw(old_fn: Any, old_value: torch.Tensor, new_fn: Any) -> Any:
 
 class AlternativeRun(Messenger):
     """Replays ``trace`` except at the sites of ``changes``, which take their values
-    there (see module docs).
+    there (see module docs). ``trace`` must be unpruned, so that its subsample indices
+    replay. In an ELBO, ``trace`` is the guide's and ``model_trace`` the model's first
+    run, for the sites only the model draws (its own subsample indices, say).
 
     Enter it *outside* the particle plate so that distributions are compared after
     broadcasting. Sites whose value is already set (observed, or replayed by an inner
     handler, as a model replaying its guide) are left alone.
     """
 
-    def __init__(self, trace: Trace, changes: Dict[str, torch.Tensor]):
+    def __init__(self, trace: Trace, changes: Dict[str, torch.Tensor], model_trace: Optional[Trace] = None):
         super().__init__()
         self.trace = trace
         self.changes = changes
+        self.model_trace = model_trace
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["value"] is not None:
@@ -62,10 +68,12 @@ class AlternativeRun(Messenger):
             msg["value"] = self.changes[name]
             return
         first = self.trace.nodes.get(name)
+        if first is None and self.model_trace is not None:
+            first = self.model_trace.nodes.get(name)
         if first is None or first["type"] != "sample":
             return
-        old_value = detach_provenance(first["value"])
-        if same_distribution(first["fn"], msg["fn"]):
+        old_value = plain(first["value"])
+        if isinstance(msg["fn"], _Subsample) or same_distribution(first["fn"], msg["fn"]):
             msg["value"] = old_value
         else:
             msg["value"] = coupled_draw(first["fn"], old_value, msg["fn"])  # None: draw anew

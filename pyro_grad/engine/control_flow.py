@@ -29,11 +29,12 @@ from typing import Any, Dict, FrozenSet, Iterator, Optional, Set
 
 import pyro
 import torch
-from pyro.ops.provenance import ProvenanceTensor, detach_provenance, get_provenance
+from pyro.ops.provenance import ProvenanceTensor
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch.utils._pytree import tree_flatten, tree_map
 
+from pyro_grad.engine.provenance import NONE, plain, provenance_of
 from pyro_grad.errors import EstimatorError
 from pyro_grad.distributions import describe
 
@@ -67,8 +68,6 @@ READ = "_pyro_grad_read_into_python"
 LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, pyro))
 #: torch's own Python shims between a read and its caller.
 SHIMS = tuple(os.path.join(os.path.dirname(torch.__file__), f) for f in ("overrides.py", "_tensor.py"))
-
-_NONE: FrozenSet[str] = frozenset()
 
 
 def read_by_program(frame: Any) -> bool:
@@ -118,9 +117,9 @@ class WatchedTensor(ProvenanceTensor):
             plain_kwargs = {k: _unwrap(v, found) for k, v in kwargs.items()} if kwargs else {}
         except _Nested:
             found = [t for t in tree_flatten([args, kwargs])[0] if isinstance(t, ProvenanceTensor)]
-            plain_args, plain_kwargs = detach_provenance([list(args), kwargs or {}])
-        provenance = _NONE.union(*(t._provenance for t in found))
-        watch = next((t._watch for t in found if isinstance(t, WatchedTensor)), None)
+            plain_args, plain_kwargs = plain([list(args), kwargs or {}])
+        provenance = NONE.union(*(t._provenance for t in found))
+        watch = next((t._watch for t in found if getattr(t, "_watch", None) is not None), None)
         if watch is not None and func in PYTHON_READS:
             watch.saw_read(provenance, sys._getframe(1))
         return watched(func(*plain_args, **plain_kwargs), provenance, watch)
@@ -132,8 +131,10 @@ def watched(value: Any, provenance: FrozenSet[str], watch: Optional["PythonReads
     if not provenance:
         return value
     if isinstance(value, torch.Tensor):
-        tensor = WatchedTensor(detach_provenance(value), provenance)
-        tensor._watch = watch
+        # As ProvenanceTensor.__new__, without its checks: this runs on every op.
+        value = plain(value)
+        tensor = value.as_subclass(WatchedTensor)
+        tensor._t, tensor._provenance, tensor._watch = value, provenance, watch
         return tensor
     kind = type(value)
     if kind is tuple or kind is list:
@@ -176,8 +177,8 @@ class PythonReads(Messenger):
             or getattr(msg["fn"], "has_rsample", False)
         ):
             return
-        provenance = get_provenance(msg["value"]) | {msg["name"]}
-        msg["value"] = watched(detach_provenance(msg["value"]), provenance, self)
+        provenance = provenance_of(msg["value"]) | {msg["name"]}
+        msg["value"] = watched(plain(msg["value"]), provenance, self)
 
     def saw_read(self, sites: FrozenSet[str], frame: Any) -> None:
         if not self._running or not sites or not read_by_program(frame):

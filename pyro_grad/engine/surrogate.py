@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Tuple
 
 import torch
-from pyro.ops.provenance import detach_provenance
 
+from pyro_grad.engine.provenance import plain
 from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
@@ -138,7 +138,7 @@ def difference_terms(
             continue
         if sites is not None and name not in sites:
             continue
-        draw = SiteDraw(name, density(site["fn"]), detach_provenance(site["value"]).detach(), layout, local(name))
+        draw = SiteDraw(name, density(site["fn"]), plain(site["value"]).detach(), layout, local(name))
         alternatives, state = estimator.alternatives(draw)
         keep = estimator.keeps_alternative_gradients
         costs = [run_alternative(name, alternative, keep) for alternative in alternatives]

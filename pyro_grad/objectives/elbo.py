@@ -2,21 +2,21 @@
 
 import copy
 from collections import defaultdict
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
 import pyro.infer
 from pyro.poutine.messenger import Messenger
 import torch
 from pyro.distributions.util import is_identically_zero
-from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
-from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.util import check_if_enumerated, warn_if_nan
 
+from pyro_grad.engine.provenance import plain, provenance_of
 from pyro_grad import baselines
 from pyro_grad.engine.control_flow import watched_reads
 from pyro_grad.handler import EstimatorMessenger
 from pyro_grad.engine.alternative_run import AlternativeRun
+from pyro_grad.engine.importance import ImportanceRun, changed_last_site, importance_run
 from pyro_grad.errors import EstimatorError
 from pyro_grad.engine.surrogate import (
     Block,
@@ -68,21 +68,14 @@ class ELBO(pyro.infer.ELBO):
         # One handler for the ELBO's lifetime: it keeps the decaying baselines' state
         # across SVI steps, and yields to any handler the user put around the guide.
         self.estimators = EstimatorMessenger()
-        # Off while a difference estimator re-runs: a re-run's only use is its cost, and
-        # provenance tracking costs more than many models themselves.
-        self._watching = True
 
-    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
-        if not self._watching:
-            return get_importance_trace("dense", self.max_plate_nesting, model, guide, args, kwargs)
+    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> ImportanceRun:
         with watched_reads(self.vectorize_particles and self.num_particles > 1) as reads:
-            model_trace, guide_trace = get_importance_trace(
-                "dense", self.max_plate_nesting, model, guide, args, kwargs
-            )
-        mark_reads(guide_trace, reads.sites)
+            run = importance_run(model, guide, args, kwargs, self.max_plate_nesting)
+        mark_reads(run.guide_trace, reads.sites)
         if is_validation_enabled():
-            check_if_enumerated(guide_trace)
-        return model_trace, guide_trace
+            check_if_enumerated(run.guide_trace)
+        return run
 
     def _particle_dim(self):
         if self.vectorize_particles and self.num_particles > 1:
@@ -103,24 +96,28 @@ class ELBO(pyro.infer.ELBO):
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
         guide = RefuseInexactValues()(self.estimators(guide))
 
-        def run_alternative(guide_trace, first, site, value, keep_gradients):
-            self._watching = False
-            try:
-                with AlternativeRun(guide_trace, {site: value}), torch.set_grad_enabled(
-                    keep_gradients and torch.is_grad_enabled()
-                ):
-                    if dim is None:
-                        pair = self._get_trace(model, guide, args, kwargs)
-                    else:
-                        pair = self._get_vectorized_trace(model, guide, args, kwargs)
-            finally:
-                self._watching = True
-            cost = site_cost(_particle_terms(*pair, layout), guide_trace.nodes[site], layout, first.read)
+        def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool):
+            # A re-run's only use is its cost: no provenance, no read watch, no score
+            # parts; and when the site is the guide's last, no guide run at all.
+            alternative_model, alternative_guide = model, guide
+            if dim is not None:
+                alternative_model = self._vectorized_num_particles(model)
+                alternative_guide = self._vectorized_num_particles(guide)
+            with AlternativeRun(run.guide_full, {site: value}, run.model_full), torch.set_grad_enabled(
+                keep_gradients and torch.is_grad_enabled()
+            ):
+                again = importance_run(
+                    alternative_model, alternative_guide, args, kwargs, self.max_plate_nesting, scores=False,
+                    guide_full=changed_last_site(run.guide_full, site, value),
+                )
+            elbo, costs = cost_terms(again.model_trace, again.guide_trace, layout)
+            cost = site_cost(costs, elbo, run.guide_trace.nodes[site], layout, first.read)
             return cost if keep_gradients else cost.detach()
 
         elbos, surrogates, blocks, differences = [], [], [], []
         guide_trace = None
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+        for run in self._get_traces(model, guide, args, kwargs):
+            model_trace, guide_trace = run.model_trace, run.guide_trace
             # Known only once the first traces guessed max_plate_nesting.
             dim = self._particle_dim()
             k = self.num_particles if dim is not None else 1
@@ -133,8 +130,8 @@ class ELBO(pyro.infer.ELBO):
                 differences.append(
                     difference_terms(
                         guide_trace, layout,
-                        lambda s, t=terms, g=guide_trace: site_cost(t, g.nodes[s], layout, t.read).detach(),
-                        lambda s, v, keep, t=terms, g=guide_trace: run_alternative(g, t, s, v, keep),
+                        lambda s, t=terms, g=guide_trace: site_cost(t.costs, t.elbo, g.nodes[s], layout, t.read).detach(),
+                        lambda s, v, keep, t=terms, r=run: run_alternative(r, t, s, v, keep),
                         local=lambda s, t=terms, g=guide_trace: stays_in_plates(t, g.nodes[s]),
                     )
                 )
@@ -214,19 +211,22 @@ class PairTerms(NamedTuple):
     read: List[str]
 
 
-def site_cost(terms: PairTerms, site: dict, layout: ParticleLayout, read: List[str]) -> torch.Tensor:
-    """The ELBO terms each element of a guide site can change, summed to its plates
-    (what a difference estimator differences, per plate element), shaped to broadcast
-    against its batch; the whole per-particle ELBO for a site read into Python."""
+def site_cost(
+    costs: MultiFrameTensor, elbo: torch.Tensor, site: dict, layout: ParticleLayout, read: List[str]
+) -> torch.Tensor:
+    """The ELBO terms (``costs``, by plates) each element of a guide site can change,
+    summed to its plates (what a difference estimator differences, per plate element),
+    shaped to broadcast against its batch; the whole per-particle ``elbo (P,)`` for a
+    site read into Python."""
     batch = site["fn"].batch_shape
     if site["name"] not in read:
-        cost = torch.as_tensor(terms.costs.sum_to(site["cond_indep_stack"]))
+        cost = torch.as_tensor(costs.sum_to(site["cond_indep_stack"]))
         try:
             if cost.dim() <= len(batch) and torch.broadcast_shapes(cost.shape, batch) == batch:
                 return cost
         except RuntimeError:
             pass  # a cost with a batch dim no plate declares: only the total is safe
-    return layout.align(terms.elbo)
+    return layout.align(elbo)
 
 
 def stays_in_plates(terms: PairTerms, site: dict) -> bool:
@@ -238,6 +238,27 @@ def stays_in_plates(terms: PairTerms, site: dict) -> bool:
     return all(own <= frames for frames in terms.downstream.get(site["name"], {}))
 
 
+def elbo_terms(model_trace, guide_trace) -> Iterator[Tuple[bool, dict, FrozenSet[str], torch.Tensor]]:
+    """Every ELBO term in program order, model first: ``(in_guide, site, upstream,
+    term)`` with ``term`` = ``log p`` or ``−log q`` as a plain tensor and ``upstream`` the
+    sites it depends on. The provenance is read once here: tracking it through every
+    later op costs more than the ELBO itself."""
+    for in_guide, trace in ((False, model_trace), (True, guide_trace)):
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                term = plain(site["log_prob"])
+                yield in_guide, site, provenance_of(site["log_prob"]), -term if in_guide else term
+
+
+def cost_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[torch.Tensor, MultiFrameTensor]:
+    """The per-particle ELBO ``(P,)`` of one trace pair and its terms by plates."""
+    elbo, costs = torch.zeros(layout.num), MultiFrameTensor()
+    for _, site, _, term in elbo_terms(model_trace, guide_trace):
+        elbo = elbo + layout.reduce(term)
+        costs.add((site["cond_indep_stack"], term))
+    return elbo, costs
+
+
 def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> PairTerms:
     """Per-particle ELBO and surrogate ELBO of one trace pair, its score-path block, and
     its cost terms by plates."""
@@ -245,37 +266,25 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> PairTer
     downstream = defaultdict(MultiFrameTensor)
     costs = MultiFrameTensor()
     # The model's cost terms, and the guide's in program order (name, term).
-    terms = []
-    for site in model_trace.nodes.values():
-        if site["type"] == "sample":
-            # Read the provenance once, then work on plain tensors: provenance
-            # tracking through every later op costs more than the ELBO itself.
-            upstream, log_p = get_provenance(site["log_prob"]), detach_provenance(site["log_prob"])
-            log_p_sum = layout.reduce(log_p)
-            elbo = elbo + log_p_sum
-            surrogate = surrogate + log_p_sum
-            for name in upstream:
-                downstream[name].add((site["cond_indep_stack"], log_p))
-            terms.append((site["cond_indep_stack"], log_p))
-            costs.add((site["cond_indep_stack"], log_p))
-    guide_terms = []
-    for site in guide_trace.nodes.values():
-        if site["type"] == "sample":
-            upstream, log_q = get_provenance(site["log_prob"]), detach_provenance(site["log_prob"])
-            log_q_sum = layout.reduce(log_q)
-            elbo = elbo - log_q_sum
-            # Reparameterized sites keep log q's pathwise gradient; score-path sites keep
-            # only its value, since their score term already carries −log q as a cost.
-            if is_identically_zero(site["score_parts"].score_function):
-                surrogate = surrogate - log_q_sum
-            else:
-                entropy = detach_provenance(torch.as_tensor(site["score_parts"].entropy_term))
-                entropy_sum = layout.reduce(entropy)
-                surrogate = surrogate - entropy_sum - (log_q_sum - entropy_sum).detach()
-            for name in upstream:
-                downstream[name].add((site["cond_indep_stack"], -log_q))
-            guide_terms.append((site["name"], (site["cond_indep_stack"], -log_q)))
-            costs.add((site["cond_indep_stack"], -log_q))
+    terms, guide_terms = [], []
+    for in_guide, site, upstream, term in elbo_terms(model_trace, guide_trace):
+        term_sum = layout.reduce(term)
+        elbo = elbo + term_sum
+        # Reparameterized sites keep log q's pathwise gradient; score-path sites keep
+        # only its value, since their score term already carries −log q as a cost.
+        if not in_guide or is_identically_zero(site["score_parts"].score_function):
+            surrogate = surrogate + term_sum
+        else:
+            entropy_sum = layout.reduce(plain(torch.as_tensor(site["score_parts"].entropy_term)))
+            surrogate = surrogate - entropy_sum + (term_sum + entropy_sum).detach()
+        frame_term = (site["cond_indep_stack"], term)
+        for name in upstream:
+            downstream[name].add(frame_term)
+        costs.add(frame_term)
+        if in_guide:
+            guide_terms.append((site["name"], frame_term))
+        else:
+            terms.append(frame_term)
     # A guide site read into Python control flow may change every cost after it (which
     # sites exist, what they draw), in any plate element: all of those are downstream.
     read = read_sites(guide_trace)
@@ -288,7 +297,7 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> PairTer
         estimator = site["infer"].get("estimator") if site else None
         if estimator is None or not estimator.uses_score:
             continue
-        score = layout.first(detach_provenance(site["score_parts"].score_function))
+        score = layout.first(plain(site["score_parts"].score_function))
         cost = layout.first(costs.sum_to(() if name in read else site["cond_indep_stack"]))
         block[name] = (estimator, score, match_dims(cost, score.dim()), baselines.state_of(site))
     return PairTerms(elbo, surrogate, block, costs, dict(downstream), read)

@@ -4,9 +4,9 @@ from typing import Any, Callable, Optional
 
 import pyro.poutine as poutine
 import torch
-from pyro.ops.provenance import detach_provenance, get_provenance
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_grad.engine.provenance import plain, provenance_of
 from pyro_grad import baselines
 from pyro_grad.distributions import describe, unmasked
 from pyro_grad.engine.alternative_run import AlternativeRun
@@ -39,7 +39,7 @@ def check_cost(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor
         )
     if not value.is_floating_point():  # integer costs (counts, category indices)
         value = value.to(torch.get_default_dtype())
-    finite = torch.isfinite(detach_provenance(value)).reshape(-1)
+    finite = torch.isfinite(plain(value)).reshape(-1)
     if not finite.all():
         bad = finite.logical_not().nonzero().reshape(-1).tolist()[:5]
         raise EstimatorError(f"the program returned non-finite costs (particles {bad} ...)")
@@ -122,7 +122,7 @@ def shared_cost(cost: torch.Tensor, trace, num_particles: int, dim: Optional[int
         return cost
     with torch.no_grad():
         again = torch.as_tensor(rerun()).detach()
-    if not torch.equal(detach_provenance(cost).detach().reshape(()).to(again.dtype), again.reshape(())):
+    if not torch.equal(plain(cost).detach().reshape(()).to(again.dtype), again.reshape(())):
         raise EstimatorError(
             "the program's cost changes from run to run, yet it draws no sample site that "
             "pg can see (sites hidden by poutine.block, or torch's own samplers such as "
@@ -176,7 +176,7 @@ def expectation_estimates(
     def run_alternative(trace, site, value, keep_gradients):
         with AlternativeRun(trace, {site: value}), torch.set_grad_enabled(keep_gradients and torch.is_grad_enabled()):
             alternative, _ = particle_traces(program, args, kwargs, k, dim is not None, nesting, watched=False)
-        cost = detach_provenance(check_cost(alternative[0].nodes["_RETURN"]["value"], k, dim is not None))
+        cost = plain(check_cost(alternative[0].nodes["_RETURN"]["value"], k, dim is not None))
         return layout.align(cost if keep_gradients else cost.detach())
 
     def rerun():
@@ -189,8 +189,8 @@ def expectation_estimates(
         cost = check_cost(cost, k, dim is not None)
         # A site read into Python control flow may change anything after it, so the
         # whole cost counts as downstream of it (and of what it depends on).
-        upstream = get_provenance(cost) | frozenset(read_sites(trace))
-        cost = detach_provenance(cost)
+        upstream = provenance_of(cost) | frozenset(read_sites(trace))
+        cost = plain(cost)
         trace = prune_subsample_sites(trace)
         block: Block = {}
         for name, site in trace.nodes.items():
@@ -198,7 +198,7 @@ def expectation_estimates(
             if estimator is None or not estimator.uses_score or name not in upstream:
                 continue
             # Only score-path sites need a log-density (a soft relaxed value has none).
-            score = layout.first(detach_provenance(site_score(name, site, dim is not None)))
+            score = layout.first(plain(site_score(name, site, dim is not None)))
             block[name] = (estimator, score, match_dims(cost, score.dim()), baselines.state_of(site))
         values.append(cost)
         blocks.append(block)
