@@ -327,3 +327,21 @@ def test_the_main_job_writes_an_index_linking_a_page_per_model(tmp_path):
         assert f'href="{name}.html"' in page
         images = decoded_images((tmp_path / f"{name}.html").read_text())
         assert images, name
+
+
+def test_a_large_posterior_is_summarized_only_as_far_as_the_page_shows_it():
+    # A scalar and a 50-element variable, 2 chains of 10 draws: 51 scalar variables, of
+    # which the page shows the first MAX_POSTERIOR_ROWS = 30 (the scalar, then 29
+    # elements), and only those are summarized.
+    import arviz as az
+    from pyro_grad.presentation.html_report import MAX_POSTERIOR_ROWS, first_elements
+
+    generator = torch.Generator().manual_seed(0)
+    posterior = az.from_dict(posterior={"a": torch.randn(2, 10, generator=generator).numpy(),
+                                        "z": torch.randn(2, 10, 5, 10, generator=generator).numpy()}).posterior
+    shown, total = first_elements(posterior, MAX_POSTERIOR_ROWS)
+    assert total == 51
+    assert shown["a"].shape == (2, 10) and shown["z"].shape == (2, 10, 29)
+    assert (shown["z"] == posterior["z"].values.reshape(2, 10, 50)[..., :29]).all()
+    assert len(az.summary(az.from_dict(posterior=shown), kind="stats")) == MAX_POSTERIOR_ROWS
+    assert first_elements(posterior, 100) == (None, 51)

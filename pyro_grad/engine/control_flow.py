@@ -14,7 +14,7 @@ wrong whatever the estimator, so a read there is an error.
 
 The values are :class:`WatchedTensor`\\ s: Pyro's ``ProvenanceTensor`` (so Pyro's
 ``get_provenance`` and ``detach_provenance`` read them) with a faster dispatch. Pyro's
-flattens every call's arguments with ``torch.utils._pytree`` twice, which cost more
+dispatch flattens every call's arguments with ``torch.utils._pytree`` twice, which cost more
 than the 784–200–784 VAE's own step; a call's arguments are almost always tensors,
 numbers and flat lists of them, which are unwrapped directly here, and anything nested
 deeper takes Pyro's general path. A read into Python is a tensor call too, so the
