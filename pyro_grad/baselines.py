@@ -1,8 +1,8 @@
-"""Control variates for the score function: per-particle costs in, per-particle baselines out.
+"""Control variates for the score function: per-particle values of f in, per-particle baselines out.
 
 Every baseline ``b_k`` here is independent of particle ``k``'s own draw at the site, so
 ``E[∇log q(z_k) · b_k] = 0`` and subtracting it leaves the estimator unbiased.
-``cost`` has shape ``(G, K, ...)``: ``K`` particles for each of ``G`` independent estimates.
+``f`` has shape ``(G, K, ...)``: ``K`` particles for each of ``G`` independent estimates.
 
 The only state a baseline keeps is the decaying average, in :class:`RunningAverages`:
 plain tensors owned by the :func:`pyro_grad.estimators` handler that chose the site,
@@ -22,7 +22,7 @@ STATE = "_pyro_grad_baseline_state"
 
 
 class RunningAverages:
-    """Per-site running averages of downstream costs, kept across steps.
+    """Per-site running averages of downstream f, kept across steps.
 
     Owned by one estimators handler (and so by the wrapped program, or by a
     :class:`pyro_grad.ELBO`). Not in Pyro's param store: the averages are state,
@@ -60,16 +60,16 @@ def state_of(site: dict) -> RunningAverages:
     return site["infer"][STATE]
 
 
-def leave_one_out(cost: torch.Tensor) -> torch.Tensor:
-    """``b_k = (Σ_j c_j − c_k) / (K − 1)``: the mean of the *other* particles' costs.
+def leave_one_out(f: torch.Tensor) -> torch.Tensor:
+    """``b_k = (Σ_j c_j − c_k) / (K − 1)``: the mean of the *other* particles' values of f.
 
     Cost: O(K), no extra evaluations. Needs K ≥ 2 (checked by the caller).
     """
-    num_particles = cost.shape[1]
-    return (cost.sum(1, keepdim=True) - cost) / (num_particles - 1)
+    num_particles = f.shape[1]
+    return (f.sum(1, keepdim=True) - f) / (num_particles - 1)
 
 
-def decaying_average(averages: RunningAverages, name: str, cost: torch.Tensor, beta: float) -> torch.Tensor:
+def decaying_average(averages: RunningAverages, name: str, f: torch.Tensor, beta: float) -> torch.Tensor:
     """``b = avg_{t−1}``, then ``avg_t = β·avg_{t−1} + (1 − β)·mean_k c_k``.
 
     The running average of site ``name`` lives in ``averages`` (see
@@ -77,12 +77,12 @@ def decaying_average(averages: RunningAverages, name: str, cost: torch.Tensor, b
     starts at zero; when the site's shape changes (say, a new subsample size) it
     restarts from zero.
     """
-    batch_mean = cost.detach().mean((0, 1))
+    batch_mean = f.detach().mean((0, 1))
     old = averages.get(name)
     if old is None or old.shape != batch_mean.shape:
         old = torch.zeros_like(batch_mean)
     averages.set(name, beta * old + (1 - beta) * batch_mean)
-    return old.expand(cost.shape[:2] + old.shape)
+    return old.expand(f.shape[:2] + old.shape)
 
 
 #: Param-store name prefix of a learned baseline network, followed by the site's name.
@@ -90,7 +90,7 @@ LEARNED_PREFIX = "_pyro_grad_baseline_"
 
 
 def learned(
-    site: str, baseline: Callable, cost: torch.Tensor, args: tuple, kwargs: dict
+    site: str, baseline: Callable, f: torch.Tensor, args: tuple, kwargs: dict
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``b = baseline(*args, **kwargs)``, fitted by the squared error ``Σ_k (c_k − b)² / K``.
 
@@ -104,8 +104,8 @@ def learned(
         pyro.module(LEARNED_PREFIX + site, baseline)
     detached_args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
     value = torch.as_tensor(baseline(*detached_args, **kwargs))
-    loss = (cost.detach() - value).pow(2)
-    return value, loss.reshape(loss.shape[0], -1).sum(1) / cost.shape[1]
+    loss = (f.detach() - value).pow(2)
+    return value, loss.reshape(loss.shape[0], -1).sum(1) / f.shape[1]
 
 
 class FrozenAverages(Messenger):

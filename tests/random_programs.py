@@ -3,7 +3,7 @@
 A :class:`Program` is a small straight-line stochastic program: 1–4 sample sites drawn
 from Normal, Bernoulli, Categorical, Binomial, Poisson, Geometric and Multinomial, each
 either a single draw, two draws in ``pyro.plate("p", 2)`` or two draws as one
-``.to_event(1)`` site; every parameter is a function of θ and of earlier draws; the cost
+``.to_event(1)`` site; every parameter is a function of θ and of earlier draws; f
 is a polynomial of the draws (plus a pathwise term in θ). Optionally one plated site is
 masked, and one draw-dependent loop (``while``, stopping on a Bernoulli's ``.item()``)
 counts its iterations.
@@ -75,7 +75,7 @@ class Program:
         parts = [f"{s.family}[{s.placement}{', masked' if s.masked else ''}]{s.coefficients}" for s in self.sites]
         if self.loop is not None:
             parts.append(f"loop{self.loop.coefficients}")
-        return "; ".join(parts) + f"; cost ({[(s.linear, s.square) for s in self.sites]}, cross {self.cross}, θ {self.pathwise})"
+        return "; ".join(parts) + f"; f ({[(s.linear, s.square) for s in self.sites]}, cross {self.cross}, θ {self.pathwise})"
 
 
 def _sigmoid(x):
@@ -131,14 +131,14 @@ def run(program: Program, theta: torch.Tensor, draw: Draw) -> torch.Tensor:
         if site.masked:
             fn = fn.mask(torch.tensor([True, False]) if site.placement == "plate" else torch.tensor(False))
         summaries.append(summary(site, draw(i, f"s{i}", fn, site)))
-    cost = program.pathwise * theta * summaries[0]
+    f = program.pathwise * theta * summaries[0]
     for site, s in zip(program.sites, summaries):
-        cost = cost + site.linear * s + site.square * s * s
+        f = f + site.linear * s + site.square * s * s
     if len(summaries) > 1:
-        cost = cost + program.cross * summaries[0] * summaries[1]
+        f = f + program.cross * summaries[0] * summaries[1]
     if program.loop is not None:
-        cost = cost + program.loop.linear * draw(len(program.sites), "loop", loop_probability(program, theta, summaries), None)
-    return cost
+        f = f + program.loop.linear * draw(len(program.sites), "loop", loop_probability(program, theta, summaries), None)
+    return f
 
 
 def loop_probability(program: Program, theta, summaries) -> torch.Tensor:
@@ -241,8 +241,8 @@ def exact_gradient(program: Program, theta: float) -> Tuple[float, float]:
         log_w = log_w + log_p.reshape(log_p.shape[0], -1).sum(-1)
         return values
 
-    cost = run(program, _grid_theta(t, program, index.shape[1]), draw)
-    value = (log_w.exp() * cost.reshape(-1)).sum()
+    f = run(program, _grid_theta(t, program, index.shape[1]), draw)
+    value = (log_w.exp() * f.reshape(-1)).sum()
     (grad,) = torch.autograd.grad(value, t)
     return float(value.detach()), float(grad)
 

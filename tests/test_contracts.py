@@ -39,7 +39,7 @@ def test_an_estimator_sees_the_sites_plates_and_refuses_before_the_draw():
         drawn.append(x)  # never reached: the refusal comes before the draw
         return x.sum(-1)
 
-    # Three coordinates of one event share one cost: their joint support has 8 values.
+    # Three coordinates of one event share one f: their joint support has 8 values.
     with pytest.raises(pg.EstimatorError, match=r"Enumerate\(\) does not apply to site 'x' \(Independent\(Bernoulli\)\)"
                                                  r".*MeasureValued\(\)"):
         pg.expectation(pg.estimators(batched, {"x": pg.Enumerate()}), torch.tensor(0.3, requires_grad=True),
@@ -57,13 +57,13 @@ def test_an_estimator_sees_the_sites_plates_and_refuses_before_the_draw():
 @dataclass(frozen=True, repr=False)
 class TrainedFlip(pg.MeasureValued):
     """MeasureValued on a Bernoulli, keeping gradients through its alternative run and
-    adding the alternative's cost as an auxiliary loss (as a control variate would)."""
+    adding the alternative's f as an auxiliary loss (as a control variate would)."""
 
     keeps_alternative_gradients = True
 
     def alternative_loss(self, runs):
-        assert runs.alternative_costs[0].requires_grad
-        return runs.alternative_costs[0]
+        assert runs.alternative_f[0].requires_grad
+        return runs.alternative_f[0]
 
 
 def weighted_bernoulli(w):

@@ -116,7 +116,7 @@ def make_wrapped(kind, theta):
 @pytest.mark.parametrize("estimator", [pg.Score(), pg.Reparam()])
 def test_wrapped_distributions_work_and_are_never_mutated(kind, estimator):
     # Each unmasked coordinate contributes θ²(z_i + 4) with z_i ~ N(θ, 2): gradient 8θ+3θ²
-    # per coordinate (28 at θ = 2); masked coordinates still reach the cost pathwise
+    # per coordinate (28 at θ = 2); masked coordinates still reach f pathwise
     # (2θ(z+4)) but not through the score (their log-prob is masked out), as in Pyro.
     seen = []
 
@@ -175,7 +175,7 @@ def test_unknown_baseline_is_rejected():
         pg.Score("decay", beta=1.5)
 
 
-def test_non_scalar_cost_is_rejected():
+def test_non_scalar_f_is_rejected():
     def program(theta):
         z = pyro.sample("z", dist.Normal(theta, 1.0))
         return torch.stack([z, z])
@@ -192,7 +192,7 @@ def test_summing_over_the_particle_dim_is_caught_with_a_hint():
         pg.expectation(program, torch.tensor(0.0), num_particles=4)
 
 
-def test_non_finite_costs_are_rejected():
+def test_non_finite_values_of_f_are_rejected():
     def program(theta):
         z = pyro.sample("z", dist.Normal(theta, 1.0))
         return z / 0.0
@@ -201,8 +201,8 @@ def test_non_finite_costs_are_rejected():
         pg.expectation(program, torch.tensor(0.0), num_particles=3)
 
 
-def test_non_tensor_cost_is_rejected():
-    with pytest.raises(pg.EstimatorError, match="must return its cost as a tensor"):
+def test_non_tensor_f_is_rejected():
+    with pytest.raises(pg.EstimatorError, match="must return f, the value to average, as a tensor"):
         pg.expectation(lambda: "cost")
 
 

@@ -1,4 +1,4 @@
-"""Difference estimators in a data plate: each element differences only the costs it can
+"""Difference estimators in a data plate: each element differences only the terms of f it can
 change, so DisARM and ARM are the papers' per-datum estimators (the variance of a
 hand-written per-datum implementation), and Enumerate and MeasureValued move every
 element in one re-run."""

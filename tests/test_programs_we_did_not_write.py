@@ -63,7 +63,7 @@ def test_an_outer_handler_wins_over_the_elbos_auto():
     assert loss.requires_grad
     assert_mean(g, 1.0)
     # Score's per-draw variance here is far above Reparam's (which is exactly 1):
-    # (ε)·(cost) with cost quadratic in ε.
+    # (ε)·(f) with f quadratic in ε.
     assert float(g.var()) > 2.0
 
 
@@ -315,7 +315,7 @@ def test_delta_under_score_names_the_site_and_what_applies():
         (1.0, lambda t: pyro.sample("z", dist.Normal(t, 1.0)), "a float"),
         (torch.tensor(1.0), lambda t: pyro.sample("z", dist.Normal(t, 1.0)), "without requires_grad"),
     ],
-    ids=["cost independent of θ", "float argument", "tensor without requires_grad"],
+    ids=["f independent of θ", "float argument", "tensor without requires_grad"],
 )
 def test_nothing_to_differentiate_is_one_clear_error(argument, program, says):
     with pytest.raises(pg.EstimatorError, match=f"depends on no tensor that requires grad.*{says}"):

@@ -32,7 +32,7 @@ MAX_POSTERIOR_VALUES = 1_000_000
 #: Gradient draws per checkpoint diagnosis.
 CHECKPOINT_DRAWS = 100
 #: SVI steps of each configuration run untimed before the first timed run, so that no
-#: run pays the process's one-time start-up costs.
+#: run pays the process's one-time start-up time.
 WARMUP_STEPS = 2
 #: Seconds between a claimed run's heartbeats, and between looks at runs another process
 #: is computing.
@@ -276,7 +276,7 @@ def compare(
 
     if pending:
         for label in dict.fromkeys(label for label, _ in pending):
-            # Untimed: the process's first steps pay one-time costs that no run should.
+            # Untimed: the process's first steps pay one-time start-up time that no run should.
             run_one(model, guide, args, kwargs, configs[label], pending[0][1], min(WARMUP_STEPS, num_steps),
                     num_particles, optim, None, reset=start_alike, posterior=False, objective=objective)
     from tqdm.auto import tqdm

@@ -38,7 +38,7 @@ from pyro_grad.engine.surrogate import Estimates
 from pyro_grad.distributions import describe
 from pyro_grad.diagnostics.site_tangent import SiteTangent, differentiable_parameters
 
-#: Above this many target elements, one forward pass per element costs more than the loop.
+#: Above this many target elements, one forward pass per element takes longer than the loop.
 MAX_FORWARD_ELEMENTS = 64
 
 EstimateFn = Callable[[tuple, int], Estimates]

@@ -17,7 +17,7 @@ from pyro_grad.engine.particles import guess_max_plate_nesting
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
 from pyro_grad.objectives.choice import sampler
-from pyro_grad.objectives.expectation import check_cost, expectation
+from pyro_grad.objectives.expectation import check_f, expectation
 from pyro_grad.paths import Reparam
 
 Reference = Union[None, str, Dict[str, Any], Callable[..., Dict[str, Any]]]
@@ -46,10 +46,10 @@ def exact_enumerated_expectation(fn: Callable, args: tuple, kwargs: dict) -> tor
                 "support grows exponentially; pass an exact reference instead"
             )
         log_joint = log_joint + site["fn"].log_prob(site["value"])
-    cost = trace.nodes["_RETURN"]["value"]
-    if not torch.is_tensor(cost):
-        check_cost(cost, 1, False)
-    return (log_joint.exp() * cost).sum()
+    f = trace.nodes["_RETURN"]["value"]
+    if not torch.is_tensor(f):
+        check_f(f, 1, False)
+    return (log_joint.exp() * f).sum()
 
 
 def exact_enumerated_elbo(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

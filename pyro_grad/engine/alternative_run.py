@@ -1,8 +1,8 @@
 """``AlternativeRun``: re-run a program with one site's value changed, coupled to a first run.
 
-Estimators that differentiate by differences of costs (measure-valued derivatives,
-ARM, DisARM, enumeration) compare the program's cost at the sampled value with its
-cost at an alternative value. The lower the variance of that difference, the better,
+Estimators that differentiate by differences of f (measure-valued derivatives,
+ARM, DisARM, enumeration) compare the program's f at the sampled value with its
+f at an alternative value. The lower the variance of that difference, the better,
 so the alternative run shares the first run's randomness wherever it can:
 
 * the changed site takes the alternative value;

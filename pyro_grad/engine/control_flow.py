@@ -6,7 +6,7 @@ through tensor operations only. A program that reads a draw into Python (``.item
 ``if b:``, ``int(n)``, ``range(n)``, ``.tolist()``) can make anything after the read
 depend on it — which sites exist, how often a loop runs — and provenance sees none of
 it. So these reads are watched: a site read this way (and every site its distribution
-depends on) has its score multiply every cost that comes after it, not only the costs
+depends on) has its score multiply every term of f that comes after it, not only the terms
 its value flows into.
 
 With vectorized particles one Python control flow serves all particles, which is
@@ -14,7 +14,7 @@ wrong whatever the estimator, so a read there is an error.
 
 The values are :class:`WatchedTensor`\\ s: Pyro's ``ProvenanceTensor`` (so Pyro's
 ``get_provenance`` and ``detach_provenance`` read them) with a faster dispatch. Pyro's
-dispatch flattens every call's arguments with ``torch.utils._pytree`` twice, which cost more
+dispatch flattens every call's arguments with ``torch.utils._pytree`` twice, which took longer
 than the 784–200–784 VAE's own step; a call's arguments are almost always tensors,
 numbers and flat lists of them, which are unwrapped directly here, and anything nested
 deeper takes Pyro's general path. A read into Python is a tensor call too, so the

@@ -6,7 +6,7 @@ This is Pyro's ``get_importance_trace`` with two differences an estimator needs:
   (:mod:`pyro_grad.engine.alternative_run`) must replay the first run's subsample
   indices — else a re-run of a subsampled plate scores other data points than the
   first run, and a per-datum difference compares different data;
-* a re-run whose only use is its cost (``scores=False``) computes log-densities
+* a re-run whose only use is its value of f (``scores=False``) computes log-densities
   alone: no score parts, and no re-validation of the structure the first run checked;
 * a density is computed on plain tensors, and the provenance of its value and its
   distribution's parameters is put on the result: tracking provenance through the
@@ -56,7 +56,7 @@ def importance_run(
 
     ``scores=True`` computes the guide's score parts and, under Pyro's validation,
     checks the model against the guide and every site's shape (a first run).
-    ``scores=False`` computes log-densities only (a re-run for its cost). Given
+    ``scores=False`` computes log-densities only (a re-run for its value of f). Given
     ``guide_full``, the guide is not run: the model replays that trace (see
     :func:`changed_last_site`).
     """
@@ -124,7 +124,7 @@ def changed_last_site(trace: Trace, name: str, value) -> Optional[Trace]:
     distribution), the site keeps its distribution, and nothing follows it — so the
     program need not run again. None when another sample site follows.
 
-    Replayed values lose their provenance (a re-run's only use is its cost); cached
+    Replayed values lose their provenance (a re-run's only use is its value of f); cached
     log-densities are kept, except the changed site's.
     """
     samples = [n for n, site in trace.nodes.items() if site["type"] == "sample"]

@@ -48,11 +48,11 @@ def particle_traces(
     """Traces of ``fn`` for ``num_particles`` particles, and the particle dim (None when looped).
 
     Non-reparameterized sites' values carry provenance (as in ``TraceGraph_ELBO``), so
-    that every cost knows which sites it depends on; a site whose value the program
+    that every term of f knows which sites it depends on; a site whose value the program
     reads into Python is marked (:mod:`pyro_grad.engine.control_flow`). ``max_plate_nesting``
     is guessed by one extra run when not given. ``watched=False`` skips provenance and
-    the read watch, for re-runs whose only use is their cost (provenance tracking
-    costs more than many programs themselves).
+    the read watch, for re-runs whose only use is their value of f (provenance
+    tracking takes longer than many programs themselves).
     """
     trace = watched_trace if watched else plain_trace
     batched = vectorize and num_particles > 1
@@ -135,12 +135,12 @@ class ParticleLayout:
             return t.squeeze(0).reshape(like.shape)
         return t.movedim(0, self.dim - event_dim).reshape(like.shape)
 
-    def align(self, cost: torch.Tensor, event_dim: int = 0) -> torch.Tensor:
-        """A per-particle ``(P,)`` cost shaped to broadcast against the site's batch dims
+    def align(self, f: torch.Tensor, event_dim: int = 0) -> torch.Tensor:
+        """A per-particle ``(P,)`` f shaped to broadcast against the site's batch dims
         (and ``event_dim`` event dims to their right)."""
         if self.dim is None:
-            return cost.reshape(())
-        return cost.reshape((self.num,) + (1,) * (-self.dim - 1 + event_dim))
+            return f.reshape(())
+        return f.reshape((self.num,) + (1,) * (-self.dim - 1 + event_dim))
 
     def reduce(self, t: torch.Tensor, event_dim: int = 0) -> torch.Tensor:
         """Per-particle sums ``(P,)`` of a tensor with ``event_dim`` event dims."""

@@ -2,7 +2,7 @@
 
 Pyro's ``get_provenance`` and ``detach_provenance`` flatten their argument as a pytree
 even when it is a plain tensor or a ``torch.Size``; called on every attribute of every
-distribution in a step, that cost more than the step's own tensor work. These answer a
+distribution in a step, that took longer than the step's own tensor work. These answer a
 tensor (or a number, or None) directly and hand anything else to Pyro.
 """
 

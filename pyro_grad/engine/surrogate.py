@@ -2,7 +2,7 @@
 
 Both objectives reduce a run to *blocks*: a block covers ``k`` particles (all K when
 vectorized, one when looped) and maps each score-path site to ``(estimator, score,
-cost)``, tensors with the particle axis first. Here the blocks are joined into
+f)``, tensors with the particle axis first. Here the blocks are joined into
 ``(K, ...)`` tensors, so that baselines can look across particles (leave-one-out),
 and each site's estimator turns them into its surrogate term.
 """
@@ -18,7 +18,7 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
 from pyro_grad.paths import CoupledRuns, Estimator, Site, SiteDraw
 
-#: site → (estimator, score, downstream cost, the choosing handler's baseline state)
+#: site → (estimator, score, downstream f, the choosing handler's baseline state)
 Block = Dict[str, Tuple[Estimator, torch.Tensor, torch.Tensor, RunningAverages]]
 
 
@@ -88,19 +88,19 @@ def score_terms(
     terms, aux, resolved = {}, torch.zeros(num_samples), {}
     for name in names:
         estimator, averages = next((block[name][0], block[name][3]) for block in blocks if name in block)
-        scores, costs = [], []
+        scores, f_blocks = [], []
         for block in blocks:
             if name in block:
                 scores.append(block[name][1])
-                costs.append(block[name][2])
+                f_blocks.append(block[name][2])
             else:  # a site absent from some particles contributes nothing for them
                 k = next(iter(block.values()))[1].shape[0] if block else 1
                 scores.append(torch.zeros(k))
-                costs.append(torch.zeros(k))
+                f_blocks.append(torch.zeros(k))
         score = group(concat_particles(scores), num_samples)
-        cost = group(concat_particles(costs), num_samples)
+        f = group(concat_particles(f_blocks), num_samples)
         estimator = estimator.resolve(score.shape[1])
-        terms[name], loss = estimator.surrogate(name, score, cost, args, kwargs, averages)
+        terms[name], loss = estimator.surrogate(name, score, f, args, kwargs, averages)
         aux = aux + loss
         resolved[name] = estimator
     return terms, aux, resolved
@@ -113,7 +113,7 @@ Terms = Dict[str, torch.Tensor]
 def difference_terms(
     trace,
     layout: ParticleLayout,
-    cost_at: Callable[[str], torch.Tensor],
+    f_at: Callable[[str], torch.Tensor],
     run_alternative: Callable[[str, torch.Tensor, bool], torch.Tensor],
     local: Callable[[str], bool] = lambda name: False,
     sites=None,
@@ -122,12 +122,12 @@ def difference_terms(
     """Per-particle ``(k,)`` terms of every difference-estimator site of one trace, and
     the auxiliary losses of those that add one.
 
-    ``cost_at(site)`` is the first run's cost at the site (detached), shaped to
+    ``f_at(site)`` is the first run's f at the site (detached), shaped to
     broadcast against its batch; ``run_alternative(site, value, keep_gradients)``
     re-runs the objective coupled to ``trace`` with the site at ``value`` and returns
-    its cost at the site alike, differentiable only when the estimator
+    its f at the site alike, differentiable only when the estimator
     ``keeps_alternative_gradients``. ``local(site)`` says whether each plate element's
-    costs stay in its element. ``sites`` restricts to sites the cost depends on;
+    terms of f stay in its element. ``sites`` restricts to sites f depends on;
     ``density(fn)`` is the distribution whose parameters are differentiated (the
     expectation strips masks from it).
     """
@@ -141,8 +141,8 @@ def difference_terms(
         draw = SiteDraw(name, density(site["fn"]), plain(site["value"]).detach(), layout, local(name))
         alternatives, state = estimator.alternatives(draw)
         keep = estimator.keeps_alternative_gradients
-        costs = [run_alternative(name, alternative, keep) for alternative in alternatives]
-        runs = CoupledRuns(draw, cost_at(name), costs, state)
+        alternative_f = [run_alternative(name, alternative, keep) for alternative in alternatives]
+        runs = CoupledRuns(draw, f_at(name), alternative_f, state)
         terms[name] = estimator.alternative_terms(runs)
         loss = estimator.alternative_loss(runs)
         if loss is not None:

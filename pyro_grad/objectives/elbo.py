@@ -41,7 +41,7 @@ class ELBO(pyro.infer.ELBO):
 
     ``ELBO = E_q[log p(x, z) − log q(z)]``. Reparameterized guide sites contribute
     pathwise gradients (and their ``log q`` as in ``Trace_ELBO``); every score-path site
-    ``s`` adds ``∇log q(z_s) · (c_s − b_s)`` where ``c_s`` sums only the costs downstream of
+    ``s`` adds ``∇log q(z_s) · (c_s − b_s)`` where ``c_s`` sums only the ELBO terms downstream of
     ``s`` (Rao-Blackwellized by provenance and plates, as ``TraceGraph_ELBO``) and ``b_s``
     is the site's baseline. Baselines see all K particles at once, so ``"loo"`` works in
     both the vectorized and the looped mode.
@@ -97,7 +97,7 @@ class ELBO(pyro.infer.ELBO):
         guide = RefuseInexactValues()(self.estimators(guide))
 
         def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool):
-            # A re-run's only use is its cost: no provenance, no read watch, no score
+            # A re-run's only use is its value of f: no provenance, no read watch, no score
             # parts; and when the site is the guide's last, no guide run at all.
             alternative_model, alternative_guide = model, guide
             if dim is not None:
@@ -110,9 +110,9 @@ class ELBO(pyro.infer.ELBO):
                     alternative_model, alternative_guide, args, kwargs, self.max_plate_nesting, scores=False,
                     guide_full=changed_last_site(run.guide_full, site, value),
                 )
-            elbo, costs = cost_terms(again.model_trace, again.guide_trace, layout)
-            cost = site_cost(costs, elbo, run.guide_trace.nodes[site], layout, first.read)
-            return cost if keep_gradients else cost.detach()
+            elbo, by_plates = terms_by_plates(again.model_trace, again.guide_trace, layout)
+            f = site_f(by_plates, elbo, run.guide_trace.nodes[site], layout, first.read)
+            return f if keep_gradients else f.detach()
 
         elbos, surrogates, blocks, differences = [], [], [], []
         guide_trace = None
@@ -130,7 +130,7 @@ class ELBO(pyro.infer.ELBO):
                 differences.append(
                     difference_terms(
                         guide_trace, layout,
-                        lambda s, t=terms, g=guide_trace: site_cost(t.costs, t.elbo, g.nodes[s], layout, t.read).detach(),
+                        lambda s, t=terms, g=guide_trace: site_f(t.by_plates, t.elbo, g.nodes[s], layout, t.read).detach(),
                         lambda s, v, keep, t=terms, r=run: run_alternative(r, t, s, v, keep),
                         local=lambda s, t=terms, g=guide_trace: stays_in_plates(t, g.nodes[s]),
                     )
@@ -199,39 +199,39 @@ class RefuseInexactValues(Messenger):
 
 class PairTerms(NamedTuple):
     """One trace pair's per-particle ``elbo`` and ``surrogate`` ``(P,)``, its score-path
-    ``block``, every cost term by plates (``costs``: ``log p`` and ``−log q``), the terms
+    ``block``, every ELBO term by plates (``by_plates``: ``log p`` and ``−log q``), the terms
     downstream of each guide site (``downstream``), and the guide sites read into
     Python (``read``)."""
 
     elbo: torch.Tensor
     surrogate: torch.Tensor
     block: Block
-    costs: MultiFrameTensor
+    by_plates: MultiFrameTensor
     downstream: Dict[str, MultiFrameTensor]
     read: List[str]
 
 
-def site_cost(
-    costs: MultiFrameTensor, elbo: torch.Tensor, site: dict, layout: ParticleLayout, read: List[str]
+def site_f(
+    by_plates: MultiFrameTensor, elbo: torch.Tensor, site: dict, layout: ParticleLayout, read: List[str]
 ) -> torch.Tensor:
-    """The ELBO terms (``costs``, by plates) each element of a guide site can change,
+    """The ELBO terms (``by_plates``) each element of a guide site can change,
     summed to its plates (what a difference estimator differences, per plate element),
     shaped to broadcast against its batch; the whole per-particle ``elbo (P,)`` for a
     site read into Python."""
     batch = site["fn"].batch_shape
     if site["name"] not in read:
-        cost = torch.as_tensor(costs.sum_to(site["cond_indep_stack"]))
+        f = torch.as_tensor(by_plates.sum_to(site["cond_indep_stack"]))
         try:
-            if cost.dim() <= len(batch) and torch.broadcast_shapes(cost.shape, batch) == batch:
-                return cost
+            if f.dim() <= len(batch) and torch.broadcast_shapes(f.shape, batch) == batch:
+                return f
         except RuntimeError:
-            pass  # a cost with a batch dim no plate declares: only the total is safe
+            pass  # terms with a batch dim no plate declares: only the total is safe
     return layout.align(elbo)
 
 
 def stays_in_plates(terms: PairTerms, site: dict) -> bool:
-    """Whether every cost that depends on the site lies in all of the site's plates, so
-    that each plate element's cost depends on that element alone."""
+    """Whether every ELBO term that depends on the site lies in all of the site's plates,
+    so that each plate element's terms depend on that element alone."""
     if site["name"] in terms.read:
         return False
     own = frozenset(f for f in site["cond_indep_stack"] if f.vectorized)
@@ -242,7 +242,7 @@ def elbo_terms(model_trace, guide_trace) -> Iterator[Tuple[bool, dict, FrozenSet
     """Every ELBO term in program order, model first: ``(in_guide, site, upstream,
     term)`` with ``term`` = ``log p`` or ``−log q`` as a plain tensor and ``upstream`` the
     sites it depends on. The provenance is read once here: tracking it through every
-    later op costs more than the ELBO itself."""
+    later op takes longer than the ELBO itself."""
     for in_guide, trace in ((False, model_trace), (True, guide_trace)):
         for site in trace.nodes.values():
             if site["type"] == "sample":
@@ -250,28 +250,28 @@ def elbo_terms(model_trace, guide_trace) -> Iterator[Tuple[bool, dict, FrozenSet
                 yield in_guide, site, provenance_of(site["log_prob"]), -term if in_guide else term
 
 
-def cost_terms(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[torch.Tensor, MultiFrameTensor]:
+def terms_by_plates(model_trace, guide_trace, layout: ParticleLayout) -> Tuple[torch.Tensor, MultiFrameTensor]:
     """The per-particle ELBO ``(P,)`` of one trace pair and its terms by plates."""
-    elbo, costs = torch.zeros(layout.num), MultiFrameTensor()
+    elbo, by_plates = torch.zeros(layout.num), MultiFrameTensor()
     for _, site, _, term in elbo_terms(model_trace, guide_trace):
         elbo = elbo + layout.reduce(term)
-        costs.add((site["cond_indep_stack"], term))
-    return elbo, costs
+        by_plates.add((site["cond_indep_stack"], term))
+    return elbo, by_plates
 
 
 def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> PairTerms:
     """Per-particle ELBO and surrogate ELBO of one trace pair, its score-path block, and
-    its cost terms by plates."""
+    its terms by plates."""
     elbo = surrogate = torch.zeros(layout.num)
     downstream = defaultdict(MultiFrameTensor)
-    costs = MultiFrameTensor()
-    # The model's cost terms, and the guide's in program order (name, term).
+    by_plates = MultiFrameTensor()
+    # The model's terms, and the guide's in program order (name, term).
     terms, guide_terms = [], []
     for in_guide, site, upstream, term in elbo_terms(model_trace, guide_trace):
         term_sum = layout.reduce(term)
         elbo = elbo + term_sum
         # Reparameterized sites keep log q's pathwise gradient; score-path sites keep
-        # only its value, since their score term already carries −log q as a cost.
+        # only its value, since their score term already carries −log q in f.
         if not in_guide or is_identically_zero(site["score_parts"].score_function):
             surrogate = surrogate + term_sum
         else:
@@ -280,24 +280,24 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> PairTer
         frame_term = (site["cond_indep_stack"], term)
         for name in upstream:
             downstream[name].add(frame_term)
-        costs.add(frame_term)
+        by_plates.add(frame_term)
         if in_guide:
             guide_terms.append((site["name"], frame_term))
         else:
             terms.append(frame_term)
-    # A guide site read into Python control flow may change every cost after it (which
+    # A guide site read into Python control flow may change every term after it (which
     # sites exist, what they draw), in any plate element: all of those are downstream.
     read = read_sites(guide_trace)
     for name in read:
         position = next(i for i, (n, _) in enumerate(guide_terms) if n == name)
         downstream[name] = MultiFrameTensor(*terms, *(term for _, term in guide_terms[position:]))
     block: Block = {}
-    for name, costs in downstream.items():
+    for name, downstream_terms in downstream.items():
         site = guide_trace.nodes.get(name)
         estimator = site["infer"].get("estimator") if site else None
         if estimator is None or not estimator.uses_score:
             continue
         score = layout.first(plain(site["score_parts"].score_function))
-        cost = layout.first(costs.sum_to(() if name in read else site["cond_indep_stack"]))
-        block[name] = (estimator, score, match_dims(cost, score.dim()), baselines.state_of(site))
-    return PairTerms(elbo, surrogate, block, costs, dict(downstream), read)
+        f = layout.first(downstream_terms.sum_to(() if name in read else site["cond_indep_stack"]))
+        block[name] = (estimator, score, match_dims(f, score.dim()), baselines.state_of(site))
+    return PairTerms(elbo, surrogate, block, by_plates, dict(downstream), read)

@@ -16,14 +16,14 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
 
 
-def check_cost(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor:
-    """The program's return value as a ``(k,)`` tensor of per-particle costs, or a clear error."""
+def check_f(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor:
+    """The program's return value as a ``(k,)`` tensor of per-particle values of f, or a clear error."""
     if not torch.is_tensor(value):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = torch.tensor(float(value))
         else:
             raise EstimatorError(
-                f"the program must return its cost as a tensor (one scalar per particle), "
+                f"the program must return f, the value to average, as a tensor (one scalar per particle), "
                 f"got {type(value).__name__}"
             )
     if value.numel() != num_particles:
@@ -33,16 +33,16 @@ def check_cost(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor
             else ""
         )
         raise EstimatorError(
-            f"the program returned a cost of shape {tuple(value.shape)}; expected one "
+            f"the program returned f of shape {tuple(value.shape)}; expected one "
             f"scalar per particle ({num_particles} {'particles' if vectorized else 'particle'})"
             + hint
         )
-    if not value.is_floating_point():  # integer costs (counts, category indices)
+    if not value.is_floating_point():  # integer values (counts, category indices)
         value = value.to(torch.get_default_dtype())
     finite = torch.isfinite(plain(value)).reshape(-1)
     if not finite.all():
         bad = finite.logical_not().nonzero().reshape(-1).tolist()[:5]
-        raise EstimatorError(f"the program returned non-finite costs (particles {bad} ...)")
+        raise EstimatorError(f"the program returned non-finite values of f (particles {bad} ...)")
     return value.reshape(num_particles)
 
 
@@ -62,7 +62,7 @@ def expectation(
     ``f`` plus, for every score-path site ``s``, ``(1/K) Σ_k ∇log q(z_{s,k}) (f_k − b_{s,k})``
     when ``f`` depends on ``s`` (value-preserving, in the spirit of DiCE).
 
-    ``fn`` returns its cost, one scalar per particle. Sites use the estimators set by
+    ``fn`` returns f, the value to average, one scalar per particle. Sites use the estimators set by
     :func:`pyro_grad.estimators` around ``fn`` (or around the call), else ``"auto"``.
     With ``vectorize=True`` all particles run in one pass inside an outermost particle
     plate (``fn`` must broadcast, declaring its batch dims with ``pyro.plate``);
@@ -92,7 +92,7 @@ def nothing_requires_grad(args: tuple, kwargs: dict) -> str:
     return (
         "the estimate of E[f] depends on no tensor that requires grad, so it has no gradient "
         f"({'; '.join(inputs) or 'no inputs'}). Pass the parameters as tensors with "
-        "requires_grad=True or use pyro.param, and check that the cost depends on them; "
+        "requires_grad=True or use pyro.param, and check that f depends on them; "
         "for the value alone, call under torch.no_grad()"
     )
 
@@ -113,24 +113,24 @@ def draws_particles(trace) -> bool:
     )
 
 
-def shared_cost(cost: torch.Tensor, trace, num_particles: int, dim: Optional[int], rerun: Callable) -> torch.Tensor:
-    """A vectorized cost with no particle axis, from a trace with no latent draw inside
+def shared_f(f: torch.Tensor, trace, num_particles: int, dim: Optional[int], rerun: Callable) -> torch.Tensor:
+    """A vectorized f with no particle axis, from a trace with no latent draw inside
     the particle plate (every site conditioned on, say), is the same for every particle:
     it is expanded to all of them. Unless it is not the same from run to run: then the
     program draws randomness pg cannot see, which vectorized particles would share."""
-    if dim is None or num_particles == 1 or cost.numel() != 1 or draws_particles(trace):
-        return cost
+    if dim is None or num_particles == 1 or f.numel() != 1 or draws_particles(trace):
+        return f
     with torch.no_grad():
         again = torch.as_tensor(rerun()).detach()
-    if not torch.equal(plain(cost).detach().reshape(()).to(again.dtype), again.reshape(())):
+    if not torch.equal(plain(f).detach().reshape(()).to(again.dtype), again.reshape(())):
         raise EstimatorError(
-            "the program's cost changes from run to run, yet it draws no sample site that "
+            "the program's value (f) changes from run to run, yet it draws no sample site that "
             "pg can see (sites hidden by poutine.block, or torch's own samplers such as "
             "torch.poisson); vectorized particles would all share those draws and their "
             "gradient path is not chosen by any estimator. Make them pyro.sample sites "
             "outside poutine.block, or use vectorize=False"
         )
-    return cost.expand(num_particles)
+    return f.expand(num_particles)
 
 
 def site_score(name: str, site: dict, vectorized: bool) -> torch.Tensor:
@@ -176,8 +176,8 @@ def expectation_estimates(
     def run_alternative(trace, site, value, keep_gradients):
         with AlternativeRun(trace, {site: value}), torch.set_grad_enabled(keep_gradients and torch.is_grad_enabled()):
             alternative, _ = particle_traces(program, args, kwargs, k, dim is not None, nesting, watched=False)
-        cost = plain(check_cost(alternative[0].nodes["_RETURN"]["value"], k, dim is not None))
-        return layout.align(cost if keep_gradients else cost.detach())
+        f = plain(check_f(alternative[0].nodes["_RETURN"]["value"], k, dim is not None))
+        return layout.align(f if keep_gradients else f.detach())
 
     def rerun():
         with poutine.block():
@@ -185,12 +185,12 @@ def expectation_estimates(
 
     values, blocks, difference_blocks = [], [], []
     for trace in traces:
-        cost = shared_cost(trace.nodes["_RETURN"]["value"], trace, k, dim, rerun)
-        cost = check_cost(cost, k, dim is not None)
+        f = shared_f(trace.nodes["_RETURN"]["value"], trace, k, dim, rerun)
+        f = check_f(f, k, dim is not None)
         # A site read into Python control flow may change anything after it, so the
-        # whole cost counts as downstream of it (and of what it depends on).
-        upstream = provenance_of(cost) | frozenset(read_sites(trace))
-        cost = plain(cost)
+        # whole of f counts as downstream of it (and of what it depends on).
+        upstream = provenance_of(f) | frozenset(read_sites(trace))
+        f = plain(f)
         trace = prune_subsample_sites(trace)
         block: Block = {}
         for name, site in trace.nodes.items():
@@ -199,12 +199,12 @@ def expectation_estimates(
                 continue
             # Only score-path sites need a log-density (a soft relaxed value has none).
             score = layout.first(plain(site_score(name, site, dim is not None)))
-            block[name] = (estimator, score, match_dims(cost, score.dim()), baselines.state_of(site))
-        values.append(cost)
+            block[name] = (estimator, score, match_dims(f, score.dim()), baselines.state_of(site))
+        values.append(f)
         blocks.append(block)
         difference_blocks.append(
             difference_terms(
-                trace, layout, lambda _, c=layout.align(cost.detach()): c,
+                trace, layout, lambda _, c=layout.align(f.detach()): c,
                 lambda s, v, keep, t=trace: run_alternative(t, s, v, keep), sites=upstream, density=unmasked,
             )
         )

@@ -10,7 +10,7 @@ respect to the logits ``φ`` is
 
 Several Bernoulli elements (a plate, or a batch) share one pair of runs, with an
 independent ``u`` each: the multivariate estimators. In an ELBO each element's ``f`` is
-only the cost that element can change (its own plate element's terms, and any cost
+only the part of f that element can change (its own plate element's terms, and any term
 outside the plate), by the plate's conditional independence: a ``to_event`` latent in
 a data plate gets the papers' per-datum estimator, whose variance does not grow with
 the batch. ``u`` is drawn at derivative time
@@ -47,7 +47,7 @@ class _Antithetic(DifferenceEstimator):
         fn, value, layout = runs.draw.fn, runs.draw.value, runs.draw.layout
         logits = logits_of(leaf_distribution(fn)).expand(value.shape)
         u, twin = runs.state
-        g = self.logit_gradient(runs.at_value(runs.cost), runs.at_value(runs.alternative_costs[0]), value, u, twin,
+        g = self.logit_gradient(runs.at_value(runs.f), runs.at_value(runs.alternative_f[0]), value, u, twin,
                                 logits.detach())
         return layout.reduce((logits - logits.detach()) * g.detach(), len(fn.event_shape))
 

@@ -9,11 +9,11 @@ An estimator has two jobs, one before and one after the draw:
 * Difference estimators (``uses_alternatives``) instead name alternative values for the
   site (``alternatives``); the objective re-runs the program at each, coupled to the
   first run (:class:`~pyro_grad.engine.alternative_run.AlternativeRun`), and
-  ``alternative_terms`` turns the per-particle costs into per-particle terms.
-* Score-path estimators (``uses_score``) implement ``surrogate(name, score, cost, args,
+  ``alternative_terms`` turns the per-particle values of f into per-particle terms.
+* Score-path estimators (``uses_score``) implement ``surrogate(name, score, f, args,
   kwargs, averages) -> (terms, auxiliary losses)``, turning per-particle values into the
   site's term of a surrogate objective: ``score`` holds ``log q(z_{g,k})`` for particle ``k`` of
-  independent sample ``g`` (shape ``(G, K, ...)``) and ``cost`` the costs downstream
+  independent sample ``g`` (shape ``(G, K, ...)``) and ``f`` the values of f downstream
   of the site, broadcastable to it. Per-sample values in, per-sample terms ``(G,)``
   out: this is what makes variance diagnostics free.
 
@@ -66,8 +66,8 @@ class Site:
 class SiteDraw(NamedTuple):
     """A difference-estimator site as drawn: its ``name``, its distribution ``fn`` and
     sampled ``value`` as traced (particles inside, at ``layout.dim``), the ``layout`` (a
-    :class:`~pyro_grad.engine.particles.ParticleLayout`), and whether its costs are
-    ``local``: every cost that depends on an element of the site lies in that element's
+    :class:`~pyro_grad.engine.particles.ParticleLayout`), and whether its terms of f
+    are ``local``: every term that depends on an element of the site lies in that element's
     plates (an ELBO's data plate, by conditional independence), so one re-run may move
     every element at once and each element still sees only its own difference."""
 
@@ -80,19 +80,19 @@ class SiteDraw(NamedTuple):
 
 class CoupledRuns(NamedTuple):
     """A difference-estimator site after its alternative runs: the ``draw``, the first
-    run's ``cost`` and one cost per alternative value in ``alternative_costs``, and the
+    run's ``f`` and one ``f`` per alternative value in ``alternative_f``, and the
     ``state`` that ``alternatives`` returned. Costs are the objective's at the site:
     shaped to broadcast against the site's batch (per particle, and per plate element
-    where the objective knows which costs each element can change)."""
+    where the objective knows which terms each element can change)."""
 
     draw: SiteDraw
-    cost: torch.Tensor
-    alternative_costs: List[torch.Tensor]
+    f: torch.Tensor
+    alternative_f: List[torch.Tensor]
     state: Any
 
-    def at_value(self, cost: torch.Tensor) -> torch.Tensor:
-        """``cost`` shaped to broadcast against the site's value (its event dims added)."""
-        return cost.reshape(cost.shape + (1,) * len(self.draw.fn.event_shape))
+    def at_value(self, f: torch.Tensor) -> torch.Tensor:
+        """``f`` shaped to broadcast against the site's value (its event dims added)."""
+        return f.reshape(f.shape + (1,) * len(self.draw.fn.event_shape))
 
 
 class Example(NamedTuple):
@@ -171,14 +171,14 @@ class Estimator:
 
 
 class DifferenceEstimator(Estimator):
-    """Base of estimators built on cost differences between coupled runs.
+    """Base of estimators built on differences of f between coupled runs.
 
     ``alternatives(draw)`` names the values to re-run the program at (each shaped like
     ``draw.value``) and any state; the objective re-runs it at each and hands the
     results to ``alternative_terms`` as :class:`CoupledRuns`.
 
     With ``keeps_alternative_gradients`` the alternative runs are differentiable (their
-    costs carry gradients to parameters, as a learned control variate needs); else they
+    values of f carry gradients to parameters, as a learned control variate needs); else they
     run under ``no_grad``. ``alternative_loss`` may add a per-particle auxiliary loss
     (zero in value in the surrogate; a control variate's training loss, as RELAX's).
     """

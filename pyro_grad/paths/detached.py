@@ -16,8 +16,8 @@ class DetachedSample(TorchDistribution):
     """``base_dist`` drawn with no derivative through the value, in reverse or forward mode.
 
     The sampling path of every estimator that is not pathwise (the score function and
-    the difference estimators): their gradients come from log-probabilities or cost
-    differences, never from the value.
+    the difference estimators): their gradients come from log-probabilities or
+    differences of f, never from the value.
 
     A wrapper rather than ``base_dist.has_rsample_(False)``: that mutates the user's
     distribution in place and raises on ``Independent`` and masked distributions.

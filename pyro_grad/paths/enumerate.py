@@ -15,15 +15,15 @@ MAX_SUPPORT = 64
 @dataclass(frozen=True, repr=False)
 class Enumerate(DifferenceEstimator):
     """Sum the site over its support: ``∂θ E[f] ∋ Σ_v ∂θ p_θ(v) · f(v)``, with ``f(v)`` the
-    cost of a run with the site set to ``v`` (every other site coupled to the first run).
+    f of a run with the site set to ``v`` (every other site coupled to the first run).
 
     Exact through the site's distribution: that site contributes no variance (the
     pathwise part of ``f`` stays that of the sampled value). Applies to distributions
     with a finite support of at most :data:`MAX_SUPPORT` values (Bernoulli, Categorical,
     OneHotCategorical, Binomial with a small ``total_count``), one element per particle,
-    or one per plate element when each element's costs stay in its plate (an ELBO's
+    or one per plate element when each element's terms of f stay in its plate (an ELBO's
     mixture assignments): one run per support value then serves every element at once.
-    Elements that share one cost (``pg.expectation``'s, or a batch outside any plate)
+    Elements that share one f (``pg.expectation``'s, or a batch outside any plate)
     have a joint support that grows exponentially, and are refused. Cost: 1 + the
     support size evaluations per particle (3 for a Bernoulli).
     """
@@ -66,19 +66,19 @@ class Enumerate(DifferenceEstimator):
         if elements != 1 and not draw.local:
             raise EstimatorError(
                 f"Enumerate() at site '{draw.name}': {elements} elements per particle share one "
-                "cost (pg.expectation's one cost per particle, or a cost outside their plate), so "
+                "value of f (pg.expectation's one f per particle, or a term outside their plate), so "
                 "their joint support is too large to enumerate; use MeasureValued(), ARM() or "
-                "Score() there, or an ELBO whose costs stay in the plate"
+                "Score() there, or an ELBO whose terms stay in the plate"
             )
-        # Every element takes each support value at once: with local costs each element
-        # sees only its own value's cost, so one run per value serves the whole plate.
+        # Every element takes each support value at once: with local terms each element
+        # sees only its own value's f, so one run per value serves the whole plate.
         support = fn.enumerate_support(expand=False)  # (S, 1, ..., *event)
         values = [s.expand(value.shape).to(value.dtype) for s in support]
         return values, values
 
     def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
         terms = 0.0
-        for v, c in zip(runs.state, runs.alternative_costs):
+        for v, c in zip(runs.state, runs.alternative_f):
             p = runs.draw.fn.log_prob(v).exp()
             terms = terms + (p - p.detach()) * c.detach()
         return runs.draw.layout.reduce(terms)

@@ -1,7 +1,7 @@
 """Measure-valued (coupled-jump) derivatives of discrete sites, in the spirit of StochasticAD.jl.
 
 For each distribution the derivative of ``E[f(X)]`` with respect to its parameter is a
-weighted difference between the cost at the sampled value and at one coupled
+weighted difference between f at the sampled value and at one coupled
 alternative, derived from the jump the inverse-CDF coupling makes under a small change
 of the parameter:
 
@@ -20,9 +20,9 @@ No score function: when the alternative run shares the first run's randomness th
 difference has low variance, and it is exactly 0 where f does not depend on the site.
 A site with several elements per particle (inside a plate) has one element, chosen
 uniformly among those that can move, moved per particle, and its difference weighted by
-their number: still unbiased. In an ELBO whose costs stay in the plate (each element's
+their number: still unbiased. In an ELBO whose terms stay in the plate (each element's
 terms depend only on its own value), every element moves in the same re-run and sees
-only its own cost's difference (one coordinate of an event per element). An element with probability exactly 0 or 1 is taken as
+only its own difference of f (one coordinate of an event per element). An element with probability exactly 0 or 1 is taken as
 fixed (as a masked agent is); a parameter that sits exactly at 0 or 1 yet moves with θ
 would be missed. Cost: 2 evaluations per particle (1 + the number of categories for
 a Categorical).
@@ -127,9 +127,9 @@ class MeasureValued(DifferenceEstimator):
         weight = mask.float() * elements
         if isinstance(leaf, dist.Categorical):
             probs = probs_of(leaf)  # (batch..., k)
-            f = torch.stack([runs.at_value(c) * weight for c in runs.alternative_costs], -1)
+            f = torch.stack([runs.at_value(c) * weight for c in runs.alternative_f], -1)
             return layout.reduce(((probs - probs.detach()) * f.detach()).sum(-1), e)
-        delta = runs.at_value(runs.alternative_costs[0] - runs.cost) * weight
+        delta = runs.at_value(runs.alternative_f[0] - runs.f) * weight
         if isinstance(leaf, dist.Poisson):
             eta, d = leaf.rate, delta
         else:

@@ -22,12 +22,12 @@ _NAMED = ("auto", "loo", "decay")
 class Score(Estimator):
     """Score function: ``∇θ E[f] = E[(f_down − b) ∇θ log q_θ(z)]`` plus the pathwise part of f.
 
-    Rao-Blackwellized: the site's score multiplies only ``f_down``, the costs whose value
+    Rao-Blackwellized: the site's score multiplies only ``f_down``, the terms of f whose value
     depends on the site (tracked by provenance, as in ``TraceGraph_ELBO``).
     ``baseline`` (``b``, independent of the particle's own draw, so unbiased):
 
     * ``None``: no baseline.
-    * ``"loo"``: leave-one-out, the mean of the other K − 1 particles' costs (K ≥ 2).
+    * ``"loo"``: leave-one-out, the mean of the other K − 1 particles' values of f (K ≥ 2).
     * ``"decay"``: an exponential moving average with factor ``beta``, kept per site
       by the estimators handler that chose it (so by the wrapped program, or by the
       :class:`~pyro_grad.ELBO`) across steps; never in the param store.
@@ -84,34 +84,34 @@ class Score(Estimator):
         self,
         name: str,
         score: torch.Tensor,
-        cost: torch.Tensor,
+        f: torch.Tensor,
         args: tuple = (),
         kwargs: dict = None,
         averages: Optional[RunningAverages] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        baseline, aux_loss = self._baseline(name, cost, args, kwargs or {}, averages)
-        advantage = (cost - baseline).detach()
+        baseline, aux_loss = self._baseline(name, f, args, kwargs or {}, averages)
+        advantage = (f - baseline).detach()
         # (s − s.detach()) keeps the surrogate's value equal to the plain estimate.
         term = (score - score.detach()) * advantage
         return term.reshape(term.shape[0], -1).sum(1) / score.shape[1], aux_loss
 
     def _baseline(
-        self, name: str, cost: torch.Tensor, args: tuple, kwargs: dict, averages: Optional[RunningAverages]
+        self, name: str, f: torch.Tensor, args: tuple, kwargs: dict, averages: Optional[RunningAverages]
     ) -> Tuple[Any, torch.Tensor]:
-        b, zero = self.baseline, torch.zeros(cost.shape[0])
+        b, zero = self.baseline, torch.zeros(f.shape[0])
         if b is None:
             return 0.0, zero
         if b == "loo":
-            if cost.shape[1] < 2:
+            if f.shape[1] < 2:
                 raise EstimatorError(
                     f"Score(baseline='loo') at site '{name}' needs num_particles >= 2, "
-                    f"got {cost.shape[1]}; use baseline='decay' for a single particle"
+                    f"got {f.shape[1]}; use baseline='decay' for a single particle"
                 )
-            return baselines.leave_one_out(cost), zero
+            return baselines.leave_one_out(f), zero
         if b == "decay":
             if averages is None:  # no handler keeps state for this site: start afresh
                 averages = RunningAverages()
-            return baselines.decaying_average(averages, name, cost, self.beta), zero
+            return baselines.decaying_average(averages, name, f, self.beta), zero
         if isinstance(b, numbers.Real):
             return float(b), zero
-        return baselines.learned(name, b, cost, args, kwargs)
+        return baselines.learned(name, b, f, args, kwargs)

@@ -46,12 +46,12 @@ def candidates(bench: Benchmark) -> List[Candidate]:
     """Every registered estimator that applies to all of the benchmark's latent sites,
     in registry order, with each estimator's own variants (the score function beside
     its leave-one-out baseline). For an ELBO only estimators whose draws are exact
-    values qualify (the model scores them), and only an ELBO splits its costs by
+    values qualify (the model scores them), and only an ELBO splits its terms by
     plate elements (so enumerates a plate-local site)."""
     sites = latent_sites(bench)
     exact_value = bench.guide is not None
     if bench.guide is None:
-        # pg.expectation returns one cost per particle: its plates do not split it.
+        # pg.expectation returns one f per particle: its plates do not split it.
         sites = [dataclasses.replace(site, plated=1) for site in sites]
     found = []
     for cls in REGISTRY:
