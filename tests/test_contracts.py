@@ -20,7 +20,7 @@ from pyro_grad.paths.registry import registered_names
 def test_the_registry_is_explicit_ordered_and_its_cli_names_are_unique():
     assert pg.paths.REGISTRY == (
         pg.Reparam, pg.Score, pg.Enumerate, pg.MeasureValued, pg.ARM, pg.DisARM, pg.GumbelSoftmax,
-        pg.StraightThrough,
+        pg.StraightThrough, pg.ReinMax,
     )
     assert len(registered_names()) == len(pg.paths.REGISTRY)
     # Registering is what exports: pg.<Name> and pg.paths.<Name> for every class.
@@ -28,6 +28,7 @@ def test_the_registry_is_explicit_ordered_and_its_cli_names_are_unique():
     # Listings follow registry order.
     assert pg.applicable(dist.Bernoulli(0.3)) == [
         pg.Score(), pg.Enumerate(), pg.MeasureValued(), pg.ARM(), pg.DisARM(), pg.GumbelSoftmax(), pg.StraightThrough(),
+        pg.ReinMax(),
     ]
 
 

@@ -15,7 +15,7 @@ from pyro_grad.paths.arm import ARM, DisARM
 from pyro_grad.paths.base import Estimator, Site
 from pyro_grad.paths.enumerate import Enumerate
 from pyro_grad.paths.measure_valued import MeasureValued
-from pyro_grad.paths.relaxed import GumbelSoftmax, StraightThrough
+from pyro_grad.paths.relaxed import GumbelSoftmax, ReinMax, StraightThrough
 from pyro_grad.paths.reparam import Reparam
 from pyro_grad.paths.score import Score
 
@@ -28,6 +28,7 @@ REGISTRY: Tuple[Type[Estimator], ...] = (
     DisARM,
     GumbelSoftmax,
     StraightThrough,
+    ReinMax,
 )
 
 

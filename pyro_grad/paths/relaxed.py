@@ -1,4 +1,5 @@
-"""Relaxations of discrete sites: Gumbel-softmax (Concrete) and straight-through. Biased.
+"""Relaxations of discrete sites: Gumbel-softmax (Concrete), straight-through and its
+second-order form ReinMax. Biased.
 
 Meaning inside an ELBO (mind Pyro issue #3127): a *hard* relaxed sample is an exact
 discrete value that carries a relaxed gradient, and it is scored by the site's
@@ -24,6 +25,13 @@ from pyro_grad.distributions import leaf_distribution, logits_of
 RELAXABLE = (dist.Bernoulli, dist.Categorical, dist.OneHotCategorical)
 
 
+def check_temperature(estimator: Any) -> None:
+    """A relaxation's ``temperature`` is a positive number, or one clear error."""
+    t = estimator.temperature
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not t > 0:
+        raise EstimatorError(f"{type(estimator).__name__}(temperature={t!r}): temperature must be a positive number")
+
+
 def _relaxable(fn: Any) -> bool:
     return isinstance(leaf_distribution(fn), RELAXABLE) and not isinstance(fn, dist.MaskedDistribution)
 
@@ -37,14 +45,15 @@ class RelaxedSample(TorchDistribution):
     path_wrapper = True
     has_rsample = True
 
-    def __init__(self, base_dist: Any, temperature: Any, hard: bool) -> None:
+    def __init__(self, base_dist: Any, temperature: Any, hard: bool, second_order: bool = False) -> None:
         self.base_dist = base_dist
         self.temperature = temperature
         self.hard = hard
+        self.second_order = second_order
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
 
     def expand(self, batch_shape, _instance=None) -> "RelaxedSample":
-        return RelaxedSample(self.base_dist.expand(batch_shape), self.temperature, self.hard)
+        return RelaxedSample(self.base_dist.expand(batch_shape), self.temperature, self.hard, self.second_order)
 
     @constraints.dependent_property
     def support(self):
@@ -65,6 +74,8 @@ class RelaxedSample(TorchDistribution):
         return self._one_hot(logits_of(leaf).expand(shape))
 
     def _bernoulli(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.second_order:  # a Bernoulli is the second of two categories, logits (0, φ)
+            return self._reinmax(torch.stack([torch.zeros_like(logits), logits], -1))[..., 1]
         if self.temperature is None:  # straight-through: b + p − sg(p)
             probs = torch.sigmoid(logits)
             hard = torch.bernoulli(probs.detach())
@@ -76,7 +87,21 @@ class RelaxedSample(TorchDistribution):
         hard = (soft.detach() > 0.5).to(soft.dtype)
         return hard + (soft - soft.detach())  # exactly hard in value
 
+    def _reinmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """ReinMax (Liu et al. 2023, Algorithm 2): the exact one-hot draw D forward, and
+        backward the gradient of π₂ = 2π₁ − ½π₀, with π₀ = softmax(θ) and π₁ the softmax
+        through θ of the value ½(D + softmax(θ/τ))."""
+        pi0 = logits.softmax(-1)
+        index = torch.multinomial(pi0.detach().reshape(-1, pi0.shape[-1]), 1).reshape(pi0.shape[:-1])
+        hard = torch.nn.functional.one_hot(index, pi0.shape[-1]).to(pi0.dtype)
+        pi1 = (hard + (logits / self.temperature).softmax(-1)) / 2
+        pi1 = ((pi1.log() - logits).detach() + logits).softmax(-1)
+        pi2 = 2 * pi1 - 0.5 * pi0
+        return hard + (pi2 - pi2.detach())  # exactly hard in value
+
     def _one_hot(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.second_order:
+            return self._reinmax(logits)
         if self.temperature is None:
             probs = logits.softmax(-1)
             index = torch.multinomial(probs.detach().reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
@@ -124,9 +149,7 @@ class GumbelSoftmax(Estimator):
     unbiased = False
 
     def __post_init__(self) -> None:
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not t > 0:
-            raise EstimatorError(f"GumbelSoftmax(temperature={t!r}): temperature must be a positive number")
+        check_temperature(self)
 
     @property
     def exact_value(self) -> bool:
@@ -175,3 +198,28 @@ class StraightThrough(Estimator):
 
     def prepare(self, msg: dict) -> None:
         msg["fn"] = RelaxedSample(msg["fn"], None, True)
+
+
+@dataclass(frozen=True, repr=False)
+class ReinMax(Estimator):
+    """ReinMax (Liu, Zhang, Gao, Wang, Chen & Han, NeurIPS 2023): straight-through with
+    second-order accuracy. The exact one-hot draw ``D`` forward; backward the gradient of
+    ``π₂ = 2π₁ − ½π₀``, ``π₀ = softmax(θ)``, ``π₁ = softmax(sg(log ½(D + softmax(θ/τ)) − θ) + θ)``
+    (Heun's method on the straight-through ODE instead of Euler's). Biased.
+    Applies to Bernoulli (the second of two categories with logits ``(0, φ)``),
+    Categorical and OneHotCategorical. Cost: 1 evaluation.
+    """
+
+    temperature: float = 1.0
+
+    unbiased = False
+
+    def __post_init__(self) -> None:
+        check_temperature(self)
+
+    @classmethod
+    def applies_to(cls, site: Site) -> bool:
+        return _relaxable(site.fn)
+
+    def prepare(self, msg: dict) -> None:
+        msg["fn"] = RelaxedSample(msg["fn"], float(self.temperature), True, second_order=True)
