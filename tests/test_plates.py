@@ -166,3 +166,25 @@ def test_an_alternative_run_scores_the_first_runs_minibatch(vectorize):
     exact = exact_bernoulli_gradient()
     for name in draws:
         assert_mean(torch.stack(draws[name]), exact[name])
+
+
+@pytest.mark.parametrize("vectorize", [False, True], ids=["looped", "vectorized"])
+@pytest.mark.parametrize("estimator", [pg.DisARM(), pg.MeasureValued()], ids=repr)
+def test_an_expectations_alternative_run_uses_the_first_runs_minibatch(estimator, vectorize):
+    # pg.expectation's re-runs, like the ELBO's, must see the data points the first run
+    # drew: every run of one call indexes the same 2 of 8 (here they would otherwise
+    # differ in most of 50 calls).
+    pyro.set_rng_seed(0)
+    seen = []
+
+    def program(a):
+        with pyro.plate("data", N, subsample_size=2) as i:
+            seen.append(i.clone())
+            b = pyro.sample("b", dist.Bernoulli(logits=a + X[i]))
+            return (b * X[i]).sum(-1)
+
+    for _ in range(50):
+        seen.clear()
+        pg.expectation(pg.estimators(program, {"b": estimator}), torch.tensor(0.2, requires_grad=True),
+                       vectorize=vectorize, max_plate_nesting=1).backward()
+        assert len(seen) >= 2 and all(torch.equal(s, seen[0]) for s in seen), seen

@@ -1,6 +1,6 @@
 """``importance_run``: a guide run and the model replayed against it, as an ELBO scores them.
 
-This is Pyro's ``get_importance_trace`` with two differences an estimator needs:
+This is Pyro's ``get_importance_trace`` with three differences an estimator needs:
 
 * the unpruned traces are kept beside the pruned ones, because an alternative run
   (:mod:`pyro_grad.engine.alternative_run`) must replay the first run's subsample

@@ -191,7 +191,7 @@ def expectation_estimates(
         # whole of f counts as downstream of it (and of what it depends on).
         upstream = provenance_of(f) | frozenset(read_sites(trace))
         f = plain(f)
-        trace = prune_subsample_sites(trace)
+        full, trace = trace, prune_subsample_sites(trace)  # a re-run replays the full one's minibatch
         block: Block = {}
         for name, site in trace.nodes.items():
             estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
@@ -205,7 +205,7 @@ def expectation_estimates(
         difference_blocks.append(
             difference_terms(
                 trace, layout, lambda _, c=layout.align(f.detach()): c,
-                lambda s, v, keep, t=trace: run_alternative(t, s, v, keep), sites=upstream, density=unmasked,
+                lambda s, v, keep, t=full: run_alternative(t, s, v, keep), sites=upstream, density=unmasked,
             )
         )
     return assemble(values, blocks, difference_blocks, num_samples, traces[0], args, kwargs, loss_sign=1.0)
