@@ -83,7 +83,9 @@ def contenders(k: int) -> List[Dict]:
              "guide": lambda net: pg.estimators(net.guide, {"z": pg.Score("loo")}), "particles": k,
              "variance": encoder_variance_pg}]
     if k == 2:
-        for estimator in (pg.DisARM(), pg.ARM(), pg.MeasureValued()):
+        # RELAX and REBAR at their 3 evaluations, beside the 2-evaluation estimators.
+        for estimator in (pg.DisARM(), pg.ARM(), pg.MeasureValued(), pg.IndeCateR(num_coordinates=1), pg.REBAR(),
+                          pg.RELAX()):
             rows.append({"label": f"pg {estimator!r}", "loss": lambda: pg.ELBO(vectorize_particles=True),
                          "guide": lambda net, e=estimator: pg.estimators(net.guide, {"z": e}), "particles": 1,
                          "variance": encoder_variance_pg})

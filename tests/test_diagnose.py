@@ -59,6 +59,16 @@ def test_a_confidently_wrong_sign_is_flagged():
     assert report.params["flagged"].all()
 
 
+def test_a_zero_gradient_met_exactly_up_to_rounding_is_not_a_wrong_sign():
+    # A zero-variance estimator at an exact gradient of 0: mean and reference are both
+    # float rounding (±1e-7), whose signs mean nothing.
+    from pyro_grad.diagnostics.statistics import element_table
+
+    table = element_table("q", torch.full((100, 1), 2.9e-8), torch.tensor([-6e-8]))
+    assert not table["flagged"].any()
+    assert element_table("q", torch.full((100, 1), 2.9e-3), torch.tensor([-6e-3]))["flagged"].all()
+
+
 def test_per_site_table_of_two_sites_under_two_estimators():
     # f = z·w with z ~ N(θ, 1) pathwise and w ~ Bernoulli(σ(θ)) by the score function.
     # ∂/∂loc_z E[f] = E[w] = σ(θ); ∂/∂probs_w E[f] = E[z] = θ.

@@ -82,10 +82,11 @@ def programs(draw, loops: bool) -> Program:
     return program
 
 
-def unbiased_estimators(site: Site, num_particles: int) -> list:
-    """Every registered estimator that applies to the site and claims to be unbiased."""
+def unbiased_estimators(site: Site, num_particles: int, relaxable: bool = True) -> list:
+    """Every registered estimator that applies to the site and claims to be unbiased;
+    the relaxed control variates (RELAX, REBAR) only where they are ``relaxable``."""
     fn = example_distribution(site)
-    options = [e for e in pg.applicable(fn) if e.unbiased]
+    options = [e for e in pg.applicable(fn) if e.unbiased and (relaxable or not getattr(e, "relaxes", False))]
     elements = fn.batch_shape.numel() * (fn.event_shape.numel() if site.family != "multinomial" else 1)
     if elements > 1:  # a joint support too large to enumerate: Enumerate refuses it
         options = [e for e in options if not isinstance(e, Enumerate)]
@@ -107,14 +108,25 @@ def example_distribution(site: Site):
 
 
 def loop_estimators() -> list:
+    # The loop's draws are read into Python, which relaxed control variates refuse.
     fn = torch.distributions.Bernoulli(0.5)
-    return [e for e in pg.applicable(fn) if e.unbiased]
+    return [e for e in pg.applicable(fn) if e.unbiased and not getattr(e, "relaxes", False)]
+
+
+def relaxable(program: Program, i: int) -> bool:
+    """Whether a relaxed control variate may take site ``i``: no discrete site, nor the
+    loop, has parameters that depend on its draw (its re-run would jump)."""
+    later = [s.coefficients for s in program.sites[i + 1:] if s.family != "normal"]
+    if program.loop is not None:
+        later.append(program.loop.coefficients)
+    return all(c[2 + i] == 0 for c in later)
 
 
 def check_program(program: Program, data, vectorize: bool) -> None:
     num_particles = data.draw(st.integers(1, 3 if vectorize else 2), label="K")
     config = {
-        f"s{i}": data.draw(st.sampled_from(unbiased_estimators(site, num_particles)), label=f"s{i}")
+        f"s{i}": data.draw(st.sampled_from(unbiased_estimators(site, num_particles, relaxable(program, i))),
+                           label=f"s{i}")
         for i, site in enumerate(program.sites)
     }
     loop_estimator = data.draw(st.sampled_from(loop_estimators()), label="loop") if program.loop else None

@@ -50,7 +50,9 @@ def element_table(name: str, draws: torch.Tensor, reference: Optional[torch.Tens
     # Floating-point rounding bounds how exact a zero-variance estimate can be.
     scale = torch.hypot(se, EXACT_TOLERANCE * refs.abs().clamp(min=1.0))
     z = bias / scale
-    wrong_sign = (refs != 0) & (means != 0) & (means.sign() != refs.sign()) & (means.abs() >= FLAG_Z * se)
+    # A reference within rounding of zero has no sign to get wrong.
+    signed = refs.abs() > EXACT_TOLERANCE * refs.abs().clamp(min=1.0)
+    wrong_sign = signed & (means != 0) & (means.sign() != refs.sign()) & (means.abs() >= FLAG_Z * scale)
     return table.assign(
         reference=refs.numpy(), bias=bias.numpy(), z=z.numpy(), flagged=((z.abs() >= FLAG_Z) | wrong_sign).numpy()
     )

@@ -24,7 +24,14 @@ from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 
 from pyro_grad.engine.provenance import plain
-from pyro_grad.distributions import leaf_distribution, probs_of, same_distribution, uniform_given_bernoulli
+from pyro_grad.distributions import (
+    describe,
+    leaf_distribution,
+    probs_of,
+    same_distribution,
+    uniform_given_bernoulli,
+)
+from pyro_grad.errors import EstimatorError
 
 
 def coupled_draw(old_fn: Any, old_value: torch.Tensor, new_fn: Any) -> Any:
@@ -48,17 +55,22 @@ class AlternativeRun(Messenger):
     there (see module docs). ``trace`` must be unpruned, so that its subsample indices
     replay. In an ELBO, ``trace`` is the guide's and ``model_trace`` the model's first
     run, for the sites only the model draws (its own subsample indices, say).
+    ``relaxed`` changes are continuous relaxations: a discrete site whose distribution
+    they change is refused, since its redraw would jump.
 
     Enter it *outside* the particle plate so that distributions are compared after
     broadcasting. Sites whose value is already set (observed, or replayed by an inner
     handler, as a model replaying its guide) are left alone.
     """
 
-    def __init__(self, trace: Trace, changes: Dict[str, torch.Tensor], model_trace: Optional[Trace] = None):
+    def __init__(
+        self, trace: Trace, changes: Dict[str, torch.Tensor], model_trace: Optional[Trace] = None, relaxed: bool = False
+    ):
         super().__init__()
         self.trace = trace
         self.changes = changes
         self.model_trace = model_trace
+        self.relaxed = relaxed
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["value"] is not None:
@@ -75,5 +87,13 @@ class AlternativeRun(Messenger):
         old_value = plain(first["value"])
         if isinstance(msg["fn"], _Subsample) or same_distribution(first["fn"], msg["fn"]):
             msg["value"] = old_value
+        elif self.relaxed and leaf_distribution(msg["fn"]).support.is_discrete:
+            changed = ", ".join(f"'{n}'" for n in self.changes)
+            raise EstimatorError(
+                f"discrete site '{name}' ({describe(msg['fn'])}) depends on the relaxed value of site "
+                f"{changed}: a re-run would redraw it, f would jump in the relaxed value and the "
+                "relaxed control variate (RELAX, REBAR) would be biased there; use DisARM(), "
+                "IndeCateR() or Score('loo') at that site"
+            )
         else:
             msg["value"] = coupled_draw(first["fn"], old_value, msg["fn"])  # None: draw anew

@@ -15,6 +15,8 @@ import torch
 from pyro_grad.engine.provenance import plain
 from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError
+from pyro_grad.distributions import describe
+from pyro_grad.engine.control_flow import READ
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
 from pyro_grad.paths import CoupledRuns, Estimator, Site, SiteDraw
 
@@ -114,22 +116,24 @@ def difference_terms(
     trace,
     layout: ParticleLayout,
     f_at: Callable[[str], torch.Tensor],
-    run_alternative: Callable[[str, torch.Tensor, bool], torch.Tensor],
+    run_alternative: Callable[[str, torch.Tensor, bool, bool], torch.Tensor],
     local: Callable[[str], bool] = lambda name: False,
     sites=None,
     density: Callable = lambda fn: fn,
+    scored: bool = False,
 ) -> Tuple[Terms, Terms]:
     """Per-particle ``(k,)`` terms of every difference-estimator site of one trace, and
     the auxiliary losses of those that add one.
 
     ``f_at(site)`` is the first run's f at the site (detached), shaped to
-    broadcast against its batch; ``run_alternative(site, value, keep_gradients)``
-    re-runs the objective coupled to ``trace`` with the site at ``value`` and returns
-    its f at the site alike, differentiable only when the estimator
-    ``keeps_alternative_gradients``. ``local(site)`` says whether each plate element's
+    broadcast against its batch; ``run_alternative(site, value, keep_gradients,
+    relaxed)`` re-runs the objective coupled to ``trace`` with the site at ``value`` and
+    returns its f at the site alike, differentiable only when the estimator
+    ``keeps_alternative_gradients``, and with no support checks when it ``relaxes``. ``local(site)`` says whether each plate element's
     terms of f stay in its element. ``sites`` restricts to sites f depends on;
     ``density(fn)`` is the distribution whose parameters are differentiated (the
-    expectation strips masks from it).
+    expectation strips masks from it); ``scored`` whether the objective scores values
+    by their density (an ELBO).
     """
     terms, losses = {}, {}
     for name, site in trace.nodes.items():
@@ -138,10 +142,16 @@ def difference_terms(
             continue
         if sites is not None and name not in sites:
             continue
-        draw = SiteDraw(name, density(site["fn"]), plain(site["value"]).detach(), layout, local(name))
+        if estimator.relaxes and site["infer"].get(READ):
+            raise EstimatorError(
+                f"{estimator!r} at site '{name}' ({describe(site['fn'])}): the program reads the site's "
+                "value into Python control flow, so f is not continuous in a relaxed value and the "
+                "control variate would be biased; use DisARM(), IndeCateR() or Score('loo')"
+            )
+        draw = SiteDraw(name, density(site["fn"]), plain(site["value"]).detach(), layout, local(name), scored)
         alternatives, state = estimator.alternatives(draw)
-        keep = estimator.keeps_alternative_gradients
-        alternative_f = [run_alternative(name, alternative, keep) for alternative in alternatives]
+        keep, relaxed = estimator.keeps_alternative_gradients, estimator.relaxes
+        alternative_f = [run_alternative(name, alternative, keep, relaxed) for alternative in alternatives]
         runs = CoupledRuns(draw, f_at(name), alternative_f, state)
         terms[name] = estimator.alternative_terms(runs)
         loss = estimator.alternative_loss(runs)

@@ -4,6 +4,7 @@ import copy
 from collections import defaultdict
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
+import pyro
 import pyro.infer
 from pyro.poutine.messenger import Messenger
 import torch
@@ -96,19 +97,22 @@ class ELBO(pyro.infer.ELBO):
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
         guide = RefuseInexactValues()(self.estimators(guide))
 
-        def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool):
+        def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool,
+                            relaxed: bool):
             # A re-run's only use is its value of f: no provenance, no read watch, no score
-            # parts; and when the site is the guide's last, no guide run at all.
+            # parts; and when the site is the guide's last, no guide run at all. A relaxed
+            # value lies outside the discrete support: no support checks, and a fresh guide
+            # run, since the first run's distributions check their values.
             alternative_model, alternative_guide = model, guide
             if dim is not None:
                 alternative_model = self._vectorized_num_particles(model)
                 alternative_guide = self._vectorized_num_particles(guide)
-            with AlternativeRun(run.guide_full, {site: value}, run.model_full), torch.set_grad_enabled(
+            with AlternativeRun(run.guide_full, {site: value}, run.model_full, relaxed), torch.set_grad_enabled(
                 keep_gradients and torch.is_grad_enabled()
-            ):
+            ), pyro.validation_enabled(is_validation_enabled() and not relaxed):
                 again = importance_run(
                     alternative_model, alternative_guide, args, kwargs, self.max_plate_nesting, scores=False,
-                    guide_full=changed_last_site(run.guide_full, site, value),
+                    guide_full=None if relaxed else changed_last_site(run.guide_full, site, value),
                 )
             elbo, by_plates = terms_by_plates(again.model_trace, again.guide_trace, layout)
             f = site_f(by_plates, elbo, run.guide_trace.nodes[site], layout, first.read)
@@ -131,8 +135,9 @@ class ELBO(pyro.infer.ELBO):
                     difference_terms(
                         guide_trace, layout,
                         lambda s, t=terms, g=guide_trace: site_f(t.by_plates, t.elbo, g.nodes[s], layout, t.read).detach(),
-                        lambda s, v, keep, t=terms, r=run: run_alternative(r, t, s, v, keep),
+                        lambda s, v, keep, relaxed, t=terms, r=run: run_alternative(r, t, s, v, keep, relaxed),
                         local=lambda s, t=terms, g=guide_trace: stays_in_plates(t, g.nodes[s]),
+                        scored=True,
                     )
                 )
         elbo = group(concat_particles(elbos), num_samples).mean(1)

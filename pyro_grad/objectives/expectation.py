@@ -2,8 +2,10 @@
 
 from typing import Any, Callable, Optional
 
+import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_grad.engine.provenance import plain, provenance_of
@@ -173,8 +175,11 @@ def expectation_estimates(
     layout = ParticleLayout(dim, k)
     nesting = None if dim is None else -dim - 1
 
-    def run_alternative(trace, site, value, keep_gradients):
-        with AlternativeRun(trace, {site: value}), torch.set_grad_enabled(keep_gradients and torch.is_grad_enabled()):
+    def run_alternative(trace, site, value, keep_gradients, relaxed):
+        # A relaxed value lies outside the discrete support, so it is not checked there.
+        with AlternativeRun(trace, {site: value}, relaxed=relaxed), torch.set_grad_enabled(
+            keep_gradients and torch.is_grad_enabled()
+        ), pyro.validation_enabled(is_validation_enabled() and not relaxed):
             alternative, _ = particle_traces(program, args, kwargs, k, dim is not None, nesting, watched=False)
         f = plain(check_f(alternative[0].nodes["_RETURN"]["value"], k, dim is not None))
         return layout.align(f if keep_gradients else f.detach())
@@ -205,7 +210,8 @@ def expectation_estimates(
         difference_blocks.append(
             difference_terms(
                 trace, layout, lambda _, c=layout.align(f.detach()): c,
-                lambda s, v, keep, t=full: run_alternative(t, s, v, keep), sites=upstream, density=unmasked,
+                lambda s, v, keep, relaxed, t=full: run_alternative(t, s, v, keep, relaxed), sites=upstream,
+                density=unmasked,
             )
         )
     return assemble(values, blocks, difference_blocks, num_samples, traces[0], args, kwargs, loss_sign=1.0)

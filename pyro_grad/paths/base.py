@@ -69,13 +69,16 @@ class SiteDraw(NamedTuple):
     :class:`~pyro_grad.engine.particles.ParticleLayout`), and whether its terms of f
     are ``local``: every term that depends on an element of the site lies in that element's
     plates (an ELBO's data plate, by conditional independence), so one re-run may move
-    every element at once and each element still sees only its own difference."""
+    every element at once and each element still sees only its own difference; and
+    whether the objective ``scored`` the value by its density."""
 
     name: str
     fn: Any
     value: torch.Tensor
     layout: Any
     local: bool = False
+    #: Whether the objective scores the value by the site's density (an ELBO does).
+    scored: bool = False
 
 
 class CoupledRuns(NamedTuple):
@@ -179,12 +182,16 @@ class DifferenceEstimator(Estimator):
 
     With ``keeps_alternative_gradients`` the alternative runs are differentiable (their
     values of f carry gradients to parameters, as a learned control variate needs); else they
-    run under ``no_grad``. ``alternative_loss`` may add a per-particle auxiliary loss
+    run under ``no_grad``. With ``relaxes`` they are continuous relaxations of the value
+    (RELAX's). ``alternative_loss`` may add a per-particle auxiliary loss
     (zero in value in the surrogate; a control variate's training loss, as RELAX's).
     """
 
     uses_alternatives = True
     keeps_alternative_gradients: ClassVar[bool] = False
+    #: Whether the alternative values are relaxations, outside the discrete support: the
+    #: re-runs then skip support checks, and refuse what would make f jump in the value.
+    relaxes: ClassVar[bool] = False
 
     def runs(self, site: Site) -> int:
         return 2

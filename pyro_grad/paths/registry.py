@@ -14,7 +14,10 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.paths.arm import ARM, DisARM
 from pyro_grad.paths.base import Estimator, Site
 from pyro_grad.paths.enumerate import Enumerate
+from pyro_grad.paths.indecater import IndeCateR
 from pyro_grad.paths.measure_valued import MeasureValued
+from pyro_grad.paths.rebar import REBAR
+from pyro_grad.paths.relax import RELAX
 from pyro_grad.paths.relaxed import GumbelSoftmax, ReinMax, StraightThrough
 from pyro_grad.paths.reparam import Reparam
 from pyro_grad.paths.score import Score
@@ -26,6 +29,9 @@ REGISTRY: Tuple[Type[Estimator], ...] = (
     MeasureValued,
     ARM,
     DisARM,
+    IndeCateR,
+    REBAR,
+    RELAX,
     GumbelSoftmax,
     StraightThrough,
     ReinMax,

@@ -11,7 +11,12 @@ import pyro
 import pyro.poutine as poutine
 from pyro.poutine.util import prune_subsample_sites
 
+import pyro.distributions as dist
+
 from pyro_grad.diagnostics import GradientReport, diagnose
+from pyro_grad.distributions import leaf_distribution, parameter_provenance
+from pyro_grad.engine.control_flow import READ
+from pyro_grad.engine.particles import watched_trace
 from pyro_grad.models.benchmark import Benchmark
 from pyro_grad.paths import REGISTRY, Estimator, Site
 
@@ -42,13 +47,36 @@ def latent_sites(bench: Benchmark) -> List[Site]:
     ]
 
 
+def relaxation_refusals(bench: Benchmark) -> List[str]:
+    """Why a relaxed control variate (RELAX, REBAR) would refuse the benchmark, one
+    reason per site: a latent site read into Python control flow, a discrete latent
+    site whose parameters depend on an earlier one, and in an ELBO a Categorical site
+    (see :mod:`pyro_grad.paths.relax`). Read from one traced run, by provenance."""
+    with poutine.block():
+        trace = prune_subsample_sites(watched_trace(bench.guide or bench.program, bench.arguments(), {}, False))
+    latents = [site for site in trace.nodes.values() if site["type"] == "sample" and not site["is_observed"]]
+    reasons = []
+    for i, site in enumerate(latents):
+        if site["infer"].get(READ):
+            reasons.append(f"site '{site['name']}' is read into Python control flow")
+        if bench.guide is not None and isinstance(leaf_distribution(site["fn"]), dist.Categorical):
+            reasons.append(f"an ELBO scores Categorical site '{site['name']}' by its log-mass")
+        upstream = parameter_provenance(site["fn"])
+        if leaf_distribution(site["fn"]).support.is_discrete:
+            reasons += [f"discrete site '{site['name']}' depends on '{s['name']}'"
+                        for s in latents[:i] if s["name"] in upstream]
+    return reasons
+
+
 def candidates(bench: Benchmark) -> List[Candidate]:
     """Every registered estimator that applies to all of the benchmark's latent sites,
     in registry order, with each estimator's own variants (the score function beside
     its leave-one-out baseline). For an ELBO only estimators whose draws are exact
     values qualify (the model scores them), and only an ELBO splits its terms by
-    plate elements (so enumerates a plate-local site)."""
+    plate elements (so enumerates a plate-local site). Relaxed control variates are
+    left out where they would refuse (:func:`relaxation_refusals`)."""
     sites = latent_sites(bench)
+    relaxable = None
     exact_value = bench.guide is not None
     if bench.guide is None:
         # pg.expectation returns one f per particle: its plates do not split it.
@@ -57,6 +85,10 @@ def candidates(bench: Benchmark) -> List[Candidate]:
     for cls in REGISTRY:
         if not sites or not all(cls.applies_to(site) for site in sites):
             continue
+        if getattr(cls, "relaxes", False):
+            relaxable = not relaxation_refusals(bench) if relaxable is None else relaxable
+            if not relaxable:
+                continue
         per_site = [cls.examples_for(site, exact_value) for site in sites]
         for examples in zip(*per_site):
             if any(e.estimator.refusal(site) is not None for e, site in zip(examples, sites)):
