@@ -6,7 +6,9 @@ Run: ``.venv/bin/python benchmarks/bench_vae.py [--k 2|3] [--steps N] [--batch B
 for 2 cores; ``--steps 20000`` and more for the papers' curves.
 
 At K = 2 evaluations per data point: ``pg.Score("loo")`` with 2 particles (RLOO),
-``pg.DisARM()``, ``pg.ARM()`` and ``pg.MeasureValued()`` (one pair each), and Pyro's
+``pg.DisARM()``, ``pg.ARM()``, ``pg.MeasureValued()`` and ``pg.IndeCateR(num_coordinates=1)``
+(one pair each), ``pg.DoubleCV()`` with 2 particles, ``pg.REBAR()`` and ``pg.RELAX()`` at
+their 3 evaluations (their control variates training online with the guide), and Pyro's
 ``TraceGraph_ELBO`` with its decaying baseline and 2 particles. ``--k 3`` gives the
 3-evaluation versions: RLOO and TraceGraph_ELBO with 3 particles (the antithetic pairs
 and MeasureValued have no 3-evaluation form, and are left out, as printed). Hand-written
@@ -89,6 +91,9 @@ def contenders(k: int) -> List[Dict]:
             rows.append({"label": f"pg {estimator!r}", "loss": lambda: pg.ELBO(vectorize_particles=True),
                          "guide": lambda net, e=estimator: pg.estimators(net.guide, {"z": e}), "particles": 1,
                          "variance": encoder_variance_pg})
+    rows.append({"label": f"pg DoubleCV(), K={k}", "loss": lambda: pg.ELBO(num_particles=k, vectorize_particles=True),
+                 "guide": lambda net: pg.estimators(net.guide, {"z": pg.DoubleCV()}), "particles": k,
+                 "variance": encoder_variance_pg})
     rows.append({"label": f"TraceGraph_ELBO (decaying baseline), K={k}",
                  "loss": lambda: TraceGraph_ELBO(num_particles=k, vectorize_particles=True),
                  "guide": tracegraph_guide, "particles": k, "variance": encoder_variance_tracegraph})

@@ -19,16 +19,16 @@ from pyro_grad.paths.registry import registered_names
 
 def test_the_registry_is_explicit_ordered_and_its_cli_names_are_unique():
     assert pg.paths.REGISTRY == (
-        pg.Reparam, pg.Score, pg.Enumerate, pg.MeasureValued, pg.ARM, pg.DisARM, pg.IndeCateR, pg.REBAR, pg.RELAX,
-        pg.GumbelSoftmax, pg.StraightThrough, pg.ReinMax,
+        pg.Reparam, pg.Score, pg.Enumerate, pg.MeasureValued, pg.ARM, pg.DisARM, pg.DoubleCV, pg.IndeCateR, pg.REBAR,
+        pg.RELAX, pg.GumbelSoftmax, pg.StraightThrough, pg.ReinMax,
     )
     assert len(registered_names()) == len(pg.paths.REGISTRY)
     # Registering is what exports: pg.<Name> and pg.paths.<Name> for every class.
     assert all(getattr(pg, cls.__name__) is cls is getattr(pg.paths, cls.__name__) for cls in pg.paths.REGISTRY)
     # Listings follow registry order.
     assert pg.applicable(dist.Bernoulli(0.3)) == [
-        pg.Score(), pg.Enumerate(), pg.MeasureValued(), pg.ARM(), pg.DisARM(), pg.IndeCateR(), pg.REBAR(), pg.RELAX(),
-        pg.GumbelSoftmax(), pg.StraightThrough(), pg.ReinMax(),
+        pg.Score(), pg.Enumerate(), pg.MeasureValued(), pg.ARM(), pg.DisARM(), pg.DoubleCV(), pg.IndeCateR(), pg.REBAR(),
+        pg.RELAX(), pg.GumbelSoftmax(), pg.StraightThrough(), pg.ReinMax(),
     ]
 
 

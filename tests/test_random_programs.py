@@ -86,7 +86,10 @@ def unbiased_estimators(site: Site, num_particles: int, relaxable: bool = True) 
     """Every registered estimator that applies to the site and claims to be unbiased;
     the relaxed control variates (RELAX, REBAR) only where they are ``relaxable``."""
     fn = example_distribution(site)
-    options = [e for e in pg.applicable(fn) if e.unbiased and (relaxable or not getattr(e, "relaxes", False))]
+    options = [
+        e for e in pg.applicable(fn)
+        if e.unbiased and num_particles >= e.min_particles and (relaxable or not getattr(e, "relaxes", False))
+    ]
     elements = fn.batch_shape.numel() * (fn.event_shape.numel() if site.family != "multinomial" else 1)
     if elements > 1:  # a joint support too large to enumerate: Enumerate refuses it
         options = [e for e in options if not isinstance(e, Enumerate)]
@@ -110,7 +113,7 @@ def example_distribution(site: Site):
 def loop_estimators() -> list:
     # The loop's draws are read into Python, which relaxed control variates refuse.
     fn = torch.distributions.Bernoulli(0.5)
-    return [e for e in pg.applicable(fn) if e.unbiased and not getattr(e, "relaxes", False)]
+    return [e for e in pg.applicable(fn) if e.unbiased and not getattr(e, "relaxes", False)]  # any K
 
 
 def relaxable(program: Program, i: int) -> bool:

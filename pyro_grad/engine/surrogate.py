@@ -8,7 +8,7 @@ and each site's estimator turns them into its surrogate term.
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -18,10 +18,27 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.distributions import describe
 from pyro_grad.engine.control_flow import READ
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
+from pyro_grad.distributions import leaf_distribution, probs_of
 from pyro_grad.paths import CoupledRuns, Estimator, Site, SiteDraw
+from pyro_grad.paths.base import ValueGradient
 
-#: site → (estimator, score, downstream f, the choosing handler's baseline state)
-Block = Dict[str, Tuple[Estimator, torch.Tensor, torch.Tensor, RunningAverages]]
+#: site → (estimator, score, downstream f, the choosing handler's baseline state, and
+#: for estimators that use it the site's :class:`ValueGradient`, else None)
+Block = Dict[str, Tuple[Estimator, torch.Tensor, torch.Tensor, RunningAverages, Optional[ValueGradient]]]
+
+
+def value_gradient(site: dict, f: torch.Tensor, layout: ParticleLayout) -> ValueGradient:
+    """A score-path site's value, probabilities and ∇_value of its downstream ``f`` (as
+    traced, particles inside), each ``(P, batch..., event...)``. Zero where f does
+    not reach the value differentiably."""
+    value = plain(site["value"])
+    event_dim = len(site["fn"].event_shape)
+    gradient = None
+    if torch.is_grad_enabled() and f.requires_grad and value.requires_grad:
+        gradient = torch.autograd.grad(f.sum(), value, retain_graph=True, allow_unused=True)[0]
+    gradient = torch.zeros(value.shape) if gradient is None else gradient.detach()
+    probs = probs_of(leaf_distribution(site["fn"])).expand(value.shape)
+    return ValueGradient(*(layout.first(t, event_dim) for t in (value.detach(), probs, gradient)))
 
 
 def check_num_particles(num_particles: int) -> int:
@@ -90,19 +107,24 @@ def score_terms(
     terms, aux, resolved = {}, torch.zeros(num_samples), {}
     for name in names:
         estimator, averages = next((block[name][0], block[name][3]) for block in blocks if name in block)
-        scores, f_blocks = [], []
+        scores, f_blocks, draws = [], [], []
         for block in blocks:
             if name in block:
                 scores.append(block[name][1])
                 f_blocks.append(block[name][2])
+                draws.append(block[name][4])
             else:  # a site absent from some particles contributes nothing for them
                 k = next(iter(block.values()))[1].shape[0] if block else 1
                 scores.append(torch.zeros(k))
                 f_blocks.append(torch.zeros(k))
+                draws.append(ValueGradient(*(torch.zeros(k),) * 3))
         score = group(concat_particles(scores), num_samples)
         f = group(concat_particles(f_blocks), num_samples)
         estimator = estimator.resolve(score.shape[1])
-        terms[name], loss = estimator.surrogate(name, score, f, args, kwargs, averages)
+        extra = {}
+        if estimator.uses_value_gradient:
+            extra["draw"] = ValueGradient(*(group(concat_particles(parts), num_samples) for parts in zip(*draws)))
+        terms[name], loss = estimator.surrogate(name, score, f, args, kwargs, averages, **extra)
         aux = aux + loss
         resolved[name] = estimator
     return terms, aux, resolved

@@ -27,6 +27,7 @@ from pyro_grad.engine.surrogate import (
     difference_terms,
     evaluations,
     group,
+    value_gradient,
 )
 from pyro_grad.engine.particles import (
     ParticleLayout,
@@ -303,6 +304,8 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> PairTer
         if estimator is None or not estimator.uses_score:
             continue
         score = layout.first(plain(site["score_parts"].score_function))
-        f = layout.first(downstream_terms.sum_to(() if name in read else site["cond_indep_stack"]))
-        block[name] = (estimator, score, match_dims(f, score.dim()), baselines.state_of(site))
+        f = downstream_terms.sum_to(() if name in read else site["cond_indep_stack"])
+        draw = value_gradient(site, torch.as_tensor(f), layout) if estimator.uses_value_gradient else None
+        f = layout.first(f)
+        block[name] = (estimator, score, match_dims(f, score.dim()), baselines.state_of(site), draw)
     return PairTerms(elbo, surrogate, block, by_plates, dict(downstream), read)

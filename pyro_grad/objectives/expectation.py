@@ -13,7 +13,14 @@ from pyro_grad import baselines
 from pyro_grad.distributions import describe, unmasked
 from pyro_grad.engine.alternative_run import AlternativeRun
 from pyro_grad.engine.particles import PARTICLES, ParticleLayout, match_dims, particle_traces, read_sites
-from pyro_grad.engine.surrogate import Block, Estimates, assemble, check_num_particles, difference_terms
+from pyro_grad.engine.surrogate import (
+    Block,
+    Estimates,
+    assemble,
+    check_num_particles,
+    difference_terms,
+    value_gradient,
+)
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
 
@@ -204,7 +211,8 @@ def expectation_estimates(
                 continue
             # Only score-path sites need a log-density (a soft relaxed value has none).
             score = layout.first(plain(site_score(name, site, dim is not None)))
-            block[name] = (estimator, score, match_dims(f, score.dim()), baselines.state_of(site))
+            draw = value_gradient(site, f, layout) if estimator.uses_value_gradient else None
+            block[name] = (estimator, score, match_dims(f, score.dim()), baselines.state_of(site), draw)
         values.append(f)
         blocks.append(block)
         difference_blocks.append(

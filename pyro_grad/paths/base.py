@@ -98,6 +98,17 @@ class CoupledRuns(NamedTuple):
         return f.reshape(f.shape + (1,) * len(self.draw.fn.event_shape))
 
 
+class ValueGradient(NamedTuple):
+    """A score-path site's draws for estimators that differentiate f in the value
+    (``uses_value_gradient``), shaped ``(G, K, batch..., event...)`` in ``surrogate``:
+    the drawn ``value``, the distribution's ``probs`` (differentiable in its
+    parameters) and ``gradient``, ∇_value of the site's downstream f (detached)."""
+
+    value: torch.Tensor
+    probs: torch.Tensor
+    gradient: torch.Tensor
+
+
 class Example(NamedTuple):
     """A default instance for listings and the benchmark suite: its label, the
     estimator, and the particles it needs (a leave-one-out baseline needs two)."""
@@ -117,6 +128,11 @@ class Estimator:
     uses_score: ClassVar[bool] = False
     #: Whether the estimator differentiates by re-running the program at other values.
     uses_alternatives: ClassVar[bool] = False
+    #: Whether ``surrogate`` also takes ``draw=``, a :class:`ValueGradient`: the value,
+    #: probabilities and ∇_value f of its site (the draw is then a leaf that requires grad).
+    uses_value_gradient: ClassVar[bool] = False
+    #: Particles the estimator needs (a leave-one-out baseline needs two).
+    min_particles: ClassVar[int] = 1
 
     def __repr__(self) -> str:
         # Only the fields that differ from their defaults: Score(baseline='loo').

@@ -19,6 +19,10 @@ class DetachedSample(TorchDistribution):
     the difference estimators): their gradients come from log-probabilities or
     differences of f, never from the value.
 
+    With ``differentiable_value`` the draw is a leaf that requires grad: nothing flows
+    back through it to the parameters, yet f can be differentiated in it (DoubleCV's
+    value gradients).
+
     A wrapper rather than ``base_dist.has_rsample_(False)``: that mutates the user's
     distribution in place and raises on ``Independent`` and masked distributions.
     """
@@ -28,12 +32,13 @@ class DetachedSample(TorchDistribution):
     path_wrapper = True
     has_rsample = False
 
-    def __init__(self, base_dist: Any) -> None:
+    def __init__(self, base_dist: Any, differentiable_value: bool = False) -> None:
         self.base_dist = base_dist
+        self.differentiable_value = differentiable_value
         super().__init__(base_dist.batch_shape, base_dist.event_shape, validate_args=False)
 
     def expand(self, batch_shape, _instance=None) -> "DetachedSample":
-        return DetachedSample(self.base_dist.expand(batch_shape))
+        return DetachedSample(self.base_dist.expand(batch_shape), self.differentiable_value)
 
     @constraints.dependent_property
     def support(self):
@@ -58,6 +63,8 @@ class DetachedSample(TorchDistribution):
         sampler = private_copy(self.base_dist)
         with torch.no_grad(), fwAD._set_fwd_grad_enabled(False), torch._C.DisableTorchFunctionSubclass():
             value = torch.Tensor.detach(sampler.sample(sample_shape))
+        if self.differentiable_value:  # a leaf, so f can be differentiated in the value
+            value.requires_grad_(torch.is_grad_enabled())
         provenance = parameter_provenance(self.base_dist)
         return ProvenanceTensor(value, provenance) if provenance else value
 

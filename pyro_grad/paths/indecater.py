@@ -29,9 +29,11 @@ import torch
 
 from pyro_grad.distributions import leaf_distribution, probs_of
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
+from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Example, Site, SiteDraw
 
 SUPPORTED = (dist.Bernoulli, dist.Categorical)
+#: The benchmark suite runs the exact sum up to this many extra runs per particle.
+EXACT_RUNS = 16
 
 
 def categories(leaf: Any) -> int:
@@ -81,6 +83,16 @@ class IndeCateR(DifferenceEstimator):
     def applies_to(cls, site: Site) -> bool:
         fn = site.fn
         return isinstance(leaf_distribution(fn), SUPPORTED) and not isinstance(fn, dist.MaskedDistribution)
+
+    @classmethod
+    def examples_for(cls, site: Site, exact_value: bool = False) -> List[Example]:
+        # The exact sum where it is cheap; else one coordinate per particle, whose cost
+        # (2 evaluations for a Bernoulli) matches the pairs of DisARM and MeasureValued.
+        runs = (site.elements // max(site.plated, 1)) * site.fn.event_shape.numel()
+        runs *= categories(leaf_distribution(site.fn)) - 1
+        if runs > EXACT_RUNS:
+            return [Example("IndeCateR(num_coordinates=1)", cls(1), 1)]
+        return [Example("IndeCateR", cls(), 1)]
 
     def runs(self, site: Site) -> int:
         coordinates = site.elements * site.fn.event_shape.numel()

@@ -13,6 +13,7 @@ from pyro_grad.distributions import describe
 from pyro_grad.errors import EstimatorError
 from pyro_grad.paths.arm import ARM, DisARM
 from pyro_grad.paths.base import Estimator, Site
+from pyro_grad.paths.double_cv import DoubleCV
 from pyro_grad.paths.enumerate import Enumerate
 from pyro_grad.paths.indecater import IndeCateR
 from pyro_grad.paths.measure_valued import MeasureValued
@@ -29,6 +30,7 @@ REGISTRY: Tuple[Type[Estimator], ...] = (
     MeasureValued,
     ARM,
     DisARM,
+    DoubleCV,
     IndeCateR,
     REBAR,
     RELAX,
