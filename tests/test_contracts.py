@@ -19,7 +19,7 @@ from pyro_grad.paths.registry import registered_names
 
 def test_the_registry_is_explicit_ordered_and_its_cli_names_are_unique():
     assert pg.paths.REGISTRY == (
-        pg.Reparam, pg.Score, pg.Enumerate, pg.MeasureValued, pg.ARM, pg.DisARM, pg.DoubleCV, pg.IndeCateR, pg.REBAR,
+        pg.Reparam, pg.Score, pg.Enumerate, pg.MeasureValued, pg.ARM, pg.DisARM, pg.DoubleCV, pg.RODEO, pg.IndeCateR, pg.REBAR,
         pg.RELAX, pg.GumbelSoftmax, pg.StraightThrough, pg.ReinMax,
     )
     assert len(registered_names()) == len(pg.paths.REGISTRY)
@@ -27,7 +27,7 @@ def test_the_registry_is_explicit_ordered_and_its_cli_names_are_unique():
     assert all(getattr(pg, cls.__name__) is cls is getattr(pg.paths, cls.__name__) for cls in pg.paths.REGISTRY)
     # Listings follow registry order.
     assert pg.applicable(dist.Bernoulli(0.3)) == [
-        pg.Score(), pg.Enumerate(), pg.MeasureValued(), pg.ARM(), pg.DisARM(), pg.DoubleCV(), pg.IndeCateR(), pg.REBAR(),
+        pg.Score(), pg.Enumerate(), pg.MeasureValued(), pg.ARM(), pg.DisARM(), pg.DoubleCV(), pg.RODEO(), pg.IndeCateR(), pg.REBAR(),
         pg.RELAX(), pg.GumbelSoftmax(), pg.StraightThrough(), pg.ReinMax(),
     ]
 

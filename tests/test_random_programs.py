@@ -20,6 +20,7 @@ programs (400 vectorized, 100 looped) instead of 34.
 
 import os
 
+import pyro
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -31,6 +32,7 @@ from pyro_grad.paths import Enumerate, Score
 
 from conftest import ROUNDING, Z, standard_error_of_mean
 from draws import expectation_draws
+from test_control_variates import perturb_control_variates
 from random_programs import (
     FAMILIES,
     MAX_GRID,
@@ -133,6 +135,8 @@ def check_program(program: Program, data, vectorize: bool) -> None:
         for i, site in enumerate(program.sites)
     }
     loop_estimator = data.draw(st.sampled_from(loop_estimators()), label="loop") if program.loop else None
+    pyro.clear_param_store()  # each program's control variates start afresh
+    perturb_control_variates(config)  # learned control variates away from their start
 
     def choose(msg):
         return config.get(msg["name"], loop_estimator)

@@ -18,7 +18,7 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.distributions import describe
 from pyro_grad.engine.control_flow import READ
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
-from pyro_grad.distributions import leaf_distribution, probs_of
+from pyro_grad.distributions import leaf_distribution, logits_of, probs_of
 from pyro_grad.paths import CoupledRuns, Estimator, Site, SiteDraw
 from pyro_grad.paths.base import ValueGradient
 
@@ -37,8 +37,9 @@ def value_gradient(site: dict, f: torch.Tensor, layout: ParticleLayout) -> Value
     if torch.is_grad_enabled() and f.requires_grad and value.requires_grad:
         gradient = torch.autograd.grad(f.sum(), value, retain_graph=True, allow_unused=True)[0]
     gradient = torch.zeros(value.shape) if gradient is None else gradient.detach()
-    probs = probs_of(leaf_distribution(site["fn"])).expand(value.shape)
-    return ValueGradient(*(layout.first(t, event_dim) for t in (value.detach(), probs, gradient)))
+    leaf = leaf_distribution(site["fn"])
+    probs, logits = probs_of(leaf).expand(value.shape), logits_of(leaf).expand(value.shape)
+    return ValueGradient(*(layout.first(t, event_dim) for t in (value.detach(), probs, logits, gradient)))
 
 
 def check_num_particles(num_particles: int) -> int:
@@ -117,7 +118,7 @@ def score_terms(
                 k = next(iter(block.values()))[1].shape[0] if block else 1
                 scores.append(torch.zeros(k))
                 f_blocks.append(torch.zeros(k))
-                draws.append(ValueGradient(*(torch.zeros(k),) * 3))
+                draws.append(ValueGradient(*(torch.zeros(k),) * 4))
         score = group(concat_particles(scores), num_samples)
         f = group(concat_particles(f_blocks), num_samples)
         estimator = estimator.resolve(score.shape[1])

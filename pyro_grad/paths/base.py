@@ -101,11 +101,12 @@ class CoupledRuns(NamedTuple):
 class ValueGradient(NamedTuple):
     """A score-path site's draws for estimators that differentiate f in the value
     (``uses_value_gradient``), shaped ``(G, K, batch..., event...)`` in ``surrogate``:
-    the drawn ``value``, the distribution's ``probs`` (differentiable in its
-    parameters) and ``gradient``, ∇_value of the site's downstream f (detached)."""
+    the drawn ``value``, the distribution's ``probs`` and ``logits`` (differentiable in
+    its parameters) and ``gradient``, ∇_value of the site's downstream f (detached)."""
 
     value: torch.Tensor
     probs: torch.Tensor
+    logits: torch.Tensor
     gradient: torch.Tensor
 
 

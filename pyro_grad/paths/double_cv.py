@@ -28,41 +28,21 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import pyro
-import pyro.distributions as dist
 import torch
 
 from pyro_grad.baselines import RunningAverages, leave_one_out
-from pyro_grad.distributions import leaf_distribution
-from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import Estimator, Example, Site, ValueGradient
-from pyro_grad.paths.detached import DetachedSample
+from pyro_grad.paths.base import ValueGradient
+from pyro_grad.paths.value_gradient import LeaveOneOutWithGradients, per_unit_f
 
 #: Param-store prefix of the Taylor term's coefficient, followed by the site's name.
 PREFIX = "_pyro_grad_doublecv_"
 
 
 @dataclass(frozen=True, repr=False)
-class DoubleCV(Estimator):
+class DoubleCV(LeaveOneOutWithGradients):
     """Double control variates (Titsias & Shi 2022): RLOO with the Taylor term
     ``α ḡ_{−k}·(b_k − θ)`` and its expectation subtracted, α learned (module docs).
     Unbiased. Cost: 1 evaluation per particle; K ≥ 2."""
-
-    unbiased = True
-    uses_score = True
-    uses_value_gradient = True
-    min_particles = 2
-
-    @classmethod
-    def applies_to(cls, site: Site) -> bool:
-        fn = site.fn
-        return isinstance(leaf_distribution(fn), dist.Bernoulli) and not isinstance(fn, dist.MaskedDistribution)
-
-    @classmethod
-    def examples_for(cls, site: Site, exact_value: bool = False):
-        return [Example("DoubleCV, K=4", cls(), 4)]
-
-    def prepare(self, msg: dict) -> None:
-        msg["fn"] = DetachedSample(msg["fn"], differentiable_value=True)
 
     def surrogate(
         self,
@@ -75,17 +55,12 @@ class DoubleCV(Estimator):
         draw: Optional[ValueGradient] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         num_particles = score.shape[1]
-        if num_particles < 2:
-            raise EstimatorError(
-                f"DoubleCV() at site '{name}' needs num_particles >= 2 for its leave-one-out "
-                f"baseline, got {num_particles}"
-            )
+        self.check_particles(name, num_particles)
         alpha = pyro.param(PREFIX + name + ".alpha", lambda: torch.zeros(()))
         probs = draw.probs
         theta = probs.detach()
         centered = draw.value - theta
-        f = f.detach()
-        f = f.reshape(f.shape + (1,) * (centered.dim() - f.dim()))  # one f per unit of elements
+        f = per_unit_f(f, centered)  # one f per unit of elements
         slope = leave_one_out(draw.gradient)  # ḡ_{−k}
         taylor = (slope * centered).sum_to_size(f.shape)
 

@@ -21,6 +21,7 @@ from pyro_grad.paths.rebar import REBAR
 from pyro_grad.paths.relax import RELAX
 from pyro_grad.paths.relaxed import GumbelSoftmax, ReinMax, StraightThrough
 from pyro_grad.paths.reparam import Reparam
+from pyro_grad.paths.rodeo import RODEO
 from pyro_grad.paths.score import Score
 
 REGISTRY: Tuple[Type[Estimator], ...] = (
@@ -31,6 +32,7 @@ REGISTRY: Tuple[Type[Estimator], ...] = (
     ARM,
     DisARM,
     DoubleCV,
+    RODEO,
     IndeCateR,
     REBAR,
     RELAX,

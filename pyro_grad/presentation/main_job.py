@@ -21,8 +21,8 @@ DRAWS = {"conv_net": 100, "sir": 500}
 #: SVI steps and variance checkpoints per run for the costly SVI models: the mnist_vae
 #: page at a short budget (``benchmarks/bench_vae.py`` trains it for longer). Its
 #: checkpoint is the costly part: a diagnosis over 314,000 parameter elements.
-STEPS = {"mnist_vae": 60}
-CHECKPOINTS = {"mnist_vae": 1}
+STEPS = {"mnist_vae": 40, "sbn": 100}
+CHECKPOINTS = {"mnist_vae": 1, "sbn": 1}
 
 
 def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int = 2000, seeds=(0, 1),
