@@ -12,3 +12,17 @@ class EstimatorError(ValueError):
 
     Messages name the site, the distribution and what would apply instead.
     """
+
+
+def float_index(estimator: object, site: str, distribution: str) -> str:
+    """What drew ``site`` as a float index, for :func:`float_index_error`."""
+    return f"{estimator!r} draws site '{site}' ({distribution}) as a float index"
+
+
+def float_index_error(sites: "list[str]", error: IndexError) -> EstimatorError:
+    """A program indexed with a Categorical draw that an estimator hands it as a float
+    (``sites``: what drew which site so); torch's own message names neither."""
+    return EstimatorError(
+        f"{'; '.join(sites)}, so that f can be differentiated in it, and the program indexed with it "
+        f"({first_line(error)}); draw a OneHotCategorical there, or choose another estimator for the site"
+    )

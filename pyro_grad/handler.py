@@ -11,8 +11,8 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_grad import baselines
 from pyro_grad.baselines import RunningAverages
-from pyro_grad.errors import EstimatorError
-from pyro_grad.distributions import without_path_switch
+from pyro_grad.errors import EstimatorError, float_index, float_index_error
+from pyro_grad.distributions import describe, without_path_switch
 from pyro_grad.paths import Estimator, Reparam, Score, Site, not_applicable
 
 Config = Union[None, Mapping, Estimator, Callable[[dict], Optional[Estimator]]]
@@ -86,13 +86,17 @@ class EstimatorMessenger(Messenger):
         self.default = default
         self.averages = RunningAverages()
         self._seen = set()
+        self._float_indices = []
 
     def __enter__(self):
         self._seen = set()
+        self._float_indices = []
         return super().__enter__()
 
     def __exit__(self, exc_type, exc_value, traceback):
         result = super().__exit__(exc_type, exc_value, traceback)
+        if exc_type is IndexError and self._float_indices:
+            raise float_index_error(self._float_indices, exc_value) from exc_value
         if exc_type is None and isinstance(self.config, Mapping):
             unknown = sorted(set(self.config) - self._seen)
             if unknown:
@@ -145,6 +149,8 @@ class EstimatorMessenger(Messenger):
         if reason is not None:
             raise not_applicable(estimator, site, reason)
         estimator.prepare(msg)
+        if getattr(msg["fn"], "draws_float_index", False):
+            self._float_indices.append(float_index(estimator, site.name, describe(site.fn)))
         msg["infer"]["estimator"] = estimator
         msg["infer"][CHOICE] = Choice(strength, site_estimator)
         baselines.keep_state(msg, self.averages)

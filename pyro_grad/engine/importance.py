@@ -25,7 +25,8 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_inf, warn_if_nan
 
 from pyro_grad.engine.provenance import plain, provenance_of
-from pyro_grad.distributions import parameter_provenance, without_provenance
+from pyro_grad.distributions import describe, parameter_provenance, without_provenance
+from pyro_grad.errors import float_index, float_index_error
 from pyro_grad.engine.control_flow import watched
 
 #: A site's cached log-densities, recomputed when its value changes.
@@ -66,7 +67,14 @@ def importance_run(
         return ImportanceRun(model_trace, guide_trace, model_trace, guide_trace)
     if guide_full is None:
         guide_full = poutine.trace(guide, graph_type="dense").get_trace(*args, **kwargs)
-    model_full = poutine.trace(poutine.replay(model, trace=guide_full), graph_type="dense").get_trace(*args, **kwargs)
+    try:
+        model_full = poutine.trace(poutine.replay(model, trace=guide_full), graph_type="dense").get_trace(*args, **kwargs)
+    except IndexError as error:
+        floats = [float_index(site["infer"].get("estimator"), name, describe(site["fn"]))
+                  for name, site in guide_full.nodes.items() if getattr(site.get("fn"), "draws_float_index", False)]
+        if floats:
+            raise float_index_error(floats, error) from error
+        raise
     validate = scores and is_validation_enabled()
     if validate:
         check_model_guide_match(model_full, guide_full, max_plate_nesting)

@@ -10,6 +10,7 @@ and each site's estimator turns them into its surrogate term.
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+import pyro.distributions as dist
 import torch
 
 from pyro_grad.engine.provenance import plain
@@ -27,6 +28,10 @@ from pyro_grad.paths.base import ValueGradient
 Block = Dict[str, Tuple[Estimator, torch.Tensor, torch.Tensor, RunningAverages, Optional[ValueGradient]]]
 
 
+#: The value-gradient families (ValueGradient.family) of the distributions that have one.
+FAMILIES = {dist.OneHotCategorical: "one_hot", dist.Categorical: "categorical", dist.Bernoulli: "bernoulli"}
+
+
 def value_gradient(site: dict, f: torch.Tensor, layout: ParticleLayout) -> ValueGradient:
     """A score-path site's value, probabilities and ∇_value of its downstream ``f`` (as
     traced, particles inside), each ``(P, batch..., event...)``. Zero where f does
@@ -38,8 +43,14 @@ def value_gradient(site: dict, f: torch.Tensor, layout: ParticleLayout) -> Value
         gradient = torch.autograd.grad(f.sum(), value, retain_graph=True, allow_unused=True)[0]
     gradient = torch.zeros(value.shape) if gradient is None else gradient.detach()
     leaf = leaf_distribution(site["fn"])
-    probs, logits = probs_of(leaf).expand(value.shape), logits_of(leaf).expand(value.shape)
-    return ValueGradient(*(layout.first(t, event_dim) for t in (value.detach(), probs, logits, gradient)))
+    family = next((name for cls, name in FAMILIES.items() if isinstance(leaf, cls)), "bernoulli")
+    # A Categorical's probabilities have a category axis right of its value's dims.
+    categories = probs_of(leaf).shape[-1:] if family == "categorical" else ()
+    probs, logits = (t.expand(value.shape + categories) for t in (probs_of(leaf), logits_of(leaf)))
+    return ValueGradient(
+        layout.first(value.detach(), event_dim), layout.first(probs, event_dim + len(categories)),
+        layout.first(logits, event_dim + len(categories)), layout.first(gradient, event_dim), family,
+    )
 
 
 def check_num_particles(num_particles: int) -> int:
@@ -124,7 +135,9 @@ def score_terms(
         estimator = estimator.resolve(score.shape[1])
         extra = {}
         if estimator.uses_value_gradient:
-            extra["draw"] = ValueGradient(*(group(concat_particles(parts), num_samples) for parts in zip(*draws)))
+            family = next(block[name][4].family for block in blocks if name in block)
+            tensors = zip(*(draw[:4] for draw in draws))
+            extra["draw"] = ValueGradient(*(group(concat_particles(parts), num_samples) for parts in tensors), family)
         terms[name], loss = estimator.surrogate(name, score, f, args, kwargs, averages, **extra)
         aux = aux + loss
         resolved[name] = estimator

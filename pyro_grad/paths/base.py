@@ -102,12 +102,16 @@ class ValueGradient(NamedTuple):
     """A score-path site's draws for estimators that differentiate f in the value
     (``uses_value_gradient``), shaped ``(G, K, batch..., event...)`` in ``surrogate``:
     the drawn ``value``, the distribution's ``probs`` and ``logits`` (differentiable in
-    its parameters) and ``gradient``, ∇_value of the site's downstream f (detached)."""
+    its parameters) and ``gradient``, ∇_value of the site's downstream f (detached);
+    and the ``family`` of the site's distribution: ``"bernoulli"``, ``"one_hot"`` (a
+    OneHotCategorical) or ``"categorical"`` (whose value is an index, drawn as a float,
+    and whose ``probs`` and ``logits`` have a category axis more than the value)."""
 
     value: torch.Tensor
     probs: torch.Tensor
     logits: torch.Tensor
     gradient: torch.Tensor
+    family: str = "bernoulli"
 
 
 class Example(NamedTuple):

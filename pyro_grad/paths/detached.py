@@ -9,7 +9,7 @@ from pyro.distributions.score_parts import ScoreParts
 from pyro.ops.provenance import ProvenanceTensor
 from torch.distributions import constraints
 
-from pyro_grad.distributions import parameter_provenance, private_copy
+from pyro_grad.distributions import leaf_distribution, parameter_provenance, private_copy
 
 
 class DetachedSample(TorchDistribution):
@@ -21,7 +21,8 @@ class DetachedSample(TorchDistribution):
 
     With ``differentiable_value`` the draw is a leaf that requires grad: nothing flows
     back through it to the parameters, yet f can be differentiated in it (DoubleCV's
-    value gradients).
+    and RODEO's value gradients); an integer draw (a Categorical's index) becomes a
+    float holding the same integers.
 
     A wrapper rather than ``base_dist.has_rsample_(False)``: that mutates the user's
     distribution in place and raises on ``Independent`` and masked distributions.
@@ -39,6 +40,11 @@ class DetachedSample(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None) -> "DetachedSample":
         return DetachedSample(self.base_dist.expand(batch_shape), self.differentiable_value)
+
+    @property
+    def draws_float_index(self) -> bool:
+        """Whether the draw is an integer index handed to the program as a float."""
+        return self.differentiable_value and isinstance(leaf_distribution(self.base_dist), torch.distributions.Categorical)
 
     @constraints.dependent_property
     def support(self):
@@ -64,6 +70,8 @@ class DetachedSample(TorchDistribution):
         with torch.no_grad(), fwAD._set_fwd_grad_enabled(False), torch._C.DisableTorchFunctionSubclass():
             value = torch.Tensor.detach(sampler.sample(sample_shape))
         if self.differentiable_value:  # a leaf, so f can be differentiated in the value
+            if not value.is_floating_point():  # a Categorical's index, as a float
+                value = value.to(torch.get_default_dtype())
             value.requires_grad_(torch.is_grad_enabled())
         provenance = parameter_provenance(self.base_dist)
         return ProvenanceTensor(value, provenance) if provenance else value

@@ -1,4 +1,4 @@
-"""What DoubleCV and RODEO share: the leave-one-out score function on Bernoulli sites,
+"""What DoubleCV and RODEO share: the leave-one-out score function on discrete sites,
 corrected by control variates built from the value gradients ``g_k = ∇_b f(b_k)``.
 
 The site's draw is a leaf that requires grad (no derivative flows back through it to
@@ -10,7 +10,7 @@ own control variate (the papers' per-datum estimator); its coordinates are the
 elements that share it (the element's event, or a whole particle's elements).
 """
 
-from typing import List
+from typing import ClassVar, List, Tuple
 
 import pyro.distributions as dist
 import torch
@@ -28,11 +28,13 @@ class LeaveOneOutWithGradients(Estimator):
     uses_score = True
     uses_value_gradient = True
     min_particles = 2
+    #: The distributions it applies to (unmasked, possibly batched or ``to_event``).
+    families: ClassVar[Tuple[type, ...]] = (dist.Bernoulli,)
 
     @classmethod
     def applies_to(cls, site: Site) -> bool:
         fn = site.fn
-        return isinstance(leaf_distribution(fn), dist.Bernoulli) and not isinstance(fn, dist.MaskedDistribution)
+        return isinstance(leaf_distribution(fn), cls.families) and not isinstance(fn, dist.MaskedDistribution)
 
     @classmethod
     def examples_for(cls, site: Site, exact_value: bool = False) -> List[Example]:
@@ -49,13 +51,17 @@ class LeaveOneOutWithGradients(Estimator):
             )
 
 
-def units(t: torch.Tensor, f_shape: torch.Size) -> torch.Tensor:
+def units(t: torch.Tensor, f_shape: torch.Size, categories: bool = False) -> torch.Tensor:
     """``t (G, K, dims...)`` as ``(G, K, U, D)``: the ``U`` units (the dims where f has
-    its own entries) by the ``D`` coordinates that share each entry of f."""
-    own = [i for i in range(2, t.dim()) if f_shape[i] != 1]
-    shared = [i for i in range(2, t.dim()) if f_shape[i] == 1]
-    t = t.permute([0, 1, *own, *shared])
-    return t.reshape(t.shape[0], t.shape[1], -1, max(1, int(torch.Size(t.shape[2 + len(own):]).numel())))
+    its own entries) by the ``D`` coordinates that share each entry of f. With
+    ``categories``, ``t``'s last axis is a category axis, kept last: ``(G, K, U, D, C)``."""
+    last = t.dim() - 1 if categories else t.dim()
+    own = [i for i in range(2, last) if f_shape[i] != 1]
+    shared = [i for i in range(2, last) if f_shape[i] == 1]
+    category = t.shape[last:]
+    t = t.permute([0, 1, *own, *shared, *range(last, t.dim())])
+    coordinates = max(1, int(torch.Size(t.shape[2 + len(own):last]).numel()))
+    return t.reshape(t.shape[0], t.shape[1], -1, coordinates, *category)
 
 
 def per_unit_f(f: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
