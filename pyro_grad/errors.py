@@ -19,7 +19,16 @@ def float_index(estimator: object, site: str, distribution: str) -> str:
     return f"{estimator!r} draws site '{site}' ({distribution}) as a float index"
 
 
-def float_index_error(sites: "list[str]", error: IndexError) -> EstimatorError:
+def is_index_dtype_error(error: BaseException) -> bool:
+    """Whether torch refused a float tensor as an index (``x[i]``, ``one_hot``, ``gather``,
+    ``index_select``), not an index out of range or another error of the program's."""
+    text = first_line(error)
+    return isinstance(error, (IndexError, RuntimeError)) and (
+        "indices must be" in text or ("index" in text and ("dtype" in text or "LongTensor" in text))
+    )
+
+
+def float_index_error(sites: "list[str]", error: BaseException) -> EstimatorError:
     """A program indexed with a Categorical draw that an estimator hands it as a float
     (``sites``: what drew which site so); torch's own message names neither."""
     return EstimatorError(

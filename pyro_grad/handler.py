@@ -11,7 +11,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_grad import baselines
 from pyro_grad.baselines import RunningAverages
-from pyro_grad.errors import EstimatorError, float_index, float_index_error
+from pyro_grad.errors import EstimatorError, float_index, float_index_error, is_index_dtype_error
 from pyro_grad.distributions import describe, without_path_switch
 from pyro_grad.paths import Estimator, Reparam, Score, Site, not_applicable
 
@@ -95,7 +95,7 @@ class EstimatorMessenger(Messenger):
 
     def __exit__(self, exc_type, exc_value, traceback):
         result = super().__exit__(exc_type, exc_value, traceback)
-        if exc_type is IndexError and self._float_indices:
+        if exc_value is not None and self._float_indices and is_index_dtype_error(exc_value):
             raise float_index_error(self._float_indices, exc_value) from exc_value
         if exc_type is None and isinstance(self.config, Mapping):
             unknown = sorted(set(self.config) - self._seen)

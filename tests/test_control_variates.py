@@ -268,9 +268,22 @@ def test_rodeo_says_to_draw_a_one_hot_when_the_program_indexes_with_a_categorica
     def guide():
         pyro.sample("k", dist.Categorical(logits=pyro.param("l", torch.zeros(5))))
 
+    def one_hot_program(logits):
+        k = pyro.sample("k", dist.Categorical(logits=logits))
+        return (torch.nn.functional.one_hot(k, 5) * table).sum(-1)
+
+    def unrelated_index_error(logits):
+        pyro.sample("k", dist.Categorical(logits=logits))
+        return table[10]
+
     message = r"RODEO\(\) draws site 'k' \(Categorical\) as a float index.*indexed with it.*draw a OneHotCategorical"
-    with pytest.raises(pg.EstimatorError, match=message):
-        pg.expectation(pg.estimators(program, pg.RODEO()), torch.zeros(5, requires_grad=True), num_particles=2)
+    for indexing in (program, one_hot_program):
+        with pytest.raises(pg.EstimatorError, match=message):
+            pg.expectation(pg.estimators(indexing, pg.RODEO()), torch.zeros(5, requires_grad=True), num_particles=2)
+    # An index out of range is the program's own error, and stays torch's.
+    with pytest.raises(IndexError, match="out of bounds"):
+        pg.expectation(pg.estimators(unrelated_index_error, pg.RODEO()), torch.zeros(5, requires_grad=True),
+                       num_particles=2)
     with pytest.raises(pg.EstimatorError, match=message):
         pg.ELBO(num_particles=2).differentiable_loss(model, pg.estimators(guide, pg.RODEO()))
 

@@ -26,7 +26,7 @@ from pyro.util import check_model_guide_match, check_site_shape, warn_if_inf, wa
 
 from pyro_grad.engine.provenance import plain, provenance_of
 from pyro_grad.distributions import describe, parameter_provenance, without_provenance
-from pyro_grad.errors import float_index, float_index_error
+from pyro_grad.errors import float_index, float_index_error, is_index_dtype_error
 from pyro_grad.engine.control_flow import watched
 
 #: A site's cached log-densities, recomputed when its value changes.
@@ -69,10 +69,10 @@ def importance_run(
         guide_full = poutine.trace(guide, graph_type="dense").get_trace(*args, **kwargs)
     try:
         model_full = poutine.trace(poutine.replay(model, trace=guide_full), graph_type="dense").get_trace(*args, **kwargs)
-    except IndexError as error:
+    except (IndexError, RuntimeError) as error:
         floats = [float_index(site["infer"].get("estimator"), name, describe(site["fn"]))
                   for name, site in guide_full.nodes.items() if getattr(site.get("fn"), "draws_float_index", False)]
-        if floats:
+        if floats and is_index_dtype_error(error):
             raise float_index_error(floats, error) from error
         raise
     validate = scores and is_validation_enabled()
