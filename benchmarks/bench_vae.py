@@ -34,7 +34,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import pyro
 import pyro.distributions as dist
@@ -104,7 +104,7 @@ def contenders(k: int) -> List[Dict]:
     return rows
 
 
-def learning_rates(control_variate_lr: float) -> Callable[[str], Dict[str, float]]:
+def learning_rates(control_variate_lr: Optional[float]) -> Callable[[str], Dict[str, float]]:
     """Adam's per-parameter settings: the model's learning rate, and the learned control
     variates' own (their parameters are the param store's ``_pyro_grad_*``), as the
     papers train them with an optimizer of their own."""

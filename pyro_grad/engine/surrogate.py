@@ -44,9 +44,10 @@ def value_gradient(site: dict, f: torch.Tensor, layout: ParticleLayout) -> Value
     gradient = torch.zeros(value.shape) if gradient is None else gradient.detach()
     leaf = leaf_distribution(site["fn"])
     family = next((name for cls, name in FAMILIES.items() if isinstance(leaf, cls)), "bernoulli")
+    probs, logits = probs_of(leaf), logits_of(leaf)
     # A Categorical's probabilities have a category axis right of its value's dims.
-    categories = probs_of(leaf).shape[-1:] if family == "categorical" else ()
-    probs, logits = (t.expand(value.shape + categories) for t in (probs_of(leaf), logits_of(leaf)))
+    categories = probs.shape[-1:] if family == "categorical" else ()
+    probs, logits = probs.expand(value.shape + categories), logits.expand(value.shape + categories)
     return ValueGradient(
         layout.first(value.detach(), event_dim), layout.first(probs, event_dim + len(categories)),
         layout.first(logits, event_dim + len(categories)), layout.first(gradient, event_dim), family,
