@@ -25,7 +25,7 @@ from pyro_grad.diagnostics import (
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import EstimatorMessenger, estimators
 from pyro_grad.presentation.html_report import report
-from pyro_grad.objectives import ELBO, expectation
+from pyro_grad.objectives import ELBO, IWAE, expectation
 from pyro_grad import paths
 from pyro_grad.paths import Estimator, applicable
 from pyro_grad.paths.registry import REGISTRY
@@ -37,6 +37,7 @@ __all__ = [
     "AutoGuide",
     "Comparison",
     "ELBO",
+    "IWAE",
     "Estimator",
     "EstimatorComparison",
     "FiniteDifferences",

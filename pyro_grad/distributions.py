@@ -167,3 +167,18 @@ def parameter_provenance(fn: Any) -> frozenset:
         else:
             provenance |= provenance_of(value)
     return provenance
+
+
+def detached_parameters(fn: Any) -> Any:
+    """A shallow copy of ``fn`` (and of every distribution and transform it holds) whose
+    tensors are detached: its ``log_prob`` differentiates only through the value. Cached
+    derived parameters (a ``scale_tril``) are detached alike."""
+    fn = copy.copy(fn)
+    for name, value in vars(fn).items():
+        if isinstance(value, torch.distributions.Distribution):
+            setattr(fn, name, detached_parameters(value))
+        elif torch.is_tensor(value):
+            setattr(fn, name, plain(value).detach())
+        elif name == "transforms" and isinstance(value, list):
+            setattr(fn, name, [detached_parameters(t) for t in value])
+    return fn

@@ -2,6 +2,7 @@
 
 from typing import Callable, Dict
 
+import pyro
 import torch
 
 from pyro_grad.diagnostics.gradient_samples import gradient_draws
@@ -36,13 +37,21 @@ def elbo_draws(
     num_particles: int = 1,
     path: str = "vectorized",
     seed: int = 0,
-) -> Dict[str, torch.Tensor]:
-    """``num_samples`` gradients of the ELBO (ascent direction) w.r.t. every param."""
+    objective=pg.ELBO,
+    values: bool = False,
+):
+    """``num_samples`` gradients of the ELBO (ascent direction) w.r.t. every param, or
+    of another bound (``objective=pg.IWAE``); with ``values``, also the ``(G,)`` bounds
+    whose gradients they are."""
 
     def estimates(a, g):
-        elbo = pg.ELBO(num_particles=num_particles, vectorize_particles=path == "vectorized")
+        elbo = objective(num_particles=num_particles, vectorize_particles=path == "vectorized")
         return elbo.estimates(model, guide, a, {}, num_samples=g)
 
     draws = gradient_draws(estimates, [model, guide], args, {}, num_samples, seed=seed, path=path)
     assert draws.path == path
-    return draws.samples
+    if not values:
+        return draws.samples
+    pyro.set_rng_seed(seed)
+    with torch.no_grad():
+        return draws.samples, estimates(args, num_samples).values

@@ -20,7 +20,7 @@ from pyro_grad.paths.registry import registered_names
 def test_the_registry_is_explicit_ordered_and_its_cli_names_are_unique():
     assert pg.paths.REGISTRY == (
         pg.Reparam, pg.Score, pg.Enumerate, pg.MeasureValued, pg.ARM, pg.DisARM, pg.DoubleCV, pg.RODEO, pg.IndeCateR, pg.REBAR,
-        pg.RELAX, pg.GumbelSoftmax, pg.StraightThrough, pg.ReinMax,
+        pg.RELAX, pg.GumbelSoftmax, pg.StraightThrough, pg.ReinMax, pg.STL, pg.DReG, pg.VIMCO,
     )
     assert len(registered_names()) == len(pg.paths.REGISTRY)
     # Registering is what exports: pg.<Name> and pg.paths.<Name> for every class.
@@ -28,8 +28,13 @@ def test_the_registry_is_explicit_ordered_and_its_cli_names_are_unique():
     # Listings follow registry order.
     assert pg.applicable(dist.Bernoulli(0.3)) == [
         pg.Score(), pg.Enumerate(), pg.MeasureValued(), pg.ARM(), pg.DisARM(), pg.DoubleCV(), pg.RODEO(), pg.IndeCateR(), pg.REBAR(),
-        pg.RELAX(), pg.GumbelSoftmax(), pg.StraightThrough(), pg.ReinMax(),
+        pg.RELAX(), pg.GumbelSoftmax(), pg.StraightThrough(), pg.ReinMax(), pg.VIMCO(),
     ]
+    # Each objective lists only the estimators derived for it.
+    assert pg.VIMCO() not in pg.applicable(dist.Bernoulli(0.3), "elbo")
+    assert pg.applicable(dist.Normal(0.0, 1.0), "iwae") == [pg.Reparam(), pg.Score(), pg.DReG(), pg.VIMCO()]
+    assert pg.applicable(dist.Normal(0.0, 1.0), "elbo")[:2] == [pg.Reparam(), pg.Score()]
+    assert pg.STL() in pg.applicable(dist.Normal(0.0, 1.0), "elbo")
 
 
 def test_an_estimator_sees_the_sites_plates_and_refuses_before_the_draw():

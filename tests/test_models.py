@@ -103,7 +103,7 @@ def test_exact_elbos_match_monte_carlo_estimates(benchmark):
 
 CASES = [(name, c.config, c.particles) for name, b in registry().items() for c in candidates(b)]
 #: Fewer draws for the programs whose draws run one at a time (many parameter elements).
-DRAWS = {"coin": 3000, "conv_net": 300, "mixture": 600, "mnist_vae": 20, "sbn": 400, "sir": 3000}
+DRAWS = {"coin": 1500, "conv_net": 300, "mixture": 600, "mnist_vae": 20, "sbn": 400, "sir": 3000}
 
 
 @pytest.mark.parametrize("name, estimator, num_particles", CASES, ids=[f"{n}-{e!r}-{k}" for n, e, k in CASES])

@@ -91,7 +91,7 @@ def unbiased_estimators(site: Site, num_particles: int, relaxable: bool = True) 
     the relaxed control variates (RELAX, REBAR) only where they are ``relaxable``."""
     fn = example_distribution(site)
     options = [
-        e for e in pg.applicable(fn)
+        e for e in pg.applicable(fn, "expectation")
         if e.unbiased and num_particles >= e.min_particles and (relaxable or not getattr(e, "relaxes", False))
     ]
     elements = fn.batch_shape.numel() * (fn.event_shape.numel() if site.family != "multinomial" else 1)
@@ -117,7 +117,7 @@ def example_distribution(site: Site):
 def loop_estimators() -> list:
     # The loop's draws are read into Python, which relaxed control variates refuse.
     fn = torch.distributions.Bernoulli(0.5)
-    return [e for e in pg.applicable(fn) if e.unbiased and not getattr(e, "relaxes", False)]  # any K
+    return [e for e in pg.applicable(fn, "expectation") if e.unbiased and not getattr(e, "relaxes", False)]  # any K
 
 
 def relaxable(program: Program, i: int) -> bool:

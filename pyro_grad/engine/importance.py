@@ -15,6 +15,8 @@ This is Pyro's ``get_importance_trace`` with three differences an estimator need
 
 from typing import Callable, NamedTuple, Optional
 
+import torch
+
 import pyro.poutine as poutine
 from pyro.distributions.score_parts import ScoreParts
 from pyro.infer.enum import get_importance_trace
@@ -25,7 +27,8 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_inf, warn_if_nan
 
 from pyro_grad.engine.provenance import plain, provenance_of
-from pyro_grad.distributions import describe, parameter_provenance, without_provenance
+from pyro_grad.distributions import describe, detached_parameters, parameter_provenance, without_provenance
+from pyro_grad.errors import EstimatorError
 from pyro_grad.errors import float_index, float_index_error, is_index_dtype_error
 from pyro_grad.engine.control_flow import watched
 
@@ -80,7 +83,7 @@ def importance_run(
         check_model_guide_match(model_full, guide_full, max_plate_nesting)
     guide_trace, model_trace = prune_subsample_sites(guide_full), prune_subsample_sites(model_full)
     compute_densities(model_trace, scores=False)
-    compute_densities(guide_trace, scores=scores)
+    compute_densities(guide_trace, scores=scores, guide=True)
     if validate:
         for trace in (model_trace, guide_trace):
             for site in trace.nodes.values():
@@ -89,21 +92,25 @@ def importance_run(
     return ImportanceRun(model_trace, guide_trace, model_full, guide_full)
 
 
-def compute_densities(trace: Trace, scores: bool) -> None:
+def compute_densities(trace: Trace, scores: bool, guide: bool = False) -> None:
     """Pyro's ``Trace.compute_score_parts`` (``scores=True``) or ``compute_log_prob``,
     each site's density computed on plain tensors: its ``log_prob`` carries the
     provenance of the value, the distribution's parameters and the mask, nothing else
-    does. Memoized as Pyro's."""
+    does. Memoized as Pyro's. In a ``guide`` trace, a site whose estimator drops the
+    score of ``q`` (STL, DReG) is scored at its parameters detached; never in the
+    model's, whose replayed sites carry the guide's ``infer``."""
     key = "score_parts" if scores else "log_prob"
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or key in site:
             continue
         fn, value = site["fn"], site["value"]
         upstream = parameter_provenance(fn) | provenance_of(value)
+        fn = without_provenance(fn)
+        estimator = site["infer"].get("estimator")
+        if guide and estimator is not None and estimator.drops_score_of_q and not site["is_observed"]:
+            fn = detached_parameters_of_site(name, estimator, fn, plain(value))
         try:
-            parts = (without_provenance(fn).score_parts if scores else without_provenance(fn).log_prob)(
-                plain(value), *site["args"], **site["kwargs"]
-            )
+            parts = (fn.score_parts if scores else fn.log_prob)(plain(value), *site["args"], **site["kwargs"])
         except ValueError as error:
             raise ValueError(
                 f"Error while computing {key} at site '{name}':\n{error}\n{trace.format_shapes(last_site=name)}"
@@ -124,6 +131,22 @@ def compute_densities(trace: Trace, scores: bool) -> None:
         site["log_prob"] = watched(log_prob, upstream, None)
         if scores:
             site["score_parts"] = ScoreParts(site["log_prob"], *(plain(p) for p in scaled[1:]))
+
+
+def detached_parameters_of_site(name: str, estimator, fn, value):
+    """``fn`` with its parameters detached, for an estimator that scores ``log q`` so
+    (``drops_score_of_q``); one clear error when a parameter stays attached (a
+    transform's module), since the dropped score would then be only part of it."""
+    detached = detached_parameters(fn)
+    with torch.enable_grad():
+        still = detached.log_prob(value.detach()).requires_grad
+    if still:
+        raise EstimatorError(
+            f"{estimator!r} at site '{name}' ({describe(fn)}): its log-density keeps parameters that "
+            "pg cannot detach (a transform's module, say), so the score of q cannot be dropped; "
+            "use Reparam() there"
+        )
+    return detached
 
 
 def changed_last_site(trace: Trace, name: str, value) -> Optional[Trace]:

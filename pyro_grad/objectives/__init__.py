@@ -2,5 +2,6 @@
 
 from pyro_grad.objectives.elbo import ELBO
 from pyro_grad.objectives.expectation import expectation
+from pyro_grad.objectives.iwae import IWAE
 
-__all__ = ["ELBO", "expectation"]
+__all__ = ["ELBO", "IWAE", "expectation"]

@@ -6,7 +6,6 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, NamedTuple, O
 
 import pyro
 import pyro.infer
-from pyro.poutine.messenger import Messenger
 import torch
 from pyro.distributions.util import is_identically_zero
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
@@ -18,7 +17,7 @@ from pyro_grad.engine.control_flow import watched_reads
 from pyro_grad.handler import EstimatorMessenger
 from pyro_grad.engine.alternative_run import AlternativeRun
 from pyro_grad.engine.importance import ImportanceRun, changed_last_site, importance_run
-from pyro_grad.errors import EstimatorError
+from pyro_grad.objectives.objective_check import ObjectiveCheck
 from pyro_grad.engine.surrogate import (
     Block,
     Estimates,
@@ -52,6 +51,9 @@ class ELBO(pyro.infer.ELBO):
     use ``"auto"``. Use as ``SVI(model, guide, optim, loss=pg.ELBO(num_particles=8))``.
     ``differentiable_loss`` returns a surrogate whose value is ``−ELBO``.
     """
+
+    #: The objective its estimators must be derived for (``Estimator.objectives``).
+    objective = "elbo"
 
     def __init__(
         self,
@@ -96,7 +98,7 @@ class ELBO(pyro.infer.ELBO):
         """ELBO estimates ``(G,)`` and their surrogates (see :class:`Estimates`). The
         ``num_particles`` particles form ``G = num_samples`` independent samples of
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
-        guide = RefuseInexactValues()(self.estimators(guide))
+        guide = ObjectiveCheck(self.objective)(self.estimators(guide))
 
         def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool,
                             relaxed: bool):
@@ -182,25 +184,6 @@ class ELBO(pyro.infer.ELBO):
         loss = torch_item(surrogate_loss)
         warn_if_nan(loss, "loss")
         return loss
-
-
-class RefuseInexactValues(Messenger):
-    """Stops an ELBO at a guide site whose draw is not an exact value of its distribution
-    (a soft relaxation's), before the model scores it."""
-
-    def _pyro_sample(self, msg: dict) -> None:
-        # Before the draw, for the estimators chosen inside; after it (below), for a
-        # handler around the ELBO's call that chose again.
-        self._pyro_post_sample(msg)
-
-    def _pyro_post_sample(self, msg: dict) -> None:
-        estimator = msg["infer"].get("estimator")
-        if estimator is not None and not estimator.exact_value and not msg["is_observed"]:
-            raise EstimatorError(
-                f"{estimator!r} at guide site '{msg['name']}': a soft relaxed sample is not in "
-                "the discrete support the model scores; use GumbelSoftmax(hard=True), "
-                "StraightThrough() or an unbiased estimator in an ELBO"
-            )
 
 
 class PairTerms(NamedTuple):

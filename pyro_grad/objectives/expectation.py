@@ -23,6 +23,7 @@ from pyro_grad.engine.surrogate import (
 )
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
+from pyro_grad.objectives.objective_check import ObjectiveCheck
 
 
 def check_f(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor:
@@ -176,7 +177,7 @@ def expectation_estimates(
     consecutive particles forms one sample, with its own baselines.
     """
     total = num_particles * num_samples
-    program = estimators(fn)
+    program = ObjectiveCheck("expectation")(estimators(fn))
     traces, dim = particle_traces(program, args, kwargs, total, vectorize, max_plate_nesting)
     k = total if dim is not None else 1
     layout = ParticleLayout(dim, k)

@@ -18,11 +18,14 @@ An estimator has two jobs, one before and one after the draw:
   out: this is what makes variance diagnostics free.
 
 ``runs(site)`` is the estimator's cost: program evaluations per particle at the site.
+``objectives`` names the objectives whose gradient the estimator is derived for
+(``"expectation"``, ``"elbo"``, ``"iwae"``); each objective refuses the others at the
+site, before the draw (:class:`~pyro_grad.objectives.objective_check.ObjectiveCheck`).
 """
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, List, NamedTuple, Optional, Tuple
+from typing import Any, ClassVar, FrozenSet, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -138,6 +141,12 @@ class Estimator:
     uses_value_gradient: ClassVar[bool] = False
     #: Particles the estimator needs (a leave-one-out baseline needs two).
     min_particles: ClassVar[int] = 1
+    #: The objectives this estimator's gradient is derived for: ``"expectation"``
+    #: (``pg.expectation``), ``"elbo"`` (``pg.ELBO``) and ``"iwae"`` (``pg.IWAE``).
+    objectives: ClassVar[FrozenSet[str]] = frozenset({"expectation", "elbo"})
+    #: Whether the site's ``log q`` is scored at its parameters detached, so that only
+    #: the path through the value differentiates it (sticking the landing: STL, DReG).
+    drops_score_of_q: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         # Only the fields that differ from their defaults: Score(baseline='loo').

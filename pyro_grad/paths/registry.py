@@ -7,13 +7,14 @@ line names an estimator by its lower-case class name, so names are unique (check
 the tests).
 """
 
-from typing import Any, Dict, List, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 from pyro_grad.distributions import describe
 from pyro_grad.errors import EstimatorError
 from pyro_grad.paths.arm import ARM, DisARM
 from pyro_grad.paths.base import Estimator, Site
 from pyro_grad.paths.double_cv import DoubleCV
+from pyro_grad.paths.dreg import DReG
 from pyro_grad.paths.enumerate import Enumerate
 from pyro_grad.paths.indecater import IndeCateR
 from pyro_grad.paths.measure_valued import MeasureValued
@@ -23,6 +24,8 @@ from pyro_grad.paths.relaxed import GumbelSoftmax, ReinMax, StraightThrough
 from pyro_grad.paths.reparam import Reparam
 from pyro_grad.paths.rodeo import RODEO
 from pyro_grad.paths.score import Score
+from pyro_grad.paths.stl import STL
+from pyro_grad.paths.vimco import VIMCO
 
 REGISTRY: Tuple[Type[Estimator], ...] = (
     Reparam,
@@ -39,6 +42,10 @@ REGISTRY: Tuple[Type[Estimator], ...] = (
     GumbelSoftmax,
     StraightThrough,
     ReinMax,
+    # Derived for one objective: the ELBO's (STL) and the importance-weighted bound's.
+    STL,
+    DReG,
+    VIMCO,
 )
 
 
@@ -50,18 +57,28 @@ def registered_names() -> Dict[str, Type[Estimator]]:
     return {cls.__name__.lower(): cls for cls in REGISTRY}
 
 
-def applicable(site: Union[Site, Any]) -> List[Estimator]:
+#: How errors name each objective an estimator may be derived for.
+OBJECTIVES = {"expectation": "pg.expectation", "elbo": "pg.ELBO", "iwae": "pg.IWAE"}
+
+
+def applicable(site: Union[Site, Any], objective: Optional[str] = None) -> List[Estimator]:
     """Default instances of every registered estimator that applies to ``site`` (a
-    :class:`Site`, or a bare distribution, whose batch is one particle's)."""
+    :class:`Site`, or a bare distribution, whose batch is one particle's); with
+    ``objective`` (``"expectation"``, ``"elbo"`` or ``"iwae"``), only those derived for it."""
+    if objective is not None and objective not in OBJECTIVES:
+        raise EstimatorError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
     if not isinstance(site, Site):
         site = Site.of_distribution(site)
-    return [cls.example_for(site) for cls in REGISTRY if cls.applies_to(site)]
+    return [
+        cls.example_for(site) for cls in REGISTRY
+        if cls.applies_to(site) and (objective is None or objective in cls.objectives)
+    ]
 
 
-def not_applicable(estimator: Estimator, site: Site, reason: str = "") -> EstimatorError:
+def not_applicable(estimator: Estimator, site: Site, reason: str = "", objective: Optional[str] = None) -> EstimatorError:
     """The error for ``estimator`` at a site it does not apply to: the site, its
-    distribution, why (when known), and what does apply."""
-    options = ", ".join(repr(e) for e in applicable(site)) or "none"
+    distribution, why (when known), and what does apply (in ``objective``, if given)."""
+    options = ", ".join(repr(e) for e in applicable(site, objective)) or "none"
     why = f": {reason}" if reason else ""
     return EstimatorError(
         f"{estimator!r} does not apply to site '{site.name}' ({describe(site.fn)}){why}; "

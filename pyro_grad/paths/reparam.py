@@ -15,6 +15,7 @@ class Reparam(Estimator):
     """
 
     unbiased = True
+    objectives = frozenset({"expectation", "elbo", "iwae"})
 
     @classmethod
     def applies_to(cls, site: Site) -> bool:

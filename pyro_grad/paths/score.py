@@ -9,6 +9,7 @@ import torch
 
 from pyro_grad import baselines
 from pyro_grad.baselines import RunningAverages
+from pyro_grad.engine.importance_weights import log_mean_exp
 from pyro_grad.errors import EstimatorError
 from pyro_grad.paths.base import Estimator, Example, Site
 from pyro_grad.paths.detached import DetachedSample
@@ -38,6 +39,11 @@ class Score(Estimator):
 
     Applies to every distribution with a density or mass function (not ``Delta``).
     Cost: 1 evaluation; the baselines add O(K) work.
+
+    In :class:`~pyro_grad.IWAE` every particle's learning signal is the bound itself,
+    ``L = log (1/K) Σ_j w_j`` (minus a constant baseline; the others would see the
+    particle's own draw), beside the bound's own ``Σ_k w̃_k ∇log w_k``: the plain
+    score-function IWAE gradient. ``"auto"`` there means :class:`~pyro_grad.VIMCO`.
     """
 
     baseline: BaselineSpec = None
@@ -45,6 +51,7 @@ class Score(Estimator):
 
     unbiased = True
     uses_score = True
+    objectives = frozenset({"expectation", "elbo", "iwae"})
 
     def __post_init__(self) -> None:
         b = self.baseline
@@ -94,6 +101,20 @@ class Score(Estimator):
         # (s − s.detach()) keeps the surrogate's value equal to the plain estimate.
         term = (score - score.detach()) * advantage
         return term.reshape(term.shape[0], -1).sum(1) / score.shape[1], aux_loss
+
+    def importance_signal(self, name: str, log_weights: torch.Tensor) -> torch.Tensor:
+        """Each particle's learning signal in the IWAE gradient, ``L − b``, from the
+        log-weights ``(G, K, ...)`` (particles on axis 1); shaped like them."""
+        b = self.baseline
+        if b is not None and not (isinstance(b, numbers.Real) and not isinstance(b, bool)):
+            raise EstimatorError(
+                f"Score(baseline={b!r}) at site '{name}': in pg.IWAE every particle's learning signal is "
+                "the bound, which depends on the particle's own draw, so a baseline computed from the "
+                "particles or learned from them is not independent of it; use VIMCO() (the bound's "
+                "leave-one-out baseline), Score() or Score(baseline=<a constant>)"
+            )
+        bound = log_mean_exp(log_weights, 1).unsqueeze(1).expand(log_weights.shape)
+        return bound - (0.0 if b is None else float(b))
 
     def _baseline(
         self, name: str, f: torch.Tensor, args: tuple, kwargs: dict, averages: Optional[RunningAverages]

@@ -82,8 +82,9 @@ def candidates(bench: Benchmark) -> List[Candidate]:
         # pg.expectation returns one f per particle: its plates do not split it.
         sites = [dataclasses.replace(site, plated=1) for site in sites]
     found = []
+    objective = "elbo" if bench.guide is not None else "expectation"
     for cls in REGISTRY:
-        if not sites or not all(cls.applies_to(site) for site in sites):
+        if objective not in cls.objectives or not sites or not all(cls.applies_to(site) for site in sites):
             continue
         if getattr(cls, "relaxes", False):
             relaxable = not relaxation_refusals(bench) if relaxable is None else relaxable

@@ -1,0 +1,39 @@
+"""``ObjectiveCheck``: an objective refuses, at the site, an estimator not derived for it."""
+
+from pyro.poutine.messenger import Messenger
+
+from pyro_grad.errors import EstimatorError
+from pyro_grad.paths import Site
+from pyro_grad.paths.registry import OBJECTIVES, not_applicable
+
+
+class ObjectiveCheck(Messenger):
+    """Stops ``objective`` (``"expectation"``, ``"elbo"`` or ``"iwae"``) at a latent site
+    whose estimator was derived for other objectives (VIMCO in an ELBO, say), and a
+    bound (an ELBO or the IWAE) at a guide site whose draw is not an exact value of its
+    distribution (a soft relaxation's), before the model scores it."""
+
+    def __init__(self, objective: str) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def _pyro_sample(self, msg: dict) -> None:
+        # Before the draw, for the estimators chosen inside; after it (below), for a
+        # handler around the objective's call that chose again.
+        self._pyro_post_sample(msg)
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        estimator = msg["infer"].get("estimator")
+        if estimator is None or msg["is_observed"]:
+            return
+        if self.objective not in estimator.objectives:
+            derived = " and ".join(OBJECTIVES[o] for o in sorted(estimator.objectives))
+            raise not_applicable(
+                estimator, Site.of(msg), f"it is derived for {derived}, not {OBJECTIVES[self.objective]}", self.objective
+            )
+        if not estimator.exact_value and self.objective != "expectation":
+            raise EstimatorError(
+                f"{estimator!r} at guide site '{msg['name']}': a soft relaxed sample is not in "
+                "the discrete support the model scores; use GumbelSoftmax(hard=True), "
+                "StraightThrough() or an unbiased estimator in an ELBO"
+            )

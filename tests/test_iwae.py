@@ -1,0 +1,366 @@
+"""pg.IWAE (VIMCO, DReG, Reparam, Score) and pg.STL against exact bounds and gradients.
+
+Exact references:
+* one Bernoulli latent, K ≤ 3: the bound E[log (1/K) Σ_k w_k] is a finite sum over the
+  2^K tuples of draws, differentiated by autograd;
+* the conjugate Gaussian (z ~ N(0, 1), x | z ~ N(z, 1), guide N(m, s) per datum): the
+  bound is a K-dimensional Gauss–Hermite sum over the reparameterizing noise, per
+  datum; the ELBO (K = 1) and log p(x) = log N(x; 0, 2) are closed forms.
+Tolerances: Z = 4 standard errors of the mean of independent draws (conftest).
+"""
+
+import itertools
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from conftest import Z, assert_mean, standard_error_of_mean
+from draws import elbo_draws
+from pyro.distributions import constraints
+from pyro.infer import SVI
+
+import pyro_grad as pg
+
+X = torch.tensor(1.3)
+
+
+def bernoulli_model():
+    mu = pyro.param("mu", torch.tensor(0.5))
+    z = pyro.sample("z", dist.Bernoulli(0.3))
+    pyro.sample("x", dist.Normal(mu * z, 1.0), obs=X)
+
+
+def bernoulli_guide():
+    phi = pyro.param("phi", torch.tensor(0.2))
+    pyro.sample("z", dist.Bernoulli(logits=phi))
+
+
+def exact_bernoulli_bound(k: int):
+    """E[log (1/K) Σ_k w_k], summed over all 2^K tuples of z, and its gradient in the
+    unconstrained params."""
+    bernoulli_model(), bernoulli_guide()
+    mu, phi = pyro.param("mu").unconstrained(), pyro.param("phi").unconstrained()
+    q = dist.Bernoulli(logits=phi.double())
+    bound = 0.0
+    for zs in itertools.product([0.0, 1.0], repeat=k):
+        z = torch.tensor(zs, dtype=torch.float64)
+        log_w = dist.Bernoulli(0.3).log_prob(z) + dist.Normal(mu.double() * z, 1.0).log_prob(X.double()) - q.log_prob(z)
+        bound = bound + q.log_prob(z).sum().exp() * (torch.logsumexp(log_w, 0) - math.log(k))
+    gradient = torch.autograd.grad(bound, [mu, phi])
+    return float(bound), {"mu": float(gradient[0]), "phi": float(gradient[1])}
+
+
+@pytest.mark.parametrize("estimator, k", [
+    (pg.Score(), 1), (pg.Score(), 2), (pg.Score(), 3), (pg.Score(baseline=-1.5), 3),
+    (pg.VIMCO(), 2), (pg.VIMCO(), 3), (None, 3),  # None: unchosen, the bound's default (VIMCO)
+])
+def test_one_bernoulli_bound_and_gradient_match_the_sum_over_k_tuples(estimator, k):
+    exact_value, exact_gradient = exact_bernoulli_bound(k)
+    guide = bernoulli_guide if estimator is None else pg.estimators(bernoulli_guide, {"z": estimator})
+    draws, values = elbo_draws(bernoulli_model, guide, num_samples=20_000, num_particles=k, objective=pg.IWAE,
+                               values=True)
+    assert_mean(values, exact_value)
+    for name, value in exact_gradient.items():
+        assert_mean(draws[name], value)
+
+
+def test_vimco_is_quieter_than_the_plain_score_function_and_defaults_to_it():
+    # The leave-one-out signal L − L^{-k} against the plain L (Mnih & Rezende, Fig. 1's point):
+    # measured, on the one-Bernoulli model at K = 3, the guide's gradient variance falls.
+    score = elbo_draws(bernoulli_model, pg.estimators(bernoulli_guide, {"z": pg.Score()}), num_samples=4000,
+                       num_particles=3, objective=pg.IWAE)["phi"]
+    vimco = elbo_draws(bernoulli_model, pg.estimators(bernoulli_guide, {"z": pg.VIMCO()}), num_samples=4000,
+                       num_particles=3, objective=pg.IWAE)["phi"]
+    assert float(vimco.var()) < 0.5 * float(score.var())
+    estimates = pg.IWAE(num_particles=3).estimates(bernoulli_model, bernoulli_guide, num_samples=2)
+    assert estimates.estimators == {"z": pg.VIMCO()}
+
+
+def test_the_bound_is_per_datum_and_leave_one_out_signals_are_the_authors():
+    from pyro_grad.paths.vimco import leave_one_out_bounds
+
+    # L^{-k} by its definition: w_k replaced by the geometric mean of the others.
+    x = torch.tensor([[0.3, -1.2, 2.0, 0.1]])
+    expected = []
+    for k in range(4):
+        others = torch.cat([x[0, :k], x[0, k + 1:]])
+        replaced = torch.cat([others, others.mean().reshape(1)])
+        expected.append(float(torch.logsumexp(replaced, 0) - math.log(4)))
+    assert leave_one_out_bounds(x)[0].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+# The conjugate Gaussian, three data points, a guide N(m_n, s_n) per datum.
+DATA = torch.tensor([0.8, -1.1, 2.0])
+M0, LOG_S0 = torch.tensor([0.1, -0.2, 0.5]), torch.tensor([-0.5, 0.3, 0.0])
+
+
+def gaussian_model(x):
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def gaussian_guide(x):
+    m = pyro.param("m", M0.clone())
+    s = pyro.param("s", LOG_S0.exp(), constraint=constraints.positive)
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal(m, s))
+
+
+def gauss_hermite_bound(k: int, nodes: int):
+    """The per-datum bound Σ_n E_ε[log (1/K) Σ_k w(m_n + s_n ε_k)], by a K-dim
+    Gauss–Hermite sum, and its gradient in (m, log s)."""
+    m, log_s = M0.double().requires_grad_(), LOG_S0.double().requires_grad_()
+    e, w = (torch.tensor(a) for a in np.polynomial.hermite_e.hermegauss(nodes))
+    w = w / w.sum()
+    eps = torch.stack([g.reshape(-1) for g in torch.meshgrid(*([e] * k), indexing="ij")])  # (K, M)
+    weight = torch.stack([g.reshape(-1) for g in torch.meshgrid(*([w] * k), indexing="ij")]).prod(0)
+    z = m[:, None, None] + log_s.exp()[:, None, None] * eps
+    x = DATA.double()[:, None, None]
+    log_w = (dist.Normal(0.0, 1.0).log_prob(z) + dist.Normal(z, 1.0).log_prob(x)
+             - dist.Normal(m[:, None, None], log_s.exp()[:, None, None]).log_prob(z))
+    bound = ((torch.logsumexp(log_w, 1) - math.log(k)) * weight).sum()
+    d_m, d_log_s = torch.autograd.grad(bound, [m, log_s])
+    return float(bound), {"m": d_m.float(), "s": d_log_s.float()}
+
+
+def test_the_gauss_hermite_reference_is_the_closed_form_elbo_and_converged():
+    # K = 1: E_q[log N(x; z, 1) + log N(z; 0, 1)] + H(q), in closed form.
+    s2 = (2 * LOG_S0).exp()
+    closed = (-math.log(2 * math.pi) - 0.5 * ((DATA - M0) ** 2 + s2) - 0.5 * (M0**2 + s2)
+              + 0.5 * torch.log(2 * math.pi * math.e * s2)).sum()
+    assert gauss_hermite_bound(1, 30)[0] == pytest.approx(float(closed), abs=1e-5)  # closed is float32
+    # K = 2 and 3: more nodes move the bound and its gradient by < 5e-4, a twentieth of
+    # the smallest standard error of the Monte Carlo tests below (≈ 1e-2).
+    for k, nodes in ((2, 60), (3, 32)):
+        a, b = gauss_hermite_bound(k, nodes), gauss_hermite_bound(k, nodes + 10)
+        assert a[0] == pytest.approx(b[0], abs=5e-4)
+        assert all(torch.allclose(a[1][n], b[1][n], atol=5e-4) for n in a[1])
+
+
+@pytest.mark.parametrize("estimator", [pg.Reparam(), pg.DReG()])
+@pytest.mark.parametrize("k, nodes", [(1, 30), (2, 60), (3, 32)])
+def test_reparam_and_dreg_match_the_gauss_hermite_bound_gradient(estimator, k, nodes):
+    exact_value, exact_gradient = gauss_hermite_bound(k, nodes)
+    guide = pg.estimators(gaussian_guide, {"z": estimator})
+    draws, values = elbo_draws(gaussian_model, guide, DATA, num_samples=4000, num_particles=k, objective=pg.IWAE,
+                               values=True)
+    assert_mean(values, exact_value)
+    for name, exact in exact_gradient.items():
+        for i in range(len(DATA)):
+            assert_mean(draws[name][:, i], float(exact[i]))
+
+
+def test_dreg_is_quieter_than_reparam_at_k_16_and_stl_in_the_elbo_is_exact():
+    # Tucker et al. Fig. 1: the plain IWAE gradient's SNR in the guide's parameters
+    # falls as K grows; DReG's does not. At K = 16 DReG's variance is far below.
+    variances = {}
+    for estimator in (pg.Reparam(), pg.DReG()):
+        draws = elbo_draws(gaussian_model, pg.estimators(gaussian_guide, {"z": estimator}), DATA, num_samples=2000,
+                           num_particles=16, objective=pg.IWAE)
+        variances[estimator] = draws["m"].var(0)
+    assert (variances[pg.DReG()] < 0.5 * variances[pg.Reparam()]).all()
+    # STL in pg.ELBO: the closed-form ELBO gradient (the K = 1 reference above).
+    exact = gauss_hermite_bound(1, 30)[1]
+    draws = elbo_draws(gaussian_model, pg.estimators(gaussian_guide, {"z": pg.STL()}), DATA, num_samples=4000)
+    for name, value in exact.items():
+        for i in range(len(DATA)):
+            assert_mean(draws[name][:, i], float(value[i]))
+
+
+def test_stl_has_zero_variance_at_the_exact_posterior():
+    # The posterior of the conjugate model is N(x/2, 1/2): there log w = log p(x) for every
+    # z, and STL's gradient is exactly zero (Roeder et al.), while Reparam's is not.
+    pyro.param("m", DATA / 2)
+    pyro.param("s", torch.full((3,), 0.5**0.5), constraint=constraints.positive)
+    stl = elbo_draws(gaussian_model, pg.estimators(gaussian_guide, {"z": pg.STL()}), DATA, num_samples=200)
+    reparam = elbo_draws(gaussian_model, pg.estimators(gaussian_guide, {"z": pg.Reparam()}), DATA, num_samples=200)
+    assert float(stl["m"].abs().max()) < 1e-5 and float(stl["s"].abs().max()) < 1e-5
+    assert float(reparam["s"].var()) > 0.1
+
+
+def test_the_bound_rises_to_log_p_x_as_k_grows():
+    # log p(x) = Σ_n log N(x_n; 0, 2). Delta method: log p − L_K ≈ χ²(p(z|x) ‖ q) / (2K).
+    log_p = float(dist.Normal(0.0, 2**0.5).log_prob(DATA).sum())
+    gaussian_guide(DATA)
+    means, gaps = [], []
+    for k, samples in ((1, 4000), (4, 4000), (32, 4000), (1024, 500)):
+        with torch.no_grad():
+            values = pg.IWAE(num_particles=k).estimates(gaussian_model, gaussian_guide, (DATA,), num_samples=samples).values
+        means.append((float(values.mean()), standard_error_of_mean(values)))
+    with torch.no_grad():
+        log_w = pg.IWAE(num_particles=1).estimates(gaussian_model, gaussian_guide, (DATA,), num_samples=200_000).values
+    chi2 = float((log_w - log_p).exp().var())  # Var(w / p(x)), the χ² divergence of the joint weights
+    for (low, se_low), (high, se_high) in zip(means, means[1:]):
+        assert high - low > Z * math.hypot(se_low, se_high)
+    last, se = means[-1]
+    assert -Z * se <= log_p - last <= Z * se + 2 * chi2 / (2 * 1024)
+
+
+def test_svi_with_iwae_and_dreg_learns_the_posterior():
+    pyro.param("m", torch.zeros(3))
+    guide = pg.estimators(gaussian_guide, {"z": pg.DReG()})
+    svi = SVI(gaussian_model, guide, pyro.optim.Adam({"lr": 0.05}), loss=pg.IWAE(num_particles=8))
+    for _ in range(600):
+        svi.step(DATA)
+    assert torch.allclose(pyro.param("m"), DATA / 2, atol=0.1)
+    assert torch.allclose(pyro.param("s"), torch.full((3,), 0.5**0.5), atol=0.1)
+
+
+def two_site_guide():
+    phi = pyro.param("phi", torch.tensor(0.2))
+    m = pyro.param("m", torch.tensor(0.1))
+    c = pyro.sample("c", dist.Bernoulli(logits=phi))
+    pyro.sample("z", dist.Normal(m + c, 1.0))
+
+
+def two_site_model():
+    c = pyro.sample("c", dist.Bernoulli(0.5))
+    z = pyro.sample("z", dist.Normal(c, 1.0))
+    pyro.sample("x", dist.Normal(z, 1.0), obs=X)
+
+
+def test_every_usage_form_chooses_the_sites_estimators_in_the_iwae():
+    iwae = pg.IWAE(num_particles=3)
+    expected = {"c": pg.VIMCO(), "z": pg.DReG()}
+    # The wrapper.
+    wrapped = pg.estimators(two_site_guide, expected)
+    assert iwae.estimates(two_site_model, wrapped, num_samples=2).estimators == expected
+    # The context manager, around the objective's call.
+    with pg.estimators(expected):
+        assert iwae.estimates(two_site_model, two_site_guide, num_samples=2).estimators == expected
+
+    # infer= on the site.
+    def inferred_guide():
+        phi = pyro.param("phi", torch.tensor(0.2))
+        m = pyro.param("m", torch.tensor(0.1))
+        c = pyro.sample("c", dist.Bernoulli(logits=phi), infer={"estimator": pg.VIMCO()})
+        pyro.sample("z", dist.Normal(m + c, 1.0), infer={"estimator": pg.DReG()})
+
+    assert iwae.estimates(two_site_model, inferred_guide, num_samples=2).estimators == expected
+    # Each runs an SVI step, and loss and differentiable_loss are minus the bound.
+    for guide in (wrapped, inferred_guide):
+        svi = SVI(two_site_model, guide, pyro.optim.Adam({"lr": 0.01}), loss=iwae)
+        assert math.isfinite(svi.step())
+    pyro.set_rng_seed(3)
+    loss = iwae.loss(two_site_model, wrapped)
+    pyro.set_rng_seed(3)
+    assert float(iwae.differentiable_loss(two_site_model, wrapped)) == pytest.approx(loss, rel=1e-6)
+
+
+def test_looped_particles_give_the_same_gradient_in_mean():
+    exact_value, exact_gradient = exact_bernoulli_bound(2)
+    guide = pg.estimators(bernoulli_guide, {"z": pg.VIMCO()})
+    draws = elbo_draws(bernoulli_model, guide, num_samples=600, num_particles=2, objective=pg.IWAE, path="loop")
+    for name, value in exact_gradient.items():
+        assert_mean(draws[name], value)
+
+
+def test_estimators_not_derived_for_an_objective_are_refused_at_the_site():
+    with pytest.raises(pg.EstimatorError, match=r"DisARM\(\) does not apply to site 'z' \(Bernoulli\): it is derived "
+                                                 r"for pg.ELBO and pg.expectation, not pg.IWAE; estimators that apply: "
+                                                 r"Score\(\), VIMCO\(\)"):
+        pg.IWAE(num_particles=2).loss(bernoulli_model, pg.estimators(bernoulli_guide, {"z": pg.DisARM()}))
+    with pytest.raises(pg.EstimatorError, match=r"VIMCO\(\) does not apply to site 'z' \(Bernoulli\): it is derived "
+                                                 r"for pg.IWAE, not pg.ELBO"):
+        pg.ELBO(num_particles=2).loss(bernoulli_model, pg.estimators(bernoulli_guide, {"z": pg.VIMCO()}))
+    with pytest.raises(pg.EstimatorError, match=r"STL\(\) does not apply to site 'z' \(Normal\): it is derived for "
+                                                 r"pg.ELBO, not pg.IWAE; estimators that apply: Reparam\(\), Score\(\), "
+                                                 r"DReG\(\), VIMCO\(\)"):
+        pg.IWAE(num_particles=2).loss(gaussian_model, pg.estimators(gaussian_guide, {"z": pg.STL()}), DATA)
+    theta = torch.tensor(0.5, requires_grad=True)
+
+    def f(t):
+        return pyro.sample("z", dist.Normal(t, 1.0)) ** 2
+
+    with pytest.raises(pg.EstimatorError, match=r"DReG\(\) does not apply to site 'z' \(Normal\): it is derived for "
+                                                 r"pg.IWAE, not pg.expectation"):
+        pg.expectation(pg.estimators(f, {"z": pg.DReG()}), theta)
+    with pytest.raises(pg.EstimatorError, match=r"Score\(baseline='loo'\) at site 'z'.*use VIMCO\(\)"):
+        pg.IWAE(num_particles=2).loss(bernoulli_model, pg.estimators(bernoulli_guide, {"z": pg.Score("loo")}))
+    with pytest.raises(pg.EstimatorError, match=r"VIMCO\(\) at site 'z' needs num_particles >= 2, got 1"):
+        pg.IWAE(num_particles=1).loss(bernoulli_model, pg.estimators(bernoulli_guide, {"z": pg.VIMCO()}))
+
+
+def test_dreg_refuses_a_later_score_site_whose_law_moves_with_its_value():
+    def guide():
+        m = pyro.param("m", torch.tensor(0.1))
+        z = pyro.sample("z", dist.Normal(m, 1.0))
+        pyro.sample("c", dist.Bernoulli(logits=z))
+
+    def model():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        c = pyro.sample("c", dist.Bernoulli(logits=z))
+        pyro.sample("x", dist.Normal(z + c, 1.0), obs=X)
+
+    with pytest.raises(pg.EstimatorError, match=r"DReG\(\) at site 'z' \(Normal\): guide site 'c' \(Bernoulli, "
+                                                 r"VIMCO\(\)\) depends on its value"):
+        pg.IWAE(num_particles=2).differentiable_loss(model, pg.estimators(guide, {"z": pg.DReG()}))
+    # Upstream of a discrete site DReG is refused; downstream of one (two_site_guide) it is not.
+    pg.IWAE(num_particles=2).differentiable_loss(two_site_model, pg.estimators(two_site_guide, {"z": pg.DReG()}))
+
+
+def test_unequal_scales_and_per_particle_minibatches_are_refused():
+    def scaled_guide(x):
+        m = pyro.param("m", M0.clone())
+        with pyro.plate("data", len(x)), pyro.poutine.scale(scale=0.5):
+            pyro.sample("z", dist.Normal(m, 1.0))
+
+    with pytest.raises(pg.EstimatorError, match=r"model site 'z' has scale 1 and guide site 'z' 0.5"):
+        pg.IWAE(num_particles=2).loss(gaussian_model, scaled_guide, DATA)
+
+    def subsampled_model(x):
+        with pyro.plate("data", len(x), subsample_size=2) as i:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[i])
+
+    def subsampled_guide(x):
+        m = pyro.param("m", M0.clone())
+        with pyro.plate("data", len(x), subsample_size=2) as i:
+            pyro.sample("z", dist.Normal(m[i], 1.0))
+
+    # One minibatch for every vectorized particle: the bound of 2 data points, times 3/2.
+    pyro.set_rng_seed(0)
+    assert math.isfinite(pg.IWAE(num_particles=4).loss(subsampled_model, subsampled_guide, DATA))
+    with pytest.raises(pg.EstimatorError, match="different minibatch for each particle"):
+        for seed in range(5):  # some seed draws two different minibatches
+            pyro.set_rng_seed(seed)
+            pg.IWAE(num_particles=2, vectorize_particles=False).loss(subsampled_model, subsampled_guide, DATA)
+
+
+def test_a_subsampled_plate_scales_each_datums_bound_outside_its_log():
+    # Subsampling 2 of 3 data points: the bound's expectation is still the full bound.
+    exact = gauss_hermite_bound(2, 30)[0]
+
+    def subsampled_model(x):
+        with pyro.plate("data", len(x), subsample_size=2) as i:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[i])
+
+    def subsampled_guide(x):
+        m = pyro.param("m", M0.clone())
+        s = pyro.param("s", LOG_S0.exp(), constraint=constraints.positive)
+        with pyro.plate("data", len(x), subsample_size=2) as i:
+            pyro.sample("z", dist.Normal(m[i], s[i]))
+
+    values = []
+    with torch.no_grad():  # one bound per call: vectorized samples would share a minibatch
+        for _ in range(800):
+            values.append(pg.IWAE(num_particles=2).estimates(subsampled_model, subsampled_guide, (DATA,)).values)
+    assert_mean(torch.cat(values), exact)
+
+
+def test_stl_drops_only_the_guides_score_never_the_models():
+    # Pyro's replay copies the guide site's infer to the model's site: the model's prior
+    # N(μ₀, 1) must keep its parameter. ∂ELBO/∂μ₀ = Σ_n E_q[z_n − μ₀] = Σ_n (m_n − μ₀).
+    def model(x):
+        mu0 = pyro.param("mu0", torch.tensor(0.3))
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(mu0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    draws = elbo_draws(model, pg.estimators(gaussian_guide, {"z": pg.STL()}), DATA, num_samples=2000)
+    assert_mean(draws["mu0"], float((M0 - 0.3).sum()))
