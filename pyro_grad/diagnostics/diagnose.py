@@ -163,7 +163,8 @@ def compare_estimators(
     base = fn if objective is expectation else guide
     programs = _programs(objective, fn, base)
     targets, params = find_targets(programs, args, kwargs, sites=sites)
-    references = resolve_reference(reference, objective, fn, guide, args, kwargs, targets, params, num_samples)
+    references = resolve_reference(reference, objective, fn, guide, args, kwargs, targets, params, num_samples,
+                                   num_particles)
     nesting = _plate_nesting(programs, args, kwargs)
 
     def samples(program: Callable):

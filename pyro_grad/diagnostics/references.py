@@ -96,12 +96,21 @@ def resolve_reference(
     targets: List[Target],
     params: Dict[str, torch.Tensor],
     num_samples: int,
+    num_particles: int = 1,
 ) -> Dict[str, torch.Tensor]:
     """The reference gradient of ``objective`` (``pg.expectation`` of ``fn``, or an ELBO
-    class of model ``fn`` and ``guide``) for each target it covers (possibly none)."""
+    class of model ``fn`` and ``guide``, at ``num_particles`` particles) for each target
+    it covers (possibly none)."""
     if reference is None:
         return {}
     if isinstance(reference, str):
+        averages = objective is expectation or objective.averages_particles
+        if reference == "enumerate" and not averages:
+            raise EstimatorError(
+                f"reference='enumerate' sums the ELBO over the guide's support, not the bound of "
+                f"{objective.__name__}, which is not a mean over particles; pass a dict or a callable of "
+                "its exact gradients, or reference='reparam'"
+            )
         if reference == "enumerate":
             if objective is expectation:
                 def exact(a, wrap):
@@ -117,7 +126,11 @@ def resolve_reference(
                     model, program = estimators(wrap(fn), default=Reparam()), None
                 else:
                     model, program = fn, estimators(wrap(guide), default=Reparam())
-                return sampler(objective, model, program, kwargs, particles, True)(a, 1).values[0]
+                if averages:  # one estimate of many particles is a precise one of the same objective
+                    return sampler(objective, model, program, kwargs, particles, True)(a, 1).values[0]
+                # Else the mean of many independent estimates, each of the objective's K particles.
+                many = max(1, particles // num_particles)
+                return sampler(objective, model, program, kwargs, num_particles, True)(a, many).values.mean()
         else:
             raise EstimatorError(
                 f"reference must be None, 'enumerate', 'reparam', a dict or a callable; got {reference!r}"

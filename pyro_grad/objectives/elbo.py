@@ -54,6 +54,9 @@ class ELBO(pyro.infer.ELBO):
 
     #: The objective its estimators must be derived for (``Estimator.objectives``).
     objective = "elbo"
+    #: Whether an estimate is a mean over its particles, so that one estimate of many
+    #: particles estimates the same objective precisely (not the IWAE bound's).
+    averages_particles = True
 
     def __init__(
         self,

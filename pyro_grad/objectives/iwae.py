@@ -46,6 +46,7 @@ class IWAE(ELBO):
     """
 
     objective = "iwae"
+    averages_particles = False
 
     def __init__(
         self,
@@ -91,13 +92,15 @@ class IWAE(ELBO):
             estimator = resolved[name] = for_the_bound(name, chosen, k)
             signal = estimator.importance_signal(name, x).detach()  # refuses what the bound cannot use
             if surrogate:
-                score = group(concat_particles([w.scores[name][1] for w in weighted]), num_samples)
+                # A looped particle that did not draw the site has no score there.
+                score = group(concat_particles([w.scores[name][1] if name in w.scores else torch.zeros(1)
+                                                for w in weighted]), num_samples)
                 terms[name] = per_sample(signal * (score - score.detach()))
         if not surrogate:
             return bound.detach(), Estimates(bound.detach(), cost=evaluations(guide_trace))
         normalized = torch.softmax(x, 1)
         for name in dict.fromkeys(n for w in weighted for n in w.reweighted):
-            path = group(concat_particles([w.reweighted[name] for w in weighted]), num_samples)
+            path = group(concat_particles([w.reweighted.get(name, torch.zeros(1)) for w in weighted]), num_samples)
             # w̃² on the path through the value: the bound's w̃ plus (w̃² − w̃).
             terms[name] = per_sample((normalized**2 - normalized) * (path - path.detach()))
         values = bound
