@@ -4,6 +4,7 @@ import math
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.subsample_messenger import _Subsample
 
@@ -11,7 +12,7 @@ from pyro_grad.distributions import describe, given_parameters, leaf_distributio
 from pyro_grad.engine.control_flow import READ
 from pyro_grad.engine.importance import ImportanceRun
 from pyro_grad.engine.importance_weights import log_mean_exp
-from pyro_grad.engine.particles import PARTICLE_PLATES, ParticleLayout, concat_particles, read_sites
+from pyro_grad.engine.particles import PARTICLE_PLATES, ParticleLayout, concat_particles, match_dims, read_sites
 from pyro_grad.engine.provenance import plain
 from pyro_grad.engine.surrogate import Estimates, evaluations, group, site_estimators, site_runs
 from pyro_grad.errors import EstimatorError
@@ -93,14 +94,17 @@ class IWAE(ELBO):
             signal = estimator.importance_signal(name, x).detach()  # refuses what the bound cannot use
             if surrogate:
                 # A looped particle that did not draw the site has no score there.
-                score = group(concat_particles([w.scores[name][1] if name in w.scores else torch.zeros(1)
-                                                for w in weighted]), num_samples)
-                terms[name] = per_sample(signal * (score - score.detach()))
+                # Looped terms keep their own rank: right-aligned against the log-weights.
+                score = group(match_dims(concat_particles([w.scores[name][1] if name in w.scores else torch.zeros(1)
+                                                           for w in weighted]), x.dim() - 1), num_samples)
+                # Pyro leaves score functions unscaled: the bound is s·L, so its score term is too.
+                terms[name] = per_sample(scale * signal * (score - score.detach()))
         if not surrogate:
             return bound.detach(), Estimates(bound.detach(), cost=evaluations(guide_trace))
         normalized = torch.softmax(x, 1)
         for name in dict.fromkeys(n for w in weighted for n in w.reweighted):
-            path = group(concat_particles([w.reweighted.get(name, torch.zeros(1)) for w in weighted]), num_samples)
+            path = group(match_dims(concat_particles([w.reweighted.get(name, torch.zeros(1)) for w in weighted]),
+                                    x.dim() - 1), num_samples)
             # w̃² on the path through the value: the bound's w̃ plus (w̃² − w̃).
             terms[name] = per_sample((normalized**2 - normalized) * (path - path.detach()))
         values = bound
@@ -134,7 +138,7 @@ class Weighted(NamedTuple):
     unscaled (divided by ``scale``, the one scale of every term, with a site that has
     it), differentiable as
     the estimators chose; ``scores[site] = (estimator, log q (P, ...))`` for score-path
-    sites, scaled; ``reweighted[site] (P, ...)``: for DReG sites, ``∂log w/∂z · z`` summed
+    sites, unscaled (as Pyro's score functions are); ``reweighted[site] (P, ...)``: for DReG sites, ``∂log w/∂z · z`` summed
     to those plates, differentiable through the value ``z`` alone.
     """
 
@@ -245,6 +249,10 @@ def reweighted_paths(
             and plain(s["value"]).requires_grad}
     if not dreg:
         return {}
+    if fwAD._current_level >= 0:
+        # Measured biased under forward-mode tangents (a nested plate, 30 se); the
+        # diagnostics' reverse-mode loop computes it exactly.
+        raise NotImplementedError("DReG's ∂log w/∂z is computed in reverse mode only")
     check_reweighting(guide_trace, dreg, num_particles)
     total = 0.0
     for in_guide, site, _, term in elbo_terms(model_trace, guide_trace):
