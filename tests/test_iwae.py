@@ -503,3 +503,64 @@ def test_a_guide_whose_sites_depend_on_control_flow_has_the_exact_bound_gradient
     draws = elbo_draws(model, guide, num_samples=800, num_particles=2, objective=pg.IWAE, path="loop")
     for name, value in exact.items():
         assert_mean(draws[name], float(value))
+
+
+def test_a_global_score_site_beside_a_data_plate_has_the_same_gradient_looped_and_vectorized():
+    # c ~ Bern(0.4) outside the plate, x_n ~ N(2c, 1) in it: the score term (rank 1) meets
+    # log-weights of rank 2 in looped particles. Exact at K = 3 by the sum over 2³ tuples.
+    x = torch.tensor([1.3, 0.2])
+
+    def model():
+        c = pyro.sample("c", dist.Bernoulli(0.4))
+        with pyro.plate("data", 2):
+            pyro.sample("x", dist.Normal(2 * c, 1.0), obs=x)
+
+    def guide():
+        pyro.sample("c", dist.Bernoulli(logits=pyro.param("a", torch.tensor(0.3))))
+
+    a = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    q, bound = dist.Bernoulli(logits=a), 0.0
+    for cs in itertools.product([0.0, 1.0], repeat=3):
+        c = torch.tensor(cs, dtype=torch.float64)
+        log_w = (dist.Bernoulli(torch.tensor(0.4, dtype=torch.float64)).log_prob(c) - q.log_prob(c)
+                 + dist.Normal(2 * c[:, None], 1.0).log_prob(x.double()).sum(-1))
+        bound = bound + q.log_prob(c).sum().exp() * (torch.logsumexp(log_w, 0) - math.log(3))
+    (exact,) = torch.autograd.grad(bound, a)
+    for path, count in (("vectorized", 3000), ("loop", 300)):
+        pyro.clear_param_store()
+        draws = elbo_draws(model, pg.estimators(guide, {"c": pg.VIMCO()}), num_samples=count, num_particles=3,
+                           objective=pg.IWAE, path=path)
+        assert_mean(draws["a"], float(exact))
+
+
+def test_a_subsampled_plate_scales_the_score_term_like_the_bound():
+    # One of three data points per step: the VIMCO term must carry the N/B = 3 of the
+    # bound (Pyro's score functions are unscaled). Exact: the full per-datum bound at K = 2.
+    data, a0 = torch.tensor([1.3, -0.4, 0.9]), torch.tensor([0.3, -0.5, 0.2])
+
+    def model(x):
+        with pyro.plate("data", 3, subsample_size=1) as i:
+            c = pyro.sample("c", dist.Bernoulli(0.4))
+            pyro.sample("x", dist.Normal(2 * c, 1.0), obs=x[i])
+
+    def guide(x):
+        a = pyro.param("a", a0.clone())
+        with pyro.plate("data", 3, subsample_size=1) as i:
+            pyro.sample("c", dist.Bernoulli(logits=a[i]))
+
+    a = a0.double().requires_grad_()
+    q, bound = dist.Bernoulli(logits=a[:, None]), 0.0
+    for cs in itertools.product([0.0, 1.0], repeat=2):
+        c = torch.tensor(cs, dtype=torch.float64)[None]
+        log_w = (dist.Bernoulli(torch.tensor(0.4, dtype=torch.float64)).log_prob(c) - q.log_prob(c)
+                 + dist.Normal(2 * c, 1.0).log_prob(data.double()[:, None]))
+        bound = bound + (q.log_prob(c).sum(1).exp() * (torch.logsumexp(log_w, 1) - math.log(2))).sum()
+    (exact,) = torch.autograd.grad(bound, a)
+    guide_vimco, iwae = pg.estimators(guide, {"c": pg.VIMCO()}), pg.IWAE(num_particles=2)
+    guide(data)
+    a_param, samples = pyro.param("a").unconstrained(), []
+    for _ in range(800):  # one minibatch per call: vectorized samples would share it
+        samples.append(-torch.autograd.grad(iwae.differentiable_loss(model, guide_vimco, data), a_param)[0])
+    samples = torch.stack(samples)
+    for i in range(3):
+        assert_mean(samples[:, i], float(exact[i]))
