@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass
 
-from pyro_grad.paths.base import Estimator, Site
+from pyro_grad.paths.base import Estimator
+from pyro_grad.paths.reparam import Reparam
 
 
 @dataclass(frozen=True, repr=False)
@@ -27,6 +28,5 @@ class DReG(Estimator):
     objectives = frozenset({"iwae"})
     drops_score_of_q = True
 
-    @classmethod
-    def applies_to(cls, site: Site) -> bool:
-        return bool(getattr(site.fn, "has_rsample", False))
+    # Wherever the pathwise gradient applies: the value must be reparameterized.
+    applies_to = Reparam.applies_to
