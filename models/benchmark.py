@@ -25,6 +25,9 @@ class Benchmark:
     #: Restores any state the program keeps outside Pyro's param store (a network's
     #: weights), so that every use of the benchmark starts from the same point.
     reset: Optional[Callable[[], None]] = None
+    #: log p(x) of an SVI benchmark whose guide family holds the posterior: the ELBO's
+    #: maximum, drawn as a line in its ELBO plot. None where it is not known.
+    log_evidence: Optional[Callable[[], float]] = None
 
     def arguments(self) -> Tuple[Any, ...]:
         """The default arguments, each number as a fresh tensor that requires grad (the

@@ -57,6 +57,17 @@ def exact_elbo_gradient(data: torch.Tensor = DATA) -> Dict[str, torch.Tensor]:
     return dict(zip(u, grads))
 
 
+def log_evidence(data: torch.Tensor = DATA) -> float:
+    """log p(x) = log B(α0 + H, β0 + T) − log B(α0, β0): the ELBO's maximum, reached when
+    the Beta guide is the posterior Beta(α0 + H, β0 + T)."""
+    heads, tails = float(data.sum()), float(len(data) - data.sum())
+
+    def log_beta(x: float, y: float) -> float:
+        return float(torch.lgamma(torch.tensor(x)) + torch.lgamma(torch.tensor(y)) - torch.lgamma(torch.tensor(x + y)))
+
+    return log_beta(ALPHA0 + heads, BETA0 + tails) - log_beta(ALPHA0, BETA0)
+
+
 BENCHMARK = Benchmark(
     name="coin",
     description=(
@@ -69,4 +80,5 @@ BENCHMARK = Benchmark(
     default_args=(DATA,),
     arg_names=("data",),
     reference_gradient=exact_elbo_gradient,
+    log_evidence=log_evidence,
 )

@@ -26,6 +26,8 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import EstimatorMessenger, estimators
 from pyro_grad.presentation.html_report import report
 from pyro_grad.objectives import ELBO, IWAE, expectation
+from pyro_grad.tuning.schedule import Switch
+from pyro_grad.tuning.tune import Tuning, tune
 from pyro_grad import paths
 from pyro_grad.paths import Estimator, applicable
 from pyro_grad.paths.registry import REGISTRY
@@ -52,5 +54,8 @@ __all__ = [
     "expectation",
     "paths",
     "report",
+    "Switch",
+    "Tuning",
+    "tune",
     *(cls.__name__ for cls in REGISTRY),
 ]

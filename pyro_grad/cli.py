@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="reports", help="directory for the pages")
     report.add_argument("--steps", type=positive_int, default=200, help="SVI steps per run")
     report.add_argument("--samples", type=positive_int, default=2000, help="gradient draws per estimator")
+    report.add_argument("--models", default=None, metavar="NAME,...",
+                        help="only these built-in models (default: every one)")
     table = sub.add_parser("table", help="the seed programs' gradients under each applicable estimator",
                            formatter_class=formatter)
     table.add_argument("--samples", type=positive_int, default=10_000, help="gradient draws per estimator")
@@ -289,8 +291,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if ns.command == "report":
             from pyro_grad.presentation.main_job import build_reports
 
+            models = [m for m in ns.models.split(",") if m] if ns.models is not None else None
             index = build_reports(str(writable_directory(ns.out)), num_steps=ns.steps, num_samples=ns.samples,
-                                  log=lambda line: print(line, file=sys.stderr, flush=True))
+                                  log=lambda line: print(line, file=sys.stderr, flush=True), models=models)
             print(f"wrote {index}")
             return 0
         if ns.command == "table":

@@ -3,7 +3,7 @@
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import get_plates
@@ -22,15 +22,16 @@ CHOICE = "_pyro_grad_choice"
 
 # How strongly a handler's choice holds, weakest first. Handlers nest: the innermost
 # sees a site first, and an outer handler re-prepares the site only with a stronger
-# choice, so an objective's built-in "auto" never hides a user's config around it.
-AUTO, DEFAULT, SITE, CONFIG = range(4)
+# choice, so an objective's built-in "auto" never hides a user's config around it. A
+# measured choice (``default="tune"``) beats "auto" and yields to anything a user wrote.
+AUTO, TUNED, DEFAULT, SITE, CONFIG = range(5)
 
 
 @dataclass(frozen=True)
 class Choice:
     """Who chose a site's estimator, and what the site looked like before.
 
-    ``strength`` is one of ``AUTO < DEFAULT < SITE < CONFIG``; ``site_estimator`` is the
+    ``strength`` is one of ``AUTO < TUNED < DEFAULT < SITE < CONFIG``; ``site_estimator`` is the
     site's own ``infer["estimator"]``, so that an outer handler can choose again from
     the site as written. (The choosing handler's baseline state goes in the site's
     ``infer`` under :data:`pyro_grad.baselines.STATE`.)
@@ -59,7 +60,8 @@ class EstimatorMessenger(Messenger):
 
     Precedence, strongest first: ``config`` (a mapping from site names, a callable of
     the site message, or one estimator for every site), then the site's own ``infer={"estimator": ...}``, then an
-    explicit ``default`` estimator, then ``"auto"``. Among nested handlers the inner
+    explicit ``default`` estimator, then the measured choice of ``default="tune"``
+    (:attr:`tuned`, set by the objectives through :func:`pyro_grad.tune`), then ``"auto"``. Among nested handlers the inner
     one wins a tie and an outer one overrides a weaker choice, so that
     ``with pg.estimators({"z": pg.Score()}): pg.expectation(f, θ)`` uses ``Score`` at
     ``z`` although the objective applies ``"auto"`` inside. Observed, subsample and
@@ -80,10 +82,16 @@ class EstimatorMessenger(Messenger):
                 "config must be a dict of site names to estimators, a callable of the site "
                 f"message, or one estimator for every site; got {config!r}"
             )
-        if default not in ("auto", None):
+        if isinstance(default, str) and default not in ("auto", "tune"):
+            raise EstimatorError(f"default must be 'auto', 'tune', None or an estimator, got {default!r}")
+        if default is not None and not isinstance(default, str):
             _check_estimator(default, "default")
         self.config = config
         self.default = default
+        #: With ``default="tune"``: the measured choice per site, and the :class:`Tuning`
+        #: it came from (None until an objective first tunes the sites).
+        self.tuned: Dict[str, Estimator] = {}
+        self.tuning: Optional[Any] = None
         self.averages = RunningAverages()
         self._seen = set()
         self._float_indices = []
@@ -118,7 +126,9 @@ class EstimatorMessenger(Messenger):
                 return _check_estimator(chosen, f"config({name!r})"), CONFIG
         if site_estimator is not None:
             return _check_estimator(site_estimator, f"site {name!r} infer['estimator']"), SITE
-        if self.default == "auto":
+        if self.default == "tune" and name in self.tuned:
+            return self.tuned[name], TUNED
+        if self.default in ("auto", "tune"):
             return auto_estimator(msg["fn"]), AUTO
         if self.default is None:
             return None
@@ -201,7 +211,10 @@ def estimators(
     :param default: for sites nothing else chose: ``"auto"`` (``Reparam`` where the
         distribution has ``rsample``, else ``Score`` with a leave-one-out baseline
         when there are K ≥ 2 particles and a decaying average otherwise), an
-        estimator, or ``None`` to leave the site to an outer handler.
+        estimator, ``"tune"`` (the quietest unbiased estimator by :func:`pyro_grad.tune`,
+        measured by the objective before its first draw, and every ``retune_every``
+        steps in :class:`pyro_grad.ELBO`), or ``None`` to leave the site to an outer
+        handler.
     """
     if isinstance(fn, (Mapping, Estimator)) and config is None:
         fn, config = None, fn

@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -12,6 +13,7 @@ import time
 
 import matplotlib.figure
 import matplotlib.image
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -23,14 +25,23 @@ from pyro_grad.models import coin
 from pyro_grad.presentation.main_job import build_reports
 
 CONFIGS = {"reparam": pg.Reparam(), "loo": {"f": pg.Score("loo")}}
+DEEP = os.environ.get("PYRO_GRAD_DEEP", "") not in ("", "0")
 
 
 def test_compare_trains_each_config_and_seed_and_summarizes(tmp_path):
     result = pg.compare(coin.model, coin.guide, coin.DATA, configs=CONFIGS, num_steps=150,
                         seeds=(0, 1), diagnose_every=75, out=str(tmp_path))
     summary = result.summary().set_index("config")
-    assert list(summary.index) == ["reparam", "loo"]
-    assert set(summary.columns) >= {"final ELBO", "± sd", "steps to target", "seconds to target", "gradient variance"}
+    assert set(summary.index) == {"reparam", "loo"}
+    assert set(summary.columns) >= {"final ELBO", "± sd", "seconds to target", "± sd (s)", "evaluations to target",
+                                    "unbiased", "gradient variance"}
+    # Fastest to the target first; each config's figures are its runs' means.
+    assert summary["seconds to target"].is_monotonic_increasing
+    hits = result.to_target()
+    for label in ("reparam", "loo"):
+        assert summary.loc[label, "evaluations to target"] == pytest.approx(
+            hits[hits["config"] == label]["evaluations"].mean())
+    assert summary["unbiased"].all()
     # The ELBO is at most the log evidence log B(16, 14) − log B(10, 10) ≈ −6.99 (6 heads, 4 tails).
     log_evidence = float(torch.lgamma(torch.tensor(16.0)) + torch.lgamma(torch.tensor(14.0)) - torch.lgamma(torch.tensor(30.0))
                          - 2 * torch.lgamma(torch.tensor(10.0)) + torch.lgamma(torch.tensor(20.0)))
@@ -318,15 +329,32 @@ def test_report_writes_a_self_contained_page_whose_images_decode(tmp_path):
         pg.report(42, tmp_path / "x.html")
 
 
-def test_the_main_job_writes_an_index_linking_a_page_per_model(tmp_path):
-    index = build_reports(str(tmp_path), num_steps=2, num_samples=10, seeds=(0,), checkpoints=1)
-    page = index.read_text()
+#: The main job's test builds these pages (an expectation with two sites, a Poisson
+#: one, the coin's SVI page with its exact log p(x), the mixture's with biased configs);
+#: PYRO_GRAD_DEEP=1 builds every model's (3 minutes more: sir's 20 sites, the VAE).
+MAIN_JOB_MODELS = None if DEEP else ["two_bernoullis", "poisson_fit", "coin", "mixture"]
+
+
+def test_the_main_job_writes_an_index_linking_a_page_per_model_each_opening_with_a_recommendation(tmp_path):
     from pyro_grad.models import registry
 
-    for name in registry():
+    index = build_reports(str(tmp_path), num_steps=4, num_samples=10, seeds=(0,), checkpoints=1,
+                          models=MAIN_JOB_MODELS)
+    page = index.read_text()
+    names = MAIN_JOB_MODELS or list(registry())
+    assert "<th>recommended</th>" in page
+    for name in names:
         assert f'href="{name}.html"' in page
-        images = decoded_images((tmp_path / f"{name}.html").read_text())
-        assert images, name
+        text = (tmp_path / f"{name}.html").read_text()
+        assert decoded_images(text), name
+        assert text.index("<h2>Recommendation</h2>") < text.index("<h2>", text.index("<h2>Recommendation</h2>") + 1)
+    # The sites table is filled on an expectation's page; bias flags say how they are decided.
+    two_bernoullis = (tmp_path / "two_bernoullis.html").read_text()
+    assert re.search(r"<h2>Sample sites</h2>\s*<table", two_bernoullis) and "Holm" in two_bernoullis
+    # The mixture's biased configs are named with their bias measured by enumeration.
+    assert "Biased (unbiased=False): StraightThrough: at the start, flagged on" in (tmp_path / "mixture.html").read_text()
+    with pytest.raises(pg.EstimatorError, match=r"no built-in model named \['nope'\]"):
+        build_reports(str(tmp_path), models=["nope"])
 
 
 def test_a_large_posterior_is_summarized_only_as_far_as_the_page_shows_it():
@@ -345,3 +373,57 @@ def test_a_large_posterior_is_summarized_only_as_far_as_the_page_shows_it():
     assert (shown["z"] == posterior["z"].values.reshape(2, 10, 50)[..., :29]).all()
     assert len(az.summary(az.from_dict(posterior=shown), kind="stats")) == MAX_POSTERIOR_ROWS
     assert first_elements(posterior, 100) == (None, 51)
+
+
+def bernoulli_model(data):
+    b = pyro.sample("b", dist.Bernoulli(0.3))
+    with pyro.plate("data", len(data)):
+        pyro.sample("x", dist.Normal(2.0 * b, 1.0), obs=data)
+
+
+def bernoulli_guide(data):
+    pyro.sample("b", dist.Bernoulli(logits=pyro.param("phi", torch.tensor(0.0))))
+
+
+def test_an_evaluations_budget_gives_each_config_the_same_program_evaluations():
+    # MeasureValued re-runs the program once per particle (2 evaluations), Score does not
+    # (1): under budget="evaluations" the coupled difference trains half the steps, and
+    # both spend 40 steps × 2 particles × 1 evaluation of Score's.
+    data = torch.tensor([1.5, 2.0])
+    result = pg.compare(bernoulli_model, bernoulli_guide, data, configs={"score": pg.Score(), "mvd": pg.MeasureValued()},
+                        num_steps=40, num_particles=2, seeds=(0,), diagnose_every=20, budget="evaluations")
+    runs = {label: r for (label, _), r in result.runs.items()}
+    assert len(runs["score"]["elbo"]) == 40 and len(runs["mvd"]["elbo"]) == 20
+    assert runs["score"]["evaluations"] == runs["mvd"]["evaluations"] == 80
+    # Checkpoints at the same fractions of each run: halfway and at the end.
+    assert [c["step"] for c in runs["mvd"]["checkpoints"]] == [10, 20]
+    assert [c["step"] for c in runs["score"]["checkpoints"]] == [20, 40]
+    with pytest.raises(pg.EstimatorError, match="budget must be 'steps' or 'evaluations'"):
+        pg.compare(bernoulli_model, bernoulli_guide, data, configs={"score": pg.Score()}, budget="flops")
+
+
+def test_a_page_opens_with_a_recommendation_and_aggregates_elements_with_a_csv_beside_it(tmp_path):
+    # Three candidates at θ = 0 on E[3 Σ z], z ~ Bernoulli(σ(θ)) in a plate of 3: exact
+    # gradient 3σ'(0) = 0.75 per element. The coupled difference and the score function
+    # are unbiased, the coupled one quieter per evaluation; straight-through is biased.
+    def f(theta):
+        with pyro.plate("p", 3):
+            z = pyro.sample("z", dist.Bernoulli(logits=theta))
+        return 3 * z.sum(-1)
+
+    theta = torch.zeros(3, requires_grad=True)
+    comparison = pg.compare_estimators(
+        f, theta, candidates={"score": pg.Score(), "mvd": pg.MeasureValued(), "st": pg.StraightThrough()},
+        num_samples=500, reference={"theta": torch.full((3,), 0.75)})
+    page = pg.report(comparison, tmp_path / "f.html", title="f").read_text()
+    recommendation = page.index("Recommended: mvd")
+    assert recommendation < page.index("Parameters (aggregated over elements)")
+    assert "Runner-up: score" in page and "Biased (unbiased=False): st" in page
+    assert "Holm" in page and "<details>" in page
+    aggregated = comparison.by_parameter()
+    assert list(aggregated["elements"]) == [3, 3, 3]
+    assert len(pd.read_csv(tmp_path / "f-elements.csv")) == 9
+    tuning = pg.tune(f, theta)
+    tuned = pg.report(tuning, tmp_path / "tuned.html", title="tuned").read_text()
+    assert f"Recommended: z: {tuning.config['z']!r}" in tuned
+    assert (tmp_path / "tuned-measurements.csv").exists()

@@ -208,3 +208,21 @@ def test_cost_counts_each_estimators_program_runs():
         candidates={"fd": pg.FiniteDifferences(0.1)}, num_samples=20,
     )
     assert set(two_params.params["cost"]) == {4}
+
+
+def test_bias_flags_are_holm_corrected_across_the_elements_of_a_report():
+    # z = 4.2 alone: p = 2.7e-5 < 1e-3, flagged. The same z among 2,048 elements (an
+    # unbiased estimator's chance extreme): Holm's first threshold is 1e-3 / 2048 =
+    # 4.9e-7 (z ≈ 5.03), so it is not; a z of 6 there (p = 2e-9) still is.
+    import pandas as pd
+    from pyro_grad.diagnostics.statistics import with_flags
+
+    def table(z):
+        return pd.DataFrame({"z": z, "wrong sign": [False] * len(z)})
+
+    assert with_flags(table([4.2]))["flagged"].all()
+    many = with_flags(table([4.2] + [0.5] * 2047))
+    assert not many["flagged"].any()
+    assert with_flags(table([6.0] + [0.5] * 2047))["flagged"].tolist() == [True] + [False] * 2047
+    # Below 4 standard errors nothing is flagged, however few the elements.
+    assert not with_flags(table([3.9]))["flagged"].any()

@@ -34,7 +34,7 @@ from conftest import ROUNDING, Z, standard_error_of_mean
 from draws import elbo_draws
 
 DEEP = os.environ.get("PYRO_GRAD_DEEP", "") not in ("", "0")
-EXAMPLES = 60 if DEEP else 8
+EXAMPLES = 60 if DEEP else 6
 #: Parameter elements per program, at most: a, m, s for 2 data points, and mu0.
 ELEMENTS = 7
 Z_BOUNDS = max(Z, float(norm.isf(1e-3 / (2 * EXAMPLES * ELEMENTS))))

@@ -39,3 +39,15 @@ def test_the_multi_sample_bound_example_learns_the_posterior_it_prints():
         exec(compile(block, str(README), "exec"), namespace)
     m, data = pyro.param("m").detach(), namespace["data"]
     assert (m - data / 2).abs().max() < 0.1, m
+
+
+def test_the_tuning_example_picks_the_coupled_difference_it_prints():
+    # "Choosing estimators automatically": a Poisson site under a smooth cost; the
+    # printed config is the README's comment, and the tuned gradient reaches rate.grad.
+    (block,) = [b for b in python_blocks() if "pg.tune(f, rate" in b]
+    pyro.clear_param_store()
+    namespace, output = {}, io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(block, str(README), "exec"), namespace)
+    assert output.getvalue().splitlines()[0] == "{'z': MeasureValued()}"
+    assert namespace["rate"].grad is not None

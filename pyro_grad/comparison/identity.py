@@ -19,7 +19,7 @@ import sys
 import sysconfig
 import types
 from importlib import metadata
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -186,9 +186,12 @@ class RunIdentity:
             self._hash.update(token.encode())
             self._hash.update(b"\0")
 
-    def digest(self, config: Any, seed: int) -> str:
+    def digest(self, config: Any, seed: int, schedule: Optional[Tuple[int, Optional[int]]] = None) -> str:
+        """The run's digest; ``schedule``: its own (steps, diagnose_every) where a budget
+        in evaluations gives each config its own."""
         h = self._hash.copy()
-        for token in _tokens({"config": config, "seed": seed}, set()):
+        extra = {} if schedule is None else {"schedule": schedule}
+        for token in _tokens({"config": config, "seed": seed, **extra}, set()):
             h.update(token.encode())
             h.update(b"\0")
         return h.hexdigest()

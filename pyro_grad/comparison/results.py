@@ -40,11 +40,19 @@ class Comparison:
     """
 
     def __init__(self, runs: Dict[Tuple[str, int], Dict[str, Any]], configs: Dict[str, str],
-                 origin: Optional[Dict[Tuple[str, int], str]] = None):
+                 origin: Optional[Dict[Tuple[str, int], str]] = None, objective: str = "ELBO",
+                 unbiased: Optional[Dict[str, Optional[bool]]] = None):
         self.runs = runs
         self.configs = configs
         self.origin = origin if origin is not None else {key: "new" for key in runs}
         self.reference: Dict[str, np.ndarray] = {}
+        #: What the runs maximized ("ELBO", or "bound" for pg.IWAE), as the tables name it.
+        self.objective = objective
+        #: Per config, whether every estimator it sets claims to be unbiased (None: a
+        #: callable config, which may choose anything).
+        self.unbiased: Dict[str, Optional[bool]] = dict(unbiased or {})
+        #: log p(x) where it is known (the ELBO's maximum), drawn in :meth:`plot_elbo`.
+        self.log_evidence: Optional[float] = None
 
     def provenance(self) -> str:
         """One line: how many runs were reused from the store, recomputed, or new."""
@@ -78,43 +86,60 @@ class Comparison:
     def target(self) -> float:
         """The default target ELBO: the lowest final ELBO (mean over seeds) of any
         configuration, so that every configuration can reach it."""
-        finals = self.summary(target=float("-inf"))["final ELBO"]
+        finals = self.summary(target=float("-inf"))[f"final {self.objective}"]
         return float(finals.min())
 
-    def summary(self, target: Optional[float] = None) -> pd.DataFrame:
-        """Per configuration: final ELBO mean ± sd over seeds (finished runs), the mean
-        steps and seconds to reach ``target`` (smoothed over 5% of the steps), gradient
-        variance at the last checkpoint, failed runs."""
+    def to_target(self, target: Optional[float] = None) -> pd.DataFrame:
+        """Per finished run: the ``steps``, ``seconds`` and program ``evaluations`` it took
+        for its ELBO (smoothed over 5% of the steps) to reach ``target`` (the default
+        :meth:`target`), NaN when it never did."""
         target = self.target() if target is None else target
+        rows = []
+        for (label, seed), r in self.runs.items():
+            if r["status"] != "finished":
+                continue
+            window = max(1, len(r["elbo"]) // 20)
+            hit = np.nonzero(_smoothed(r["elbo"], window) >= target)[0]
+            step = int(hit[0]) + window if len(hit) else math.nan
+            fraction = step / max(1, len(r["elbo"]))
+            rows.append({"config": label, "seed": seed, "steps": step, "seconds": r["seconds"] * fraction,
+                         "evaluations": r.get("evaluations", math.nan) * fraction})
+        return pd.DataFrame(rows, columns=["config", "seed", "steps", "seconds", "evaluations"])
+
+    def summary(self, target: Optional[float] = None) -> pd.DataFrame:
+        """Per configuration, fastest first: the mean seconds (± sd over seeds) and program
+        evaluations for the ELBO to reach ``target`` (smoothed over 5% of the steps; the
+        default target is :meth:`target`), whether the config claims to be unbiased, the
+        final ELBO mean ± sd over seeds (finished runs), time per run, gradient variance
+        at the last checkpoint, failed runs. A config that missed the target in some seed
+        has NaN there and sorts last."""
+        target = self.target() if target is None else target
+        hits = self.to_target(target) if target > float("-inf") else None
         rows = []
         for label in self.labels:
             runs = [r for (l, _), r in self.runs.items() if l == label]
             done = [r for r in runs if r["status"] == "finished"]
             finals = [_final(r["elbo"]) for r in done]
-            steps, seconds = [], []
-            for r in done:
-                window = max(1, len(r["elbo"]) // 20)
-                smooth = _smoothed(r["elbo"], window)
-                hit = np.nonzero(smooth >= target)[0]
-                if len(hit):
-                    step = int(hit[0]) + window
-                    steps.append(step)
-                    seconds.append(r["seconds"] * step / max(1, len(r["elbo"])))
+            reached = hits[hits["config"] == label] if hits is not None else pd.DataFrame()
+            every = len(reached) > 0 and bool(reached["seconds"].notna().all())
             variances = [r["checkpoints"][-1]["variance"] for r in done if r["checkpoints"]]
             rows.append({
                 "config": label,
                 "estimators": self.configs.get(label, ""),
-                "final ELBO": float(np.mean(finals)) if finals else float("nan"),
+                "unbiased": self.unbiased.get(label),
+                "seconds to target": float(reached["seconds"].mean()) if every else float("nan"),
+                "± sd (s)": float(reached["seconds"].std(ddof=0)) if every else float("nan"),
+                "evaluations to target": float(reached["evaluations"].mean()) if every else float("nan"),
+                f"final {self.objective}": float(np.mean(finals)) if finals else float("nan"),
                 "± sd": float(np.std(finals)) if finals else float("nan"),
-                "steps to target": float(np.mean(steps)) if steps else float("nan"),
-                "seconds to target": float(np.mean(seconds)) if seconds else float("nan"),
                 "seconds per run": float(np.mean([r["seconds"] for r in runs])),
                 "CPU seconds per run": float(np.mean([r.get("cpu seconds", math.nan) for r in runs])),
                 "gradient variance": float(np.mean(variances)) if variances else float("nan"),
                 "failed runs": sum(r["status"] != "finished" for r in runs),
                 "reused runs": sum(self.origin.get((label, s)) == "reused" for (l, s) in self.runs if l == label),
             })
-        return pd.DataFrame(rows)
+        table = pd.DataFrame(rows)
+        return table.sort_values("seconds to target", kind="stable", na_position="last").reset_index(drop=True)
 
     def failures(self) -> pd.DataFrame:
         """Runs that stopped early, with their reason and step."""
@@ -124,7 +149,8 @@ class Comparison:
         ])
 
     def plot_elbo(self) -> "Figure":
-        """Smoothed ELBO per step: the mean over seeds, with the range as a band."""
+        """Smoothed ELBO per step: the mean over seeds, with the range as a band; the
+        target of :meth:`summary` and, where known, the exact log p(x) as lines."""
         curves = {}
         for label in self.labels:
             traces = [r["elbo"] for (l, _), r in self.runs.items() if l == label and r["elbo"]]
@@ -133,7 +159,10 @@ class Comparison:
                 window = max(1, n // 20)
                 smooth = np.stack([_smoothed(t[:n], window) for t in traces])
                 curves[label] = (np.arange(smooth.shape[1]) + window, smooth.mean(0), smooth.min(0), smooth.max(0))
-        return band_figure(curves, "step", "ELBO (smoothed)")
+        levels = {f"target {self.objective}": self.target()} if curves else {}
+        if self.log_evidence is not None:
+            levels["log p(x), exact"] = self.log_evidence
+        return band_figure(curves, "step", f"{self.objective} (smoothed)", levels)
 
     def plot_variance(self) -> "Figure":
         """Total gradient variance at the checkpoints (log scale), mean over seeds."""

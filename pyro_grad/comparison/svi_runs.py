@@ -203,6 +203,7 @@ def compare(
     reset: Optional[Callable[[], None]] = None,
     objective: Any = ELBO,
     checkpoint_samples: int = CHECKPOINT_DRAWS,
+    budget: str = "steps",
     **kwargs: Any,
 ) -> Comparison:
     """Train ``model`` with ``guide`` (an :class:`AutoGuide` when None) by SVI under each
@@ -228,10 +229,18 @@ def compare(
     Every run starts from a cleared param store; ``reset`` restores any state kept
     outside it (an ``nn.Module``'s weights trained in place), so that every run starts
     alike.
+
+    ``budget="steps"`` trains every config for ``num_steps``; ``budget="evaluations"``
+    gives every config the program evaluations that ``num_steps`` steps of the cheapest
+    config take (particles × evaluations per particle, which the difference estimators
+    multiply), so a costlier config trains for proportionally fewer steps (at least 1)
+    and is diagnosed at the same fractions of its run.
     """
     _check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every)
     if isinstance(checkpoint_samples, bool) or not isinstance(checkpoint_samples, int) or checkpoint_samples < 2:
         raise EstimatorError(f"checkpoint_samples must be an integer >= 2, got {checkpoint_samples!r}")
+    if budget not in ("steps", "evaluations"):
+        raise EstimatorError(f"budget must be 'steps' or 'evaluations', got {budget!r}")
     if not is_elbo(objective):
         raise EstimatorError(
             f"compare trains by SVI, which needs an ELBO: objective must be an ELBO class such as "
@@ -255,8 +264,15 @@ def compare(
         optim=_fresh_optimizer(optim), reset=reset, objective=objective,
         draws=(POSTERIOR_DRAWS, checkpoint_samples),
     )
+    schedules = None
+    if budget == "evaluations":
+        schedules = equal_evaluations(model, guide, args, kwargs, configs, num_steps, num_particles, diagnose_every)
     store = RunStore(out)
-    digests = {(label, seed): identity.digest(configs[label], seed) for label in configs for seed in seeds}
+    digests = {(label, seed): identity.digest(configs[label], seed, None if schedules is None else schedules[label])
+               for label in configs for seed in seeds}
+
+    def steps_of(label: str) -> Tuple[int, Optional[int]]:
+        return (num_steps, diagnose_every) if schedules is None else schedules[label]
     records: Dict[Tuple[str, int], Dict[str, Any]] = {}
     origin: Dict[Tuple[str, int], str] = {}
     pending = []
@@ -270,8 +286,9 @@ def compare(
             origin[(label, seed)] = "recomputed" if store.holds_other_settings(label, seed, digest) else "new"
 
     def compute(label: str, seed: int, on_step: Callable[[], None]) -> Dict[str, Any]:
-        return run_one(model, guide, args, kwargs, configs[label], seed, num_steps, num_particles, optim,
-                       diagnose_every, on_step, start_alike, objective=objective,
+        steps, every = steps_of(label)
+        return run_one(model, guide, args, kwargs, configs[label], seed, steps, num_particles, optim,
+                       every, on_step, start_alike, objective=objective,
                        checkpoint_samples=checkpoint_samples)
 
     if pending:
@@ -281,7 +298,8 @@ def compare(
                     num_particles, optim, None, reset=start_alike, posterior=False, objective=objective)
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=len(pending) * num_steps, disable=not sys.stderr.isatty(), desc="compare")
+    progress = tqdm(total=sum(steps_of(label)[0] for label, _ in pending), disable=not sys.stderr.isatty(),
+                    desc="compare")
     try:
         waiting = _run_claimed(pending, digests, store, records, origin, compute, progress)
         while waiting:  # runs other processes hold: wait for them, or take over a dead one's
@@ -291,7 +309,9 @@ def compare(
         progress.close()
         modules.restore()
     ordered = {key: records[key] for key in digests}
-    comparison = Comparison(ordered, {label: repr(config) for label, config in configs.items()}, origin=origin)
+    comparison = Comparison(ordered, {label: repr(config) for label, config in configs.items()}, origin=origin,
+                            objective="bound" if objective.objective == "iwae" else "ELBO",
+                            unbiased={label: claims_unbiased(config) for label, config in configs.items()})
     for label in configs:
         runs = [(seed, ordered[(label, seed)]) for seed in seeds]
         if all(r["status"] != "finished" for _, r in runs):
@@ -302,6 +322,35 @@ def compare(
                 comparison,
             )
     return comparison
+
+
+def equal_evaluations(model, guide, args, kwargs, configs, num_steps, num_particles,
+                      diagnose_every) -> Dict[str, Tuple[int, Optional[int]]]:
+    """Per config, (steps, diagnose_every) that spend the evaluations of ``num_steps``
+    steps of the cheapest config."""
+    base = guide if guide is not None else AutoGuide(model)
+    with poutine.block(), torch.random.fork_rng():
+        costs = {label: num_particles * _evaluations_per_particle(with_config(base, config), args, kwargs)
+                 for label, config in configs.items()}
+    budget = num_steps * min(costs.values())
+    schedules = {}
+    for label, cost in costs.items():
+        steps = max(1, budget // cost)
+        every = None if diagnose_every is None else max(1, round(diagnose_every * steps / num_steps))
+        schedules[label] = (steps, every)
+    return schedules
+
+
+def claims_unbiased(config: Any) -> Optional[bool]:
+    """Whether every estimator an estimators config sets claims ``unbiased=True``; None
+    "auto" (Reparam or Score) is; a callable config may choose anything (None)."""
+    if config is None:
+        return True
+    if isinstance(config, Estimator):
+        return config.unbiased
+    if isinstance(config, Mapping):
+        return all(estimator.unbiased for estimator in config.values())
+    return None
 
 
 class ConfigFailed(EstimatorError):

@@ -11,7 +11,7 @@ import torch
 from pyro_grad.diagnostics.finite_differences import FiniteDifferences
 from pyro_grad.diagnostics.references import Reference, resolve_reference
 from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
-from pyro_grad.diagnostics.statistics import covariance_share, element_table
+from pyro_grad.diagnostics.statistics import covariance_share, element_table, with_flags
 from pyro_grad.errors import EstimatorError
 from pyro_grad.diagnostics.gradient_samples import Draws, GradientTask, find_targets, gradient_draws
 from pyro_grad.handler import Config, with_config
@@ -45,6 +45,7 @@ def _build_report(
     unbiased: bool,
 ) -> GradientReport:
     num_samples = next(iter(draws.samples.values())).shape[0]
+    shares = {site: _site_share(draws, targets, site) for site in draws.estimators}
     param_tables, site_tables = [], []
     for target in targets:
         if target.name not in draws.samples:
@@ -61,9 +62,8 @@ def _build_report(
                 "cost": draws.runs.get(target.site),
                 "parameter": target.param,
             }, index=table.index)
-            share = _site_share(draws, targets, target.site)
             site_tables.append(pd.concat([described, table.drop(columns=["param", "element"])], axis=1)
-                               .assign(**{"variance share": share}))
+                               .assign(**{"variance share": shares.get(target.site, math.nan)}))
         else:
             total = float(x.double().reshape(num_samples, -1).var(0).sum()) if num_samples > 1 else 0.0
             param_tables.append(table.assign(**{
@@ -74,12 +74,15 @@ def _build_report(
                 "work-normalized variance": total * cost,
             }))
     return GradientReport(
-        params=pd.concat(param_tables, ignore_index=True) if param_tables else pd.DataFrame(),
+        # One family for the bias flags: every parameter element of the report.
+        params=with_flags(pd.concat(param_tables, ignore_index=True)) if param_tables else pd.DataFrame(),
         sites=pd.concat(site_tables, ignore_index=True) if site_tables else pd.DataFrame(),
         samples=draws.samples,
         path=draws.path,
         references=references,
         label=label,
+        shares=shares,
+        runs=dict(draws.runs),
     )
 
 

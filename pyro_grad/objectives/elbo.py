@@ -17,7 +17,9 @@ from pyro_grad.engine.control_flow import watched_reads
 from pyro_grad.handler import EstimatorMessenger
 from pyro_grad.engine.alternative_run import AlternativeRun
 from pyro_grad.engine.importance import ImportanceRun, changed_last_site, importance_run
+from pyro_grad.errors import EstimatorError
 from pyro_grad.objectives.objective_check import ObjectiveCheck
+from pyro_grad.tuning.schedule import Switch, tune_program, tuning_messengers
 from pyro_grad.engine.surrogate import (
     Block,
     Estimates,
@@ -37,6 +39,10 @@ from pyro_grad.engine.particles import (
 )
 
 
+#: What ``tune_options`` may set: :func:`pyro_grad.tune`'s settings.
+TUNE_OPTIONS = frozenset({"candidates", "num_samples", "metric", "allow_biased", "max_rounds", "seed"})
+
+
 class ELBO(pyro.infer.ELBO):
     """ELBO whose gradient obeys the estimator chosen for each guide site.
 
@@ -50,6 +56,13 @@ class ELBO(pyro.infer.ELBO):
     Wrap the guide with :func:`pyro_grad.estimators` to choose paths; unchosen sites
     use ``"auto"``. Use as ``SVI(model, guide, optim, loss=pg.ELBO(num_particles=8))``.
     ``differentiable_loss`` returns a surrogate whose value is ``−ELBO``.
+
+    With ``retune_every=N`` the sites nothing else chose are tuned (:func:`pyro_grad.tune`,
+    with ``tune_options``) before the first step and again every N steps; sites left to
+    ``pg.estimators(guide, default="tune")`` are tuned before the first step, and with
+    ``retune_every`` again. A step's choice is fixed before its draws, so every step's
+    gradient is unbiased. ``switches`` lists every change (:class:`~pyro_grad.tuning.
+    schedule.Switch`: step, site, previous, chosen), also logged to ``pyro_grad.tuning``.
     """
 
     #: The objective its estimators must be derived for (``Estimator.objectives``).
@@ -63,9 +76,19 @@ class ELBO(pyro.infer.ELBO):
         num_particles: int = 1,
         vectorize_particles: bool = False,
         max_plate_nesting: float = float("inf"),
+        retune_every: Optional[int] = None,
+        tune_options: Optional[dict] = None,
         **kwargs: Any,
     ) -> None:
         check_num_particles(num_particles)
+        if retune_every is not None and (
+            isinstance(retune_every, bool) or not isinstance(retune_every, int) or retune_every < 1
+        ):
+            raise EstimatorError(f"retune_every must be a positive integer or None, got {retune_every!r}")
+        options = dict(tune_options or {})
+        unknown = sorted(set(options) - TUNE_OPTIONS)
+        if unknown:
+            raise EstimatorError(f"tune_options takes {sorted(TUNE_OPTIONS)}, not {unknown}")
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -74,7 +97,28 @@ class ELBO(pyro.infer.ELBO):
         )
         # One handler for the ELBO's lifetime: it keeps the decaying baselines' state
         # across SVI steps, and yields to any handler the user put around the guide.
-        self.estimators = EstimatorMessenger()
+        self.estimators = EstimatorMessenger(default="auto" if retune_every is None else "tune")
+        self.retune_every = retune_every
+        self.tune_options = options
+        #: Training steps taken (calls of ``differentiable_loss``), the tunings by the step
+        #: they were made before, and every switch they made.
+        self.steps = 0
+        self.tunings: Dict[int, Any] = {}
+        self.switches: List[Switch] = []
+
+    def _tune_before_step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
+        step, self.steps = self.steps, self.steps + 1
+        messengers = tuning_messengers(guide)
+        if self.retune_every is not None:
+            messengers.append(self.estimators)
+        due = self.retune_every is not None and step % self.retune_every == 0
+        messengers = [m for m in messengers if due or m.tuning is None]
+        settings = {"num_particles": self.num_particles, "vectorize": self.vectorize_particles,
+                    **self.tune_options}
+        self.switches += tune_program(messengers, step, model, *args, guide=guide, objective=type(self),
+                                      **settings, **kwargs)
+        if messengers:
+            self.tunings[step] = messengers[0].tuning
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> ImportanceRun:
         with watched_reads(self.vectorize_particles and self.num_particles > 1) as reads:
@@ -177,6 +221,7 @@ class ELBO(pyro.infer.ELBO):
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
         """A surrogate whose value is the −ELBO estimate and whose gradient is the estimators'."""
+        self._tune_before_step(model, guide, args, kwargs)
         _, estimates = self._particles(model, guide, args, kwargs, surrogate=True)
         return -estimates.values[0]
 

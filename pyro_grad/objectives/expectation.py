@@ -24,6 +24,7 @@ from pyro_grad.engine.surrogate import (
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
 from pyro_grad.objectives.objective_check import ObjectiveCheck
+from pyro_grad.tuning.schedule import tune_program, tuning_messengers
 
 
 def check_f(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor:
@@ -73,7 +74,8 @@ def expectation(
     when ``f`` depends on ``s`` (value-preserving, in the spirit of DiCE).
 
     ``fn`` returns f, the value to average, one scalar per particle. Sites use the estimators set by
-    :func:`pyro_grad.estimators` around ``fn`` (or around the call), else ``"auto"``.
+    :func:`pyro_grad.estimators` around ``fn`` (or around the call), else ``"auto"``;
+    sites left to ``default="tune"`` are tuned (:func:`pyro_grad.tune`) on the first call.
     With ``vectorize=True`` all particles run in one pass inside an outermost particle
     plate (``fn`` must broadcast, declaring its batch dims with ``pyro.plate``);
     ``vectorize=False`` runs them one by one, and is needed when the program reads a
@@ -90,6 +92,8 @@ def expectation(
         isinstance(max_plate_nesting, bool) or not isinstance(max_plate_nesting, int) or max_plate_nesting < 0
     ):
         raise EstimatorError(f"max_plate_nesting must be a non-negative integer, got {max_plate_nesting!r}")
+    untuned = [m for m in tuning_messengers(fn) if m.tuning is None]
+    tune_program(untuned, 0, fn, *args, num_particles=num_particles, vectorize=vectorize, **kwargs)
     value = expectation_estimates(fn, args, kwargs, num_particles, 1, vectorize, max_plate_nesting).values[0]
     if torch.is_grad_enabled() and not value.requires_grad:
         raise EstimatorError(nothing_requires_grad(args, kwargs))

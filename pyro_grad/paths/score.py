@@ -69,6 +69,11 @@ class Score(Estimator):
         if isinstance(self.beta, bool) or not isinstance(self.beta, numbers.Real) or not 0.0 <= self.beta < 1.0:
             raise EstimatorError(f"Score(beta={self.beta!r}): beta must be in [0, 1)")
 
+    @property
+    def min_particles(self) -> int:  # type: ignore[override]
+        # The leave-one-out baseline needs another particle to leave the draw out of.
+        return 2 if self.baseline == "loo" else 1
+
     @classmethod
     def applies_to(cls, site: Site) -> bool:
         # A point mass has no density in its parameter: ∇θ log δ(z − θ) does not exist.

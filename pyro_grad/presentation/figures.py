@@ -6,7 +6,7 @@ They are built without pyplot, so no backend is chosen or switched (a user's
 """
 
 import math
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -76,12 +76,15 @@ def plot_draws(
 
 
 def band_figure(curves: Dict[str, Tuple[Sequence[float], Sequence[float], Sequence[float], Sequence[float]]],
-                xlabel: str, ylabel: str) -> "Figure":
-    """One line per label, ``(x, middle, low, high)``, with the low–high range as a band."""
+                xlabel: str, ylabel: str, levels: Optional[Dict[str, float]] = None) -> "Figure":
+    """One line per label, ``(x, middle, low, high)``, with the low–high range as a band;
+    ``levels``: horizontal reference lines by label (an exact value, a target)."""
     fig, ax = subplots(figsize=(7, 4))
     for i, (label, (x, middle, low, high)) in enumerate(curves.items()):
         ax.plot(x, middle, color=f"C{i}", label=label)
         ax.fill_between(x, low, high, color=f"C{i}", alpha=0.2)
+    for j, (label, level) in enumerate((levels or {}).items()):
+        ax.axhline(level, color="black", linestyle=("dashed", "dotted")[j % 2], linewidth=1, label=label)
     return _labelled(fig, ax, xlabel, ylabel)
 
 

@@ -1,32 +1,51 @@
-"""``report``: one self-contained HTML page (figures embedded) and a markdown twin."""
+"""``report``: one self-contained HTML page (figures embedded) and a markdown twin.
+
+A page opens with a recommendation (:mod:`~pyro_grad.presentation.recommendation`),
+then tables aggregated per parameter (per-element rows in a collapsed block and in a
+CSV beside the page), the sample sites, and figures. Pages are rendered from the Jinja2
+templates in ``templates/``, which share one layout.
+"""
 
 import base64
-import html
 import io
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import pandas as pd
 
 from pyro_grad.comparison.results import Comparison
 from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
+from pyro_grad.diagnostics.statistics import FAMILY_ALPHA, FLAG_Z
 from pyro_grad.errors import EstimatorError
 from pyro_grad.presentation.figures import is_figure
+from pyro_grad.presentation.recommendation import Recommendation, recommend
+from pyro_grad.tuning.tune import Tuning
 
 if TYPE_CHECKING:
+    from jinja2 import Environment
     from matplotlib.figure import Figure
 
 #: Rows of the posterior summary shown (a local latent per data point makes many).
 MAX_POSTERIOR_ROWS = 30
+#: Per-element rows shown in a page's collapsed block; the CSV beside it has them all.
+MAX_ELEMENT_ROWS = 500
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th { background: #f3f3f3; } img { max-width: 100%; } code { background: #f6f6f6; }
-"""
+
+class Noted(NamedTuple):
+    """A table with a note under it (how its flags were decided, say)."""
+
+    table: pd.DataFrame
+    note: str
+
+
+class ElementRows(NamedTuple):
+    """Per-element rows: a collapsed block on the page, all of them in ``<page>-<name>.csv``."""
+
+    table: pd.DataFrame
+    name: str
+    note: str = ""
 
 
 def machine() -> pd.DataFrame:
@@ -40,17 +59,50 @@ def machine() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["what", "version"])
 
 
+def templates() -> "Environment":
+    """The page templates (``templates/``), HTML autoescaped."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(loader=PackageLoader("pyro_grad.presentation", "templates"),
+                       autoescape=select_autoescape(["html"]), keep_trailing_newline=True)
+
+
 def _png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()
 
 
-def sections(obj: Any) -> List[Tuple[str, Union[pd.DataFrame, "Figure", str]]]:
-    """(heading, table | figure | text) for a Comparison, GradientReport or EstimatorComparison."""
+def flags_note(reports: Mapping[str, GradientReport]) -> str:
+    sizes = sorted({len(r.params) for r in reports.values()})
+    return (f"Bias flags: at least {FLAG_Z:g} standard errors from the exact reference (or a confident wrong "
+            f"sign), and significant after Holm's correction across every parameter element of the candidate "
+            f"({', '.join(map(str, sizes))} elements; family-wise false-alarm rate {FAMILY_ALPHA:g}).")
+
+
+def _draw_sections(reports: Mapping[str, GradientReport], obj: Any) -> List[Tuple[str, Any]]:
+    by_parameter = obj.by_parameter()
+    with_reference = any("flagged" in r.params for r in reports.values())
+    note = flags_note(reports) if with_reference else "No exact reference: bias is not measured."
+    return [
+        ("Recommendation", recommend(obj)),
+        ("Parameters (aggregated over elements)", Noted(by_parameter, note)),
+        ("Parameters, per element", ElementRows(obj.params, "elements")),
+        ("Sample sites", obj.sites if len(obj.sites) else "(none)"),
+        ("Gradient draws", obj.plot()),
+    ]
+
+
+def sections(obj: Any, bias: Optional[Mapping[str, str]] = None) -> List[Tuple[str, Any]]:
+    """(heading, content) for a Comparison, GradientReport, EstimatorComparison or
+    Tuning; content is a :class:`Recommendation`, a table, :class:`Noted`,
+    :class:`ElementRows`, a figure or text. ``bias``: measured bias in words per
+    biased SVI configuration."""
     if isinstance(obj, Comparison):
         parts = [
-            ("Summary", obj.summary()),
+            ("Recommendation", recommend(obj, bias)),
+            ("Summary", Noted(obj.summary(), "Target: the lowest final ELBO of any configuration; times and "
+                                             "evaluations are means over seeds, ± their standard deviation.")),
             ("ELBO during training", obj.plot_elbo()),
             ("Gradient variance at checkpoints", obj.plot_variance()),
             ("Estimator configurations", pd.DataFrame(list(obj.configs.items()), columns=["config", "estimators"])),
@@ -60,32 +112,40 @@ def sections(obj: Any) -> List[Tuple[str, Union[pd.DataFrame, "Figure", str]]]:
         parts.append(("Runs", f"{obj.provenance()}."))
         for note in obj.notes:
             parts.append(("Note", note))
-        import arviz as az
-
-        idata = obj.to_inference_data()
-        if not hasattr(idata, "posterior"):
-            parts.append(("Posterior", "(no posterior draws were kept)"))
-            return parts
-        # R-hat and ESS need two chains (seeds); with one, only the statistics are defined.
-        kind = "all" if idata.posterior.sizes["chain"] >= 2 else "stats"
-        shown, total = first_elements(idata.posterior, MAX_POSTERIOR_ROWS)
-        posterior = az.summary(az.from_dict(posterior=shown) if shown is not None else idata, kind=kind).reset_index()
-        if shown is not None:
-            heading = (f"Posterior (ArviZ summary, the first {MAX_POSTERIOR_ROWS} of {total} variables; "
-                       "elements numbered in row-major order)")
-        else:
-            heading = "Posterior (ArviZ summary)"
-        parts.append((heading, posterior))
-        return parts
-    if isinstance(obj, (GradientReport, EstimatorComparison)):
+        return parts + _posterior(obj)
+    if isinstance(obj, GradientReport):
+        return _draw_sections({obj.label: obj}, obj)
+    if isinstance(obj, EstimatorComparison):
+        return _draw_sections(obj.reports, obj)
+    if isinstance(obj, Tuning):
         return [
-            ("Parameters", obj.params),
-            ("Sample sites", obj.sites if len(obj.sites) else "(none)"),
-            ("Gradient draws", obj.plot()),
+            ("Recommendation", recommend(obj)),
+            ("Chosen at each site", obj.choices),
+            ("Every measurement", ElementRows(obj.table, "measurements",
+                                              "One row per round, site and candidate; refused candidates say why.")),
         ]
     raise EstimatorError(
-        f"report() takes a Comparison, GradientReport or EstimatorComparison, got {type(obj).__name__}"
+        "report() takes a Comparison, GradientReport, EstimatorComparison or Tuning, "
+        f"got {type(obj).__name__}"
     )
+
+
+def _posterior(obj: Comparison) -> List[Tuple[str, Any]]:
+    import arviz as az
+
+    idata = obj.to_inference_data()
+    if not hasattr(idata, "posterior"):
+        return [("Posterior", "(no posterior draws were kept)")]
+    # R-hat and ESS need two chains (seeds); with one, only the statistics are defined.
+    kind = "all" if idata.posterior.sizes["chain"] >= 2 else "stats"
+    shown, total = first_elements(idata.posterior, MAX_POSTERIOR_ROWS)
+    posterior = az.summary(az.from_dict(posterior=shown) if shown is not None else idata, kind=kind).reset_index()
+    if shown is not None:
+        heading = (f"Posterior (ArviZ summary, the first {MAX_POSTERIOR_ROWS} of {total} variables; "
+                   "elements numbered in row-major order)")
+    else:
+        heading = "Posterior (ArviZ summary)"
+    return [(heading, posterior)]
 
 
 def first_elements(posterior: Any, limit: int) -> Tuple[Any, int]:
@@ -109,11 +169,14 @@ def first_elements(posterior: Any, limit: int) -> Tuple[Any, int]:
     return shown, total
 
 
-def report(obj: Any, path: Union[str, Path], title: str = "pyro_grad report") -> Path:
-    """Write ``path`` (HTML, figures embedded as PNG) and its markdown twin (``.md``, with
-    the figures as PNG files beside it). Returns the HTML path."""
+def report(obj: Any, path: Union[str, Path], title: str = "pyro_grad report",
+           bias: Optional[Mapping[str, str]] = None) -> Path:
+    """Write ``path`` (HTML, figures embedded as PNG), its markdown twin (``.md``, with
+    the figures as PNG files beside it) and the CSVs of its per-element rows. Returns the
+    HTML path. ``obj`` is a :class:`~pyro_grad.Comparison`, :class:`~pyro_grad.GradientReport`,
+    :class:`~pyro_grad.EstimatorComparison` or :class:`~pyro_grad.Tuning`."""
     path = Path(path)
-    parts = sections(obj) + [("Machine and versions", machine())]
+    parts = sections(obj, bias)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -132,28 +195,53 @@ def write_file(path: Path, data: bytes) -> None:
         ) from None
 
 
-def _write(parts: List[Tuple[str, Any]], path: Path, title: str) -> Path:
-    body, markdown = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}"]
+def table_html(table: pd.DataFrame) -> str:
+    # A blank, not "NaN", where a value does not apply (a tensor parameter's mean).
+    return table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, na_rep="")
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, floatfmt=".4g", missingval="")
+
+
+def _rendered(parts: List[Tuple[str, Any]], path: Path) -> List[Dict[str, Any]]:
+    """Each section as the templates take it, writing the figures' PNGs and the CSVs."""
+    rendered = []
     for i, (heading, content) in enumerate(parts):
-        body.append(f"<h2>{html.escape(heading)}</h2>")
-        markdown.append(f"## {heading}")
-        if isinstance(content, pd.DataFrame):
-            body.append(content.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
-            markdown.append(content.to_markdown(index=False, floatfmt=".4g"))
+        section: Dict[str, Any] = {"heading": heading}
+        if isinstance(content, Recommendation):
+            section.update(kind="recommendation", lines=content.lines)
+        elif isinstance(content, Noted):
+            section.update(kind="table", html=table_html(content.table), markdown=table_markdown(content.table),
+                           note=content.note)
+        elif isinstance(content, pd.DataFrame):
+            section.update(kind="table", html=table_html(content), markdown=table_markdown(content), note="")
+        elif isinstance(content, ElementRows):
+            csv = path.with_name(f"{path.stem}-{content.name}.csv")
+            write_file(csv, content.table.to_csv(index=False).encode("utf-8"))
+            shown = content.table.head(MAX_ELEMENT_ROWS)
+            more = f", the first {MAX_ELEMENT_ROWS} shown" if len(content.table) > MAX_ELEMENT_ROWS else ""
+            section.update(kind="details", html=table_html(shown), csv=csv.name, note=content.note,
+                           summary=f"{len(content.table)} rows{more}")
         elif is_figure(content):
             png = _png(content)
-            encoded = base64.b64encode(png).decode()
-            body.append(f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{encoded}">')
             image = path.with_name(f"{path.stem}-figure-{i}.png")
             write_file(image, png)
-            markdown.append(f"![{heading}]({image.name})")
+            section.update(kind="figure", png=base64.b64encode(png).decode(), image=image.name)
         else:
-            body.append(f"<p>{html.escape(str(content))}</p>")
-            markdown.append(str(content))
-    page = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
-    )
+            section.update(kind="text", text=str(content))
+        rendered.append(section)
+    return rendered
+
+
+def _write(parts: List[Tuple[str, Any]], path: Path, title: str) -> Path:
+    environment = templates()
+    rendered = _rendered(parts, path)
+    versions = machine()
+    page = environment.get_template("page.html").render(title=title, sections=rendered,
+                                                         machine=table_html(versions))
     write_file(path, page.encode("utf-8"))
-    write_file(path.with_suffix(".md"), ("\n\n".join(markdown) + "\n").encode("utf-8"))
+    markdown = environment.get_template("page.md").render(title=title, sections=rendered,
+                                                          machine_markdown=table_markdown(versions))
+    write_file(path.with_suffix(".md"), markdown.encode("utf-8"))
     return path

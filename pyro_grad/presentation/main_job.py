@@ -5,15 +5,17 @@ import html
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import pandas as pd
 import pyro
 
 from pyro_grad.comparison import compare
-from pyro_grad.comparison.svi_runs import CHECKPOINT_DRAWS, ConfigFailed
-from pyro_grad.diagnostics import EstimatorComparison
-from pyro_grad.presentation.html_report import STYLE, machine, report, write_file
+from pyro_grad.comparison.svi_runs import CHECKPOINT_DRAWS, ConfigFailed, claims_unbiased
+from pyro_grad.diagnostics import EstimatorComparison, diagnose
+from pyro_grad.errors import EstimatorError, first_line
+from pyro_grad.presentation.html_report import machine, report, table_html, templates, write_file
+from pyro_grad.presentation.recommendation import measured_bias, recommend
 from pyro_grad.presentation.suite import diagnose_each, svi_configs
 
 #: Gradient draws per estimator for the expectation programs (fewer for the costly ones).
@@ -24,71 +26,104 @@ DRAWS = {"conv_net": 100, "sir": 500}
 #: mixture page trains 8 configs (RODEO's network among them) for 100 steps.
 STEPS = {"mnist_vae": 40, "sbn": 100, "mixture": 100}
 CHECKPOINTS = {"mnist_vae": 1, "sbn": 1}
+#: Gradient draws measuring a biased SVI configuration's bias at the start.
+BIAS_DRAWS = 500
 
 
 def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int = 2000, seeds=(0, 1),
-                  checkpoints: int = 2, log: Optional[Callable[[str], None]] = None) -> Path:
+                  checkpoints: int = 2, log: Optional[Callable[[str], None]] = None,
+                  models: Optional[Sequence[str]] = None) -> Path:
     """Write ``out/<model>.html`` for every built-in model and ``out/index.html``; each
     SVI run's gradient variance is measured at ``checkpoints`` evenly spaced steps.
     ``log`` receives one line per model as it finishes (the CLI writes them to stderr,
-    so long work shows in logs and CI).
+    so long work shows in logs and CI). ``models``: only these (by name), else every one.
+    SVI pages compare their configs at equal program evaluations (``budget="evaluations"``).
     Warnings the runs raise (Pyro's NaN-loss warnings from failing configs) are silenced
     while the job runs, and only then."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _build_reports(out, num_steps, num_samples, seeds, checkpoints, log)
+        return _build_reports(out, num_steps, num_samples, seeds, checkpoints, log, models)
 
 
 def _build_reports(out: str, num_steps: int, num_samples: int, seeds: Any, checkpoints: int,
-                   log: Optional[Callable[[str], None]]) -> Path:
+                   log: Optional[Callable[[str], None]], models: Optional[Sequence[str]] = None) -> Path:
     from pyro_grad.models import registry
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    benchmarks = registry()
+    unknown = sorted(set(models or ()) - set(benchmarks))
+    if unknown:
+        raise EstimatorError(f"no built-in model named {unknown}; the models are {sorted(benchmarks)}")
     rows = []
-    for name, bench in registry().items():
+    for name, bench in benchmarks.items():
+        if models is not None and name not in models:
+            continue
         start = time.perf_counter()
         pyro.clear_param_store()
+        bias = None
         if bench.guide is None:
             counts = {name: min(DRAWS.get(name, num_samples), num_samples)}
-            result = EstimatorComparison(diagnose_each(bench, num_samples, counts))
+            result = EstimatorComparison(diagnose_each(bench, num_samples, counts, sites=True))
             kind = "gradient estimators"
         else:
+            configs = svi_configs(bench)
             try:
                 steps = min(STEPS.get(name, num_steps), num_steps)
                 every = max(1, steps // min(CHECKPOINTS.get(name, checkpoints), checkpoints))
                 result = compare(
-                    bench.program, bench.guide, *bench.arguments(), configs=svi_configs(bench),
+                    bench.program, bench.guide, *bench.arguments(), configs=configs,
                     num_steps=steps, seeds=seeds, diagnose_every=every,
                     out=str(out_dir / "runs" / name), reset=bench.reset,
-                    checkpoint_samples=min(num_samples, CHECKPOINT_DRAWS),
+                    checkpoint_samples=min(num_samples, CHECKPOINT_DRAWS), budget="evaluations",
                 )
             except ConfigFailed as failure:
                 # The page shows the failed runs and their reasons beside the others.
                 result = failure.comparison
+            if bench.log_evidence is not None:
+                result.log_evidence = bench.log_evidence()
+            bias = biased_configs_bias(bench, configs, min(num_samples, BIAS_DRAWS))
             kind = "SVI"
-        page = report(result, out_dir / f"{name}.html", title=f"{name}: {kind}")
+        title = f"{name}: {kind}"
+        page = report(result, out_dir / f"{name}.html", title=title, bias=bias)
         seconds = time.perf_counter() - start
         if log is not None:
             log(f"{name}: {kind}, {seconds:.1f} s, {page.name}")
-        rows.append({"model": name, "comparison": kind, "seconds": seconds,
-                     "description": bench.description, "page": page.name})
+        rows.append({"model": name, "comparison": kind, "recommended": recommend(result, bias).best or "none",
+                     "seconds": seconds, "description": bench.description, "page": page.name})
     table = pd.DataFrame(rows)
-    links = table.assign(model=[f'<a href="{html.escape(p)}">{html.escape(m)}</a>' for m, p in zip(table.model, table.page)])
-    body = (
-        "<h1>pyro_grad: built-in models</h1>"
-        "<p>Each page compares the estimators that apply to one model: gradient draws "
-        "against the exact reference for an expectation, SVI runs for an ELBO.</p>"
-        + links.drop(columns="page").to_html(index=False, escape=False, float_format=lambda v: f"{v:.1f}")
-        + "<h2>Machine and versions</h2>" + machine().to_html(index=False)
-    )
+    environment = templates()
+    links = table.assign(model=[f'<a href="{html.escape(p)}">{html.escape(m)}</a>'
+                                for m, p in zip(table.model, table.page)])
     index = out_dir / "index.html"
-    write_file(index, (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>pyro_grad reports</title>"
-        f"<style>{STYLE}</style></head><body>{body}</body></html>"
+    write_file(index, environment.get_template("index.html").render(
+        title="pyro_grad: built-in models", machine=table_html(machine()),
+        table=links.drop(columns="page").to_html(index=False, escape=False, border=0,
+                                                 float_format=lambda v: f"{v:.1f}"),
     ).encode("utf-8"))
     markdown = table.assign(model=[f"[{m}]({p.replace('.html', '.md')})" for m, p in zip(table.model, table.page)])
-    write_file(out_dir / "index.md", (
-        "# pyro_grad: built-in models\n\n" + markdown.drop(columns="page").to_markdown(index=False, floatfmt=".1f") + "\n"
+    write_file(out_dir / "index.md", environment.get_template("index.md").render(
+        title="pyro_grad: built-in models",
+        table=markdown.drop(columns="page").to_markdown(index=False, floatfmt=".1f"),
     ).encode("utf-8"))
     return index
+
+
+def biased_configs_bias(bench: Any, configs: Dict[str, Any], num_samples: int) -> Dict[str, str]:
+    """The measured bias of each biased SVI configuration's gradient at the starting
+    point, against the exact gradient by enumeration; where enumeration is refused (too
+    many latent values), why it was not measured."""
+    measured = {}
+    for label, config in configs.items():
+        if claims_unbiased(config) is not False:
+            continue
+        pyro.clear_param_store()
+        try:
+            report = diagnose(bench.program, *bench.arguments(), guide=bench.guide, estimators=config,
+                              num_samples=num_samples, reference="enumerate", sites=False)
+        except EstimatorError as error:
+            measured[label] = f"bias not measured ({first_line(error)})"
+            continue
+        measured[label] = f"at the start, {measured_bias(report)}"
+    pyro.clear_param_store()
+    return measured

@@ -4,7 +4,6 @@ The command line's tables, the main job's pages and ``benchmarks/`` all draw fro
 :func:`candidates` and :func:`diagnose_each`, so they always agree on what applies.
 """
 
-import dataclasses
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Union
 
 import pyro
@@ -18,7 +17,9 @@ from pyro_grad.distributions import leaf_distribution, parameter_provenance
 from pyro_grad.engine.control_flow import READ
 from pyro_grad.engine.particles import watched_trace
 from pyro_grad.models.benchmark import Benchmark
-from pyro_grad.paths import REGISTRY, Estimator, Site
+from pyro_grad.objectives import ELBO, expectation
+from pyro_grad.paths import REGISTRY, Estimator
+from pyro_grad.tuning.tune import latent_sites
 
 
 class Candidate(NamedTuple):
@@ -34,17 +35,6 @@ class Candidate(NamedTuple):
     def unbiased(self) -> bool:
         chosen = self.config.values() if isinstance(self.config, dict) else [self.config]
         return all(estimator.unbiased for estimator in chosen)
-
-
-def latent_sites(bench: Benchmark) -> List[Site]:
-    """The latent sites whose paths are chosen: the guide's for an ELBO, else the program's."""
-    with poutine.block():
-        trace = poutine.trace(bench.guide or bench.program).get_trace(*bench.arguments())
-    return [
-        Site.of(node)
-        for node in prune_subsample_sites(trace).nodes.values()
-        if node["type"] == "sample" and not node["is_observed"]
-    ]
 
 
 def relaxation_refusals(bench: Benchmark) -> List[str]:
@@ -75,12 +65,10 @@ def candidates(bench: Benchmark) -> List[Candidate]:
     values qualify (the model scores them), and only an ELBO splits its terms by
     plate elements (so enumerates a plate-local site). Relaxed control variates are
     left out where they would refuse (:func:`relaxation_refusals`)."""
-    sites = latent_sites(bench)
+    objective = expectation if bench.guide is None else ELBO
+    sites = [site for site, _ in latent_sites(bench.guide or bench.program, bench.arguments(), {}, objective)]
     relaxable = None
     exact_value = bench.guide is not None
-    if bench.guide is None:
-        # pg.expectation returns one f per particle: its plates do not split it.
-        sites = [dataclasses.replace(site, plated=1) for site in sites]
     found = []
     objective = "elbo" if bench.guide is not None else "expectation"
     for cls in REGISTRY:
@@ -108,11 +96,13 @@ def diagnose_each(
     num_samples: int,
     num_samples_by_name: Optional[Mapping[str, int]] = None,
     seed: int = 0,
+    sites: bool = False,
 ) -> Dict[str, GradientReport]:
     """``{label: report}``: the benchmark diagnosed under each of its :func:`candidates`,
     against its exact reference, with ``num_samples`` gradient draws
     (``num_samples_by_name[bench.name]`` when given, for the costly benchmarks). The
-    param store is cleared and the benchmark reset before each."""
+    param store is cleared and the benchmark reset before each; with ``sites``, each
+    latent site's own distribution parameters are targets too (the sites table)."""
     count = (num_samples_by_name or {}).get(bench.name, num_samples)
     reports = {}
     for candidate in candidates(bench):
@@ -120,7 +110,7 @@ def diagnose_each(
         reports[candidate.label] = diagnose(
             bench.program, *bench.arguments(), guide=bench.guide, estimators=candidate.config,
             num_particles=candidate.particles, num_samples=count, reference=bench.reference_gradient,
-            seed=seed, sites=False,
+            seed=seed, sites=sites,
         )
     return reports
 

@@ -1,0 +1,314 @@
+"""``tune``: the quietest unbiased estimator at every site, by measured variance per unit of work.
+
+For each latent site, every candidate estimator is diagnosed (``pg.diagnose``'s draws,
+with the other sites at their current choice) and the one with the lowest variance ×
+evaluations (or × seconds) is kept. Sites are visited in program order, and the rounds
+repeat until a round changes nothing (coordinate descent, at most ``max_rounds``).
+Every measurement replays the same seed, so candidates are compared on common random
+numbers, and a configuration measured once is never measured again. After the first
+round a site re-measures only its contenders: the candidates within
+:data:`CONTENDER_FACTOR` of its best.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import pandas as pd
+import torch
+import pyro.poutine as poutine
+from pyro.poutine.util import prune_subsample_sites
+
+from pyro_grad.diagnostics.diagnose import diagnose
+from pyro_grad.diagnostics.report import GradientReport
+from pyro_grad.distributions import describe
+from pyro_grad.errors import EstimatorError
+from pyro_grad.handler import CHOICE, TUNED
+from pyro_grad.objectives.choice import resolve_objective
+from pyro_grad.objectives.expectation import expectation
+from pyro_grad.paths import Estimator, Site
+from pyro_grad.paths.registry import REGISTRY
+
+#: After the first round, a site re-measures only the candidates within this factor of
+#: its best (re-measuring every candidate of every site would multiply the cost by the
+#: rounds; the other sites' choices rarely move a candidate this far).
+CONTENDER_FACTOR = 4.0
+#: How a Tuning ranks candidates: the variance times the work one draw takes.
+METRICS = {"evaluations": "work-normalized variance", "seconds": "time-normalized variance"}
+
+Candidates = Union[None, Sequence[Estimator], Mapping[str, Union[Estimator, Sequence[Estimator]]]]
+
+
+@dataclass
+class Tuning:
+    """What :func:`tune` chose and measured.
+
+    * ``config``: ``{site: estimator}`` for every latent site, ready for
+      ``pg.estimators(program, tuning.config)``; sites the program fixed itself
+      (``infer={"estimator": ...}`` or a handler's config) keep their estimator.
+    * ``table``: one row per round, site and candidate: the total parameter-gradient
+      ``variance`` with that candidate at the site (the others at their choice then),
+      the site's ``variance share`` (its score term's share of that variance; NaN for a
+      pathwise site), its ``site cost`` (evaluations per particle at the site), ``cost``
+      (evaluations per draw), ``seconds`` (per draw), ``work-normalized variance``
+      (variance × cost) and ``time-normalized variance`` (variance × seconds), whether it
+      was ``eligible`` (unbiased, or ``allow_biased``), ``refused`` (why it could not run,
+      else empty) and ``chosen`` (the site's choice after that round).
+    * ``metric``: ``"evaluations"`` or ``"seconds"``; ``rounds``: rounds run.
+    """
+
+    config: Dict[str, Estimator]
+    table: pd.DataFrame
+    metric: str = "evaluations"
+    rounds: int = 1
+    fixed: Dict[str, Estimator] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        chosen = ", ".join(f"{site!r}: {estimator!r}" for site, estimator in self.config.items())
+        return f"Tuning({{{chosen}}}, metric={self.metric!r}, rounds={self.rounds})"
+
+    @property
+    def choices(self) -> pd.DataFrame:
+        """The final round's rows of each site's chosen estimator."""
+        last = self.table[self.table["round"] == self.table.groupby("site")["round"].transform("max")]
+        return last[last["chosen"]].reset_index(drop=True)
+
+
+def latent_sites(program: Callable, args: tuple, kwargs: dict, objective: Any) -> List[Tuple[Site, Optional[Estimator]]]:
+    """The program's latent sites in program order, each with the estimator it fixes
+    itself (a site's ``infer={"estimator": ...}`` or a handler's choice stronger than a
+    measured one), else None. ``pg.expectation`` returns one f per particle, so its
+    plates do not split a site's elements (see :class:`~pyro_grad.paths.Site`)."""
+    with poutine.block():
+        trace = prune_subsample_sites(poutine.trace(program).get_trace(*args, **kwargs))
+    found = []
+    for node in trace.nodes.values():
+        if node["type"] != "sample" or node["is_observed"]:
+            continue
+        site = Site.of(node)
+        if objective is expectation:
+            site = Site(site.name, site.fn, site.elements, 1)
+        choice = node["infer"].get(CHOICE)
+        if choice is not None:
+            fixed = node["infer"]["estimator"] if choice.strength > TUNED else None
+        else:
+            fixed = node["infer"].get("estimator")
+        found.append((site, fixed))
+    return found
+
+
+def objective_name(objective: Any) -> str:
+    return "expectation" if objective is expectation else objective.objective
+
+
+def default_candidates(site: Site, objective: str, num_particles: int, allow_biased: bool) -> List[Estimator]:
+    """Every registered estimator (with each one's own variants, as the benchmark suite
+    runs them) that applies to ``site`` in ``objective`` at ``num_particles``; biased
+    ones only when ``allow_biased``."""
+    found = []
+    for cls in REGISTRY:
+        if objective not in cls.objectives or not cls.applies_to(site):
+            continue
+        for example in cls.examples_for(site, exact_value=objective != "expectation"):
+            estimator = example.estimator
+            if (
+                estimator.refusal(site) is None
+                and num_particles >= estimator.min_particles
+                and (estimator.unbiased or allow_biased)
+                and estimator not in found
+            ):
+                found.append(estimator)
+    return found
+
+
+def candidate_lists(
+    sites: List[Tuple[Site, Optional[Estimator]]],
+    candidates: Candidates,
+    objective: str,
+    num_particles: int,
+    allow_biased: bool,
+) -> Dict[str, List[Estimator]]:
+    """``{site: [estimators to measure]}`` for every site the program does not fix; one
+    clear error for a candidate list that names an unknown site or leaves a site
+    with nothing to measure."""
+    names = [site.name for site, _ in sites]
+    if isinstance(candidates, Mapping):
+        unknown = sorted(set(candidates) - set(names))
+        if unknown:
+            raise EstimatorError(f"candidates name site(s) {unknown} that the program does not have; "
+                                 f"its latent sites are {names}")
+    elif candidates is not None:
+        if isinstance(candidates, Estimator) or not all(isinstance(e, Estimator) for e in candidates):
+            raise EstimatorError("candidates must be None, a list of estimators, or a dict of site -> "
+                                 f"estimator(s), got {candidates!r}")
+    lists, used = {}, set()
+    for site, fixed in sites:
+        if fixed is not None:
+            continue
+        if candidates is None:
+            options = default_candidates(site, objective, num_particles, allow_biased)
+        else:
+            given = candidates.get(site.name, None) if isinstance(candidates, Mapping) else candidates
+            if given is None:
+                options = default_candidates(site, objective, num_particles, allow_biased)
+            else:
+                given = [given] if isinstance(given, Estimator) else list(given)
+                for e in given:
+                    if not isinstance(e, Estimator):
+                        raise EstimatorError(f"candidates[{site.name!r}] must hold estimators, got {e!r}")
+                options = [e for e in given if e.refusal(site) is None and objective in e.objectives]
+                used.update(options)
+        if not options:
+            fits = ", ".join(repr(e) for e in default_candidates(site, objective, num_particles, True)) or "none"
+            raise EstimatorError(
+                f"no candidate to measure at site '{site.name}' ({describe(site.fn)}); estimators that apply "
+                f"there with {num_particles} particle(s): {fits}"
+            )
+        lists[site.name] = options
+    if candidates is not None and not isinstance(candidates, Mapping):
+        idle = [e for e in candidates if e not in used]
+        if idle:
+            raise EstimatorError(f"candidate(s) {idle} apply to none of the sites {names}")
+    return lists
+
+
+def _measure(report: GradientReport, site: str) -> Dict[str, float]:
+    """One configuration's figures from its report (one row per parameter element)."""
+    params = report.params
+    variance = float(params.groupby("param")["total variance"].first().sum())
+    cost = int(params["cost"].iloc[0])
+    seconds = float(params["seconds per draw"].iloc[0])
+    return {
+        "variance": variance,
+        "variance share": report.shares.get(site, math.nan),
+        "site cost": float(report.runs.get(site, math.nan)),
+        "cost": cost,
+        "seconds": seconds,
+        "work-normalized variance": variance * cost,
+        "time-normalized variance": variance * seconds,
+    }
+
+
+def tune(
+    fn: Callable,
+    *args: Any,
+    guide: Optional[Callable] = None,
+    candidates: Candidates = None,
+    num_particles: int = 1,
+    num_samples: int = 200,
+    metric: str = "evaluations",
+    allow_biased: bool = False,
+    objective: Any = None,
+    vectorize: bool = True,
+    seed: int = 0,
+    max_rounds: int = 3,
+    **kwargs: Any,
+) -> Tuning:
+    """Choose each latent site's estimator: the one with the lowest measured variance
+    per unit of work, among the candidates that apply and claim ``unbiased=True``
+    (any, with ``allow_biased``).
+
+    The program is ``fn`` for ``E[fn]``, or the guide of model ``fn`` (pass
+    ``objective=pg.IWAE`` for the bound). A site's variance is the total variance of
+    the gradient in every parameter (``pg.diagnose``'s draws, ``num_samples`` of
+    ``num_particles`` particles each), with that candidate at the site and every other
+    site at its current choice; ``metric`` weighs it by the program evaluations one draw
+    costs (``"evaluations"``) or its seconds (``"seconds"``, noisier). Ties go to the
+    cheaper, then to the first listed. Sites the program fixes itself are left as they
+    are. ``objective``, ``vectorize`` and ``seed`` are ``pg.diagnose``'s; every other
+    keyword is the program's.
+
+    :param candidates: None (every registered estimator that applies), a list of
+        estimators (each measured at every site it applies to), or a dict of site →
+        estimator(s) (other sites take every estimator that applies).
+    :returns: a :class:`Tuning`; use ``pg.estimators(program, tuning.config)``.
+    """
+    # Measuring draws from a stream of its own: the caller's (SVI's) stream goes on as if
+    # nothing had been measured.
+    with torch.random.fork_rng():
+        return _tune(fn, args, guide, candidates, num_particles, num_samples, metric, allow_biased, objective,
+                     vectorize, seed, max_rounds, kwargs)
+
+
+def _tune(fn, args, guide, candidates, num_particles, num_samples, metric, allow_biased, objective, vectorize, seed,
+          max_rounds, kwargs) -> Tuning:
+    if metric not in METRICS:
+        raise EstimatorError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    if not isinstance(max_rounds, int) or isinstance(max_rounds, bool) or max_rounds < 1:
+        raise EstimatorError(f"max_rounds must be a positive integer, got {max_rounds!r}")
+    objective = resolve_objective(objective, guide)
+    program = fn if guide is None else guide
+    sites = latent_sites(program, args, kwargs, objective)
+    if not sites:
+        raise EstimatorError("the program has no latent sample site: there is no estimator to tune")
+    fixed = {site.name: estimator for site, estimator in sites if estimator is not None}
+    options = candidate_lists(sites, candidates, objective_name(objective), num_particles, allow_biased)
+    by_name = {site.name: site for site, _ in sites}
+    ranking = METRICS[metric]
+    measured: Dict[tuple, Dict[str, Any]] = {}
+
+    def run(config: Dict[str, Estimator], draws: int) -> GradientReport:
+        return diagnose(fn, *args, guide=guide, objective=objective, estimators=lambda m: config.get(m["name"]),
+                        num_particles=num_particles, num_samples=draws, vectorize=vectorize, seed=seed,
+                        sites=False, **kwargs)
+
+    def measure(config: Dict[str, Estimator], site: str) -> Dict[str, Any]:
+        key = tuple(sorted(config.items(), key=lambda item: item[0]))
+        if key not in measured:
+            try:
+                measured[key] = {**_measure(run(config, num_samples), site), "refused": ""}
+            except (EstimatorError, NotImplementedError) as error:
+                measured[key] = {"refused": str(error)}
+        return measured[key]
+
+    # The first diagnosis in a process pays one-time costs (lazy imports, caches); a
+    # throwaway one of two draws keeps them out of the first candidate's seconds.
+    try:
+        run({}, 2)
+    except (EstimatorError, NotImplementedError):
+        pass  # the program's own choices cannot run: the candidates' rows will say why
+    current: Dict[str, Estimator] = {}
+    contenders: Dict[str, List[Estimator]] = {}
+    rows: List[Dict[str, Any]] = []
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):
+        changed = False
+        for name, choices in options.items():
+            if rounds > 1:
+                # Later rounds re-measure only the candidates that came close last time.
+                choices = contenders.get(name, choices)
+            results = []
+            for position, estimator in enumerate(choices):
+                figures = measure({**current, name: estimator}, name)
+                eligible = estimator.unbiased or allow_biased
+                results.append((estimator, eligible, position, figures))
+            runnable = [r for r in results if r[1] and not r[3]["refused"]]
+            if not runnable:
+                reasons = "; ".join(f"{e!r}: {f['refused'] or 'biased'}" for e, _, _, f in results)
+                raise EstimatorError(
+                    f"no candidate could be measured at site '{name}' ({describe(by_name[name].fn)}): {reasons}"
+                )
+            best = min(runnable, key=lambda r: (_finite(r[3][ranking]), r[3]["cost"], r[2]))[0]
+            lowest = _finite(min(r[3][ranking] for r in runnable))
+            contenders[name] = [e for e, _, _, f in runnable if _finite(f[ranking]) <= CONTENDER_FACTOR * lowest]
+            changed |= current.get(name) != best
+            current[name] = best
+            for estimator, eligible, _, figures in results:
+                rows.append({
+                    "round": rounds, "site": name, "distribution": describe(by_name[name].fn),
+                    "estimator": repr(estimator), "unbiased": estimator.unbiased, "eligible": eligible,
+                    **{column: figures.get(column, math.nan) for column in COLUMNS},
+                    "refused": figures["refused"], "chosen": estimator == best,
+                })
+        if not changed or len(options) == 1:
+            break
+    config = {site.name: current.get(site.name, fixed.get(site.name)) for site, _ in sites}
+    return Tuning(config, pd.DataFrame(rows), metric, rounds, fixed)
+
+
+COLUMNS = ("variance", "variance share", "site cost", "cost", "seconds", "work-normalized variance",
+           "time-normalized variance")
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
