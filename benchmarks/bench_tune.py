@@ -29,6 +29,17 @@ from pyro_grad.presentation.suite import candidates
 DRAWS = {"conv_net": 200, "sir": 300, "mnist_vae": 20}
 
 
+def described(config: dict) -> str:
+    """``site: estimator`` pairs, or per estimator the sites (or how many) that use it."""
+    if len(config) <= 3:
+        return ", ".join(f"{site}: {estimator!r}" for site, estimator in config.items())
+    by_estimator = {}
+    for site, estimator in config.items():
+        by_estimator.setdefault(repr(estimator), []).append(site)
+    return "; ".join(f"{e} at {len(sites)} sites" if len(sites) > 3 else f"{e} at {', '.join(sites)}"
+                     for e, sites in by_estimator.items())
+
+
 def work_normalized(report: pg.GradientReport) -> float:
     per_param = report.params.groupby("param")[["total variance", "cost"]].first()
     return float((per_param["total variance"] * per_param["cost"]).sum())
@@ -68,7 +79,7 @@ def main() -> None:
         best = min(fixed, key=fixed.get)
         rows.append({
             "model": name, "best fixed": best, "its work-norm. variance": fixed[best],
-            "tuned": ", ".join(f"{s}: {e!r}" for s, e in tuning.config.items()),
+            "tuned": described(tuning.config),
             "tuned work-norm. variance": tuned,
             # Zero variance (an exact estimator) against zero: as good.
             "ratio": tuned / fixed[best] if fixed[best] > 0 else (1.0 if tuned == 0 else math.inf),

@@ -3,9 +3,11 @@
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+import pyro.poutine as poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites
 from pyro.poutine.runtime import get_plates
 from pyro.poutine.subsample_messenger import _Subsample
 
@@ -230,3 +232,31 @@ def with_config(program: Callable, config: Config) -> Callable:
     """``program`` under an estimators ``config`` (any form :func:`estimators` takes), or
     unchanged for None: the one resolver ``diagnose``, ``compare`` and the CLI share."""
     return program if config is None else estimators(program, config)
+
+
+def latent_sites(program: Callable, args: tuple, kwargs: dict,
+                 split_by_plates: bool = True) -> List[Tuple[Site, Optional[Estimator]]]:
+    """The program's latent sites in program order, each with the estimator it fixes
+    itself (a site's ``infer={"estimator": ...}``, or a handler's choice, inside the
+    program or around the call, stronger than a measured one), else None.
+
+    Handlers around the call see the run (only param sites are hidden from them, so
+    that a caller's param capture, SVI's, collects nothing). Without
+    ``split_by_plates`` (``pg.expectation``, whose f is one value per particle) a
+    site's plates do not split its elements (see :class:`~pyro_grad.paths.Site`)."""
+    with poutine.block(hide_types=["param"]):
+        trace = prune_subsample_sites(poutine.trace(program).get_trace(*args, **kwargs))
+    found = []
+    for node in trace.nodes.values():
+        if node["type"] != "sample" or node["is_observed"]:
+            continue
+        site = Site.of(node)
+        if not split_by_plates:
+            site = Site(site.name, site.fn, site.elements, 1)
+        choice: Optional[Choice] = node["infer"].get(CHOICE)
+        if choice is not None:
+            fixed = node["infer"]["estimator"] if choice.strength > TUNED else None
+        else:
+            fixed = node["infer"].get("estimator")
+        found.append((site, fixed))
+    return found

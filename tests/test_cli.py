@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_report_prints_every_seed_program_under_each_applicable_estimator(capsys):
-    assert main(["table", "--samples", "2000"]) == 0
+    assert main(["table", "--samples", "200"]) == 0  # what is listed, not how precisely
     out = capsys.readouterr().out
     for program in ("fixed_noise", "parameterized_noise", "two_bernoullis"):
         assert program in out

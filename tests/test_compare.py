@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import math
 import os
 import re
 import sqlite3
@@ -427,3 +428,22 @@ def test_a_page_opens_with_a_recommendation_and_aggregates_elements_with_a_csv_b
     tuned = pg.report(tuning, tmp_path / "tuned.html", title="tuned").read_text()
     assert f"Recommended: z: {tuning.config['z']!r}" in tuned
     assert (tmp_path / "tuned-measurements.csv").exists()
+
+
+def test_a_config_with_a_failed_seed_is_neither_recommended_nor_ranked_by_its_survivors():
+    # Config "a" reaches the target in 0.1 s in seed 0 but diverged in seed 1; "b" takes
+    # 1 s in both: "b" is recommended, and "a" has no time to target.
+    from pyro_grad.comparison.results import Comparison
+    from pyro_grad.presentation.recommendation import recommend
+
+    def run(status, seconds):
+        return {"status": status, "reason": "" if status == "finished" else "non-finite ELBO", "step": 10,
+                "elbo": [-5.0] * 10 if status == "finished" else [], "checkpoints": [], "seconds": seconds,
+                "cpu seconds": seconds, "evaluations": 20, "posterior": {}, "notes": []}
+
+    runs = {("a", 0): run("finished", 0.1), ("a", 1): run("failed", 0.0),
+            ("b", 0): run("finished", 1.0), ("b", 1): run("finished", 1.0)}
+    comparison = Comparison(runs, {"a": "Score()", "b": "DisARM()"}, unbiased={"a": True, "b": True})
+    assert recommend(comparison).best == "b"
+    summary = comparison.summary().set_index("config")
+    assert math.isnan(summary.loc["a", "seconds to target"]) and list(summary.index) == ["b", "a"]

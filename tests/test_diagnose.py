@@ -226,3 +226,14 @@ def test_bias_flags_are_holm_corrected_across_the_elements_of_a_report():
     assert with_flags(table([6.0] + [0.5] * 2047))["flagged"].tolist() == [True] + [False] * 2047
     # Below 4 standard errors nothing is flagged, however few the elements.
     assert not with_flags(table([3.9]))["flagged"].any()
+
+
+def test_holms_test_steps_down_and_stops_at_the_first_acceptance():
+    # α = 0.05, m = 3: thresholds 0.05/3, 0.05/2, 0.05. Sorted p: 0.001 ≤ 0.0167 is
+    # rejected; 0.03 > 0.025 is accepted, and so is 0.035 although it is below 0.05.
+    import numpy as np
+    from pyro_grad.diagnostics.statistics import holm_rejects
+
+    assert holm_rejects(np.array([0.035, 0.001, 0.03]), 0.05).tolist() == [False, True, False]
+    assert holm_rejects(np.array([0.04, 0.02, 0.01]), 0.05).tolist() == [True, True, True]
+    assert holm_rejects(np.array([]), 0.05).tolist() == []

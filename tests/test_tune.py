@@ -158,9 +158,13 @@ def test_bad_input_gets_one_clear_error():
     with pytest.raises(pg.EstimatorError, match=r"site\(s\) \['w'\] that the program does not have.*\['z', 'b'\]"):
         pg.tune(two_sites, theta, candidates={"w": [pg.Score()]})
     with pytest.raises(pg.EstimatorError, match=r"no candidate to measure at site 'b' \(Bernoulli\).*DisARM\(\)"):
-        pg.tune(two_sites, theta, candidates={"b": [pg.Reparam()]})
+        pg.tune(two_sites, theta, candidates=[pg.Reparam()])
     with pytest.raises(pg.EstimatorError, match=r"\[DReG\(\)\] apply to none of the sites"):
         pg.tune(two_sites, theta, candidates=[pg.Reparam(), pg.Score(), pg.DReG()])
+    with pytest.raises(pg.EstimatorError, match=r"Reparam\(\) does not apply to site 'b' \(Bernoulli\)"):
+        pg.tune(two_sites, theta, candidates={"b": [pg.Score(), pg.Reparam()]})
+    with pytest.raises(pg.EstimatorError, match="candidates name site 'z', which the program fixes to Score"):
+        pg.tune(pg.estimators(two_sites, {"z": pg.Score()}), theta, candidates={"z": [pg.Reparam()]})
     with pytest.raises(pg.EstimatorError, match="candidates must be None, a list"):
         pg.tune(two_sites, theta, candidates=pg.Score())
     with pytest.raises(pg.EstimatorError, match="max_rounds must be"):
@@ -314,16 +318,67 @@ def test_a_users_own_choice_wins_over_retuning():
     assert elbo.estimators.tuning.fixed == {"b": pg.DisARM()} and elbo.switches == []
 
 
-def test_the_tuning_in_svi_leaves_the_param_store_and_the_random_stream_alone():
+def test_a_users_own_choice_around_the_call_wins_over_retuning_and_is_not_logged_as_a_switch():
+    elbo = pg.ELBO(num_particles=2, vectorize_particles=True, retune_every=1, tune_options={"num_samples": 50})
+    with pg.estimators({"b": pg.Score()}):
+        elbo.differentiable_loss(model, guide, torch.tensor(DATA))
+    assert elbo.estimators.tuning.fixed == {"b": pg.Score()} and elbo.switches == []
+
+
+def random_start_guide(x):
+    # A param whose initial value is drawn: created by the first run, inside the tuning.
+    loc = pyro.param("loc", lambda: torch.randn(()))
+    pyro.sample("b", dist.Bernoulli(logits=loc))
+
+
+def test_the_tuning_draws_from_its_own_stream_so_the_step_is_the_untuned_steps():
+    # From an empty param store: the tuning creates "loc" from its own stream, the step
+    # then draws what an ELBO with the tuned estimator fixed by hand draws from the same
+    # state, so its loss and gradient are equal to that ELBO's to the last bit.
     data = torch.tensor(DATA)
-    pyro.set_rng_seed(3)
-    guide(data)
-    before = torch.get_rng_state()
+    torch.manual_seed(1)
     elbo = pg.ELBO(num_particles=2, vectorize_particles=True, retune_every=5, tune_options={"num_samples": 20})
-    elbo._tune_before_step(model, guide, (data,), {})
-    assert torch.equal(torch.get_rng_state(), before)
-    assert float(pyro.param("phi")) == pytest.approx(0.2)
-    assert pyro.param("phi").unconstrained().grad is None
+    state = torch.get_rng_state()
+    elbo._tune_before_step(model, random_start_guide, (data,), {})
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's stream, untouched
+    assert float(pyro.param("loc")) != float(torch.randn(()))  # created from the tuning's own stream
+    torch.set_rng_state(state)
+    tuned = elbo.estimators.tuned["b"]
+    loss = elbo.differentiable_loss(model, random_start_guide, data)  # step 1 of 5: no retune
+    grad = torch.autograd.grad(loss, pyro.param("loc").unconstrained())[0]
+    torch.set_rng_state(state)
+    by_hand = pg.ELBO(num_particles=2, vectorize_particles=True)
+    loss_by_hand = by_hand.differentiable_loss(model, pg.estimators(random_start_guide, {"b": tuned}), data)
+    grad_by_hand = torch.autograd.grad(loss_by_hand, pyro.param("loc").unconstrained())[0]
+    assert torch.equal(loss, loss_by_hand) and torch.equal(grad, grad_by_hand)
+
+
+def test_a_measurement_is_read_for_the_site_it_is_shown_at():
+    # Round 2 re-reads round 1's measurements: z's Reparam rows keep z's share (NaN, a
+    # pathwise site's part cannot be separated), never b's.
+    tuning = pg.tune(two_sites, torch.tensor(0.3, requires_grad=True))
+    z_rows = tuning.table[(tuning.table["site"] == "z") & (tuning.table["estimator"] == "Reparam()")]
+    assert len(z_rows) == tuning.rounds and z_rows["variance share"].isna().all()
+    score_at_b = tuning.table[(tuning.table["site"] == "b") & (tuning.table["estimator"] == "Score()")]
+    assert score_at_b["variance share"].notna().all()
+
+
+def test_the_programs_own_keywords_stay_the_programs():
+    def with_keywords(rate, shift=0.0, metric=1.0):
+        z = pyro.sample("z", dist.Poisson(rate))
+        return (z - 3.0 - shift) ** 2 * metric
+
+    rate = torch.tensor(RATE, requires_grad=True)
+    program = pg.estimators(with_keywords, default="tune")
+    pg.expectation(program, rate, shift=0.0, metric=2.0)  # tune's own "metric" is not the program's
+    assert program.messenger.tuned == {"z": pg.MeasureValued()}
+    with pytest.raises(pg.EstimatorError, match=r"keyword\(s\) \['seed'\] have the names of pg.diagnose's"):
+        pg.expectation(pg.estimators(lambda rate, seed=0.0: with_keywords(rate, seed), default="tune"), rate, seed=1.0)
+    # Under no_grad (a value alone) nothing is measured, and the handler stays untuned.
+    untouched = pg.estimators(poisson_cost, default="tune")
+    with torch.no_grad():
+        pg.expectation(untouched, rate)
+    assert untouched.messenger.tuning is None
 
 
 # ---- random programs ----------------------------------------------------------------

@@ -121,7 +121,8 @@ class Comparison:
             done = [r for r in runs if r["status"] == "finished"]
             finals = [_final(r["elbo"]) for r in done]
             reached = hits[hits["config"] == label] if hits is not None else pd.DataFrame()
-            every = len(reached) > 0 and bool(reached["seconds"].notna().all())
+            # A failed run never reached the target: the config's figures need every seed.
+            every = len(reached) == len(runs) and bool(reached["seconds"].notna().all())
             variances = [r["checkpoints"][-1]["variance"] for r in done if r["checkpoints"]]
             rows.append({
                 "config": label,

@@ -83,6 +83,7 @@ def _build_report(
         label=label,
         shares=shares,
         runs=dict(draws.runs),
+        estimators=dict(draws.estimators),
     )
 
 

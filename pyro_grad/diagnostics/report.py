@@ -2,7 +2,7 @@
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 import pandas as pd
 import torch
@@ -33,7 +33,8 @@ class GradientReport:
     * ``path``: ``"vectorized"`` or ``"loop"``, how the draws were made.
     * ``shares``: each latent site's share of the total parameter-gradient variance (NaN
       for a pathwise site, whose part cannot be separated), with or without ``sites``;
-      ``runs``: each site's program evaluations per particle.
+      ``runs``: each site's program evaluations per particle; ``estimators``: each
+      site's estimator.
     """
 
     params: pd.DataFrame
@@ -44,6 +45,7 @@ class GradientReport:
     label: str = "estimators"
     shares: Dict[str, float] = field(default_factory=dict)
     runs: Dict[str, int] = field(default_factory=dict)
+    estimators: Dict[str, Any] = field(default_factory=dict)
 
     def to_markdown(self) -> str:
         return "\n\n".join(
@@ -58,6 +60,16 @@ class GradientReport:
     def by_parameter(self) -> pd.DataFrame:
         """:attr:`params` aggregated over each parameter's elements (see :func:`by_parameter`)."""
         return by_parameter(self.params)
+
+    def site_summary(self) -> pd.DataFrame:
+        """One row per latent site: its estimator, whether it claims to be unbiased, its
+        evaluations per particle and its share of the parameter-gradient variance
+        (measured with or without ``sites``)."""
+        return pd.DataFrame([
+            {"site": site, "estimator": repr(estimator), "unbiased": getattr(estimator, "unbiased", None),
+             "cost": self.runs.get(site), "variance share": self.shares.get(site, math.nan)}
+            for site, estimator in self.estimators.items()
+        ])
 
     def plot(self) -> "Figure":
         """Histograms of the per-draw gradients with the reference (dashed) and mean lines."""
@@ -81,6 +93,10 @@ class EstimatorComparison:
     def by_parameter(self) -> pd.DataFrame:
         """:attr:`params` aggregated over each candidate's parameter elements."""
         return by_parameter(self.params)
+
+    def site_summary(self) -> pd.DataFrame:
+        """Each candidate's :meth:`GradientReport.site_summary`, side by side."""
+        return _side_by_side({k: r.site_summary() for k, r in self.reports.items()})
 
     @property
     def samples(self) -> Dict[str, Dict[str, torch.Tensor]]:

@@ -115,9 +115,10 @@ class ELBO(pyro.infer.ELBO):
         messengers = [m for m in messengers if due or m.tuning is None]
         settings = {"num_particles": self.num_particles, "vectorize": self.vectorize_particles,
                     **self.tune_options}
-        self.switches += tune_program(messengers, step, model, *args, guide=guide, objective=type(self),
-                                      **settings, **kwargs)
-        if messengers:
+        before = messengers[0].tuning if messengers else None
+        self.switches += tune_program(messengers, step, model, args, kwargs, guide=guide, objective=type(self),
+                                      **settings)
+        if messengers and messengers[0].tuning is not before:
             self.tunings[step] = messengers[0].tuning
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> ImportanceRun:

@@ -93,7 +93,7 @@ def expectation(
     ):
         raise EstimatorError(f"max_plate_nesting must be a non-negative integer, got {max_plate_nesting!r}")
     untuned = [m for m in tuning_messengers(fn) if m.tuning is None]
-    tune_program(untuned, 0, fn, *args, num_particles=num_particles, vectorize=vectorize, **kwargs)
+    tune_program(untuned, 0, fn, args, kwargs, num_particles=num_particles, vectorize=vectorize)
     value = expectation_estimates(fn, args, kwargs, num_particles, 1, vectorize, max_plate_nesting).values[0]
     if torch.is_grad_enabled() and not value.requires_grad:
         raise EstimatorError(nothing_requires_grad(args, kwargs))

@@ -88,7 +88,11 @@ def _draw_sections(reports: Mapping[str, GradientReport], obj: Any) -> List[Tupl
         ("Recommendation", recommend(obj)),
         ("Parameters (aggregated over elements)", Noted(by_parameter, note)),
         ("Parameters, per element", ElementRows(obj.params, "elements")),
-        ("Sample sites", obj.sites if len(obj.sites) else "(none)"),
+        ("Sample sites", obj.sites if len(obj.sites) else Noted(
+            obj.site_summary(), "Each site's estimator, evaluations per particle and share of the total "
+                                "parameter-gradient variance (NaN for a pathwise site, whose part cannot be "
+                                "separated); pg.diagnose(sites=True) adds the derivative along each site's own "
+                                "distribution parameters.")),
         ("Gradient draws", obj.plot()),
     ]
 

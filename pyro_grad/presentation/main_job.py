@@ -64,7 +64,7 @@ def _build_reports(out: str, num_steps: int, num_samples: int, seeds: Any, check
         bias = None
         if bench.guide is None:
             counts = {name: min(DRAWS.get(name, num_samples), num_samples)}
-            result = EstimatorComparison(diagnose_each(bench, num_samples, counts, sites=True))
+            result = EstimatorComparison(diagnose_each(bench, num_samples, counts))
             kind = "gradient estimators"
         else:
             configs = svi_configs(bench)
@@ -93,8 +93,12 @@ def _build_reports(out: str, num_steps: int, num_samples: int, seeds: Any, check
                      "seconds": seconds, "description": bench.description, "page": page.name})
     table = pd.DataFrame(rows)
     environment = templates()
+    # The page escapes every cell itself, since the model's is a link.
     links = table.assign(model=[f'<a href="{html.escape(p)}">{html.escape(m)}</a>'
-                                for m, p in zip(table.model, table.page)])
+                                for m, p in zip(table.model, table.page)],
+                         recommended=table.recommended.map(html.escape),
+                         description=table.description.map(html.escape),
+                         comparison=table.comparison.map(html.escape))
     index = out_dir / "index.html"
     write_file(index, environment.get_template("index.html").render(
         title="pyro_grad: built-in models", machine=table_html(machine()),

@@ -12,7 +12,7 @@ much worse it is, and the biased candidates named as such with their measured bi
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 import pandas as pd
 
@@ -85,6 +85,8 @@ def for_gradient_draws(reports: Mapping[str, GradientReport]) -> Recommendation:
 
 
 def _ratio(value: float, best: float) -> str:
+    if not (math.isfinite(value) and math.isfinite(best)):
+        return "nan×"
     if best > 0:
         return f"{value / best:.3g}×"
     return "equal to" if value == 0 else "infinitely many times"
@@ -100,7 +102,9 @@ def for_svi_runs(comparison: Comparison, bias: Optional[Mapping[str, str]] = Non
     for label in comparison.labels:
         claimed = comparison.unbiased.get(label)
         runs = hits[hits["config"] == label]
-        if claimed and len(runs) and runs["seconds"].notna().all():
+        seeds = sum(1 for key in comparison.runs if key[0] == label)
+        # A failed run never reached the target: only configs that reached it in every seed.
+        if claimed and len(runs) == seeds and runs["seconds"].notna().all():
             candidates.append((float(runs["seconds"].mean()), float(runs["seconds"].std(ddof=0)),
                                float(runs["evaluations"].mean()), label, len(runs)))
     candidates.sort()
@@ -146,10 +150,7 @@ def for_tuning(tuning: Tuning) -> Recommendation:
     return Recommendation(", ".join(f"{s}: {e!r}" for s, e in tuning.config.items()), lines)
 
 
-
-
-
-def recommend(obj, bias: Optional[Mapping[str, str]] = None) -> Recommendation:
+def recommend(obj: Any, bias: Optional[Mapping[str, str]] = None) -> Recommendation:
     """The recommendation for whatever a report shows (see the module's docstring)."""
     if isinstance(obj, Comparison):
         return for_svi_runs(obj, bias)

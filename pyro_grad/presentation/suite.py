@@ -17,9 +17,8 @@ from pyro_grad.distributions import leaf_distribution, parameter_provenance
 from pyro_grad.engine.control_flow import READ
 from pyro_grad.engine.particles import watched_trace
 from pyro_grad.models.benchmark import Benchmark
-from pyro_grad.objectives import ELBO, expectation
+from pyro_grad.handler import latent_sites
 from pyro_grad.paths import REGISTRY, Estimator
-from pyro_grad.tuning.tune import latent_sites
 
 
 class Candidate(NamedTuple):
@@ -65,8 +64,9 @@ def candidates(bench: Benchmark) -> List[Candidate]:
     values qualify (the model scores them), and only an ELBO splits its terms by
     plate elements (so enumerates a plate-local site). Relaxed control variates are
     left out where they would refuse (:func:`relaxation_refusals`)."""
-    objective = expectation if bench.guide is None else ELBO
-    sites = [site for site, _ in latent_sites(bench.guide or bench.program, bench.arguments(), {}, objective)]
+    with poutine.block():
+        sites = [site for site, _ in latent_sites(bench.guide or bench.program, bench.arguments(), {},
+                                                  split_by_plates=bench.guide is not None)]
     relaxable = None
     exact_value = bench.guide is not None
     found = []
@@ -96,13 +96,13 @@ def diagnose_each(
     num_samples: int,
     num_samples_by_name: Optional[Mapping[str, int]] = None,
     seed: int = 0,
-    sites: bool = False,
 ) -> Dict[str, GradientReport]:
     """``{label: report}``: the benchmark diagnosed under each of its :func:`candidates`,
     against its exact reference, with ``num_samples`` gradient draws
     (``num_samples_by_name[bench.name]`` when given, for the costly benchmarks). The
-    param store is cleared and the benchmark reset before each; with ``sites``, each
-    latent site's own distribution parameters are targets too (the sites table)."""
+    param store is cleared and the benchmark reset before each. Only parameters are
+    targets: each site's share of their variance comes with the draws, while the
+    derivative along a site's own parameters would take a pass per site (sir has 20)."""
     count = (num_samples_by_name or {}).get(bench.name, num_samples)
     reports = {}
     for candidate in candidates(bench):
@@ -110,7 +110,7 @@ def diagnose_each(
         reports[candidate.label] = diagnose(
             bench.program, *bench.arguments(), guide=bench.guide, estimators=candidate.config,
             num_particles=candidate.particles, num_samples=count, reference=bench.reference_gradient,
-            seed=seed, sites=sites,
+            seed=seed, sites=False,
         )
     return reports
 

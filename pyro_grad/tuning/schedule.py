@@ -7,9 +7,12 @@ estimator's whichever one was chosen.
 """
 
 import logging
-from typing import Callable, List, NamedTuple, Optional
+from typing import Any, Callable, List, NamedTuple, Optional
 
 import pyro.poutine as poutine
+import torch
+# Pyro keeps its handler stack here (its own poutine modules read it): the only way to
+# find the handlers a call runs inside.
 from pyro.poutine.runtime import _PYRO_STACK
 
 from pyro_grad.handler import EstimatorMessenger, WrappedProgram
@@ -60,9 +63,15 @@ def retune(messengers: List[EstimatorMessenger], measure: Callable[[], "object"]
     return switches
 
 
-def tune_program(messengers: List[EstimatorMessenger], step: int, fn: Callable, *args, **settings) -> List[Switch]:
-    """:func:`retune` by ``pg.tune(fn, *args, **settings)``."""
+def tune_program(messengers: List[EstimatorMessenger], step: int, fn: Callable, args: tuple, kwargs: dict,
+                 **settings: Any) -> List[Switch]:
+    """:func:`retune` by :func:`~pyro_grad.tuning.tune.tune` of ``fn(*args, **kwargs)``
+    with ``settings`` (its keywords, kept apart from the program's). Nothing is measured
+    where gradients are off (``torch.no_grad()``, for a value alone): the handlers stay
+    untuned until a call that differentiates."""
+    if not messengers or not torch.is_grad_enabled():
+        return []
     # Imported here: the objectives call this module, and tune diagnoses through them.
-    from pyro_grad.tuning.tune import tune
+    from pyro_grad.tuning.tune import Settings, tune_with
 
-    return retune(messengers, lambda: tune(fn, *args, **settings), step)
+    return retune(messengers, lambda: tune_with(fn, args, kwargs, Settings(**settings)), step)

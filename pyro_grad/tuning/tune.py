@@ -16,18 +16,16 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 import torch
-import pyro.poutine as poutine
-from pyro.poutine.util import prune_subsample_sites
 
 from pyro_grad.diagnostics.diagnose import diagnose
 from pyro_grad.diagnostics.report import GradientReport
 from pyro_grad.distributions import describe
 from pyro_grad.errors import EstimatorError
-from pyro_grad.handler import CHOICE, TUNED
+from pyro_grad.handler import latent_sites
 from pyro_grad.objectives.choice import resolve_objective
 from pyro_grad.objectives.expectation import expectation
 from pyro_grad.paths import Estimator, Site
-from pyro_grad.paths.registry import REGISTRY
+from pyro_grad.paths.registry import REGISTRY, not_applicable
 
 #: After the first round, a site re-measures only the candidates within this factor of
 #: its best (re-measuring every candidate of every site would multiply the cost by the
@@ -54,7 +52,8 @@ class Tuning:
       (variance × cost) and ``time-normalized variance`` (variance × seconds), whether it
       was ``eligible`` (unbiased, or ``allow_biased``), ``refused`` (why it could not run,
       else empty) and ``chosen`` (the site's choice after that round).
-    * ``metric``: ``"evaluations"`` or ``"seconds"``; ``rounds``: rounds run.
+    * ``metric``: ``"evaluations"`` or ``"seconds"``; ``rounds``: rounds run;
+      ``fixed``: the sites the program fixed itself, with their estimators (not tuned).
     """
 
     config: Dict[str, Estimator]
@@ -74,30 +73,8 @@ class Tuning:
         return last[last["chosen"]].reset_index(drop=True)
 
 
-def latent_sites(program: Callable, args: tuple, kwargs: dict, objective: Any) -> List[Tuple[Site, Optional[Estimator]]]:
-    """The program's latent sites in program order, each with the estimator it fixes
-    itself (a site's ``infer={"estimator": ...}`` or a handler's choice stronger than a
-    measured one), else None. ``pg.expectation`` returns one f per particle, so its
-    plates do not split a site's elements (see :class:`~pyro_grad.paths.Site`)."""
-    with poutine.block():
-        trace = prune_subsample_sites(poutine.trace(program).get_trace(*args, **kwargs))
-    found = []
-    for node in trace.nodes.values():
-        if node["type"] != "sample" or node["is_observed"]:
-            continue
-        site = Site.of(node)
-        if objective is expectation:
-            site = Site(site.name, site.fn, site.elements, 1)
-        choice = node["infer"].get(CHOICE)
-        if choice is not None:
-            fixed = node["infer"]["estimator"] if choice.strength > TUNED else None
-        else:
-            fixed = node["infer"].get("estimator")
-        found.append((site, fixed))
-    return found
-
-
 def objective_name(objective: Any) -> str:
+    """How ``Estimator.objectives`` names an objective (``"expectation"``, ``"elbo"``, ``"iwae"``)."""
     return "expectation" if objective is expectation else objective.objective
 
 
@@ -137,6 +114,10 @@ def candidate_lists(
         if unknown:
             raise EstimatorError(f"candidates name site(s) {unknown} that the program does not have; "
                                  f"its latent sites are {names}")
+        for site, fixed in sites:
+            if fixed is not None and site.name in candidates:
+                raise EstimatorError(f"candidates name site '{site.name}', which the program fixes to {fixed!r} "
+                                     "(its infer={'estimator': ...} or an estimators config around it)")
     elif candidates is not None:
         if isinstance(candidates, Estimator) or not all(isinstance(e, Estimator) for e in candidates):
             raise EstimatorError("candidates must be None, a list of estimators, or a dict of site -> "
@@ -157,6 +138,9 @@ def candidate_lists(
                     if not isinstance(e, Estimator):
                         raise EstimatorError(f"candidates[{site.name!r}] must hold estimators, got {e!r}")
                 options = [e for e in given if e.refusal(site) is None and objective in e.objectives]
+                refused = [e for e in given if e not in options]
+                if isinstance(candidates, Mapping) and refused:
+                    raise not_applicable(refused[0], site, objective=objective)
                 used.update(options)
         if not options:
             fits = ", ".join(repr(e) for e in default_candidates(site, objective, num_particles, True)) or "none"
@@ -172,21 +156,65 @@ def candidate_lists(
     return lists
 
 
-def _measure(report: GradientReport, site: str) -> Dict[str, float]:
-    """One configuration's figures from its report (one row per parameter element)."""
+#: pg.diagnose's own keywords: a program's keyword of one of these names cannot reach it.
+DIAGNOSE_SETTINGS = frozenset({"guide", "objective", "num_samples", "reference", "num_particles", "vectorize", "seed",
+                               "sites", "estimators"})
+
+#: The figures of one configuration, whichever site it is measured for.
+COLUMNS = ("variance", "variance share", "site cost", "cost", "seconds", "work-normalized variance",
+           "time-normalized variance")
+
+
+def _measure(report: GradientReport) -> Dict[str, Any]:
+    """One configuration's figures from its report (one row per parameter element),
+    with every site's variance share and runs, to be read per site."""
     params = report.params
     variance = float(params.groupby("param")["total variance"].first().sum())
     cost = int(params["cost"].iloc[0])
     seconds = float(params["seconds per draw"].iloc[0])
     return {
         "variance": variance,
-        "variance share": report.shares.get(site, math.nan),
-        "site cost": float(report.runs.get(site, math.nan)),
         "cost": cost,
         "seconds": seconds,
         "work-normalized variance": variance * cost,
         "time-normalized variance": variance * seconds,
+        "shares": dict(report.shares),
+        "runs": dict(report.runs),
+        "refused": "",
     }
+
+
+def at_site(figures: Dict[str, Any], site: str) -> Dict[str, Any]:
+    """A configuration's figures as one site's row: its own share and runs."""
+    if figures["refused"]:
+        return {column: math.nan for column in COLUMNS}
+    return {
+        **{column: figures[column] for column in COLUMNS if column in figures},
+        "variance share": figures["shares"].get(site, math.nan),
+        "site cost": float(figures["runs"].get(site, math.nan)),
+    }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How :func:`tune` measures (its keywords, apart from the program's own)."""
+
+    guide: Optional[Callable] = None
+    candidates: Candidates = None
+    num_particles: int = 1
+    num_samples: int = 200
+    metric: str = "evaluations"
+    allow_biased: bool = False
+    objective: Any = None
+    vectorize: bool = True
+    seed: int = 0
+    max_rounds: int = 3
+
+    def check(self) -> None:
+        if self.metric not in METRICS:
+            raise EstimatorError(f"metric must be one of {sorted(METRICS)}, got {self.metric!r}")
+        if not isinstance(self.max_rounds, int) or isinstance(self.max_rounds, bool) or self.max_rounds < 1:
+            raise EstimatorError(f"max_rounds must be a positive integer, got {self.max_rounds!r}")
 
 
 def tune(
@@ -216,47 +244,59 @@ def tune(
     costs (``"evaluations"``) or its seconds (``"seconds"``, noisier). Ties go to the
     cheaper, then to the first listed. Sites the program fixes itself are left as they
     are. ``objective``, ``vectorize`` and ``seed`` are ``pg.diagnose``'s; every other
-    keyword is the program's.
+    keyword is the program's. Measuring draws from its own random stream, seeded by
+    ``seed``: the caller's stream goes on as if nothing had been measured.
 
     :param candidates: None (every registered estimator that applies), a list of
         estimators (each measured at every site it applies to), or a dict of site →
         estimator(s) (other sites take every estimator that applies).
     :returns: a :class:`Tuning`; use ``pg.estimators(program, tuning.config)``.
     """
-    # Measuring draws from a stream of its own: the caller's (SVI's) stream goes on as if
-    # nothing had been measured.
+    settings = Settings(guide, candidates, num_particles, num_samples, metric, allow_biased, objective, vectorize,
+                        seed, max_rounds)
+    return tune_with(fn, args, kwargs, settings)
+
+
+def tune_with(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tuning:
+    """:func:`tune` with the program's keywords apart from the settings (so that a
+    program keyword named ``seed`` or ``metric`` stays the program's)."""
+    settings.check()
+    clashes = sorted(set(kwargs) & DIAGNOSE_SETTINGS)
+    if clashes:
+        raise EstimatorError(f"the program's keyword(s) {clashes} have the names of pg.diagnose's settings, which "
+                             "measures the tuning: pass them positionally, or rename them")
     with torch.random.fork_rng():
-        return _tune(fn, args, guide, candidates, num_particles, num_samples, metric, allow_biased, objective,
-                     vectorize, seed, max_rounds, kwargs)
+        # Every draw here, the program's first run included, comes from this stream, never
+        # from the caller's (whose next numbers are the coming training step's).
+        torch.manual_seed(settings.seed)
+        return _search(fn, tuple(args), dict(kwargs), settings)
 
 
-def _tune(fn, args, guide, candidates, num_particles, num_samples, metric, allow_biased, objective, vectorize, seed,
-          max_rounds, kwargs) -> Tuning:
-    if metric not in METRICS:
-        raise EstimatorError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
-    if not isinstance(max_rounds, int) or isinstance(max_rounds, bool) or max_rounds < 1:
-        raise EstimatorError(f"max_rounds must be a positive integer, got {max_rounds!r}")
-    objective = resolve_objective(objective, guide)
+def _search(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tuning:
+    """The coordinate descent (see the module's docstring)."""
+    objective = resolve_objective(settings.objective, settings.guide)
+    guide = settings.guide
     program = fn if guide is None else guide
-    sites = latent_sites(program, args, kwargs, objective)
+    sites = latent_sites(program, args, kwargs, split_by_plates=objective is not expectation)
     if not sites:
         raise EstimatorError("the program has no latent sample site: there is no estimator to tune")
     fixed = {site.name: estimator for site, estimator in sites if estimator is not None}
-    options = candidate_lists(sites, candidates, objective_name(objective), num_particles, allow_biased)
+    options = candidate_lists(sites, settings.candidates, objective_name(objective), settings.num_particles,
+                              settings.allow_biased)
     by_name = {site.name: site for site, _ in sites}
-    ranking = METRICS[metric]
+    ranking = METRICS[settings.metric]
     measured: Dict[tuple, Dict[str, Any]] = {}
 
     def run(config: Dict[str, Estimator], draws: int) -> GradientReport:
         return diagnose(fn, *args, guide=guide, objective=objective, estimators=lambda m: config.get(m["name"]),
-                        num_particles=num_particles, num_samples=draws, vectorize=vectorize, seed=seed,
-                        sites=False, **kwargs)
+                        num_particles=settings.num_particles, num_samples=draws, vectorize=settings.vectorize,
+                        seed=settings.seed, sites=False, **kwargs)
 
-    def measure(config: Dict[str, Estimator], site: str) -> Dict[str, Any]:
+    def measure(config: Dict[str, Estimator]) -> Dict[str, Any]:
         key = tuple(sorted(config.items(), key=lambda item: item[0]))
         if key not in measured:
             try:
-                measured[key] = {**_measure(run(config, num_samples), site), "refused": ""}
+                measured[key] = _measure(run(config, settings.num_samples))
             except (EstimatorError, NotImplementedError) as error:
                 measured[key] = {"refused": str(error)}
         return measured[key]
@@ -271,7 +311,7 @@ def _tune(fn, args, guide, candidates, num_particles, num_samples, metric, allow
     contenders: Dict[str, List[Estimator]] = {}
     rows: List[Dict[str, Any]] = []
     rounds = 0
-    for rounds in range(1, max_rounds + 1):
+    for rounds in range(1, settings.max_rounds + 1):
         changed = False
         for name, choices in options.items():
             if rounds > 1:
@@ -279,8 +319,8 @@ def _tune(fn, args, guide, candidates, num_particles, num_samples, metric, allow
                 choices = contenders.get(name, choices)
             results = []
             for position, estimator in enumerate(choices):
-                figures = measure({**current, name: estimator}, name)
-                eligible = estimator.unbiased or allow_biased
+                figures = measure({**current, name: estimator})
+                eligible = estimator.unbiased or settings.allow_biased
                 results.append((estimator, eligible, position, figures))
             runnable = [r for r in results if r[1] and not r[3]["refused"]]
             if not runnable:
@@ -289,7 +329,7 @@ def _tune(fn, args, guide, candidates, num_particles, num_samples, metric, allow
                     f"no candidate could be measured at site '{name}' ({describe(by_name[name].fn)}): {reasons}"
                 )
             best = min(runnable, key=lambda r: (_finite(r[3][ranking]), r[3]["cost"], r[2]))[0]
-            lowest = _finite(min(r[3][ranking] for r in runnable))
+            lowest = min(_finite(r[3][ranking]) for r in runnable)
             contenders[name] = [e for e, _, _, f in runnable if _finite(f[ranking]) <= CONTENDER_FACTOR * lowest]
             changed |= current.get(name) != best
             current[name] = best
@@ -297,18 +337,14 @@ def _tune(fn, args, guide, candidates, num_particles, num_samples, metric, allow
                 rows.append({
                     "round": rounds, "site": name, "distribution": describe(by_name[name].fn),
                     "estimator": repr(estimator), "unbiased": estimator.unbiased, "eligible": eligible,
-                    **{column: figures.get(column, math.nan) for column in COLUMNS},
-                    "refused": figures["refused"], "chosen": estimator == best,
+                    **at_site(figures, name), "refused": figures["refused"], "chosen": estimator == best,
                 })
         if not changed or len(options) == 1:
             break
     config = {site.name: current.get(site.name, fixed.get(site.name)) for site, _ in sites}
-    return Tuning(config, pd.DataFrame(rows), metric, rounds, fixed)
-
-
-COLUMNS = ("variance", "variance share", "site cost", "cost", "seconds", "work-normalized variance",
-           "time-normalized variance")
+    return Tuning(config, pd.DataFrame(rows), settings.metric, rounds, fixed)
 
 
 def _finite(value: float) -> float:
+    """NaN and infinities rank last."""
     return value if math.isfinite(value) else math.inf
