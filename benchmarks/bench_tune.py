@@ -40,11 +40,6 @@ def described(config: dict) -> str:
                      for e, sites in by_estimator.items())
 
 
-def work_normalized(report: pg.GradientReport) -> float:
-    per_param = report.params.groupby("param")[["total variance", "cost"]].first()
-    return float((per_param["total variance"] * per_param["cost"]).sum())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=1000, help="gradient draws per config")
@@ -66,7 +61,7 @@ def main() -> None:
             pyro.clear_param_store()
             report = pg.diagnose(bench.program, *bench.arguments(), guide=bench.guide, estimators=candidate.config,
                                  num_particles=candidate.particles, num_samples=draws, sites=False)
-            fixed[candidate.label] = work_normalized(report)
+            fixed[candidate.label] = report.work_normalized_variance()
         pyro.clear_param_store()
         start = time.perf_counter()
         tuning = pg.tune(bench.program, *bench.arguments(), guide=bench.guide, num_particles=options.k,
@@ -75,7 +70,7 @@ def main() -> None:
         pyro.clear_param_store()
         report = pg.diagnose(bench.program, *bench.arguments(), guide=bench.guide, estimators=tuning.config,
                              num_particles=options.k, num_samples=draws, sites=False, seed=1)
-        tuned = work_normalized(report)
+        tuned = report.work_normalized_variance()
         best = min(fixed, key=fixed.get)
         rows.append({
             "model": name, "best fixed": best, "its work-norm. variance": fixed[best],

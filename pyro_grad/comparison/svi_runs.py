@@ -121,10 +121,9 @@ def run_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
             t, t_cpu = time.perf_counter(), time.process_time()
             report = diagnose(model, *args, guide=wrapped, objective=objective, num_samples=checkpoint_samples,
                               num_particles=num_particles, sites=False, seed=seed + step, **kwargs)
-            totals = report.params.groupby("param")["total variance"].first()
             record["checkpoints"].append({
                 "step": step + 1,
-                "variance": float(totals.sum()),
+                "variance": report.total_variance(),
                 "snr": float(report.params["SNR"].replace(math.inf, math.nan).median()),
             })
             diagnosing += time.perf_counter() - t

@@ -61,6 +61,14 @@ class GradientReport:
         """:attr:`params` aggregated over each parameter's elements (see :func:`by_parameter`)."""
         return by_parameter(self.params)
 
+    def total_variance(self) -> float:
+        """Σ over every parameter element of its gradient variance."""
+        return float(self.params.groupby("param", sort=False)["total variance"].first().sum())
+
+    def work_normalized_variance(self) -> float:
+        """:meth:`total_variance` × program evaluations per draw (one cost per report)."""
+        return self.total_variance() * float(self.params["cost"].iloc[0])
+
     def site_summary(self) -> pd.DataFrame:
         """One row per latent site: its estimator, whether it claims to be unbiased, its
         evaluations per particle and its share of the parameter-gradient variance

@@ -34,12 +34,6 @@ def _figure(value: float) -> str:
     return "nan" if not math.isfinite(value) else f"{value:.3g}"
 
 
-def work_normalized_variance(report: GradientReport) -> float:
-    """Σ over parameters of total gradient variance × evaluations per draw."""
-    per_param = report.params.groupby("param", sort=False)[["total variance", "cost"]].first()
-    return float((per_param["total variance"] * per_param["cost"]).sum())
-
-
 def measured_bias(report: GradientReport) -> Optional[str]:
     """The bias a report measured against its reference, in words; None without one."""
     params = report.params
@@ -60,7 +54,7 @@ def for_gradient_draws(reports: Mapping[str, GradientReport]) -> Recommendation:
         claimed = bool(params["unbiased (claimed)"].all()) if len(params) else False
         flagged = bool(params["flagged"].any()) if "flagged" in params else False
         rows.append({"label": label, "claimed": claimed, "flagged": flagged,
-                     "variance": work_normalized_variance(report), "bias": measured_bias(report)})
+                     "variance": report.work_normalized_variance(), "bias": measured_bias(report)})
     table = pd.DataFrame(rows)
     unbiased = table[table["claimed"] & ~table["flagged"]].sort_values("variance", kind="stable")
     lines = []

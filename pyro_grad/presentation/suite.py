@@ -12,6 +12,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 import pyro.distributions as dist
 
+from pyro_grad.comparison.svi_runs import claims_unbiased
 from pyro_grad.diagnostics import GradientReport, diagnose
 from pyro_grad.distributions import leaf_distribution, parameter_provenance
 from pyro_grad.engine.control_flow import READ
@@ -32,8 +33,7 @@ class Candidate(NamedTuple):
 
     @property
     def unbiased(self) -> bool:
-        chosen = self.config.values() if isinstance(self.config, dict) else [self.config]
-        return all(estimator.unbiased for estimator in chosen)
+        return bool(claims_unbiased(self.config))
 
 
 def relaxation_refusals(bench: Benchmark) -> List[str]:

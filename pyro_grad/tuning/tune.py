@@ -168,15 +168,14 @@ COLUMNS = ("variance", "variance share", "site cost", "cost", "seconds", "work-n
 def _measure(report: GradientReport) -> Dict[str, Any]:
     """One configuration's figures from its report (one row per parameter element),
     with every site's variance share and runs, to be read per site."""
-    params = report.params
-    variance = float(params.groupby("param")["total variance"].first().sum())
-    cost = int(params["cost"].iloc[0])
-    seconds = float(params["seconds per draw"].iloc[0])
+    variance = report.total_variance()
+    cost = int(report.params["cost"].iloc[0])
+    seconds = float(report.params["seconds per draw"].iloc[0])
     return {
         "variance": variance,
         "cost": cost,
         "seconds": seconds,
-        "work-normalized variance": variance * cost,
+        "work-normalized variance": report.work_normalized_variance(),
         "time-normalized variance": variance * seconds,
         "shares": dict(report.shares),
         "runs": dict(report.runs),
