@@ -226,3 +226,14 @@ def test_compare_prints_the_summary_and_writes_the_page(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| rep" in out and "| loo" in out
     assert (tmp_path / "report.html").exists() and (tmp_path / "runs.sqlite").exists()
+
+
+def test_report_builds_only_the_models_named(tmp_path, capsys):
+    # `pyro-grad report --models coin`: one page, linked from the index with its recommendation.
+    assert main(["report", "--models", "coin", "--steps", "2", "--samples", "10", "--out", str(tmp_path)]) == 0
+    index = (tmp_path / "index.html").read_text()
+    assert 'href="coin.html"' in index and 'href="sbn.html"' not in index and "<th>recommended</th>" in index
+    assert capsys.readouterr().err.startswith("coin: SVI")  # the log line
+    assert main(["report", "--models", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no built-in model named ['nope']" in err and len(err.splitlines()) == 1, err
