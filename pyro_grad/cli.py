@@ -1,11 +1,15 @@
 """The ``pyro-grad`` command line: ``report`` (the main job) and ``diagnose``."""
 
 import argparse
+import concurrent.futures as cf
+import contextlib
 import importlib
 import inspect
+import logging
+import multiprocessing
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
 
 import pandas as pd
 import torch
@@ -202,6 +206,32 @@ def parse_configs(items: List[str]) -> Dict[str, Any]:
     return configs
 
 
+@contextlib.contextmanager
+def executor_for(workers: Optional[int], scheduler: Optional[str]) -> Iterator[Optional[cf.Executor]]:
+    """``--workers N``: N local processes; ``--scheduler ADDRESS``: a running Dask
+    scheduler's workers; neither: None (this process computes every run)."""
+    if workers is not None and scheduler is not None:
+        raise UsageError("give --workers and --scheduler one at a time: local processes, or a Dask scheduler's workers")
+    if workers is not None:
+        # spawn, not fork: a forked child inherits torch's thread pool mid-use.
+        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            yield pool
+        return
+    if scheduler is None:
+        yield None
+        return
+    try:
+        import distributed
+    except ImportError:
+        raise UsageError("--scheduler needs Dask's distributed: pip install 'pyro-grad[dask]'") from None
+    try:
+        client = distributed.Client(scheduler, timeout=30)
+    except OSError as error:
+        raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {first_line(error)}") from None
+    with client:
+        yield client.get_executor()
+
+
 def run_compare(ns: argparse.Namespace) -> int:
     from pyro_grad.comparison import compare
     from pyro_grad.presentation.html_report import report
@@ -209,8 +239,10 @@ def run_compare(ns: argparse.Namespace) -> int:
     model, args, _, guide, reset = load_program(ns.model, [])
     configs = parse_configs(ns.config) or {"auto": None}
     out = writable_directory(ns.out)
-    result = compare(model, guide, *args, configs=configs, num_steps=ns.steps, num_particles=ns.particles,
-                     seeds=tuple(range(ns.seeds)), diagnose_every=max(1, ns.steps // 2), out=str(out), reset=reset)
+    with executor_for(ns.workers, ns.scheduler) as executor:
+        result = compare(model, guide, *args, configs=configs, num_steps=ns.steps, num_particles=ns.particles,
+                         seeds=tuple(range(ns.seeds)), diagnose_every=max(1, ns.steps // 2), out=str(out),
+                         reset=reset, executor=executor)
     print(result.summary().to_markdown(index=False, floatfmt=".4g"))
     print(f"\n{result.provenance()} ({out / 'runs.sqlite'})")
     print(f"wrote {report(result, out / 'report.html', title=f'{ns.model}: SVI comparison')}")
@@ -253,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="reports", help="directory for the pages")
     report.add_argument("--steps", type=positive_int, default=200, help="SVI steps per run")
     report.add_argument("--samples", type=positive_int, default=2000, help="gradient draws per estimator")
+    report.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                        help="build N pages at a time, each in a local process (default: one after another)")
     report.add_argument("--models", default=None, metavar="NAME,...",
                         help="only these built-in models (default: every one)")
     table = sub.add_parser("table", help="the seed programs' gradients under each applicable estimator",
@@ -268,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", type=positive_int, default=2, help="number of seeds (0, 1, ...)")
     cmp.add_argument("--particles", type=positive_int, default=4, help="particles per step")
     cmp.add_argument("--out", default="compare-out", help="directory for runs.sqlite and report.html")
+    cmp.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                     help="run the runs on N local processes (default: in this process)")
+    cmp.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="run the runs on a Dask scheduler's workers, e.g. tcp://HOST:8786 (pip install "
+                          "'pyro-grad[dask]')")
     sub.add_parser("models", help="list the built-in benchmark programs", formatter_class=formatter)
     diag = sub.add_parser("diagnose", help="per-parameter and per-site gradient statistics of a program",
                           epilog=estimators_help, formatter_class=formatter)
@@ -285,15 +324,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def log_lines_off_a_terminal() -> Iterator[None]:
+    """pyro_grad's INFO lines (a line per stored run) on stderr while a command runs,
+    where no progress bar shows: in logs and CI."""
+    if sys.stderr.isatty():
+        yield
+        return
+    logger = logging.getLogger("pyro_grad")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pyro-grad: %(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ns = build_parser().parse_args(argv)
+    with log_lines_off_a_terminal():
+        return _run(ns)
+
+
+def _run(ns: argparse.Namespace) -> int:
     try:
         if ns.command == "report":
             from pyro_grad.presentation.main_job import build_reports
 
             models = [m for m in ns.models.split(",") if m] if ns.models is not None else None
             index = build_reports(str(writable_directory(ns.out)), num_steps=ns.steps, num_samples=ns.samples,
-                                  log=lambda line: print(line, file=sys.stderr, flush=True), models=models)
+                                  log=lambda line: print(line, file=sys.stderr, flush=True), models=models,
+                                  workers=ns.workers)
             print(f"wrote {index}")
             return 0
         if ns.command == "table":

@@ -1,6 +1,7 @@
 """The pyro-grad command line: the main job, diagnose, and one-line errors with exit code 2."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,13 @@ import torch
 from pyro_grad.cli import gradient_table, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The line logged per stored run when stderr is not a terminal (as under pytest).
+RUN_LOG = re.compile(r"^pyro-grad: run \d+ of \d+: config ")
+
+
+def messages(stderr: str) -> str:
+    """stderr without the per-run log lines: what the command says about itself."""
+    return "\n".join(line for line in stderr.strip().splitlines() if not RUN_LOG.match(line))
 
 
 def test_report_prints_every_seed_program_under_each_applicable_estimator(capsys):
@@ -60,7 +68,7 @@ def test_diagnose_prints_the_site_table_and_writes_report_and_figure(tmp_path, c
 )
 def test_mistakes_get_one_line_and_exit_code_2(argv, message, capsys):
     assert main(argv + ["--samples", "10"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = messages(capsys.readouterr().err)
     assert message in err
     assert len(err.splitlines()) == 1, err
 
@@ -91,7 +99,7 @@ def test_the_console_script_exits_2_without_a_traceback():
 def test_compare_mistakes_get_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
     out = [] if "--out" in argv else ["--out", str(tmp_path)]
     assert main(argv + ["--steps", "2", "--seeds", "1"] + out) == 2
-    err = capsys.readouterr().err.strip()
+    err = messages(capsys.readouterr().err)
     assert message in err and len(err.splitlines()) == 1, err
 
 
@@ -118,7 +126,7 @@ def test_bad_values_get_one_line_and_exit_code_2(argv, message, capsys):
     except SystemExit as exit:  # argparse's own checks exit from parse_args
         code = exit.code
     assert code == 2
-    err = capsys.readouterr().err.strip()
+    err = messages(capsys.readouterr().err)
     assert message in err and len(err.splitlines()) == 1, err
 
 
@@ -129,7 +137,7 @@ def coin_run(out, *extra):
 def test_a_corrupt_store_is_named_with_what_to_do(tmp_path, capsys):
     (tmp_path / "runs.sqlite").write_bytes(b"\x13\x37 not a database" * 200)
     assert main(coin_run(tmp_path)) == 2
-    err = capsys.readouterr().err.strip()
+    err = messages(capsys.readouterr().err)
     assert f"{tmp_path / 'runs.sqlite'} cannot be used (file is not a database)" in err and "move the file" in err
     assert len(err.splitlines()) == 1
 
@@ -142,7 +150,7 @@ def test_a_truncated_row_is_named_with_what_to_do(tmp_path, capsys):
         db.execute("UPDATE runs SET record = substr(record, 1, 30)")
     capsys.readouterr()
     assert main(coin_run(tmp_path)) == 2
-    err = capsys.readouterr().err.strip()
+    err = messages(capsys.readouterr().err)
     assert "the stored run of config 'rep', seed 0 is corrupt" in err and "delete that row" in err
     assert len(err.splitlines()) == 1
 
@@ -153,7 +161,7 @@ def test_a_full_disk_while_writing_the_report_is_named_and_the_runs_are_kept(tmp
     for i in range(6):
         (tmp_path / f"report-figure-{i}.png").symlink_to("/dev/full")
     assert main(coin_run(tmp_path)) == 2
-    err = capsys.readouterr().err.strip()
+    err = messages(capsys.readouterr().err)
     assert "cannot write the report file" in err and "report-figure-" in err and "No space left" in err
     assert len(err.splitlines()) == 1
     import sqlite3
@@ -178,7 +186,7 @@ def test_ctrl_c_exits_130_in_one_line_and_keeps_the_finished_runs(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 130
-    err = [line for line in result.stderr.splitlines() if "INFO" not in line and "WARNING" not in line]
+    err = [line for line in messages(result.stderr).splitlines() if "INFO" not in line and "WARNING" not in line]
     assert err == [f"pyro-grad: interrupted; finished runs are kept in {tmp_path / 'runs.sqlite'}"], result.stderr
     import sqlite3
 
@@ -233,7 +241,9 @@ def test_report_builds_only_the_models_named(tmp_path, capsys):
     assert main(["report", "--models", "coin", "--steps", "2", "--samples", "10", "--out", str(tmp_path)]) == 0
     index = (tmp_path / "index.html").read_text()
     assert 'href="coin.html"' in index and 'href="sbn.html"' not in index and "<th>recommended</th>" in index
-    assert capsys.readouterr().err.startswith("coin: SVI")  # the log line
+    err = capsys.readouterr().err
+    assert messages(err).startswith("coin: SVI")  # the model's log line
+    assert RUN_LOG.match(err)  # after a line per stored run
     assert main(["report", "--models", "nope", "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
+    err = messages(capsys.readouterr().err)
     assert "no built-in model named ['nope']" in err and len(err.splitlines()) == 1, err

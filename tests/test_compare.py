@@ -339,10 +339,14 @@ MAIN_JOB_MODELS = None if DEEP else ["two_bernoullis", "poisson_fit", "coin", "m
 def test_the_main_job_writes_an_index_linking_a_page_per_model_each_opening_with_a_recommendation(tmp_path):
     from pyro_grad.models import registry
 
+    # Two pages at a time, each in its own process; the index lists them in registry order.
+    lines = []
     index = build_reports(str(tmp_path), num_steps=4, num_samples=10, seeds=(0,), checkpoints=1,
-                          models=MAIN_JOB_MODELS)
+                          models=MAIN_JOB_MODELS, workers=2, log=lines.append)
     page = index.read_text()
     names = MAIN_JOB_MODELS or list(registry())
+    assert sorted(line.split(":")[0] for line in lines) == sorted(names)
+    assert [m for m in re.findall(r'<a href="(\w+)\.html">', page)] == [n for n in registry() if n in names]
     assert "<th>recommended</th>" in page
     for name in names:
         assert f'href="{name}.html"' in page

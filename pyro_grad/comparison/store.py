@@ -54,6 +54,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _lost(record: str) -> bool:
+    """Whether a stored run was lost with its worker (executor.lost_record): computed again.
+    A corrupt record is not: :meth:`RunStore.get` names it."""
+    try:
+        return bool(json.loads(record).get("lost"))
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
 class RunStore:
     """``out/runs.sqlite``; with ``out=None`` nothing is stored and nothing claimed."""
 
@@ -145,12 +154,13 @@ class RunStore:
 
     def claim(self, digest: str) -> str:
         """Claim a run for this process, in one transaction with the check that it is not
-        stored yet: ``"claimed"``, ``"stored"`` (another process finished it), or
+        stored yet (or stored only as lost with its worker): ``"claimed"``, ``"stored"`` (another process finished it), or
         ``"held"`` (a live process is computing it)."""
         if self.path is None:
             return "claimed"
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM runs WHERE digest = ?", (digest,)).fetchone() is not None:
+            row = db.execute("SELECT record FROM runs WHERE digest = ?", (digest,)).fetchone()
+            if row is not None and not _lost(row[0]):
                 return "stored"
             row = db.execute("SELECT host, pid, heartbeat FROM claims WHERE digest = ?", (digest,)).fetchone()
             if row is not None and (row[0], row[1]) != (self.host, self.pid) and self._live(*row):
@@ -166,14 +176,14 @@ class RunStore:
             return False
         return _alive(pid) if host == self.host else True
 
-    def heartbeat(self, digest: str) -> None:
-        """Keep this process's claim fresh during a long run."""
+    def heartbeat(self, *digests: str) -> None:
+        """Keep this process's claims fresh during long runs."""
         if self.path is None:
             return
         with self._transaction() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE claims SET heartbeat = ? WHERE digest = ? AND host = ? AND pid = ?",
-                (time.time(), digest, self.host, self.pid),
+                [(time.time(), digest, self.host, self.pid) for digest in digests],
             )
 
     def release(self, digest: str) -> None:

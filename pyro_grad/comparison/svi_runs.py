@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import dataclasses
 import math
 import numbers
 import sys
@@ -14,6 +15,9 @@ from pyro.poutine.util import prune_subsample_sites
 import torch
 
 from pyro_grad.comparison.autoguide import AutoGuide, subsampled_frames
+from pyro_grad.comparison.executor import (HEARTBEAT_SECONDS, POLL_SECONDS, check_executor, claim_or_reuse,
+                                            run_on_executor)
+from pyro_grad.comparison.progress import RunLog
 from pyro_grad.comparison.identity import RunIdentity
 from pyro_grad.comparison.results import Comparison
 from pyro_grad.comparison.store import RunStore
@@ -34,10 +38,6 @@ CHECKPOINT_DRAWS = 100
 #: SVI steps of each configuration run untimed before the first timed run, so that no
 #: run pays the process's one-time start-up time.
 WARMUP_STEPS = 2
-#: Seconds between a claimed run's heartbeats, and between looks at runs another process
-#: is computing.
-HEARTBEAT_SECONDS = 60.0
-POLL_SECONDS = 1.0
 
 
 def _fresh_optimizer(optim: Any) -> Any:
@@ -163,6 +163,46 @@ def _modules(obj: Any) -> List[torch.nn.Module]:
     return []
 
 
+@dataclasses.dataclass
+class Runs:
+    """Everything the runs of one :func:`compare` call share, and how to compute one of
+    them. Pickled whole (by cloudpickle) for an executor's workers, so that a worker
+    computes a run exactly as the calling process would: every run starts from a cleared
+    param store, the configs' networks as given, ``reset``, and its own seed."""
+
+    model: Callable
+    guide: Optional[Callable]
+    args: tuple
+    kwargs: dict
+    configs: Mapping[str, Any]
+    #: Per config label: (SVI steps, diagnose_every).
+    schedules: Dict[str, Tuple[int, Optional[int]]]
+    num_particles: int
+    optim: Any
+    reset: Optional[Callable[[], None]]
+    objective: Any
+    checkpoint_samples: int
+    modules: ModuleStates
+
+    def start_alike(self) -> None:
+        self.modules.restore()
+        if self.reset is not None:
+            self.reset()
+
+    def run(self, label: str, seed: int, on_step: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+        steps, every = self.schedules[label]
+        return run_one(self.model, self.guide, self.args, self.kwargs, self.configs[label], seed, steps,
+                       self.num_particles, self.optim, every, on_step, self.start_alike,
+                       objective=self.objective, checkpoint_samples=self.checkpoint_samples)
+
+    def warm_up(self, label: str, seed: int) -> None:
+        """A few untimed steps: a process's first steps pay one-time start-up time that no
+        run should."""
+        run_one(self.model, self.guide, self.args, self.kwargs, self.configs[label], seed,
+                min(WARMUP_STEPS, self.schedules[label][0]), self.num_particles, self.optim, None,
+                reset=self.start_alike, posterior=False, objective=self.objective)
+
+
 def _check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every) -> None:
     """Refuse settings that cannot give a comparison, before anything runs."""
     if not isinstance(configs, Mapping) or not configs:
@@ -203,6 +243,7 @@ def compare(
     objective: Any = ELBO,
     checkpoint_samples: int = CHECKPOINT_DRAWS,
     budget: str = "steps",
+    executor: Any = None,
     **kwargs: Any,
 ) -> Comparison:
     """Train ``model`` with ``guide`` (an :class:`AutoGuide` when None) by SVI under each
@@ -234,12 +275,20 @@ def compare(
     config take (particles × evaluations per particle, which the difference estimators
     multiply), so a costlier config trains for proportionally fewer steps (at least 1)
     and is diagnosed at the same fractions of its run.
+
+    ``executor`` (a ``concurrent.futures.Executor``: a ``ProcessPoolExecutor``, a Dask
+    cluster's ``distributed.Client(...).get_executor()``, Ray's) runs each (config, seed)
+    as one task, carried by cloudpickle; the results are bit for bit those of the serial
+    runs, and this process alone writes the store, as each result arrives. A run whose
+    worker dies is retried once, then recorded failed with the reason (and computed again
+    by the next call). See :mod:`pyro_grad.comparison.executor`.
     """
     _check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every)
     if isinstance(checkpoint_samples, bool) or not isinstance(checkpoint_samples, int) or checkpoint_samples < 2:
         raise EstimatorError(f"checkpoint_samples must be an integer >= 2, got {checkpoint_samples!r}")
     if budget not in ("steps", "evaluations"):
         raise EstimatorError(f"budget must be 'steps' or 'evaluations', got {budget!r}")
+    check_executor(executor)
     if not is_elbo(objective):
         raise EstimatorError(
             f"compare trains by SVI, which needs an ELBO: objective must be an ELBO class such as "
@@ -251,54 +300,74 @@ def compare(
     if reset is not None:
         reset()
     modules = ModuleStates(configs)
-
-    def start_alike() -> None:
-        modules.restore()
-        if reset is not None:
-            reset()
-
     identity = RunIdentity(
         model=model, guide=guide if guide is not None else "AutoGuide", args=args, kwargs=kwargs,
         num_steps=num_steps, num_particles=num_particles, diagnose_every=diagnose_every,
         optim=_fresh_optimizer(optim), reset=reset, objective=objective,
         draws=(POSTERIOR_DRAWS, checkpoint_samples),
     )
-    schedules = None
     if budget == "evaluations":
         schedules = equal_evaluations(model, guide, args, kwargs, configs, num_steps, num_particles, diagnose_every)
+    else:
+        schedules = {label: (num_steps, diagnose_every) for label in configs}
+    runs = Runs(model, guide, args, kwargs, configs, schedules, num_particles, optim, reset, objective,
+                checkpoint_samples, modules)
     store = RunStore(out)
-    digests = {(label, seed): identity.digest(configs[label], seed, None if schedules is None else schedules[label])
+    digests = {(label, seed): identity.digest(configs[label], seed, None if budget == "steps" else schedules[label])
                for label in configs for seed in seeds}
-
-    def steps_of(label: str) -> Tuple[int, Optional[int]]:
-        return (num_steps, diagnose_every) if schedules is None else schedules[label]
     records: Dict[Tuple[str, int], Dict[str, Any]] = {}
     origin: Dict[Tuple[str, int], str] = {}
     pending = []
     for (label, seed), digest in digests.items():
         stored = store.get(digest)
-        if stored is not None:
+        if stored is not None and not stored.get("lost"):
             records[(label, seed)] = stored
             origin[(label, seed)] = "reused"
-        else:
+        else:  # a run lost with its worker is computed again
             pending.append((label, seed))
-            origin[(label, seed)] = "recomputed" if store.holds_other_settings(label, seed, digest) else "new"
+            other = stored is not None or store.holds_other_settings(label, seed, digest)
+            origin[(label, seed)] = "recomputed" if other else "new"
+    try:
+        if executor is None:
+            _run_here(runs, pending, digests, store, records, origin)
+        else:
+            run_on_executor(executor, runs, pending, digests, store, records, origin)
+    finally:
+        modules.restore()
+    ordered = {key: records[key] for key in digests}
+    comparison = Comparison(ordered, {label: repr(config) for label, config in configs.items()}, origin=origin,
+                            objective="bound" if objective.objective == "iwae" else "ELBO",
+                            unbiased={label: claims_unbiased(config) for label, config in configs.items()})
+    for label in configs:
+        label_runs = [(seed, ordered[(label, seed)]) for seed in seeds]
+        if all(r["status"] != "finished" for _, r in label_runs):
+            seed, first = label_runs[0]
+            raise ConfigFailed(
+                f"config {label!r} failed in every run ({len(label_runs)} of {len(label_runs)}); "
+                f"seed {seed}: {first['reason']}",
+                comparison,
+            )
+    return comparison
 
-    def compute(label: str, seed: int, on_step: Callable[[], None]) -> Dict[str, Any]:
-        steps, every = steps_of(label)
-        return run_one(model, guide, args, kwargs, configs[label], seed, steps, num_particles, optim,
-                       every, on_step, start_alike, objective=objective,
-                       checkpoint_samples=checkpoint_samples)
 
-    if pending:
-        for label in dict.fromkeys(label for label, _ in pending):
-            # Untimed: the process's first steps pay one-time start-up time that no run should.
-            run_one(model, guide, args, kwargs, configs[label], pending[0][1], min(WARMUP_STEPS, num_steps),
-                    num_particles, optim, None, reset=start_alike, posterior=False, objective=objective)
+def _run_here(runs: "Runs", pending: list, digests, store, records, origin) -> None:
+    """Compute the pending runs in this process, one after another, with a progress bar
+    over their steps."""
+    if not pending:
+        return
+    for label in dict.fromkeys(label for label, _ in pending):
+        runs.warm_up(label, pending[0][1])
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=sum(steps_of(label)[0] for label, _ in pending), disable=not sys.stderr.isatty(),
-                    desc="compare")
+    progress = tqdm(total=sum(runs.schedules[label][0] for label, _ in pending),
+                    disable=not sys.stderr.isatty(), desc="compare")
+    log = RunLog(len(pending))
+
+    def compute(label: str, seed: int, on_step: Callable[[], None]) -> Dict[str, Any]:
+        record = runs.run(label, seed, on_step)
+        log.stored((label, seed), record)
+        return record
+
     try:
         waiting = _run_claimed(pending, digests, store, records, origin, compute, progress)
         while waiting:  # runs other processes hold: wait for them, or take over a dead one's
@@ -306,21 +375,6 @@ def compare(
             waiting = _run_claimed(waiting, digests, store, records, origin, compute, progress)
     finally:
         progress.close()
-        modules.restore()
-    ordered = {key: records[key] for key in digests}
-    comparison = Comparison(ordered, {label: repr(config) for label, config in configs.items()}, origin=origin,
-                            objective="bound" if objective.objective == "iwae" else "ELBO",
-                            unbiased={label: claims_unbiased(config) for label, config in configs.items()})
-    for label in configs:
-        runs = [(seed, ordered[(label, seed)]) for seed in seeds]
-        if all(r["status"] != "finished" for _, r in runs):
-            seed, first = runs[0]
-            raise ConfigFailed(
-                f"config {label!r} failed in every run ({len(runs)} of {len(runs)}); "
-                f"seed {seed}: {first['reason']}",
-                comparison,
-            )
-    return comparison
 
 
 def equal_evaluations(model, guide, args, kwargs, configs, num_steps, num_particles,
@@ -370,12 +424,10 @@ def _run_claimed(keys, digests, store, records, origin, compute, progress) -> li
         if key in records:
             continue
         digest = digests[key]
-        claim = store.claim(digest)
+        claim = claim_or_reuse(key, digests, store, records, origin)
         if claim == "held":
             held.append(key)
-            continue
-        if claim == "stored":  # finished by another process (or under another label) meanwhile
-            records[key], origin[key] = store.get(digest), "reused"
+        if claim != "claimed":
             continue
         beat = [time.monotonic()]
 

@@ -1,11 +1,13 @@
 """The main job: every built-in model compared under the estimators that apply to it,
 one HTML page per model, and ``index.html`` linking them."""
 
+import concurrent.futures as cf
 import html
+import multiprocessing
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pandas as pd
 import pyro
@@ -34,21 +36,15 @@ DEFAULT_BIAS_DRAWS = 500
 
 def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int = 2000, seeds=(0, 1),
                   checkpoints: int = 2, log: Optional[Callable[[str], None]] = None,
-                  models: Optional[Sequence[str]] = None) -> Path:
+                  models: Optional[Sequence[str]] = None, workers: Optional[int] = None) -> Path:
     """Write ``out/<model>.html`` for every built-in model and ``out/index.html``; each
     SVI run's gradient variance is measured at ``checkpoints`` evenly spaced steps.
     ``log`` receives one line per model as it finishes (the CLI writes them to stderr,
     so long work shows in logs and CI). ``models``: only these (by name), else every one.
+    ``workers``: build that many pages at a time, each in its own local process.
     SVI pages compare their configs at equal program evaluations (``budget="evaluations"``).
     Warnings the runs raise (Pyro's NaN-loss warnings from failing configs) are silenced
     while the job runs, and only then."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _build_reports(out, num_steps, num_samples, seeds, checkpoints, log, models)
-
-
-def _build_reports(out: str, num_steps: int, num_samples: int, seeds: Any, checkpoints: int,
-                   log: Optional[Callable[[str], None]], models: Optional[Sequence[str]] = None) -> Path:
     from pyro_grad.models import registry
 
     out_dir = Path(out)
@@ -57,42 +53,71 @@ def _build_reports(out: str, num_steps: int, num_samples: int, seeds: Any, check
     unknown = sorted(set(models or ()) - set(benchmarks))
     if unknown:
         raise EstimatorError(f"no built-in model named {unknown}; the models are {sorted(benchmarks)}")
-    rows = []
-    for name, bench in benchmarks.items():
-        if models is not None and name not in models:
-            continue
-        start = time.perf_counter()
-        pyro.clear_param_store()
-        bias = None
-        if bench.guide is None:
-            counts = {name: min(DRAWS.get(name, num_samples), num_samples)}
-            result = EstimatorComparison(diagnose_each(bench, num_samples, counts))
-            kind = "gradient estimators"
-        else:
-            configs = svi_configs(bench)
-            try:
-                steps = min(STEPS.get(name, num_steps), num_steps)
-                every = max(1, steps // min(CHECKPOINTS.get(name, checkpoints), checkpoints))
-                result = compare(
-                    bench.program, bench.guide, *bench.arguments(), configs=configs,
-                    num_steps=steps, seeds=seeds, diagnose_every=every,
-                    out=str(out_dir / "runs" / name), reset=bench.reset,
-                    checkpoint_samples=min(num_samples, CHECKPOINT_DRAWS), budget="evaluations",
-                )
-            except ConfigFailed as failure:
-                # The page shows the failed runs and their reasons beside the others.
-                result = failure.comparison
-            if bench.log_evidence is not None:
-                result.log_evidence = bench.log_evidence()
-            bias = biased_configs_bias(bench, configs, min(num_samples, BIAS_DRAWS.get(name, DEFAULT_BIAS_DRAWS)))
-            kind = "SVI"
-        title = f"{name}: {kind}"
-        page = report(result, out_dir / f"{name}.html", title=title, bias=bias)
-        seconds = time.perf_counter() - start
+    names = [name for name in benchmarks if models is None or name in models]
+    settings = dict(out=str(out_dir), num_steps=num_steps, num_samples=num_samples, seeds=seeds,
+                    checkpoints=checkpoints)
+    rows: Dict[str, Dict[str, Any]] = {}
+
+    def finished(row: Dict[str, Any]) -> None:
+        rows[row["model"]] = row
         if log is not None:
-            log(f"{name}: {kind}, {seconds:.1f} s, {page.name}")
-        rows.append({"model": name, "comparison": kind, "recommended": recommend(result, bias).best or "none",
-                     "seconds": seconds, "description": bench.description, "page": page.name})
+            log(f"{row['model']}: {row['comparison']}, {row['seconds']:.1f} s, {row['page']}")
+
+    if workers is None:
+        for name in names:
+            finished(build_page(name, **settings))
+    else:
+        # spawn, not fork: a forked child inherits torch's thread pool mid-use.
+        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for future in cf.as_completed([pool.submit(build_page, name, **settings) for name in names]):
+                finished(future.result())
+    return _write_index(out_dir, [rows[name] for name in names])
+
+
+def build_page(name: str, out: str, num_steps: int, num_samples: int, seeds: Any,
+               checkpoints: int) -> Dict[str, Any]:
+    """One built-in model's page, ``out/<name>.html``, and its row of the index."""
+    from pyro_grad.models import registry
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _build_page(registry()[name], name, Path(out), num_steps, num_samples, seeds, checkpoints)
+
+
+def _build_page(bench: Any, name: str, out_dir: Path, num_steps: int, num_samples: int, seeds: Any,
+                checkpoints: int) -> Dict[str, Any]:
+    start = time.perf_counter()
+    pyro.clear_param_store()
+    bias = None
+    if bench.guide is None:
+        counts = {name: min(DRAWS.get(name, num_samples), num_samples)}
+        result = EstimatorComparison(diagnose_each(bench, num_samples, counts))
+        kind = "gradient estimators"
+    else:
+        configs = svi_configs(bench)
+        try:
+            steps = min(STEPS.get(name, num_steps), num_steps)
+            every = max(1, steps // min(CHECKPOINTS.get(name, checkpoints), checkpoints))
+            result = compare(
+                bench.program, bench.guide, *bench.arguments(), configs=configs,
+                num_steps=steps, seeds=seeds, diagnose_every=every,
+                out=str(out_dir / "runs" / name), reset=bench.reset,
+                checkpoint_samples=min(num_samples, CHECKPOINT_DRAWS), budget="evaluations",
+            )
+        except ConfigFailed as failure:
+            # The page shows the failed runs and their reasons beside the others.
+            result = failure.comparison
+        if bench.log_evidence is not None:
+            result.log_evidence = bench.log_evidence()
+        bias = biased_configs_bias(bench, configs, min(num_samples, BIAS_DRAWS.get(name, DEFAULT_BIAS_DRAWS)))
+        kind = "SVI"
+    page = report(result, out_dir / f"{name}.html", title=f"{name}: {kind}", bias=bias)
+    return {"model": name, "comparison": kind, "recommended": recommend(result, bias).best or "none",
+            "seconds": time.perf_counter() - start, "description": bench.description, "page": page.name}
+
+
+def _write_index(out_dir: Path, rows: List[Dict[str, Any]]) -> Path:
+    """``index.html`` and ``index.md``: a row per page, linking it."""
     table = pd.DataFrame(rows)
     environment = templates()
     # The page escapes every cell itself, since the model's is a link.

@@ -1,0 +1,283 @@
+"""A comparison's runs as tasks on a ``concurrent.futures.Executor``: a local
+``ProcessPoolExecutor``, a Dask cluster's ``distributed.Client(...).get_executor()``, or
+Ray's.
+
+* **One task per (config, seed).** Every task carries the whole comparison (model, guide,
+  data, configs, optimizer: a :class:`~pyro_grad.comparison.svi_runs.Runs`), pickled once
+  by cloudpickle, so functions defined in a user's script travel by value; functions in
+  modules are imported by the worker. Whatever cannot travel is named before anything
+  is sent.
+* **Bit for bit the serial run.** A task seeds itself from its seed, starts from a
+  cleared param store, the configs' networks as given and ``reset``, warms up untimed,
+  and runs under the caller's torch thread count, default dtype and Pyro validation
+  (:class:`ProcessSettings`). It
+  carries nothing from earlier tasks.
+* **The caller alone writes the store**, each run as its result arrives, so
+  ``runs.sqlite`` keeps its guarantees: a killed caller keeps every finished run, and its
+  claims expire, so the next call resumes.
+* **A task whose worker dies is retried once**, then recorded as failed with the reason;
+  the next call computes it again. A process pool breaks as a whole when one of its
+  processes dies, and cannot say whose, so its retries run one at a time, each alone in
+  a fresh one-process pool: a run is recorded failed only when its own process died.
+"""
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import math
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import cloudpickle
+import pyro
+import pyro.poutine.util
+import torch
+
+from pyro_grad.comparison.progress import RunLog
+from pyro_grad.errors import EstimatorError, first_line
+
+#: Seconds between the caller's heartbeats for the runs its tasks are computing.
+HEARTBEAT_SECONDS = 60.0
+POLL_SECONDS = 1.0
+#: How Dask (``KilledWorker``) and Ray say a task's worker died, beyond
+#: ``concurrent.futures.BrokenExecutor``.
+WORKER_LOST = {"KilledWorker", "WorkerCrashedError", "NodeDiedError", "ActorDiedError"}
+
+# Pyro's param store and torch's generator are per process, so two runs in threads of
+# one worker process (a Dask worker with --nthreads 2, a ThreadPoolExecutor) would
+# overwrite each other's parameters: a process computes one run at a time.
+_ONE_RUN_PER_PROCESS = threading.Lock()
+
+Key = Tuple[str, int]
+
+
+def pack(runs: Any) -> bytes:
+    """The comparison as bytes for the workers, or one error naming what cannot travel."""
+    try:
+        return cloudpickle.dumps(runs)
+    except Exception as error:
+        raise EstimatorError(
+            f"cannot send the runs to the executor's workers: {_unpicklable_part(runs)} cannot be pickled "
+            f"({type(error).__name__}: {first_line(error)}); pass data rather than open files, locks or "
+            "connections, or run without an executor"
+        ) from None
+
+
+def _unpicklable_part(runs: Any) -> str:
+    parts = {"the model": runs.model, "the guide": runs.guide, "reset": runs.reset, "optim": runs.optim,
+             "the objective": runs.objective}
+    parts.update({f"argument {i}": value for i, value in enumerate(runs.args)})
+    parts.update({f"keyword argument {name!r}": value for name, value in runs.kwargs.items()})
+    parts.update({f"config {label!r}": config for label, config in runs.configs.items()})
+    for name, value in parts.items():
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return name
+    return "the comparison"
+
+
+def check_executor(executor: Any) -> None:
+    if executor is not None and not isinstance(executor, cf.Executor):
+        raise EstimatorError(
+            "executor must be None or a concurrent.futures.Executor, such as a ProcessPoolExecutor or a "
+            f"Dask cluster's distributed.Client(...).get_executor(), got {type(executor).__name__}"
+        )
+
+
+def run_task(payload: bytes, label: str, seed: int, settings: "ProcessSettings", attempt: int) -> Dict[str, Any]:
+    """A worker's task: the run of config ``label`` with ``seed``. ``attempt`` tells a
+    retry from the first try (Dask would otherwise hand back the first try's result for
+    the same arguments)."""
+    try:
+        runs = cloudpickle.loads(payload)
+    except Exception as error:
+        raise EstimatorError(
+            f"a worker cannot load the runs ({type(error).__name__}: {first_line(error)}): install the "
+            "modules the model, guide and configs import on every worker, or define them in the script "
+            "(cloudpickle carries a script's own functions by value)"
+        ) from None
+    with _ONE_RUN_PER_PROCESS, settings.applied():
+        runs.warm_up(label, seed)
+        return runs.run(label, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessSettings:
+    """The calling process's settings that a run's numbers depend on: torch's thread
+    count (floating-point sums are split by thread), default dtype, and Pyro's validation
+    (which refuses some runs)."""
+
+    threads: int
+    dtype: torch.dtype
+    validation: bool
+
+    @classmethod
+    def here(cls) -> "ProcessSettings":
+        return cls(torch.get_num_threads(), torch.get_default_dtype(), pyro.poutine.util.is_validation_enabled())
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        previous = ProcessSettings.here()
+        self._apply()
+        try:
+            yield
+        finally:
+            previous._apply()
+
+    def _apply(self) -> None:
+        torch.set_num_threads(self.threads)
+        torch.set_default_dtype(self.dtype)
+        pyro.enable_validation(self.validation)
+
+
+def is_worker_lost(error: BaseException) -> bool:
+    return isinstance(error, (cf.BrokenExecutor, cf.CancelledError)) or type(error).__name__ in WORKER_LOST
+
+
+def lost_record(reason: str) -> Dict[str, Any]:
+    """A run lost with its worker twice: failed, with no figures, and marked ``lost`` so
+    that the next call computes it again rather than reusing it."""
+    return {"status": "failed", "reason": reason, "step": 0, "elbo": [], "checkpoints": [],
+            "seconds": math.nan, "cpu seconds": math.nan, "evaluations": 0, "posterior": {}, "notes": [],
+            "lost": True}
+
+
+def claim_or_reuse(key: Key, digests: Dict[Key, str], store: Any, records: dict, origin: dict) -> str:
+    """Claim a run for this process: ``"claimed"``; ``"stored"`` when another process
+    finished it meanwhile (now in ``records``); ``"held"`` when a live process computes it."""
+    claim = store.claim(digests[key])
+    if claim == "stored":
+        records[key], origin[key] = store.get(digests[key]), "reused"
+    return claim
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {first_line(error)}"
+
+
+class _Tasks:
+    """The claimed runs on the executor; each result stored as it arrives."""
+
+    def __init__(self, executor: cf.Executor, payload: bytes, digests: Dict[Key, str], store: Any,
+                 records: dict, stored: Callable[[Key, Dict[str, Any]], None]):
+        self.executor, self.payload, self.digests, self.store = executor, payload, digests, store
+        self.records, self.stored = records, stored
+        self.settings = ProcessSettings.here()
+
+    def run(self, keys: List[Key]) -> None:
+        lost = self._round(self.executor, keys, attempt=1)
+        if not lost:
+            return
+        if isinstance(self.executor, cf.ProcessPoolExecutor):
+            again = {}
+            with self._alone() as pool_for:
+                for key in lost:
+                    again.update(self._round(pool_for(), [key], attempt=2))
+        else:
+            again = self._round(self.executor, list(lost), attempt=2)
+        for key, reason in again.items():
+            self._store(key, lost_record(f"its worker died twice ({lost[key]}; then {reason})"))
+
+    @contextlib.contextmanager
+    def _alone(self) -> Iterator[Callable[[], cf.ProcessPoolExecutor]]:
+        """A one-process pool like the executor's, replaced when it breaks."""
+        context = getattr(self.executor, "_mp_context", None)
+        pools: List[cf.ProcessPoolExecutor] = []
+
+        def pool_for() -> cf.ProcessPoolExecutor:
+            if not pools or getattr(pools[-1], "_broken", False):
+                pools.append(cf.ProcessPoolExecutor(max_workers=1, mp_context=context))
+            return pools[-1]
+
+        try:
+            yield pool_for
+        finally:
+            for pool in pools:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _round(self, pool: cf.Executor, keys: List[Key], attempt: int) -> Dict[Key, str]:
+        """Run ``keys`` on ``pool``; returns the keys lost with their worker, and why."""
+        futures: Dict[cf.Future, Key] = {}
+        lost: Dict[Key, str] = {}
+        for key in keys:
+            try:
+                futures[pool.submit(run_task, self.payload, *key, self.settings, attempt)] = key
+            except cf.BrokenExecutor as error:
+                lost[key] = _describe(error)
+            except RuntimeError as error:  # shut down
+                raise EstimatorError(f"the executor takes no more tasks ({first_line(error)}); "
+                                     "pass one that is running") from None
+        failure: Optional[BaseException] = None
+        beat = time.monotonic()
+        try:
+            while futures and failure is None:
+                done, _ = cf.wait(futures, timeout=HEARTBEAT_SECONDS, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    key = futures.pop(future)
+                    try:
+                        record = future.result()
+                    except BaseException as error:
+                        if is_worker_lost(error):
+                            lost[key] = _describe(error)
+                        elif failure is None:
+                            failure = error  # a mistake in the configuration: every run would make it
+                        continue
+                    self._store(key, record)
+                if time.monotonic() - beat > HEARTBEAT_SECONDS:
+                    self.store.heartbeat(*(self.digests[key] for key in futures.values()))
+                    beat = time.monotonic()
+        finally:
+            for future in futures:
+                future.cancel()
+        if failure is not None:
+            raise failure
+        return lost
+
+    def _store(self, key: Key, record: Dict[str, Any]) -> None:
+        self.store.put(self.digests[key], *key, record)
+        self.records[key] = record
+        self.stored(key, record)
+
+
+def run_on_executor(executor: Any, runs: Any, pending: List[Key], digests: Dict[Key, str], store: Any,
+                    records: dict, origin: dict) -> None:
+    """Compute the ``pending`` runs as tasks on ``executor``, storing each as it arrives,
+    with a progress bar over tasks; runs another process holds are waited for."""
+    if not pending:
+        return
+    from tqdm.auto import tqdm
+
+    payload = pack(runs)
+    progress = tqdm(total=len(pending), disable=not sys.stderr.isatty(), desc="compare", unit="run")
+    log = RunLog(len(pending))
+
+    def stored(key: Key, record: Dict[str, Any]) -> None:
+        progress.update(1)
+        log.stored(key, record)
+
+    tasks = _Tasks(executor, payload, digests, store, records, stored)
+    claimed: List[Key] = []
+    try:
+        waiting = pending
+        while True:
+            held = []
+            for key in waiting:
+                claim = claim_or_reuse(key, digests, store, records, origin)
+                if claim == "claimed":
+                    claimed.append(key)
+                elif claim == "held":
+                    held.append(key)
+            tasks.run([key for key in claimed if key not in records])
+            if not held:
+                break
+            time.sleep(POLL_SECONDS)  # runs other processes hold: wait, or take over a dead one's
+            waiting = held
+    finally:
+        progress.close()
+        for key in claimed:
+            if key not in records:
+                with contextlib.suppress(EstimatorError):  # the store may be what failed
+                    store.release(digests[key])

@@ -1,0 +1,23 @@
+"""``RunLog``: one log line per run a comparison stores, for logs and CI where no progress
+bar shows (``logging.getLogger("pyro_grad.comparison")``, level INFO)."""
+
+import logging
+from typing import Any, Dict, Tuple
+
+logger = logging.getLogger("pyro_grad.comparison")
+
+
+class RunLog:
+    """Counts the runs stored out of ``total`` and logs each one."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+
+    def stored(self, key: Tuple[str, int], record: Dict[str, Any]) -> None:
+        self.done += 1
+        label, seed = key
+        if record["status"] == "finished":
+            outcome = f"finished in {record['seconds']:.1f} s"
+        else:
+            outcome = f"failed: {record['reason']}"
+        logger.info("run %d of %d: config %r, seed %d, %s", self.done, self.total, label, seed, outcome)

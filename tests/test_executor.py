@@ -1,0 +1,211 @@
+"""compare on an executor: a real Dask cluster (``distributed.LocalCluster``, two worker
+processes) and a process pool. Each run is one task; results are bit for bit the serial
+runs'; only the caller writes the store; a run whose worker dies is retried once, then
+recorded failed; whatever cannot travel is named."""
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import dask
+import pytest
+import torch
+
+import pyro_grad as pg
+from pyro_grad.cli import main
+from pyro_grad.models import coin
+
+distributed = pytest.importorskip("distributed")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {"reparam": pg.Reparam(), "loo": {"f": pg.Score("loo")}}
+SETTINGS = dict(num_steps=20, diagnose_every=10, checkpoint_samples=10)
+#: A guide run with this seed kills the worker process running it, every time.
+KILLING_SEED = 13
+#: A guide run with this seed kills its worker once: while the file named by the
+#: environment variable PYRO_GRAD_TEST_DIED is absent (the dying process creates it).
+KILLING_ONCE_SEED = 14
+
+
+def guide_that_kills_its_worker(data):
+    """coin's guide, except in a worker process (a child of another Python process, never
+    the test's own) running one of the killing seeds."""
+    if multiprocessing.parent_process() is not None:
+        seed = torch.initial_seed()  # pyro.set_rng_seed(seed) at the start of every run
+        marker = os.environ.get("PYRO_GRAD_TEST_DIED", "")
+        if seed == KILLING_SEED or (seed == KILLING_ONCE_SEED and marker and not os.path.exists(marker)):
+            if seed == KILLING_ONCE_SEED:
+                open(marker, "w").close()
+            os._exit(1)
+    coin.guide(data)
+
+
+def serial(configs=CONFIGS, seeds=(0, 1), guide=coin.guide, **settings):
+    return pg.compare(coin.model, guide, coin.DATA, configs=configs, seeds=seeds, **{**SETTINGS, **settings})
+
+
+def same_numbers(first: dict, second: dict) -> None:
+    """Everything each run computes, bit for bit; only its timings may differ."""
+    assert first.keys() == second.keys()
+    for key in first:
+        a, b = first[key], second[key]
+        for field in ("status", "reason", "step", "elbo", "checkpoints", "evaluations", "posterior", "notes"):
+            assert a[field] == b[field], (key, field)
+
+
+def stored_runs(out) -> int:
+    with sqlite3.connect(out / "runs.sqlite") as db:
+        return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+
+def claims(out) -> int:
+    with sqlite3.connect(out / "runs.sqlite") as db:
+        return db.execute("SELECT COUNT(*) FROM claims").fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Two worker processes of one thread each. Dask retries a task whose worker died
+    (allowed-failures, 3 by default) before it reports KilledWorker; 0 here, so that each
+    death reaches compare. Each worker holds one task at a time (worker-saturation 1), so
+    that a death is charged to the task it ran, not to one queued behind it."""
+    marker = tmp_path_factory.mktemp("died") / "died"
+    os.environ["PYRO_GRAD_TEST_DIED"] = str(marker)  # before the workers start: they inherit it
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}):
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as local:
+            with distributed.Client(local) as client:
+                yield client, marker
+    del os.environ["PYRO_GRAD_TEST_DIED"]
+
+
+def test_runs_on_a_dask_cluster_are_bit_for_bit_the_serial_runs_and_only_the_caller_stores_them(
+        cluster, tmp_path, caplog):
+    client, _ = cluster
+    expected = serial()
+    with caplog.at_level(logging.INFO, logger="pyro_grad.comparison"):
+        result = serial(executor=client.get_executor(), out=str(tmp_path))
+    same_numbers(result.runs, expected.runs)
+    assert set(result.origin.values()) == {"new"} and stored_runs(tmp_path) == 4 and claims(tmp_path) == 0
+    # One log line per run as it is stored, for logs where no progress bar shows.
+    lines = [r.getMessage() for r in caplog.records if r.name == "pyro_grad.comparison"]
+    assert len(lines) == 4 and lines[-1].startswith("run 4 of 4: config ")
+    # A second call reuses every stored run and sends no task.
+    again = serial(executor=client.get_executor(), out=str(tmp_path))
+    assert set(again.origin.values()) == {"reused"}
+    same_numbers(again.runs, expected.runs)
+
+
+def test_a_dask_worker_that_dies_loses_only_its_run_which_is_retried_once(cluster, tmp_path):
+    client, marker = cluster
+    seeds = (0, KILLING_SEED, KILLING_ONCE_SEED)
+    configs = {"reparam": pg.Reparam()}
+    result = serial(configs, seeds, guide=guide_that_kills_its_worker, executor=client.get_executor(),
+                    out=str(tmp_path))
+    assert marker.exists()  # seed 14's worker died once, and its retry finished
+    runs = result.runs
+    assert runs[("reparam", 0)]["status"] == runs[("reparam", KILLING_ONCE_SEED)]["status"] == "finished"
+    # Bit for bit the serial runs (where no worker dies).
+    same_numbers({("reparam", 0): runs[("reparam", 0)]}, serial(configs, (0,)).runs)
+    killed = runs[("reparam", KILLING_SEED)]
+    assert killed["status"] == "failed" and killed["reason"].startswith("its worker died twice (KilledWorker")
+    assert stored_runs(tmp_path) == 3 and claims(tmp_path) == 0
+    # A run lost with its worker is computed again by the next call, never reused.
+    again = serial(configs, (0, KILLING_SEED), guide=guide_that_kills_its_worker, executor=client.get_executor(),
+                   out=str(tmp_path))
+    assert again.origin == {("reparam", 0): "reused", ("reparam", KILLING_SEED): "recomputed"}
+
+
+def test_a_process_pool_gives_the_serial_runs_and_a_dying_process_fails_only_its_own_run(tmp_path):
+    configs, seeds = {"reparam": pg.Reparam()}, (0, KILLING_SEED)
+    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        result = serial(configs, seeds, guide=guide_that_kills_its_worker, executor=pool, out=str(tmp_path))
+    # The pool broke as a whole when a process died: each run it lost was retried alone,
+    # and only the killing seed's run failed, after its second death.
+    killed = result.runs[("reparam", KILLING_SEED)]
+    assert killed["status"] == "failed" and killed["reason"].startswith("its worker died twice (BrokenProcessPool")
+    same_numbers({("reparam", 0): result.runs[("reparam", 0)]}, serial(configs, (0,)).runs)
+    assert stored_runs(tmp_path) == 2 and claims(tmp_path) == 0
+
+
+def test_a_killed_caller_keeps_every_finished_run_and_a_rerun_resumes(tmp_path):
+    # The caller runs `pyro-grad compare --workers 2` (4 runs, 2 at a time) and is killed
+    # (SIGKILL: no cleanup) once its first run is stored.
+    command = [sys.executable, "-m", "pyro_grad.cli", "compare", "coin", "--config", "loo=f=score:loo",
+               "--config", "half=f=score:0.5", "--seeds", "2", "--steps", "150", "--workers", "2",
+               "--out", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if (tmp_path / "runs.sqlite").exists() and stored_runs(tmp_path) >= 1:
+            break
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    kept = stored_runs(tmp_path)
+    assert 1 <= kept < 4, "the caller finished before it was killed; give it more steps"
+    assert claims(tmp_path) >= 1  # the dead caller's, expired: its pid is gone
+    # The same comparison (the CLI's settings) in this process: the kept runs are reused
+    # (stored under the serial runs' digests), the others computed, and nothing is left claimed.
+    rerun = pg.compare(coin.model, coin.guide, coin.DATA, configs={"loo": {"f": pg.Score("loo")},
+                                                                   "half": {"f": pg.Score(0.5)}},
+                       seeds=(0, 1), num_steps=150, num_particles=4, diagnose_every=75, out=str(tmp_path))
+    assert sorted(rerun.origin.values()).count("reused") == kept
+    assert all(run["status"] == "finished" for run in rerun.runs.values())
+    assert stored_runs(tmp_path) == 4 and claims(tmp_path) == 0
+
+
+def test_what_cannot_travel_is_named_before_anything_is_sent(cluster, tmp_path):
+    client, _ = cluster
+    lock = threading.Lock()
+
+    def model_holding_a_lock(data):
+        with lock:
+            coin.model(data)
+
+    with pytest.raises(pg.EstimatorError, match=r"the model cannot be pickled \(TypeError: cannot pickle "
+                                                r"'_thread.lock' object\)"):
+        pg.compare(model_holding_a_lock, coin.guide, coin.DATA, configs=CONFIGS, seeds=(0,),
+                   executor=client.get_executor(), out=str(tmp_path), **SETTINGS)
+    assert stored_runs(tmp_path) == 0 and claims(tmp_path) == 0
+
+
+def test_a_module_only_this_process_can_import_is_named_by_the_worker(cluster, tmp_path, monkeypatch):
+    client, _ = cluster
+    (tmp_path / "only_here.py").write_text(textwrap.dedent("""
+        from pyro_grad.models import coin
+
+        def guide(data):
+            coin.guide(data)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))  # after the workers started: they cannot import it
+    import only_here
+
+    with pytest.raises(pg.EstimatorError, match="a worker cannot load the runs .*No module named 'only_here'"):
+        pg.compare(coin.model, only_here.guide, coin.DATA, configs=CONFIGS, seeds=(0,),
+                   executor=client.get_executor(), out=str(tmp_path / "out"), **SETTINGS)
+    assert claims(tmp_path / "out") == 0
+
+
+@pytest.mark.parametrize("executor", ["dask", 2, cf.ProcessPoolExecutor])
+def test_an_executor_that_is_not_one_is_refused(executor):
+    with pytest.raises(pg.EstimatorError, match="executor must be None or a concurrent.futures.Executor"):
+        serial(executor=executor)
+
+
+def test_the_cli_runs_on_local_processes_and_on_a_dask_scheduler(cluster, tmp_path, capsys):
+    client, _ = cluster
+    common = ["compare", "coin", "--config", "rep=reparam", "--steps", "10", "--seeds", "2"]
+    assert main(common + ["--workers", "2", "--out", str(tmp_path / "local")]) == 0
+    assert main(common + ["--scheduler", client.scheduler.address, "--out", str(tmp_path / "dask")]) == 0
+    assert stored_runs(tmp_path / "local") == stored_runs(tmp_path / "dask") == 2
+    assert main(common + ["--workers", "2", "--scheduler", client.scheduler.address]) == 2
+    assert "--workers and --scheduler" in capsys.readouterr().err
