@@ -6,7 +6,7 @@ import contextlib
 import importlib
 import inspect
 import logging
-import multiprocessing
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
 import pandas as pd
 import torch
 
+from pyro_grad.comparison.executor import local_pool
 from pyro_grad.diagnostics import diagnose
 from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.paths import parse_estimator
@@ -209,27 +210,40 @@ def parse_configs(items: List[str]) -> Dict[str, Any]:
 @contextlib.contextmanager
 def executor_for(workers: Optional[int], scheduler: Optional[str]) -> Iterator[Optional[cf.Executor]]:
     """``--workers N``: N local processes; ``--scheduler ADDRESS``: a running Dask
-    scheduler's workers; neither: None (this process computes every run)."""
+    scheduler's workers; neither: None (this process computes every run).
+
+    Every run, here or on a worker, uses this process's torch thread count, since its
+    bits depend on it. With workers it is set, while they run, to one worker's share of
+    the cores (local processes), or to 1, the thread Dask gives each task
+    (OMP_NUM_THREADS=1), so that the workers do not compete for cores."""
     if workers is not None and scheduler is not None:
         raise UsageError("give --workers and --scheduler one at a time: local processes, or a Dask scheduler's workers")
-    if workers is not None:
-        # spawn, not fork: a forked child inherits torch's thread pool mid-use.
-        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            yield pool
-        return
-    if scheduler is None:
+    if workers is None and scheduler is None:
         yield None
         return
+    previous = torch.get_num_threads()
+    try:
+        if workers is not None:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+            with local_pool(workers) as pool:
+                yield pool
+        else:
+            torch.set_num_threads(1)
+            with dask_client(scheduler) as client:
+                yield client.get_executor()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def dask_client(scheduler: str) -> Any:
     try:
         import distributed
     except ImportError:
         raise UsageError("--scheduler needs Dask's distributed: pip install 'pyro-grad[dask]'") from None
     try:
-        client = distributed.Client(scheduler, timeout=30)
+        return distributed.Client(scheduler, timeout=30)
     except OSError as error:
         raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {first_line(error)}") from None
-    with client:
-        yield client.get_executor()
 
 
 def run_compare(ns: argparse.Namespace) -> int:

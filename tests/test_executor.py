@@ -16,6 +16,7 @@ import threading
 import time
 
 import dask
+import psutil
 import pytest
 import torch
 
@@ -104,6 +105,30 @@ def test_runs_on_a_dask_cluster_are_bit_for_bit_the_serial_runs_and_only_the_cal
     same_numbers(again.runs, expected.runs)
 
 
+def test_a_network_the_model_reads_travels_with_the_reset_that_reinitializes_it(cluster):
+    # sbn's model and guide read the module's network NET, and its reset is NET.reset.
+    # sbn's module travels by value, so each task's reset re-initializes the network its
+    # model trains: 4 runs on 2 workers (2 each) equal the serial runs bit for bit.
+    from pyro_grad.models import registry
+
+    client, _ = cluster
+    bench = registry()["sbn"]
+    settings = dict(configs={"loo": {"h": pg.Score("loo")}}, num_steps=5, seeds=(0, 1, 2, 3), reset=bench.reset)
+    expected = pg.compare(bench.program, bench.guide, *bench.arguments(), **settings)
+    result = pg.compare(bench.program, bench.guide, *bench.arguments(), executor=client.get_executor(), **settings)
+    same_numbers(result.runs, expected.runs)
+
+
+def test_a_task_runs_under_the_callers_thread_count_dtype_and_validation():
+    from pyro_grad.comparison.executor import ProcessSettings
+
+    here = ProcessSettings.here()
+    other = ProcessSettings(here.threads + 1, torch.float64, not here.validation)
+    with other.applied():
+        assert ProcessSettings.here() == other and torch.zeros(1).dtype == torch.float64
+    assert ProcessSettings.here() == here
+
+
 def test_a_dask_worker_that_dies_loses_only_its_run_which_is_retried_once(cluster, tmp_path):
     client, marker = cluster
     seeds = (0, KILLING_SEED, KILLING_ONCE_SEED)
@@ -148,11 +173,15 @@ def test_a_killed_caller_keeps_every_finished_run_and_a_rerun_resumes(tmp_path):
         if (tmp_path / "runs.sqlite").exists() and stored_runs(tmp_path) >= 1:
             break
         time.sleep(0.02)
+    workers = psutil.Process(process.pid).children(recursive=True)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     kept = stored_runs(tmp_path)
     assert 1 <= kept < 4, "the caller finished before it was killed; give it more steps"
     assert claims(tmp_path) >= 1  # the dead caller's, expired: its pid is gone
+    # Its worker processes end with it (a process pool's would otherwise wait forever).
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert len(workers) >= 2 and not alive
     # The same comparison (the CLI's settings) in this process: the kept runs are reused
     # (stored under the serial runs' digests), the others computed, and nothing is left claimed.
     rerun = pg.compare(coin.model, coin.guide, coin.DATA, configs={"loo": {"f": pg.Score("loo")},

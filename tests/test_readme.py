@@ -51,3 +51,12 @@ def test_the_tuning_example_picks_the_coupled_difference_it_prints():
         exec(compile(block, str(README), "exec"), namespace)
     assert output.getvalue().splitlines()[0] == "{'z': MeasureValued()}"
     assert namespace["rate"].grad is not None
+
+
+def test_the_cluster_example_runs_on_two_processes_bit_for_bit(tmp_path, monkeypatch):
+    # "Running on a cluster": the block asserts its own runs equal the serial runs.
+    (block,) = [b for b in python_blocks() if "ProcessPoolExecutor(2, mp_context=spawn)" in b]
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    assert (tmp_path / "runs" / "runs.sqlite").exists() and len(namespace["result"].runs) == 4

@@ -4,9 +4,9 @@ Ray's.
 
 * **One task per (config, seed).** Every task carries the whole comparison (model, guide,
   data, configs, optimizer: a :class:`~pyro_grad.comparison.svi_runs.Runs`), pickled once
-  by cloudpickle, so functions defined in a user's script travel by value; functions in
-  modules are imported by the worker. Whatever cannot travel is named before anything
-  is sent.
+  by cloudpickle. The script's functions and the modules defining the model and the
+  guide travel by value (:func:`program_modules`); other modules are imported by the
+  worker. Whatever cannot travel is named before anything is sent.
 * **Bit for bit the serial run.** A task seeds itself from its seed, starts from a
   cleared param store, the configs' networks as given and ``reset``, warms up untimed,
   and runs under the caller's torch thread count, default dtype and Pyro validation
@@ -24,10 +24,14 @@ Ray's.
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import io
 import math
+import multiprocessing
+import os
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import cloudpickle
@@ -53,10 +57,69 @@ _ONE_RUN_PER_PROCESS = threading.Lock()
 Key = Tuple[str, int]
 
 
+class _Gone:
+    """The referent of a weak reference that travelled: gone on arrival."""
+
+
+def _dead_reference() -> weakref.ReferenceType:
+    return weakref.ref(_Gone())  # the only reference to _Gone() is dropped here
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, with weak references sent dead. Pyro hangs one on every parameter it
+    has seen (``param.unconstrained``, into the param store), which plain pickle refuses;
+    a weak reference promises nothing about its referent, and every run starts from a
+    cleared param store that sets it again."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, weakref.ReferenceType):
+            return _dead_reference, ()
+        return super().reducer_override(obj)
+
+
+def _dumps(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer).dump(obj)
+    return buffer.getvalue()
+
+
+def program_modules(*programs: Any) -> List[str]:
+    """The modules that define the model and the guide (a function's, or a bound method's
+    class's), which travel by value. Pickled by reference, a function would run on the
+    worker's own import of its module, beside by-value copies of that module's objects
+    reached another way (``reset=NET.reset`` next to a model that reads ``NET``): two
+    networks, one reset and the other trained. pyro_grad's own modules, except its
+    models, and ``__main__`` (by value already) are left out."""
+    modules = []
+    for program in programs:
+        for obj in (program, getattr(program, "__self__", None)):
+            name = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
+            if obj is None or name is None or name == "__main__" or name not in sys.modules:
+                continue
+            if name.split(".")[0] in ("builtins", "pyro", "torch") or (
+                    name.startswith("pyro_grad.") and not name.startswith("pyro_grad.models")):
+                continue
+            modules.append(name)
+    return list(dict.fromkeys(modules))
+
+
+@contextlib.contextmanager
+def _by_value(modules: List[str]) -> Iterator[None]:
+    added = [m for m in modules if m not in cloudpickle.list_registry_pickle_by_value()]
+    for name in added:
+        cloudpickle.register_pickle_by_value(sys.modules[name])
+    try:
+        yield
+    finally:
+        for name in added:
+            cloudpickle.unregister_pickle_by_value(sys.modules[name])
+
+
 def pack(runs: Any) -> bytes:
     """The comparison as bytes for the workers, or one error naming what cannot travel."""
     try:
-        return cloudpickle.dumps(runs)
+        with _by_value(program_modules(runs.model, runs.guide)):
+            return _dumps(runs)
     except Exception as error:
         raise EstimatorError(
             f"cannot send the runs to the executor's workers: {_unpicklable_part(runs)} cannot be pickled "
@@ -73,7 +136,7 @@ def _unpicklable_part(runs: Any) -> str:
     parts.update({f"config {label!r}": config for label, config in runs.configs.items()})
     for name, value in parts.items():
         try:
-            cloudpickle.dumps(value)
+            _dumps(value)
         except Exception:
             return name
     return "the comparison"
@@ -85,6 +148,27 @@ def check_executor(executor: Any) -> None:
             "executor must be None or a concurrent.futures.Executor, such as a ProcessPoolExecutor or a "
             f"Dask cluster's distributed.Client(...).get_executor(), got {type(executor).__name__}"
         )
+
+
+def local_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """``workers`` local processes, as ``pyro-grad compare --workers`` and the main job
+    use: spawned (a forked child inherits torch's thread pool mid-use), each with
+    cores ÷ workers torch threads (more would compete for the cores), and each ending
+    when this process dies (a pool's processes otherwise outlive a killed parent)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_start_worker, initargs=(os.getpid(), threads))
+
+
+def _start_worker(parent: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True, name="exit-with-parent").start()
 
 
 def run_task(payload: bytes, label: str, seed: int, settings: "ProcessSettings", attempt: int) -> Dict[str, Any]:

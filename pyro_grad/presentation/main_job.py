@@ -3,7 +3,6 @@ one HTML page per model, and ``index.html`` linking them."""
 
 import concurrent.futures as cf
 import html
-import multiprocessing
 import time
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ import pandas as pd
 import pyro
 
 from pyro_grad.comparison import compare
+from pyro_grad.comparison.executor import local_pool
 from pyro_grad.comparison.svi_runs import CHECKPOINT_DRAWS, ConfigFailed, claims_unbiased
 from pyro_grad.diagnostics import EstimatorComparison, diagnose
 from pyro_grad.errors import EstimatorError, first_line
@@ -67,8 +67,7 @@ def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int =
         for name in names:
             finished(build_page(name, **settings))
     else:
-        # spawn, not fork: a forked child inherits torch's thread pool mid-use.
-        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with local_pool(workers) as pool:
             for future in cf.as_completed([pool.submit(build_page, name, **settings) for name in names]):
                 finished(future.result())
     return _write_index(out_dir, [rows[name] for name in names])
