@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--steps", type=positive_int, default=200, help="SVI steps per run")
     report.add_argument("--samples", type=positive_int, default=2000, help="gradient draws per estimator")
     report.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                        help="build N pages at a time, each in a local process (default: one after another)")
+                        help="build N pages at a time, each in a local process (None: one after another)")
     report.add_argument("--models", default=None, metavar="NAME,...",
                         help="only these built-in models (default: every one)")
     table = sub.add_parser("table", help="the seed programs' gradients under each applicable estimator",
@@ -317,10 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--particles", type=positive_int, default=4, help="particles per step")
     cmp.add_argument("--out", default="compare-out", help="directory for runs.sqlite and report.html")
     cmp.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                     help="run the runs on N local processes (default: in this process)")
+                     help="compute the runs on N local processes (None: in this process)")
     cmp.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                     help="run the runs on a Dask scheduler's workers, e.g. tcp://HOST:8786 (pip install "
-                          "'pyro-grad[dask]')")
+                     help="compute the runs on a running Dask scheduler's workers, e.g. tcp://HOST:8786 "
+                          "(pip install 'pyro-grad[dask]')")
     sub.add_parser("models", help="list the built-in benchmark programs", formatter_class=formatter)
     diag = sub.add_parser("diagnose", help="per-parameter and per-site gradient statistics of a program",
                           epilog=estimators_help, formatter_class=formatter)

@@ -238,12 +238,13 @@ def test_compare_prints_the_summary_and_writes_the_page(tmp_path, capsys):
 
 def test_report_builds_only_the_models_named(tmp_path, capsys):
     # `pyro-grad report --models coin`: one page, linked from the index with its recommendation.
-    assert main(["report", "--models", "coin", "--steps", "2", "--samples", "10", "--out", str(tmp_path)]) == 0
+    # --workers 1: the page is built in a process of its own.
+    assert main(["report", "--models", "coin", "--steps", "2", "--samples", "10", "--workers", "1",
+                 "--out", str(tmp_path)]) == 0
     index = (tmp_path / "index.html").read_text()
     assert 'href="coin.html"' in index and 'href="sbn.html"' not in index and "<th>recommended</th>" in index
-    err = capsys.readouterr().err
-    assert messages(err).startswith("coin: SVI")  # the model's log line
-    assert RUN_LOG.match(err)  # after a line per stored run
+    # The model's log line; its runs' lines stay in the process that built the page.
+    assert capsys.readouterr().err.startswith("coin: SVI")
     assert main(["report", "--models", "nope", "--out", str(tmp_path)]) == 2
     err = messages(capsys.readouterr().err)
     assert "no built-in model named ['nope']" in err and len(err.splitlines()) == 1, err

@@ -26,6 +26,10 @@ from pyro_grad.models import coin
 
 distributed = pytest.importorskip("distributed")
 
+# Every test here runs on one pytest-xdist worker (pyproject's --dist loadgroup), so
+# that one Dask cluster serves them all instead of one per xdist worker.
+pytestmark = pytest.mark.xdist_group("executor")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"reparam": pg.Reparam(), "loo": {"f": pg.Score("loo")}}
 SETTINGS = dict(num_steps=20, diagnose_every=10, checkpoint_samples=10)
@@ -90,22 +94,6 @@ def cluster(tmp_path_factory):
 
 def test_runs_on_a_dask_cluster_are_bit_for_bit_the_serial_runs_and_only_the_caller_stores_them(
         cluster, tmp_path, caplog):
-    client, _ = cluster
-    expected = serial()
-    with caplog.at_level(logging.INFO, logger="pyro_grad.comparison"):
-        result = serial(executor=client.get_executor(), out=str(tmp_path))
-    same_numbers(result.runs, expected.runs)
-    assert set(result.origin.values()) == {"new"} and stored_runs(tmp_path) == 4 and claims(tmp_path) == 0
-    # One log line per run as it is stored, for logs where no progress bar shows.
-    lines = [r.getMessage() for r in caplog.records if r.name == "pyro_grad.comparison"]
-    assert len(lines) == 4 and lines[-1].startswith("run 4 of 4: config ")
-    # A second call reuses every stored run and sends no task.
-    again = serial(executor=client.get_executor(), out=str(tmp_path))
-    assert set(again.origin.values()) == {"reused"}
-    same_numbers(again.runs, expected.runs)
-
-
-def test_a_network_the_model_reads_travels_with_the_reset_that_reinitializes_it(cluster):
     # sbn's model and guide read the module's network NET, and its reset is NET.reset.
     # sbn's module travels by value, so each task's reset re-initializes the network its
     # model trains: 4 runs on 2 workers (2 each) equal the serial runs bit for bit.
@@ -113,10 +101,22 @@ def test_a_network_the_model_reads_travels_with_the_reset_that_reinitializes_it(
 
     client, _ = cluster
     bench = registry()["sbn"]
-    settings = dict(configs={"loo": {"h": pg.Score("loo")}}, num_steps=5, seeds=(0, 1, 2, 3), reset=bench.reset)
+    settings = dict(configs={"loo": {"h": pg.Score("loo")}}, num_steps=5, seeds=(0, 1, 2, 3), reset=bench.reset,
+                    diagnose_every=5, checkpoint_samples=10)
     expected = pg.compare(bench.program, bench.guide, *bench.arguments(), **settings)
-    result = pg.compare(bench.program, bench.guide, *bench.arguments(), executor=client.get_executor(), **settings)
+    with caplog.at_level(logging.INFO, logger="pyro_grad.comparison"):
+        result = pg.compare(bench.program, bench.guide, *bench.arguments(), executor=client.get_executor(),
+                            out=str(tmp_path), **settings)
     same_numbers(result.runs, expected.runs)
+    assert set(result.origin.values()) == {"new"} and stored_runs(tmp_path) == 4 and claims(tmp_path) == 0
+    # One log line per run as it is stored, for logs where no progress bar shows.
+    lines = [r.getMessage() for r in caplog.records if r.name == "pyro_grad.comparison"]
+    assert len(lines) == 4 and lines[-1].startswith("run 4 of 4: config 'loo', seed ")
+    # A second call reuses every stored run and sends no task.
+    again = pg.compare(bench.program, bench.guide, *bench.arguments(), executor=client.get_executor(),
+                       out=str(tmp_path), **settings)
+    assert set(again.origin.values()) == {"reused"}
+    same_numbers(again.runs, expected.runs)
 
 
 def test_a_task_runs_under_the_callers_thread_count_dtype_and_validation():
@@ -129,32 +129,15 @@ def test_a_task_runs_under_the_callers_thread_count_dtype_and_validation():
     assert ProcessSettings.here() == here
 
 
-def test_a_dask_worker_that_dies_loses_only_its_run_which_is_retried_once(cluster, tmp_path):
-    client, marker = cluster
-    seeds = (0, KILLING_SEED, KILLING_ONCE_SEED)
-    configs = {"reparam": pg.Reparam()}
-    result = serial(configs, seeds, guide=guide_that_kills_its_worker, executor=client.get_executor(),
-                    out=str(tmp_path))
-    assert marker.exists()  # seed 14's worker died once, and its retry finished
-    runs = result.runs
-    assert runs[("reparam", 0)]["status"] == runs[("reparam", KILLING_ONCE_SEED)]["status"] == "finished"
-    # Bit for bit the serial runs (where no worker dies).
-    same_numbers({("reparam", 0): runs[("reparam", 0)]}, serial(configs, (0,)).runs)
-    killed = runs[("reparam", KILLING_SEED)]
-    assert killed["status"] == "failed" and killed["reason"].startswith("its worker died twice (KilledWorker")
-    assert stored_runs(tmp_path) == 3 and claims(tmp_path) == 0
-    # A run lost with its worker is computed again by the next call, never reused.
-    again = serial(configs, (0, KILLING_SEED), guide=guide_that_kills_its_worker, executor=client.get_executor(),
-                   out=str(tmp_path))
-    assert again.origin == {("reparam", 0): "reused", ("reparam", KILLING_SEED): "recomputed"}
-
-
 def test_a_process_pool_gives_the_serial_runs_and_a_dying_process_fails_only_its_own_run(tmp_path):
     configs, seeds = {"reparam": pg.Reparam()}, (0, KILLING_SEED)
-    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         result = serial(configs, seeds, guide=guide_that_kills_its_worker, executor=pool, out=str(tmp_path))
-    # The pool broke as a whole when a process died: each run it lost was retried alone,
-    # and only the killing seed's run failed, after its second death.
+        # The caller's pool stays broken: the next call says so rather than retrying every run.
+        with pytest.raises(pg.EstimatorError, match="the executor is broken .*pass a new one"):
+            serial(configs, (5,), executor=pool, out=str(tmp_path))
+    # The pool broke when its process died; the run it lost was retried alone, in a pool
+    # of its own, and failed after its second death; the other run is unharmed.
     killed = result.runs[("reparam", KILLING_SEED)]
     assert killed["status"] == "failed" and killed["reason"].startswith("its worker died twice (BrokenProcessPool")
     same_numbers({("reparam", 0): result.runs[("reparam", 0)]}, serial(configs, (0,)).runs)
@@ -162,10 +145,10 @@ def test_a_process_pool_gives_the_serial_runs_and_a_dying_process_fails_only_its
 
 
 def test_a_killed_caller_keeps_every_finished_run_and_a_rerun_resumes(tmp_path):
-    # The caller runs `pyro-grad compare --workers 2` (4 runs, 2 at a time) and is killed
-    # (SIGKILL: no cleanup) once its first run is stored.
+    # The caller runs `pyro-grad compare --workers 1` (4 runs on one local process) and is
+    # killed (SIGKILL: no cleanup) once its first run is stored.
     command = [sys.executable, "-m", "pyro_grad.cli", "compare", "coin", "--config", "loo=f=score:loo",
-               "--config", "half=f=score:0.5", "--seeds", "2", "--steps", "150", "--workers", "2",
+               "--config", "half=f=score:0.5", "--seeds", "2", "--steps", "30", "--workers", "1",
                "--out", str(tmp_path)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -179,14 +162,14 @@ def test_a_killed_caller_keeps_every_finished_run_and_a_rerun_resumes(tmp_path):
     kept = stored_runs(tmp_path)
     assert 1 <= kept < 4, "the caller finished before it was killed; give it more steps"
     assert claims(tmp_path) >= 1  # the dead caller's, expired: its pid is gone
-    # Its worker processes end with it (a process pool's would otherwise wait forever).
+    # Its worker process ends with it (a process pool's would otherwise wait forever).
     _, alive = psutil.wait_procs(workers, timeout=30)
-    assert len(workers) >= 2 and not alive
+    assert workers and not alive
     # The same comparison (the CLI's settings) in this process: the kept runs are reused
     # (stored under the serial runs' digests), the others computed, and nothing is left claimed.
     rerun = pg.compare(coin.model, coin.guide, coin.DATA, configs={"loo": {"f": pg.Score("loo")},
                                                                    "half": {"f": pg.Score(0.5)}},
-                       seeds=(0, 1), num_steps=150, num_particles=4, diagnose_every=75, out=str(tmp_path))
+                       seeds=(0, 1), num_steps=30, num_particles=4, diagnose_every=15, out=str(tmp_path))
     assert sorted(rerun.origin.values()).count("reused") == kept
     assert all(run["status"] == "finished" for run in rerun.runs.values())
     assert stored_runs(tmp_path) == 4 and claims(tmp_path) == 0
@@ -208,20 +191,16 @@ def test_what_cannot_travel_is_named_before_anything_is_sent(cluster, tmp_path):
 
 
 def test_a_module_only_this_process_can_import_is_named_by_the_worker(cluster, tmp_path, monkeypatch):
+    # The model's and guide's modules travel by value; reset's is imported by the worker.
     client, _ = cluster
-    (tmp_path / "only_here.py").write_text(textwrap.dedent("""
-        from pyro_grad.models import coin
-
-        def guide(data):
-            coin.guide(data)
-    """))
+    (tmp_path / "only_here.py").write_text("def reset():\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))  # after the workers started: they cannot import it
     import only_here
 
     with pytest.raises(pg.EstimatorError, match="a worker cannot load the runs .*No module named 'only_here'"):
-        pg.compare(coin.model, only_here.guide, coin.DATA, configs=CONFIGS, seeds=(0,),
+        pg.compare(coin.model, coin.guide, coin.DATA, configs=CONFIGS, seeds=(0,), reset=only_here.reset,
                    executor=client.get_executor(), out=str(tmp_path / "out"), **SETTINGS)
-    assert claims(tmp_path / "out") == 0
+    assert stored_runs(tmp_path / "out") == 0 and claims(tmp_path / "out") == 0
 
 
 @pytest.mark.parametrize("executor", ["dask", 2, cf.ProcessPoolExecutor])
@@ -230,11 +209,32 @@ def test_an_executor_that_is_not_one_is_refused(executor):
         serial(executor=executor)
 
 
-def test_the_cli_runs_on_local_processes_and_on_a_dask_scheduler(cluster, tmp_path, capsys):
+def test_the_cli_runs_on_a_dask_scheduler_and_takes_one_kind_of_worker(cluster, tmp_path, capsys):
     client, _ = cluster
+    # --workers runs in test_a_killed_caller_keeps_every_finished_run_and_a_rerun_resumes.
     common = ["compare", "coin", "--config", "rep=reparam", "--steps", "10", "--seeds", "2"]
-    assert main(common + ["--workers", "2", "--out", str(tmp_path / "local")]) == 0
     assert main(common + ["--scheduler", client.scheduler.address, "--out", str(tmp_path / "dask")]) == 0
-    assert stored_runs(tmp_path / "local") == stored_runs(tmp_path / "dask") == 2
+    assert stored_runs(tmp_path / "dask") == 2
     assert main(common + ["--workers", "2", "--scheduler", client.scheduler.address]) == 2
     assert "--workers and --scheduler" in capsys.readouterr().err
+
+
+def test_a_dask_worker_that_dies_loses_only_its_run_which_is_retried_once(cluster, tmp_path):
+    # Last in the file: the workers it kills restart, and import pyro_grad again.
+    client, marker = cluster
+    seeds = (0, KILLING_SEED, KILLING_ONCE_SEED)
+    configs = {"reparam": pg.Reparam()}
+    result = serial(configs, seeds, guide=guide_that_kills_its_worker, executor=client.get_executor(),
+                    out=str(tmp_path))
+    assert marker.exists()  # seed 14's worker died once, and its retry finished
+    runs = result.runs
+    assert runs[("reparam", 0)]["status"] == runs[("reparam", KILLING_ONCE_SEED)]["status"] == "finished"
+    # Bit for bit the serial runs (where no worker dies).
+    same_numbers({("reparam", 0): runs[("reparam", 0)]}, serial(configs, (0,)).runs)
+    killed = runs[("reparam", KILLING_SEED)]
+    assert killed["status"] == "failed" and killed["reason"].startswith("its worker died twice (KilledWorker")
+    assert stored_runs(tmp_path) == 3 and claims(tmp_path) == 0
+    # A run lost with its worker is computed again by the next call, never reused.
+    again = serial(configs, (0, KILLING_SEED), guide=guide_that_kills_its_worker, executor=client.get_executor(),
+                   out=str(tmp_path))
+    assert again.origin == {("reparam", 0): "reused", ("reparam", KILLING_SEED): "recomputed"}

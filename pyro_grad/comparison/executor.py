@@ -16,9 +16,9 @@ Ray's.
   ``runs.sqlite`` keeps its guarantees: a killed caller keeps every finished run, and its
   claims expire, so the next call resumes.
 * **A task whose worker dies is retried once**, then recorded as failed with the reason;
-  the next call computes it again. A process pool breaks as a whole when one of its
-  processes dies, and cannot say whose, so its retries run one at a time, each alone in
-  a fresh one-process pool: a run is recorded failed only when its own process died.
+  the next call computes it again. An executor fails every task a dead worker held (a
+  process pool, every task it held), not only the one that killed it, so the retries
+  run one at a time, alone: a run is recorded failed only when it killed its worker.
 """
 
 import concurrent.futures as cf
@@ -250,37 +250,37 @@ class _Tasks:
         self.executor, self.payload, self.digests, self.store = executor, payload, digests, store
         self.records, self.stored = records, stored
         self.settings = ProcessSettings.here()
+        self.keys: List[Key] = []
 
     def run(self, keys: List[Key]) -> None:
+        self.keys = keys
         lost = self._round(self.executor, keys, attempt=1)
-        if not lost:
-            return
-        if isinstance(self.executor, cf.ProcessPoolExecutor):
-            again = {}
-            with self._alone() as pool_for:
-                for key in lost:
-                    again.update(self._round(pool_for(), [key], attempt=2))
-        else:
-            again = self._round(self.executor, list(lost), attempt=2)
-        for key, reason in again.items():
+        for key, reason in self._alone(list(lost)).items():
             self._store(key, lost_record(f"its worker died twice ({lost[key]}; then {reason})"))
 
-    @contextlib.contextmanager
-    def _alone(self) -> Iterator[Callable[[], cf.ProcessPoolExecutor]]:
-        """A one-process pool like the executor's, replaced when it breaks."""
+    def _alone(self, keys: List[Key]) -> Dict[Key, str]:
+        """The second try: each run alone, one after another, so that a worker's death is
+        charged to the run it ran (an executor fails every task its dead worker held, and
+        a process pool every task it held). A process pool breaks for good when a process
+        dies, so these go to a one-process pool of its own, replaced when it breaks.
+        Returns the runs whose worker died again, and why."""
+        own = isinstance(self.executor, cf.ProcessPoolExecutor)
+        # The executor's start method (fork, spawn), so that the pool's process starts alike.
         context = getattr(self.executor, "_mp_context", None)
-        pools: List[cf.ProcessPoolExecutor] = []
-
-        def pool_for() -> cf.ProcessPoolExecutor:
-            if not pools or getattr(pools[-1], "_broken", False):
-                pools.append(cf.ProcessPoolExecutor(max_workers=1, mp_context=context))
-            return pools[-1]
-
+        again: Dict[Key, str] = {}
+        pool: Optional[cf.Executor] = None if own else self.executor
         try:
-            yield pool_for
+            for key in keys:
+                pool = pool or cf.ProcessPoolExecutor(max_workers=1, mp_context=context)
+                died = self._round(pool, [key], attempt=2)
+                again.update(died)
+                if died and own:
+                    pool.shutdown(wait=True)
+                    pool = None
         finally:
-            for pool in pools:
+            if own and pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+        return again
 
     def _round(self, pool: cf.Executor, keys: List[Key], attempt: int) -> Dict[Key, str]:
         """Run ``keys`` on ``pool``; returns the keys lost with their worker, and why."""
@@ -290,6 +290,9 @@ class _Tasks:
             try:
                 futures[pool.submit(run_task, self.payload, *key, self.settings, attempt)] = key
             except cf.BrokenExecutor as error:
+                if attempt == 1 and not futures and not lost:
+                    raise EstimatorError(f"the executor is broken ({first_line(error)}): a worker process "
+                                         "died before this call; pass a new one") from None
                 lost[key] = _describe(error)
             except RuntimeError as error:  # shut down
                 raise EstimatorError(f"the executor takes no more tasks ({first_line(error)}); "
@@ -310,8 +313,8 @@ class _Tasks:
                             failure = error  # a mistake in the configuration: every run would make it
                         continue
                     self._store(key, record)
-                if time.monotonic() - beat > HEARTBEAT_SECONDS:
-                    self.store.heartbeat(*(self.digests[key] for key in futures.values()))
+                if time.monotonic() - beat > HEARTBEAT_SECONDS:  # every claim still to store, queued ones too
+                    self.store.heartbeat(*(self.digests[k] for k in self.keys if k not in self.records))
                     beat = time.monotonic()
         finally:
             for future in futures:
