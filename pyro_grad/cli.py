@@ -6,7 +6,6 @@ import contextlib
 import importlib
 import inspect
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
@@ -14,7 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
 import pandas as pd
 import torch
 
-from pyro_grad.comparison.executor import local_pool
+from pyro_grad.comparison.executor import local_pool, usable_cores
 from pyro_grad.diagnostics import diagnose
 from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.paths import parse_estimator
@@ -216,15 +215,13 @@ def executor_for(workers: Optional[int], scheduler: Optional[str]) -> Iterator[O
     bits depend on it. With workers it is set, while they run, to one worker's share of
     the cores (local processes), or to 1, the thread Dask gives each task
     (OMP_NUM_THREADS=1), so that the workers do not compete for cores."""
-    if workers is not None and scheduler is not None:
-        raise UsageError("give --workers and --scheduler one at a time: local processes, or a Dask scheduler's workers")
     if workers is None and scheduler is None:
         yield None
         return
     previous = torch.get_num_threads()
     try:
         if workers is not None:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+            torch.set_num_threads(max(1, usable_cores() // workers))
             with local_pool(workers) as pool:
                 yield pool
         else:
@@ -242,7 +239,7 @@ def dask_client(scheduler: str) -> Any:
         raise UsageError("--scheduler needs Dask's distributed: pip install 'pyro-grad[dask]'") from None
     try:
         return distributed.Client(scheduler, timeout=30)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # unreachable (TimeoutError is an OSError), or not an address
         raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {first_line(error)}") from None
 
 
@@ -250,6 +247,8 @@ def run_compare(ns: argparse.Namespace) -> int:
     from pyro_grad.comparison import compare
     from pyro_grad.presentation.html_report import report
 
+    if ns.workers is not None and ns.scheduler is not None:
+        raise UsageError("give --workers and --scheduler one at a time: local processes, or a Dask scheduler's workers")
     model, args, _, guide, reset = load_program(ns.model, [])
     configs = parse_configs(ns.config) or {"auto": None}
     out = writable_directory(ns.out)

@@ -5,7 +5,7 @@ Ray's.
 * **One task per (config, seed).** Every task carries the whole comparison (model, guide,
   data, configs, optimizer: a :class:`~pyro_grad.comparison.svi_runs.Runs`), pickled once
   by cloudpickle. The script's functions and the modules defining the model and the
-  guide travel by value (:func:`program_modules`); other modules are imported by the
+  guide travel by value (and ``reset``'s: :func:`program_modules`); other modules are imported by the
   worker. Whatever cannot travel is named before anything is sent.
 * **Bit for bit the serial run.** A task seeds itself from its seed, starts from a
   cleared param store, the configs' networks as given and ``reset``, warms up untimed,
@@ -84,8 +84,8 @@ def _dumps(obj: Any) -> bytes:
 
 
 def program_modules(*programs: Any) -> List[str]:
-    """The modules that define the model and the guide (a function's, or a bound method's
-    class's), which travel by value. Pickled by reference, a function would run on the
+    """The modules that define the model, the guide and ``reset`` (a function's, or a bound
+    method's class's), which travel by value. Pickled by reference, a function would run on the
     worker's own import of its module, beside by-value copies of that module's objects
     reached another way (``reset=NET.reset`` next to a model that reads ``NET``): two
     networks, one reset and the other trained. pyro_grad's own modules, except its
@@ -117,15 +117,13 @@ def _by_value(modules: List[str]) -> Iterator[None]:
 
 def pack(runs: Any) -> bytes:
     """The comparison as bytes for the workers, or one error naming what cannot travel."""
-    try:
-        with _by_value(program_modules(runs.model, runs.guide)):
+    with _by_value(program_modules(runs.model, runs.guide, runs.reset)):
+        try:
             return _dumps(runs)
-    except Exception as error:
-        raise EstimatorError(
-            f"cannot send the runs to the executor's workers: {_unpicklable_part(runs)} cannot be pickled "
-            f"({type(error).__name__}: {first_line(error)}); pass data rather than open files, locks or "
-            "connections, or run without an executor"
-        ) from None
+        except Exception as error:
+            why, part = _describe(error), _unpicklable_part(runs)
+    raise EstimatorError(f"cannot send the runs to the executor's workers: {part} cannot be pickled ({why}); "
+                         "pass data rather than open files, locks or connections, or run without an executor")
 
 
 def _unpicklable_part(runs: Any) -> str:
@@ -155,9 +153,14 @@ def local_pool(workers: int) -> cf.ProcessPoolExecutor:
     use: spawned (a forked child inherits torch's thread pool mid-use), each with
     cores ÷ workers torch threads (more would compete for the cores), and each ending
     when this process dies (a pool's processes otherwise outlive a killed parent)."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cores() // workers)
     return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                   initializer=_start_worker, initargs=(os.getpid(), threads))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a container may limit)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _start_worker(parent: int, threads: int) -> None:
@@ -218,7 +221,7 @@ class ProcessSettings:
 
 
 def is_worker_lost(error: BaseException) -> bool:
-    return isinstance(error, (cf.BrokenExecutor, cf.CancelledError)) or type(error).__name__ in WORKER_LOST
+    return isinstance(error, cf.BrokenExecutor) or type(error).__name__ in WORKER_LOST
 
 
 def lost_record(reason: str) -> Dict[str, Any]:
@@ -251,6 +254,8 @@ class _Tasks:
         self.records, self.stored = records, stored
         self.settings = ProcessSettings.here()
         self.keys: List[Key] = []
+        self.submitted = False  # a task of this call has been sent
+        self.beat = time.monotonic()
 
     def run(self, keys: List[Key]) -> None:
         self.keys = keys
@@ -265,13 +270,15 @@ class _Tasks:
         dies, so these go to a one-process pool of its own, replaced when it breaks.
         Returns the runs whose worker died again, and why."""
         own = isinstance(self.executor, cf.ProcessPoolExecutor)
-        # The executor's start method (fork, spawn), so that the pool's process starts alike.
-        context = getattr(self.executor, "_mp_context", None)
+        # Started as the executor's processes are: start method (fork, spawn), initializer.
+        like = {"mp_context": getattr(self.executor, "_mp_context", None),
+                "initializer": getattr(self.executor, "_initializer", None),
+                "initargs": getattr(self.executor, "_initargs", ())}
         again: Dict[Key, str] = {}
         pool: Optional[cf.Executor] = None if own else self.executor
         try:
             for key in keys:
-                pool = pool or cf.ProcessPoolExecutor(max_workers=1, mp_context=context)
+                pool = pool or cf.ProcessPoolExecutor(max_workers=1, **like)
                 died = self._round(pool, [key], attempt=2)
                 again.update(died)
                 if died and own:
@@ -289,8 +296,9 @@ class _Tasks:
         for key in keys:
             try:
                 futures[pool.submit(run_task, self.payload, *key, self.settings, attempt)] = key
+                self.submitted = True
             except cf.BrokenExecutor as error:
-                if attempt == 1 and not futures and not lost:
+                if not self.submitted:
                     raise EstimatorError(f"the executor is broken ({first_line(error)}): a worker process "
                                          "died before this call; pass a new one") from None
                 lost[key] = _describe(error)
@@ -298,7 +306,6 @@ class _Tasks:
                 raise EstimatorError(f"the executor takes no more tasks ({first_line(error)}); "
                                      "pass one that is running") from None
         failure: Optional[BaseException] = None
-        beat = time.monotonic()
         try:
             while futures and failure is None:
                 done, _ = cf.wait(futures, timeout=HEARTBEAT_SECONDS, return_when=cf.FIRST_COMPLETED)
@@ -309,13 +316,17 @@ class _Tasks:
                     except BaseException as error:
                         if is_worker_lost(error):
                             lost[key] = _describe(error)
+                        elif failure is None and isinstance(error, ImportError):
+                            failure = EstimatorError(
+                                f"a worker cannot run the task ({_describe(error)}): install pyro-grad, the "
+                                "same version as here, on every worker")
                         elif failure is None:
                             failure = error  # a mistake in the configuration: every run would make it
                         continue
                     self._store(key, record)
-                if time.monotonic() - beat > HEARTBEAT_SECONDS:  # every claim still to store, queued ones too
+                if time.monotonic() - self.beat > HEARTBEAT_SECONDS:  # every claim still to store, queued too
                     self.store.heartbeat(*(self.digests[k] for k in self.keys if k not in self.records))
-                    beat = time.monotonic()
+                    self.beat = time.monotonic()
         finally:
             for future in futures:
                 future.cancel()

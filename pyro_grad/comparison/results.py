@@ -133,8 +133,11 @@ class Comparison:
                 "evaluations to target": float(reached["evaluations"].mean()) if every else float("nan"),
                 f"final {self.objective}": float(np.mean(finals)) if finals else float("nan"),
                 "± sd": float(np.std(finals)) if finals else float("nan"),
-                "seconds per run": float(np.mean([r["seconds"] for r in runs])),
-                "CPU seconds per run": float(np.mean([r.get("cpu seconds", math.nan) for r in runs])),
+                # A run lost with its worker has no timings.
+                "seconds per run": float(np.mean(timed)) if (timed := [r["seconds"] for r in runs
+                                                                       if not r.get("lost")]) else math.nan,
+                "CPU seconds per run": float(np.mean([r.get("cpu seconds", math.nan) for r in runs
+                                                      if not r.get("lost")] or [math.nan])),
                 "gradient variance": float(np.mean(variances)) if variances else float("nan"),
                 "failed runs": sum(r["status"] != "finished" for r in runs),
                 "reused runs": sum(self.origin.get((label, s)) == "reused" for (l, s) in self.runs if l == label),

@@ -145,10 +145,13 @@ class RunStore:
         if self.path is None:
             return
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO runs (digest, config, seed, record, stored_at) VALUES (?, ?, ?, ?, ?)",
-                (digest, config, seed, json.dumps(record), time.time()),
-            )
+            row = db.execute("SELECT record FROM runs WHERE digest = ?", (digest,)).fetchone()
+            # A run lost with its worker here never replaces one another process finished.
+            if not (record.get("lost") and row is not None and not _lost(row[0])):
+                db.execute(
+                    "INSERT OR REPLACE INTO runs (digest, config, seed, record, stored_at) VALUES (?, ?, ?, ?, ?)",
+                    (digest, config, seed, json.dumps(record), time.time()),
+                )
             # Only this process's claim: one that expired and was taken over stays its new owner's.
             db.execute("DELETE FROM claims WHERE digest = ? AND host = ? AND pid = ?", (digest, self.host, self.pid))
 
