@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
+from pyro_grad.comparison.store import is_lost
 from pyro_grad.presentation.figures import band_figure, points_figure
 
 if TYPE_CHECKING:
@@ -135,9 +136,9 @@ class Comparison:
                 "± sd": float(np.std(finals)) if finals else float("nan"),
                 # A run lost with its worker has no timings.
                 "seconds per run": float(np.mean(timed)) if (timed := [r["seconds"] for r in runs
-                                                                       if not r.get("lost")]) else math.nan,
+                                                                       if not is_lost(r)]) else math.nan,
                 "CPU seconds per run": float(np.mean([r.get("cpu seconds", math.nan) for r in runs
-                                                      if not r.get("lost")] or [math.nan])),
+                                                      if not is_lost(r)] or [math.nan])),
                 "gradient variance": float(np.mean(variances)) if variances else float("nan"),
                 "failed runs": sum(r["status"] != "finished" for r in runs),
                 "reused runs": sum(self.origin.get((label, s)) == "reused" for (l, s) in self.runs if l == label),

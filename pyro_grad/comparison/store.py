@@ -54,11 +54,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _lost(record: str) -> bool:
-    """Whether a stored run was lost with its worker (executor.lost_record): computed again.
-    A corrupt record is not: :meth:`RunStore.get` names it."""
+def is_lost(record: Dict[str, Any]) -> bool:
+    """Whether a run was lost with its worker (``executor.lost_record``): it has no figures,
+    is never reused, and is computed again by the next call."""
+    return bool(record.get("lost"))
+
+
+def _lost(text: str) -> bool:
+    """:func:`is_lost` of a stored record's JSON. A corrupt record is not: :meth:`RunStore.get`
+    names it."""
     try:
-        return bool(json.loads(record).get("lost"))
+        return is_lost(json.loads(text))
     except (json.JSONDecodeError, AttributeError):
         return False
 
@@ -147,7 +153,7 @@ class RunStore:
         with self._transaction() as db:
             row = db.execute("SELECT record FROM runs WHERE digest = ?", (digest,)).fetchone()
             # A run lost with its worker here never replaces one another process finished.
-            if not (record.get("lost") and row is not None and not _lost(row[0])):
+            if not (is_lost(record) and row is not None and not _lost(row[0])):
                 db.execute(
                     "INSERT OR REPLACE INTO runs (digest, config, seed, record, stored_at) VALUES (?, ?, ?, ?, ?)",
                     (digest, config, seed, json.dumps(record), time.time()),

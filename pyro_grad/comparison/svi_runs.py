@@ -20,7 +20,7 @@ from pyro_grad.comparison.executor import (HEARTBEAT_SECONDS, POLL_SECONDS, chec
 from pyro_grad.comparison.progress import RunLog
 from pyro_grad.comparison.identity import RunIdentity
 from pyro_grad.comparison.results import Comparison
-from pyro_grad.comparison.store import RunStore
+from pyro_grad.comparison.store import RunStore, is_lost
 from pyro_grad.diagnostics import diagnose
 from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.handler import with_config
@@ -320,7 +320,7 @@ def compare(
     pending = []
     for (label, seed), digest in digests.items():
         stored = store.get(digest)
-        if stored is not None and not stored.get("lost"):
+        if stored is not None and not is_lost(stored):
             records[(label, seed)] = stored
             origin[(label, seed)] = "reused"
         else:  # a run lost with its worker is computed again
@@ -362,17 +362,11 @@ def _run_here(runs: "Runs", pending: list, digests, store, records, origin) -> N
     progress = tqdm(total=sum(runs.schedules[label][0] for label, _ in pending),
                     disable=not sys.stderr.isatty(), desc="compare")
     log = RunLog(len(pending))
-
-    def compute(label: str, seed: int, on_step: Callable[[], None]) -> Dict[str, Any]:
-        record = runs.run(label, seed, on_step)
-        log.stored((label, seed), record)
-        return record
-
     try:
-        waiting = _run_claimed(pending, digests, store, records, origin, compute, progress)
+        waiting = _run_claimed(pending, digests, store, records, origin, runs.run, progress, log)
         while waiting:  # runs other processes hold: wait for them, or take over a dead one's
             time.sleep(POLL_SECONDS)
-            waiting = _run_claimed(waiting, digests, store, records, origin, compute, progress)
+            waiting = _run_claimed(waiting, digests, store, records, origin, runs.run, progress, log)
     finally:
         progress.close()
 
@@ -415,7 +409,7 @@ class ConfigFailed(EstimatorError):
         self.comparison = comparison
 
 
-def _run_claimed(keys, digests, store, records, origin, compute, progress) -> list:
+def _run_claimed(keys, digests, store, records, origin, compute, progress, log: RunLog) -> list:
     """Compute each run in ``keys`` this process can claim, storing each as it ends;
     runs another process stored meanwhile are taken from the store. Returns the keys a
     live process holds."""
@@ -445,4 +439,5 @@ def _run_claimed(keys, digests, store, records, origin, compute, progress) -> li
                 store.release(digest)
             raise
         records[key] = record
+        log.stored(key, record)
     return held
