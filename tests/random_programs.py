@@ -4,14 +4,16 @@ A :class:`Program` is a small straight-line stochastic program: 1–4 sample sit
 from Normal, Bernoulli, Categorical, Binomial, Poisson, Geometric and Multinomial, each
 either a single draw, two draws in ``pyro.plate("p", 2)`` or two draws as one
 ``.to_event(1)`` site; every parameter is a function of θ and of earlier draws; f
-is a polynomial of the draws (plus a pathwise term in θ). Optionally one plated site is
+is a polynomial of the draws (plus a pathwise term in θ), and a single Normal's value may
+also reach f through a jump (``floor``, ``round``, a threshold, ``sign``, a ``where``). Optionally one plated site is
 masked, and one draw-dependent loop (``while``, stopping on a Bernoulli's ``.item()``)
 counts its iterations.
 
 The same code runs in two modes. Under Pyro, ``pg.expectation`` estimates the gradient.
 For the reference, every site takes every value of its support at once, on a grid: each
 discrete site enumerates its (truncated) support, each Normal takes Gauss–Hermite nodes
-``loc + scale·√2·x_j``; the grid's weights ``Π p(v)`` (quadrature weights for Normals)
+``loc + scale·√2·x_j`` (a Normal whose value jumps: fixed cells of width 1/16, weighted
+by the CDF's differences, each jump on a cell edge); the grid's weights ``Π p(v)`` (quadrature weights for Normals)
 give ``E[f] = Σ_grid w·f`` in float64, and autograd differentiates it in θ.
 """
 
@@ -37,6 +39,18 @@ MAX_GRID = 20_000
 
 FAMILIES = ("normal", "bernoulli", "categorical", "binomial", "poisson", "geometric", "multinomial")
 
+#: Jumps a Normal site's value may reach the cost through; each jumps only at multiples of ½.
+STEPS = {
+    "floor": torch.floor,
+    "round": torch.round,
+    "threshold": lambda s: (s > 0).to(s.dtype),
+    "sign": torch.sign,
+    "where": lambda s: torch.where(s > 0.5, s + 1, s),
+}
+#: The reference's cells for a Normal whose value jumps: width 1/16 on [-13, 13] (every
+#: jump falls on an edge), each weighted by the difference of the CDF at its edges.
+JUMP_EDGES = np.arange(-13 * 16, 13 * 16 + 1) / 16.0
+
 
 @dataclass(frozen=True)
 class Site:
@@ -48,6 +62,9 @@ class Site:
     #: Cost: coefficient of the summary and of its square.
     linear: float = 1.0
     square: float = 0.0
+    #: A jump in the cost (single Normal sites): ``jump · STEPS[step](summary)``.
+    jump: float = 0.0
+    step: str = "floor"
 
 
 @dataclass(frozen=True)
@@ -72,7 +89,8 @@ class Program:
         return 1 if any(s.placement == "plate" for s in self.sites) else 0
 
     def describe(self) -> str:
-        parts = [f"{s.family}[{s.placement}{', masked' if s.masked else ''}]{s.coefficients}" for s in self.sites]
+        parts = [f"{s.family}[{s.placement}{', masked' if s.masked else ''}]{s.coefficients}"
+                 + (f" + {s.jump}·{s.step}" if s.jump else "") for s in self.sites]
         if self.loop is not None:
             parts.append(f"loop{self.loop.coefficients}")
         return "; ".join(parts) + f"; f ({[(s.linear, s.square) for s in self.sites]}, cross {self.cross}, θ {self.pathwise})"
@@ -134,6 +152,8 @@ def run(program: Program, theta: torch.Tensor, draw: Draw) -> torch.Tensor:
     f = program.pathwise * theta * summaries[0]
     for site, s in zip(program.sites, summaries):
         f = f + site.linear * s + site.square * s * s
+        if site.jump:
+            f = f + site.jump * STEPS[site.step](s)
     if len(summaries) > 1:
         f = f + program.cross * summaries[0] * summaries[1]
     if program.loop is not None:
@@ -173,7 +193,11 @@ def pyro_draws(plate) -> Draw:
 
 
 def element_support(site: Site) -> np.ndarray:
-    """Each element's values (rows); Normals: Gauss–Hermite nodes."""
+    """Each element's values (rows); Normals: Gauss–Hermite nodes, or for a Normal whose
+    value jumps, the midpoints of fixed cells (:data:`JUMP_EDGES`): nodes that move with
+    the parameters would carry no derivative through the jump."""
+    if site.family == "normal" and site.jump:
+        return ((JUMP_EDGES[1:] + JUMP_EDGES[:-1]) / 2)[:, None]
     if site.family == "normal":
         return np.polynomial.hermite.hermgauss(HERMITE_NODES)[0][:, None]
     if site.family == "bernoulli":
@@ -225,6 +249,14 @@ def exact_gradient(program: Program, theta: float) -> Tuple[float, float]:
         if site.placement == "single":
             values = values.squeeze(1)
         values = values.reshape(values.shape[:1] + (1,) * (program.nesting if site.placement != "plate" else 0) + values.shape[1:])
+        if site.family == "normal" and site.jump:  # fixed midpoints, weighted by the CDF's differences
+            edges = torch.as_tensor(JUMP_EDGES, dtype=torch.float64)
+            cell = torch.as_tensor(index[i])
+            lower, upper = edges[cell].reshape(values.shape), edges[cell + 1].reshape(values.shape)
+            # Cells far in the tails have weight 0: clamped, so that their log has a zero gradient.
+            leaf = fn.base_dist if isinstance(fn, dist.MaskedDistribution) else fn  # a mask never changes the draw
+            log_w = log_w + torch.log((leaf.cdf(upper) - leaf.cdf(lower)).clamp(min=1e-300)).reshape(-1)
+            return values
         if site.family == "normal":
             leaf = fn
             while hasattr(leaf, "base_dist"):

@@ -2,20 +2,24 @@
 
 Programs (see ``random_programs.py``): 1–4 sites from Normal, Bernoulli, Categorical,
 Binomial, Poisson, Geometric and Multinomial, single, plated or ``.to_event(1)``,
-parameters that are functions of θ and of earlier draws, polynomial costs, optionally
-a masked site and a draw-dependent ``while`` loop. For each program hypothesis picks,
-per site, one of the registered estimators that apply and claim ``unbiased=True``,
-and K particles, in two runs: vectorized (K ≤ 3, no loops, which vectorized particles
+parameters that are functions of θ and of earlier draws, polynomial costs, a single
+Normal's value reaching the cost through a jump (floor, round, a threshold, sign, a
+where) in half the programs that have one, optionally a masked site and a
+draw-dependent ``while`` loop. For each program hypothesis picks, per site, one of the
+registered estimators that apply and claim ``unbiased=True`` (at a jumping Normal,
+those that need no smoothness, or "auto", which must choose one), and K particles, in two runs: vectorized (K ≤ 3, no loops, which vectorized particles
 refuse) and looped (K ≤ 2, loops allowed).
 
 Reference: the exact ∂E[f]/∂θ by summing over every site's (truncated) support and
-Gauss–Hermite nodes for Normals, differentiated by autograd in float64.
+Gauss–Hermite nodes for Normals (fixed cells with every jump on an edge for a Normal
+that jumps), differentiated by autograd in float64.
 
 Tolerance: the mean of the estimator's draws is within ``Z_SUITE`` standard errors of
 the exact gradient, where ``Z_SUITE`` is the larger of 4 and the Bonferroni-corrected
 two-sided z for a family-wise false-alarm rate of 1e-3 over the run's examples. The run
-is deterministic (``derandomize=True``, fixed seeds). ``PYRO_GRAD_DEEP=1`` runs 550
-programs (400 vectorized, 100 looped, 50 with RODEO at a Categorical) instead of 40.
+is deterministic (``derandomize=True``, fixed seeds). ``PYRO_GRAD_DEEP=1`` runs 650
+programs (400 vectorized, 100 looped, 50 with RODEO at a Categorical, 100 that jump)
+instead of 52.
 """
 
 import os
@@ -36,6 +40,7 @@ from test_control_variates import perturb_control_variates
 from random_programs import (
     FAMILIES,
     MAX_GRID,
+    STEPS,
     Loop,
     Program,
     Site,
@@ -47,8 +52,8 @@ from random_programs import (
 
 DEEP = os.environ.get("PYRO_GRAD_DEEP", "") not in ("", "0")
 #: Programs per run: the deep run has 500 in all.
-EXAMPLES = {"vectorized": 400, "looped": 100, "categorical": 50} if DEEP else {"vectorized": 30, "looped": 4,
-                                                                                "categorical": 6}
+EXAMPLES = ({"vectorized": 400, "looped": 100, "categorical": 50, "jumps": 100} if DEEP
+            else {"vectorized": 30, "looped": 4, "categorical": 6, "jumps": 12})
 Z_SUITE = max(Z, float(norm.isf(1e-3 / (2 * sum(EXAMPLES.values())))))
 THETA = 0.3
 #: Independent gradient draws per program: vectorized draws are cheap, looped ones are not.
@@ -59,10 +64,13 @@ cost_coefficient = st.sampled_from([-1.0, 0.0, 0.5, 1.0, 2.0])
 
 
 @st.composite
-def sites(draw, index: int, family: str = None) -> Site:
-    family = family or draw(st.sampled_from(FAMILIES))
+def sites(draw, index: int, family: str = None, jumps: bool = False) -> Site:
+    """A random site; with ``jumps``, a single Normal whose value reaches the cost through a jump."""
+    family = "normal" if jumps else family or draw(st.sampled_from(FAMILIES))
     placements = ["single", "plate"] + ([] if family == "multinomial" else ["event"])
-    placement = draw(st.sampled_from(placements))
+    placement = "single" if jumps else draw(st.sampled_from(placements))
+    # Elsewhere a single Normal's value reaches the cost through a jump in one program of two.
+    jumps = jumps or (family == "normal" and placement == "single" and draw(st.booleans()))
     return Site(
         family=family,
         placement=placement,
@@ -70,14 +78,18 @@ def sites(draw, index: int, family: str = None) -> Site:
         masked=draw(st.booleans()) and draw(st.booleans()),  # one site in four
         linear=draw(cost_coefficient),
         square=draw(st.sampled_from([0.0, 0.0, 0.5, 1.0])),
+        jump=draw(st.sampled_from([-1.0, 1.0, 2.0])) if jumps else 0.0,
+        step=draw(st.sampled_from(sorted(STEPS))) if jumps else "floor",
     )
 
 
 @st.composite
-def programs(draw, loops: bool, first: str = None) -> Program:
-    """A random program; with ``first``, its first site is of that family."""
+def programs(draw, loops: bool, first: str = None, jumps: bool = False) -> Program:
+    """A random program; with ``first``, its first site is of that family; with ``jumps``,
+    a Normal whose value jumps (placed first, second or third)."""
     count = draw(st.integers(1, 4))
-    program_sites = tuple(draw(sites(i, first if i == 0 else None)) for i in range(count))
+    jumping = draw(st.integers(0, min(count, 3) - 1)) if jumps else -1
+    program_sites = tuple(draw(sites(i, first if i == 0 else None, jumps=i == jumping)) for i in range(count))
     loop = None
     if loops and draw(st.integers(0, 2)) == 0:  # one looped program in three has a loop
         loop = Loop(tuple(draw(st.lists(coefficient, min_size=2 + count, max_size=2 + count))), draw(cost_coefficient))
@@ -99,6 +111,8 @@ def unbiased_estimators(site: Site, num_particles: int, relaxable: bool = True) 
         options = [e for e in options if not isinstance(e, Enumerate)]
     if num_particles >= 2:
         options.append(Score("loo"))
+    if site.jump:  # the pathwise derivative misses the jump (refused there); "auto" (None) must not
+        options = [e for e in options if not isinstance(e, pg.paths.PathwiseEstimator)] + [None]
     return options
 
 
@@ -198,6 +212,14 @@ def test_rodeo_on_a_categorical_matches_the_exact_gradient(program, data):
     check_program(program, data, vectorize=True, first=pg.RODEO())
 
 
+@suite_settings(EXAMPLES["jumps"])
+@given(program=programs(loops=False, jumps=True), data=st.data())
+def test_programs_that_jump_in_a_continuous_draw_match_the_exact_gradient(program, data):
+    # A Normal's value reaches the cost through floor, round, a threshold, sign or a
+    # where: its site takes an estimator that needs no smoothness, or "auto", which must.
+    check_program(program, data, vectorize=True)
+
+
 def test_the_reference_matches_closed_forms():
     # Bernoulli(σ(θ)) ... E[b] = 0.05 + 0.9σ(θ): d/dθ = 0.9σ(1−σ).
     theta = THETA
@@ -206,6 +228,16 @@ def test_the_reference_matches_closed_forms():
     value, grad = exact_gradient(program, theta)
     assert value == pytest.approx(float(0.05 + 0.9 * s), abs=1e-12)
     assert grad == pytest.approx(float(0.9 * s * (1 - s)), abs=1e-12)
+    # Normal(θ, σ_z = 0.5 + 0.5σ(θ)), cost floor(z): ∂θ E = Σ_k ∂θ P(z ≥ k), by the CDF.
+    program = Program((Site("normal", "single", (0.0, 1.0), linear=0.0, jump=1.0, step="floor"),))
+    value, grad = exact_gradient(program, theta)
+    t = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+    law = torch.distributions.Normal(t, 0.5 + 0.5 * torch.sigmoid(t))
+    closed = sum(1 - law.cdf(torch.tensor(float(k), dtype=torch.float64)) for k in range(1, 12)) - sum(
+        law.cdf(torch.tensor(float(k), dtype=torch.float64)) for k in range(-11, 1))
+    (closed_grad,) = torch.autograd.grad(closed, t)
+    assert value == pytest.approx(float(closed), abs=1e-9)
+    assert grad == pytest.approx(float(closed_grad), abs=1e-9)
     # Normal(θ, 0.5 + 0.5σ(θ)), cost z²: E = θ² + σ_z², by Gauss–Hermite exactly.
     program = Program((Site("normal", "single", (0.0, 1.0), linear=0.0, square=1.0),))
     value, grad = exact_gradient(program, theta)

@@ -60,3 +60,20 @@ def test_the_cluster_example_runs_on_two_processes_bit_for_bit(tmp_path, monkeyp
     namespace = {}
     exec(compile(block, str(README), "exec"), namespace)
     assert (tmp_path / "runs" / "runs.sqlite").exists() and len(namespace["result"].runs) == 4
+
+
+def test_the_jump_example_prints_the_exact_gradient_it_shows():
+    # "Programs that jump": round(z) under the default, seeded 0; the exact gradient is 1.000.
+    (block,) = [b for b in python_blocks() if "return torch.round(z)" in b]
+    import torch
+
+    import pyro.distributions as dist
+    import pyro_grad as pg
+
+    pyro.set_rng_seed(0)
+    namespace, output = {"pyro": pyro, "dist": dist, "torch": torch, "pg": pg}, io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(block, str(README), "exec"), namespace)
+    printed = re.findall(r"tensor\((-?[\d.]+)\)", output.getvalue())
+    assert printed == re.findall(r"# .*?tensor\((-?[\d.]+)\)", block)
+    assert abs(float(printed[0]) - 1.0) < 0.01

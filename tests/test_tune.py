@@ -61,9 +61,19 @@ def test_a_poisson_site_with_a_smooth_cost_picks_the_coupled_difference():
     assert rows.loc["MeasureValued()", "work-normalized variance"] < rows.loc["Score()", "work-normalized variance"]
 
 
-def test_a_normal_site_picks_the_pathwise_gradient():
+def test_a_normal_site_picks_the_quietest_per_evaluation_by_the_textbook_variances():
+    # f = z², z ~ N(θ, 1), θ = 0.5. Pathwise: 2z, variance 4 at 1 evaluation. Measure-valued
+    # in the loc (the scale does not move): (f(θ + R) − f(θ − R))/√(2π) = 4θR/√(2π), R ~
+    # Rayleigh(1), variance 16θ²(2 − π/2)/(2π) = 0.273 at 3 evaluations: 0.82 < 4.
     tuning = pg.tune(normal_cost, torch.tensor(0.5, requires_grad=True))
-    assert tuning.config == {"z": pg.Reparam()}
+    assert tuning.config == {"z": pg.MeasureValued()}
+    rows = tuning.table.set_index("estimator")
+    # A sample variance of n = 200 draws has relative standard error sqrt((κ − 1)/n), κ the
+    # kurtosis: 3 for the Normal 2z, 3.245 for a Rayleigh.
+    assert rows.loc["Reparam()", "variance"] == pytest.approx(4.0, rel=Z * math.sqrt(2 / 200))
+    textbook = 16 * 0.25 * (2 - math.pi / 2) / (2 * math.pi)
+    assert rows.loc["MeasureValued()", "variance"] == pytest.approx(textbook, rel=Z * math.sqrt(2.245 / 200))
+    assert rows.loc["MeasureValued()", "cost"] == 3
 
 
 def test_a_bernoulli_with_a_linear_cost_picks_a_zero_variance_estimator_and_its_gradient_is_exact():

@@ -58,6 +58,7 @@ def _build_report(
                 "site": target.site,
                 "distribution": target.distribution,
                 "estimator": repr(estimator),
+                "why": draws.reasons.get(target.site, ""),
                 "unbiased": getattr(estimator, "unbiased", None),
                 "cost": draws.runs.get(target.site),
                 "parameter": target.param,
@@ -84,6 +85,7 @@ def _build_report(
         shares=shares,
         runs=dict(draws.runs),
         estimators=dict(draws.estimators),
+        reasons=dict(draws.reasons),
     )
 
 

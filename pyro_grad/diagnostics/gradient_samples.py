@@ -75,6 +75,8 @@ class Draws:
     cost: int = 1
     #: Program evaluations per particle each site's estimator needs (``runs(site)``).
     runs: Dict[str, int] = field(default_factory=dict)
+    #: Why each site has its estimator (``Estimates.reasons``).
+    reasons: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def _tangent_or_zeros(t: torch.Tensor, num_samples: int) -> torch.Tensor:
 def forward_draws(task: GradientTask, num_samples: int, seed: int) -> Draws:
     """One forward-mode vectorized pass per target element."""
     estimates, args, params = task.estimates, task.args, task.params
-    samples, parts, chosen, cost, runs = {}, {}, {}, 1, {}
+    samples, parts, chosen, cost, runs, reasons = {}, {}, {}, 1, {}, {}
     for target in task.targets:
         columns, part_columns = [], {}
         numel = max(1, int(torch.Size(target.shape).numel()))
@@ -225,17 +227,17 @@ def forward_draws(task: GradientTask, num_samples: int, seed: int) -> Draws:
                 columns.append(_tangent_or_zeros(out.values, num_samples))
                 for s, term in out.score_terms.items():
                     part_columns.setdefault(s, []).append(_tangent_or_zeros(term, num_samples))
-                chosen, cost, runs = out.estimators, out.cost, out.runs
+                chosen, cost, runs, reasons = out.estimators, out.cost, out.runs, out.reasons
         samples[target.name] = torch.stack(columns, -1).reshape((num_samples,) + target.shape)
         for s, cols in part_columns.items():
             parts[(target.name, s)] = torch.stack(cols, -1).reshape((num_samples,) + target.shape)
-    return Draws(samples, parts, chosen, "vectorized", cost, runs)
+    return Draws(samples, parts, chosen, "vectorized", cost, runs, reasons)
 
 
 def loop_draws(task: GradientTask, num_samples: int, seed: int, progress: Optional[Callable[[], None]] = None) -> Draws:
     """``G`` estimates one at a time, each with one reverse-mode backward to every target."""
     rows = {t.name: [] for t in task.targets}
-    part_rows, chosen, cost, runs = {}, {}, 1, {}
+    part_rows, chosen, cost, runs, reasons = {}, {}, 1, {}, {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for _ in range(num_samples):
@@ -244,7 +246,7 @@ def loop_draws(task: GradientTask, num_samples: int, seed: int, progress: Option
                 for site in sites:
                     stack.enter_context(site)
                 out = task.estimates(new_args, 1)
-            chosen, cost, runs = out.estimators, out.cost, out.runs
+            chosen, cost, runs, reasons = out.estimators, out.cost, out.runs, out.reasons
             outputs = {None: out.values[0], **{s: term[0] for s, term in out.score_terms.items()}}
             for key, value in outputs.items():
                 grads = (
@@ -262,7 +264,7 @@ def loop_draws(task: GradientTask, num_samples: int, seed: int, progress: Option
                 progress()
     samples = {name: torch.stack(r) for name, r in rows.items()}
     parts = {key: torch.stack(r) for key, r in part_rows.items()}
-    return Draws(samples, parts, chosen, "loop", cost, runs)
+    return Draws(samples, parts, chosen, "loop", cost, runs, reasons)
 
 
 def gradient_draws(

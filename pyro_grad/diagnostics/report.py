@@ -26,7 +26,8 @@ class GradientReport:
       ``flagged`` (at least 4 standard errors off and significant after Holm's
       correction across every element of the report, family-wise rate 1e-3).
     * ``sites``: one row per sample site and distribution parameter: the estimator
-      used, and the statistics of the derivative along a common shift of that
+      used and ``why`` (who chose it; for "auto", why: a smooth pathwise value, no
+      ``rsample``, or a jump in f that rules the pathwise derivative out), and the statistics of the derivative along a common shift of that
       parameter's elements (the site estimator's own variance), and ``variance share``.
     * ``samples``: ``{name: (num_samples, *shape) tensor}``, the raw draws (parameters,
       and sites as ``"site.param"``).
@@ -34,7 +35,7 @@ class GradientReport:
     * ``shares``: each latent site's share of the total parameter-gradient variance (NaN
       for a pathwise site, whose part cannot be separated), with or without ``sites``;
       ``runs``: each site's program evaluations per particle; ``estimators``: each
-      site's estimator.
+      site's estimator; ``reasons``: why each site has it (the sites table's ``why``).
     """
 
     params: pd.DataFrame
@@ -46,6 +47,7 @@ class GradientReport:
     shares: Dict[str, float] = field(default_factory=dict)
     runs: Dict[str, int] = field(default_factory=dict)
     estimators: Dict[str, Any] = field(default_factory=dict)
+    reasons: Dict[str, str] = field(default_factory=dict)
 
     def to_markdown(self) -> str:
         return "\n\n".join(

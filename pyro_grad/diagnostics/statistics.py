@@ -9,7 +9,7 @@ table of thousands of elements does not flag an unbiased estimator by chance.
 """
 
 import math
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -104,3 +104,32 @@ def covariance_share(parts: torch.Tensor, draws: torch.Tensor) -> float:
         return 0.0
     cov = ((p - p.mean(0)) * (g - g.mean(0))).sum(0) / (g.shape[0] - 1)
     return float(cov.sum() / total)
+
+
+def paired_z(draws: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor]) -> np.ndarray:
+    """Per element of every parameter both hold, ``mean(d) / se(d)`` of the paired
+    differences ``d_g = draws_g − reference_g`` (draw g of each used the same seed, so
+    common random numbers make the pairs close where the estimators agree). Elements
+    whose differences are all zero have z = 0; a constant nonzero difference, ±inf."""
+    zs = []
+    for name in sorted(set(draws) & set(reference)):
+        a, b = draws[name].double(), reference[name].double()
+        n = min(a.shape[0], b.shape[0])
+        d = (a[:n] - b[:n]).reshape(n, -1)
+        mean = d.mean(0)
+        se = (d.var(0) / n).sqrt() if n > 1 else torch.zeros_like(mean)
+        tolerance = EXACT_TOLERANCE * torch.maximum(a[:n].abs().mean(0), b[:n].abs().mean(0)).reshape(-1).clamp(min=1.0)
+        zs.append((mean / torch.hypot(se, tolerance)).numpy())
+    return np.concatenate(zs) if zs else np.zeros(0)
+
+
+def disagreeing(zs: List[np.ndarray], alpha: float = FAMILY_ALPHA) -> List[bool]:
+    """Which of several candidates' paired z's (:func:`paired_z`, one array each) show a
+    mean that differs from the reference's: at least :data:`FLAG_Z` standard errors
+    off, and rejected by Holm's test at ``alpha`` across every element of every candidate."""
+    if not zs or not sum(len(z) for z in zs):
+        return [False] * len(zs)
+    z = np.abs(np.nan_to_num(np.concatenate(zs), nan=0.0))
+    rejected = holm_rejects(erfc(z / math.sqrt(2)), alpha) & (z >= FLAG_Z)
+    bounds = np.cumsum([0] + [len(x) for x in zs])
+    return [bool(rejected[lo:hi].any()) for lo, hi in zip(bounds[:-1], bounds[1:])]

@@ -25,7 +25,7 @@ tensor operation of the program.
 import contextlib
 import os
 import sys
-from typing import Any, Dict, FrozenSet, Iterator, Optional, Set
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set
 
 import pyro
 import torch
@@ -34,6 +34,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch.utils._pytree import tree_flatten, tree_map
 
+from pyro_grad.engine.jumps import Jump, jump_marks, read_jump
 from pyro_grad.engine.provenance import NONE, plain, provenance_of
 from pyro_grad.errors import EstimatorError
 from pyro_grad.distributions import describe
@@ -120,9 +121,30 @@ class WatchedTensor(ProvenanceTensor):
             plain_args, plain_kwargs = plain([list(args), kwargs or {}])
         provenance = NONE.union(*(t._provenance for t in found))
         watch = next((t._watch for t in found if getattr(t, "_watch", None) is not None), None)
-        if watch is not None and func in PYTHON_READS:
-            watch.saw_read(provenance, sys._getframe(1))
-        return watched(func(*plain_args, **plain_kwargs), provenance, watch)
+        if watch is None:
+            return watched(func(*plain_args, **plain_kwargs), provenance, watch)
+        if func in PYTHON_READS:
+            watch.saw_read(func, provenance, sys._getframe(1))
+        result = func(*plain_args, **plain_kwargs)
+        jumped = provenance & watch.pathwise if watch.pathwise else None
+        marks = jump_marks(func, result, jumped, sys._getframe(1)) if jumped else None
+        if args and isinstance(args[0], WatchedTensor) and is_in_place(func):
+            # x[mask] = v, x.add_(v): x now depends on everything the call read.
+            args[0]._provenance = provenance | (marks(args[0]) if marks is not None else frozenset())
+        if marks is not None:
+            return marked(result, provenance, marks, watch)
+        return watched(result, provenance, watch)
+
+
+def is_in_place(func: Any) -> bool:
+    """Whether a tensor call writes into its first argument (``x[i] = v``, ``x.add_(v)``)."""
+    name = getattr(func, "__name__", "")
+    return name == "__setitem__" or (name.endswith("_") and not name.startswith("_")) or name in IN_PLACE_OPERATORS
+
+
+#: Python's augmented assignments, as torch names them.
+IN_PLACE_OPERATORS = frozenset({"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__",
+                                "__ipow__", "__iand__", "__ior__", "__ixor__"})
 
 
 def watched(value: Any, provenance: FrozenSet[str], watch: Optional["PythonReads"]) -> Any:
@@ -144,25 +166,46 @@ def watched(value: Any, provenance: FrozenSet[str], watch: Optional["PythonReads
     return value
 
 
+def marked(value: Any, provenance: FrozenSet[Any], marks: Callable[[Any], FrozenSet[Any]], watch: "PythonReads") -> Any:
+    """``value`` as :func:`watched`, each of its tensors also carrying ``marks(tensor)``."""
+    if isinstance(value, torch.Tensor):
+        return watched(value, provenance | marks(value), watch)
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return kind(marked(v, provenance, marks, watch) for v in value)
+    if isinstance(value, (tuple, list, dict)):
+        return tree_map(lambda v: marked(v, provenance, marks, watch), value)
+    return value
+
+
 class PythonReads(Messenger):
     """Gives every non-reparameterized draw its site's name as provenance (as Pyro's
     ``TrackNonReparam``) and records which sites' values the program reads into Python.
 
-    A program with only reparameterized sites makes no watched value and pays nothing.
-    With ``batched=True`` (vectorized particles, K ≥ 2) a read raises
+    With ``pathwise`` (a predicate of the site message), the reparameterized draws it
+    accepts (those whose estimator is pathwise) carry their site's name too, so that the
+    operations that jump in them are marked (:mod:`pyro_grad.engine.jumps`) and their
+    reads into Python are recorded in ``jumps``; their names stay off the values of
+    later non-reparameterized draws, whose own estimators differentiate their laws.
+    Without it, a program with only reparameterized sites makes no watched value and
+    pays nothing. With ``batched=True`` (vectorized particles, K ≥ 2) a read raises
     :class:`~pyro_grad.errors.EstimatorError`. Reads after the run ends are not the
     run's, and are ignored.
     """
 
-    def __init__(self, batched: bool = False) -> None:
+    def __init__(self, batched: bool = False, pathwise: Optional[Callable[[dict], bool]] = None) -> None:
         super().__init__()
         self.batched = batched
+        self.is_pathwise = pathwise
         self.sites: Set[str] = set()
+        #: The watched pathwise sites, and their values' reads into Python.
+        self.pathwise: Set[str] = set()
+        self.jumps: List[Jump] = []
         self._fns: Dict[str, Any] = {}
         self._running = False
 
     def __enter__(self):
-        self.sites, self._fns, self._running = set(), {}, True
+        self.sites, self.pathwise, self.jumps, self._fns, self._running = set(), set(), [], {}, True
         return super().__enter__()
 
     def __exit__(self, *exc):
@@ -171,18 +214,24 @@ class PythonReads(Messenger):
 
     def _pyro_post_sample(self, msg: dict) -> None:
         self._fns.setdefault(msg["name"], msg["fn"])
-        if (
-            msg["is_observed"]
-            or isinstance(msg["fn"], _Subsample)
-            or getattr(msg["fn"], "has_rsample", False)
-        ):
+        if msg["is_observed"] or isinstance(msg["fn"], _Subsample):
             return
-        provenance = provenance_of(msg["value"]) | {msg["name"]}
+        if getattr(msg["fn"], "has_rsample", False):
+            if self.is_pathwise is not None and self.is_pathwise(msg):
+                self.pathwise.add(msg["name"])
+                msg["value"] = watched(plain(msg["value"]), provenance_of(msg["value"]) | {msg["name"]}, self)
+            return
+        # A pathwise draw reaches this one only through its law, which this site's own
+        # estimator differentiates: what the program does with this value is no jump of it.
+        provenance = (provenance_of(msg["value"]) - self.pathwise) | {msg["name"]}
         msg["value"] = watched(plain(msg["value"]), provenance, self)
 
-    def saw_read(self, sites: FrozenSet[str], frame: Any) -> None:
+    def saw_read(self, func: Any, provenance: FrozenSet[Any], frame: Any) -> None:
+        sites = frozenset(p for p in provenance if isinstance(p, str))
         if not self._running or not sites or not read_by_program(frame):
             return
+        pathwise = sites & self.pathwise
+        self.jumps += [read_jump(site, func, frame) for site in sorted(pathwise)]
         if self.batched:
             named = ", ".join(
                 f"'{s}' ({describe(self._fns[s])})" if s in self._fns else f"'{s}'" for s in sorted(sites)
@@ -193,15 +242,17 @@ class PythonReads(Messenger):
                 "estimate would be wrong. Use vectorize=False (pg.expectation) or "
                 "vectorize_particles=False (pg.ELBO)"
             )
-        self.sites |= sites
+        # A pathwise read is a jump (above); the score-path sites' reads widen their f.
+        self.sites |= sites - pathwise
 
 
 @contextlib.contextmanager
-def watched_reads(batched: bool) -> Iterator[PythonReads]:
+def watched_reads(batched: bool, pathwise: Optional[Callable[[dict], bool]] = None) -> Iterator[PythonReads]:
     """Run a program with provenance on non-reparameterized values (as
-    ``TraceGraph_ELBO``) and its Python reads of them watched; torch's own error for a
-    batched read becomes one clear :class:`~pyro_grad.errors.EstimatorError`."""
-    reads = PythonReads(batched=batched)
+    ``TraceGraph_ELBO``) and its Python reads of them watched, and with ``pathwise``
+    the jumps in the pathwise draws it accepts (see :class:`PythonReads`); torch's own
+    error for a batched read becomes one clear :class:`~pyro_grad.errors.EstimatorError`."""
+    reads = PythonReads(batched=batched, pathwise=pathwise)
     try:
         with reads:
             yield reads

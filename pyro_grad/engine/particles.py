@@ -17,6 +17,10 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape
 
 from pyro_grad.engine.control_flow import READ, watched_reads
+from pyro_grad.engine.jumps import Jump
+
+#: Key in a pathwise site's ``infer``: the reads of its value into Python (jumps).
+READ_JUMPS = "_pyro_grad_read_jumps"
 
 PARTICLES = "_pyro_grad_particles"
 #: The plates that hold particles: ours, and the one Pyro's ELBOs vectorize over.
@@ -44,6 +48,7 @@ def particle_traces(
     vectorize: bool,
     max_plate_nesting: Optional[int] = None,
     watched: bool = True,
+    pathwise: Optional[Callable[[dict], bool]] = None,
 ) -> Tuple[List[Trace], Optional[int]]:
     """Traces of ``fn`` for ``num_particles`` particles, and the particle dim (None when looped).
 
@@ -52,9 +57,15 @@ def particle_traces(
     reads into Python is marked (:mod:`pyro_grad.engine.control_flow`). ``max_plate_nesting``
     is guessed by one extra run when not given. ``watched=False`` skips provenance and
     the read watch, for re-runs whose only use is their value of f (provenance
-    tracking takes longer than many programs themselves).
+    tracking takes longer than many programs themselves). ``pathwise`` (a predicate of
+    the site message) also watches the pathwise draws it accepts for jumps
+    (:mod:`pyro_grad.engine.jumps`); their reads are marked under :data:`READ_JUMPS`.
     """
-    trace = watched_trace if watched else plain_trace
+    def trace(fn, args, kwargs, batched):
+        if watched:
+            return watched_trace(fn, args, kwargs, batched, pathwise)
+        return plain_trace(fn, args, kwargs, batched)
+
     batched = vectorize and num_particles > 1
     if batched:
         if max_plate_nesting is None:
@@ -70,12 +81,14 @@ def plain_trace(fn: Callable, args: tuple, kwargs: dict, batched: bool) -> Trace
     return poutine.trace(fn).get_trace(*args, **kwargs)
 
 
-def watched_trace(fn: Callable, args: tuple, kwargs: dict, batched: bool) -> Trace:
+def watched_trace(fn: Callable, args: tuple, kwargs: dict, batched: bool,
+                  pathwise: Optional[Callable[[dict], bool]] = None) -> Trace:
     """One trace of ``fn`` with provenance on non-reparameterized values, its Python
-    reads of drawn values marked in the read sites' ``infer``."""
-    with watched_reads(batched) as reads:
+    reads of drawn values marked in the read sites' ``infer`` (see :func:`particle_traces`)."""
+    with watched_reads(batched, pathwise) as reads:
         trace = poutine.trace(fn).get_trace(*args, **kwargs)
     mark_reads(trace, reads.sites)
+    mark_read_jumps(trace, reads.jumps)
     return trace
 
 
@@ -83,6 +96,13 @@ def mark_reads(trace: Trace, sites) -> None:
     for name in sites:
         if name in trace.nodes:
             trace.nodes[name]["infer"][READ] = True
+
+
+def mark_read_jumps(trace: Trace, jumps: List[Jump]) -> None:
+    """Record in each pathwise site of ``trace`` the reads of its value into Python."""
+    for jump in jumps:
+        if jump.site in trace.nodes:
+            trace.nodes[jump.site]["infer"].setdefault(READ_JUMPS, []).append(jump)
 
 
 def read_sites(trace: Trace) -> List[str]:

@@ -82,6 +82,8 @@ class Estimates:
     cost: int = 1
     #: Each latent site's program evaluations per particle, ``estimator.runs(site)``.
     runs: Dict[str, int] = field(default_factory=dict)
+    #: Why each latent site has its estimator (who chose it; for "auto", why).
+    reasons: Dict[str, str] = field(default_factory=dict)
 
 
 def site_estimators(trace) -> Dict[str, Estimator]:

@@ -18,6 +18,7 @@ from pyro_grad.handler import EstimatorMessenger
 from pyro_grad.engine.alternative_run import AlternativeRun
 from pyro_grad.engine.importance import ImportanceRun, changed_last_site, importance_run
 from pyro_grad.errors import EstimatorError
+from pyro_grad.objectives.jump_policy import JumpGuard, choice_reasons, found_jumps, is_pathwise, latent_nodes
 from pyro_grad.objectives.objective_check import ObjectiveCheck
 from pyro_grad.tuning.schedule import Switch, tune_program, tuning_messengers
 from pyro_grad.engine.surrogate import (
@@ -33,6 +34,7 @@ from pyro_grad.engine.surrogate import (
 from pyro_grad.engine.particles import (
     ParticleLayout,
     concat_particles,
+    mark_read_jumps,
     mark_reads,
     match_dims,
     read_sites,
@@ -105,6 +107,12 @@ class ELBO(pyro.infer.ELBO):
         self.steps = 0
         self.tunings: Dict[int, Any] = {}
         self.switches: List[Switch] = []
+        # Pathwise sites are watched for jumps on the first step, and again after a
+        # tuning switch; what the watch found is kept by the guard, which switches
+        # "auto"'s Reparam at those sites before every later draw.
+        self.jump_guard = JumpGuard(self.objective)
+        self.watch_jumps = True
+        self._watching = False
 
     def _tune_before_step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         step, self.steps = self.steps, self.steps + 1
@@ -116,18 +124,40 @@ class ELBO(pyro.infer.ELBO):
         settings = {"num_particles": self.num_particles, "vectorize": self.vectorize_particles,
                     **self.tune_options}
         before = messengers[0].tuning if messengers else None
-        self.switches += tune_program(messengers, step, model, args, kwargs, guide=guide, objective=type(self),
-                                      **settings)
+        switches = tune_program(messengers, step, model, args, kwargs, guide=guide, objective=type(self), **settings)
+        self.switches += switches
+        self.watch_jumps |= bool(switches)  # a new choice's draws are watched for jumps anew
         if messengers and messengers[0].tuning is not before:
             self.tunings[step] = messengers[0].tuning
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> ImportanceRun:
-        with watched_reads(self.vectorize_particles and self.num_particles > 1) as reads:
+        batched = self.vectorize_particles and self.num_particles > 1
+        with watched_reads(batched, is_pathwise if self._watching else None) as reads:
             run = importance_run(model, guide, args, kwargs, self.max_plate_nesting)
         mark_reads(run.guide_trace, reads.sites)
+        mark_read_jumps(run.guide_trace, reads.jumps)
         if is_validation_enabled():
             check_if_enumerated(run.guide_trace)
         return run
+
+    def _runs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, watch: bool) -> List[ImportanceRun]:
+        """One step's trace pairs (one per particle when looped). With ``watch``, its
+        pathwise draws are watched for jumps, and the step is redone when a site must
+        switch (:class:`~pyro_grad.objectives.jump_policy.JumpGuard`)."""
+        while True:
+            self._watching = watch
+            try:
+                runs = list(self._get_traces(model, guide, args, kwargs))
+            finally:
+                self._watching = False
+            if not watch:
+                return runs
+            self.watch_jumps = False
+            scored = [provenance_of(site["log_prob"]) for run in runs for trace in (run.model_trace, run.guide_trace)
+                      for site in trace.nodes.values() if site["type"] == "sample"]
+            found = found_jumps([run.guide_trace for run in runs], scored)
+            if not self.jump_guard.review(latent_nodes([run.guide_trace for run in runs]), found):
+                return runs
 
     def _particle_dim(self):
         if self.vectorize_particles and self.num_particles > 1:
@@ -146,7 +176,7 @@ class ELBO(pyro.infer.ELBO):
         """ELBO estimates ``(G,)`` and their surrogates (see :class:`Estimates`). The
         ``num_particles`` particles form ``G = num_samples`` independent samples of
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
-        guide = ObjectiveCheck(self.objective)(self.estimators(guide))
+        guide = ObjectiveCheck(self.objective)(self.jump_guard(self.estimators(guide)))
 
         def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool,
                             relaxed: bool):
@@ -171,7 +201,7 @@ class ELBO(pyro.infer.ELBO):
 
         elbos, surrogates, blocks, differences = [], [], [], []
         guide_trace = None
-        for run in self._get_traces(model, guide, args, kwargs):
+        for run in self._runs(model, guide, args, kwargs, watch=surrogate and self.watch_jumps):
             model_trace, guide_trace = run.model_trace, run.guide_trace
             # Known only once the first traces guessed max_plate_nesting.
             dim = self._particle_dim()
@@ -195,7 +225,9 @@ class ELBO(pyro.infer.ELBO):
         if not surrogate:
             return elbo, Estimates(elbo, cost=evaluations(guide_trace))
         # The ELBO is maximized, so auxiliary losses enter with a minus sign.
-        return elbo, assemble(surrogates, blocks, differences, num_samples, guide_trace, args, kwargs, loss_sign=-1.0)
+        estimates = assemble(surrogates, blocks, differences, num_samples, guide_trace, args, kwargs, loss_sign=-1.0)
+        estimates.reasons = choice_reasons(guide_trace, self.jump_guard)
+        return elbo, estimates
 
     def estimates(
         self, model: Callable, guide: Callable, args: tuple = (), kwargs: Optional[dict] = None, num_samples: int = 1
@@ -206,8 +238,9 @@ class ELBO(pyro.infer.ELBO):
         and their runs. The raw material of ``pg.diagnose``; baselines see each sample's
         own particles."""
         check_num_particles(num_samples)
-        wide = copy.copy(self)  # shares the estimators handler, so its baseline state
+        wide = copy.copy(self)  # shares the estimators handler and jump guard, so their state
         wide.num_particles = self.num_particles * num_samples
+        wide.watch_jumps = True  # a diagnosis always watches its draws for jumps
         if self.vectorize_particles and self.num_particles == 1 and wide.num_particles > 1:
             wide.max_plate_nesting += 1  # Pyro's ELBO keeps a particle dim only for K > 1
         return wide._particles(model, guide, tuple(args), dict(kwargs or {}), surrogate=True, num_samples=num_samples)[1]

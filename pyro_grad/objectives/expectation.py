@@ -10,7 +10,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from pyro_grad.engine.provenance import plain, provenance_of
 from pyro_grad import baselines
-from pyro_grad.distributions import describe, unmasked
+from pyro_grad.distributions import describe, parameter_provenance, unmasked
 from pyro_grad.engine.alternative_run import AlternativeRun
 from pyro_grad.engine.particles import PARTICLES, ParticleLayout, match_dims, particle_traces, read_sites
 from pyro_grad.engine.surrogate import (
@@ -23,6 +23,7 @@ from pyro_grad.engine.surrogate import (
 )
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
+from pyro_grad.objectives.jump_policy import JumpGuard, choice_reasons, found_jumps, is_pathwise, latent_nodes
 from pyro_grad.objectives.objective_check import ObjectiveCheck
 from pyro_grad.tuning.schedule import tune_program, tuning_messengers
 
@@ -94,13 +95,24 @@ def expectation(
         raise EstimatorError(f"max_plate_nesting must be a non-negative integer, got {max_plate_nesting!r}")
     untuned = [m for m in tuning_messengers(fn) if m.tuning is None]
     tune_program(untuned, 0, fn, args, kwargs, num_particles=num_particles, vectorize=vectorize)
-    value = expectation_estimates(fn, args, kwargs, num_particles, 1, vectorize, max_plate_nesting).values[0]
+    estimates = expectation_estimates(fn, args, kwargs, num_particles, 1, vectorize, max_plate_nesting)
+    value = estimates.values[0]
     if torch.is_grad_enabled() and not value.requires_grad:
-        raise EstimatorError(nothing_requires_grad(args, kwargs))
+        raise EstimatorError(nothing_requires_grad(args, kwargs, estimates.reasons))
     return value
 
 
-def nothing_requires_grad(args: tuple, kwargs: dict) -> str:
+def nothing_requires_grad(args: tuple, kwargs: dict, reasons: Optional[dict] = None) -> str:
+    """Why the estimate has no gradient: no input requires grad, or f reaches the
+    inputs only through jumps the user asked to ignore."""
+    ignored = {site: why for site, why in (reasons or {}).items() if "jumps='ignore'" in why}
+    if ignored:
+        site, why = next(iter(ignored.items()))
+        return (
+            f"the estimate of E[f] has no gradient, and site '{site}' reaches f through a jump its "
+            f"estimator was told to ignore ({why}): the pathwise derivative of a jump is zero. Drop "
+            "jumps='ignore' there, and pg chooses an unbiased estimator"
+        )
     inputs = [f"argument {i}: {_kind(a)}" for i, a in enumerate(args)]
     inputs += [f"{k}=: {_kind(v)}" for k, v in kwargs.items()]
     return (
@@ -181,8 +193,12 @@ def expectation_estimates(
     consecutive particles forms one sample, with its own baselines.
     """
     total = num_particles * num_samples
-    program = ObjectiveCheck("expectation")(estimators(fn))
-    traces, dim = particle_traces(program, args, kwargs, total, vectorize, max_plate_nesting)
+    guard = JumpGuard("expectation")
+    program = ObjectiveCheck("expectation")(guard(estimators(fn)))
+    while True:  # redone, with the sites switched, when a pathwise site's value jumps
+        traces, dim = particle_traces(program, args, kwargs, total, vectorize, max_plate_nesting, pathwise=is_pathwise)
+        if not guard.review(latent_nodes(traces), found_jumps(traces, differentiated(traces))):
+            break
     k = total if dim is not None else 1
     layout = ParticleLayout(dim, k)
     nesting = None if dim is None else -dim - 1
@@ -227,4 +243,18 @@ def expectation_estimates(
                 density=unmasked,
             )
         )
-    return assemble(values, blocks, difference_blocks, num_samples, traces[0], args, kwargs, loss_sign=1.0)
+    estimates = assemble(values, blocks, difference_blocks, num_samples, traces[0], args, kwargs, loss_sign=1.0)
+    estimates.reasons = choice_reasons(traces[0], guard)
+    return estimates
+
+
+def differentiated(traces) -> list:
+    """The provenance of everything the expectation differentiates: f, and the
+    parameters of every site drawn off the pathwise path (its score or its coupled runs)."""
+    found = []
+    for trace in traces:
+        found.append(provenance_of(trace.nodes["_RETURN"]["value"]))
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and not site["is_observed"] and not is_pathwise(site):
+                found.append(parameter_provenance(site["fn"]))
+    return found

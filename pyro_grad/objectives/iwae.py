@@ -17,6 +17,7 @@ from pyro_grad.engine.provenance import plain
 from pyro_grad.engine.surrogate import Estimates, evaluations, group, site_estimators, site_runs
 from pyro_grad.errors import EstimatorError
 from pyro_grad.objectives.elbo import ELBO, elbo_terms
+from pyro_grad.objectives.jump_policy import choice_reasons
 from pyro_grad.objectives.objective_check import ObjectiveCheck
 from pyro_grad.paths import Estimator, Score, VIMCO
 
@@ -74,9 +75,9 @@ class IWAE(ELBO):
     ) -> Tuple[torch.Tensor, Estimates]:
         """Bounds ``(G,)`` and their surrogates: the ``num_particles`` particles form
         ``G = num_samples`` independent bounds of ``num_particles / G`` particles each."""
-        guide = ObjectiveCheck(self.objective)(self.estimators(guide))
+        guide = ObjectiveCheck(self.objective)(self.jump_guard(self.estimators(guide)))
         weighted, runs = [], []
-        for run in self._get_traces(model, guide, args, kwargs):
+        for run in self._runs(model, guide, args, kwargs, watch=surrogate and self.watch_jumps):
             dim = self._particle_dim()
             layout = ParticleLayout(dim, self.num_particles if dim is not None else 1)
             weighted.append(weigh(run, layout, surrogate and torch.is_grad_enabled(), self.num_particles))
@@ -111,7 +112,8 @@ class IWAE(ELBO):
         for term in terms.values():
             values = values + term
         estimators = {**site_estimators(guide_trace), **resolved}
-        return bound.detach(), Estimates(values, terms, estimators, evaluations(guide_trace), site_runs(guide_trace))
+        return bound.detach(), Estimates(values, terms, estimators, evaluations(guide_trace), site_runs(guide_trace),
+                                         choice_reasons(guide_trace, self.jump_guard))
 
 
 def per_sample(t: torch.Tensor) -> torch.Tensor:

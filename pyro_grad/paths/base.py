@@ -30,6 +30,7 @@ from typing import Any, ClassVar, FrozenSet, List, NamedTuple, Optional, Tuple
 import torch
 
 from pyro_grad.distributions import without_path_switch
+from pyro_grad.errors import EstimatorError
 from pyro_grad.engine.particles import PARTICLE_PLATES
 from pyro_grad.paths.detached import DetachedSample
 
@@ -201,6 +202,33 @@ class Estimator:
     def resolve(self, num_particles: int) -> "Estimator":
         """The concrete estimator once the number of particles is known."""
         return self
+
+
+#: What a pathwise estimator does at a site whose value reaches f through a jump.
+JUMP_POLICIES = ("raise", "ignore")
+
+
+@dataclass(frozen=True, repr=False)
+class PathwiseEstimator(Estimator):
+    """Base of the estimators whose gradient flows through the drawn value itself
+    (``rsample``): Reparam, STL, DReG.
+
+    Their derivative is f's derivative *inside* each piece where f is smooth in the
+    value; where f jumps in it (a threshold, a ``round``, a branch), the boundary moves
+    with the parameters and the mass that crosses it is missed. The objectives watch
+    every pathwise draw for such jumps (:mod:`pyro_grad.engine.jumps`); at a site where
+    one reaches f, ``jumps="raise"`` (the default) refuses the site with one error
+    naming the operation and its line, and ``jumps="ignore"`` is the user's word that
+    the jump cannot change E[f] (a comparison only logged, say).
+    """
+
+    jumps: str = "raise"
+
+    def __post_init__(self) -> None:
+        if self.jumps not in JUMP_POLICIES:
+            raise EstimatorError(
+                f"{type(self).__name__}(jumps={self.jumps!r}): jumps must be one of {list(JUMP_POLICIES)}"
+            )
 
 
 class DifferenceEstimator(Estimator):

@@ -2,12 +2,12 @@
 
 from dataclasses import dataclass
 
-from pyro_grad.paths.base import Estimator
+from pyro_grad.paths.base import PathwiseEstimator
 from pyro_grad.paths.reparam import Reparam
 
 
 @dataclass(frozen=True, repr=False)
-class DReG(Estimator):
+class DReG(PathwiseEstimator):
     """DReG (Tucker, Lawson, Gu & Maddison, ICLR 2019): the IWAE bound's gradient in the
     guide's parameters, with the score of ``q`` reparameterized a second time.
 

@@ -1,9 +1,12 @@
-"""Measure-valued (coupled-jump) derivatives of discrete sites, in the spirit of StochasticAD.jl.
+"""Measure-valued derivatives: of discrete sites by coupled jumps, in the spirit of
+StochasticAD.jl, and of continuous ones by weak derivatives (Mohamed et al. 2020).
 
-For each distribution the derivative of ``E[f(X)]`` with respect to its parameter is a
-weighted difference between f at the sampled value and at one coupled
-alternative, derived from the jump the inverse-CDF coupling makes under a small change
-of the parameter:
+For each distribution the derivative of ``E[f(X)]`` with respect to a parameter is a
+weighted difference between f at coupled values of the site, one of which is often the
+sampled value itself (whose f the first run already has).
+
+Discrete sites: the alternative is the jump the inverse-CDF coupling makes under a small
+change of the parameter:
 
 =============================  ================  ==========================================
 distribution                   parameter η       ∂η E[f(X)]
@@ -16,26 +19,59 @@ Categorical(π)                 probs             ∂π_k: f(k), every category 
                                                  is exact: Σ_k ∂π_k f(k))
 =============================  ================  ==========================================
 
+Continuous sites: weak derivatives, ``∂η p = c·(p⁺ − p⁻)`` for two probability densities
+(Pflug 1996; Mohamed, Rosca, Figurnov & Mnih, "Monte Carlo Gradient Estimation in
+Machine Learning", JMLR 2020, §6 and Table 1), drawn on common random numbers
+(:mod:`pyro_grad.paths.weak_derivatives` derives each line); ``E, E₁, E₂ ~ Exp(1)``,
+``R = sqrt(2E₁)``, ``ε = (X − μ)/σ``, ``M = sign(ε)·sqrt(ε² + 2E₂)``:
+
+=============================  ================  ==========================================  ====
+distribution                   parameter η       ∂η E[f(X)]                                  runs
+=============================  ================  ==========================================  ====
+Normal(μ, σ)                   loc               E[f(μ + σR) − f(μ − σR)] / (σ√(2π))         2
+Normal(μ, σ)                   scale             E[f(μ + σM) − f(X)] / σ                     1
+LogNormal(μ, σ)                loc, scale        as Normal, on log X, values mapped by exp   2, 1
+Exponential(λ)                 rate              E[f(X) − f(X + E/λ)] / λ                    1
+Gamma(α, β)                    rate              α/β · E[f(X) − f(X + E/β)]                  1
+Uniform(a, b)                  high              E[f(b⁻) − f(X)] / (b − a)                   1
+Uniform(a, b)                  low               E[f(X) − f(a)] / (b − a)                    1
+=============================  ================  ==========================================  ====
+
+Only parameters that move are differentiated (they require grad, or carry a
+forward-mode tangent), and each costs its runs. A Gamma whose concentration moves is
+refused (it has no such clean weak derivative here; nor has a Beta); a LogNormal only
+when it is exactly torch's (a Normal base and an ``ExpTransform``).
+
 No score function: when the alternative run shares the first run's randomness the
 difference has low variance, and it is exactly 0 where f does not depend on the site.
-A site with several elements per particle (inside a plate) has one element, chosen
-uniformly among those that can move, moved per particle, and its difference weighted by
-their number: still unbiased. In an ELBO whose terms stay in the plate (each element's
-terms depend only on its own value), every element moves in the same re-run and sees
-only its own difference of f (one coordinate of an event per element). An element with probability exactly 0 or 1 is taken as
-fixed (as a masked agent is); a parameter that sits exactly at 0 or 1 yet moves with θ
-would be missed. Cost: 2 evaluations per particle (1 + the number of categories for
-a Categorical).
+A site with several elements per particle (inside a plate, or the coordinates of an
+event) has one element, chosen uniformly among those that can move, moved per
+particle, and its difference weighted by their number: still unbiased. In an ELBO whose
+terms stay in the plate (each element's terms depend only on its own value), every
+element moves in the same re-run and sees only its own difference of f (one coordinate
+of an event per element). An element with probability exactly 0 or 1 is taken as fixed
+(as a masked agent is); a parameter that sits exactly at 0 or 1 yet moves with θ would
+be missed. Masked distributions are refused.
+
+Cost, evaluations per particle: 2 for a discrete site (1 + the number of categories for
+a Categorical); for a continuous one 1 + the runs of the parameters that move (4 for a
+Normal whose loc and scale both move, 2 for an Exponential).
 """
 
 from dataclasses import dataclass
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.distributions import leaf_distribution, probs_of
-from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
+from pyro_grad.distributions import describe, given_parameters, leaf_distribution, probs_of
+from pyro_grad.engine.provenance import plain
+from pyro_grad.errors import EstimatorError
+from pyro_grad.paths import weak_derivatives as weak
+from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Example, Site, SiteDraw
+
+#: The continuous sites the tuner offers MeasureValued at: at most this many coordinates.
+FEW_COORDINATES = 4
 
 SUPPORTED = (dist.Bernoulli, dist.Binomial, dist.Categorical, dist.Poisson, dist.Geometric)
 
@@ -81,30 +117,89 @@ def active_elements(leaf: Any, value: torch.Tensor) -> torch.Tensor:
     return torch.ones(value.shape, dtype=torch.bool)
 
 
+def chosen_elements(draw: SiteDraw, active: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The elements to move (a mask shaped like the value) and their weight: one per
+    particle, or every one at once when the site's terms of f are ``local``."""
+    event_dim = len(draw.fn.event_shape)
+    if draw.local:  # each plate element sees only its own move: move them all at once
+        return choose_in_events(draw.value, active, event_dim)
+    return choose_elements(draw.value, active, draw.layout, event_dim)
+
+
+def discrete(fn: Any) -> bool:
+    """Whether ``fn`` is one of the discrete distributions (jumps, the first table)."""
+    return isinstance(leaf_distribution(fn), SUPPORTED)
+
+
 @dataclass(frozen=True, repr=False)
 class MeasureValued(DifferenceEstimator):
-    """Measure-valued derivative of a discrete site (table in the module docs).
-    Unbiased; cost 2 evaluations per particle (a Categorical: one per category, plus 1)."""
+    """Measure-valued derivative of a site (tables in the module docs): coupled jumps
+    of a discrete site; weak derivatives of a Normal, LogNormal, Exponential, Gamma
+    (rate) or Uniform site (Mohamed et al. 2020, §6). Unbiased; cost 2 evaluations per
+    particle for a discrete site (a Categorical: one per category, plus 1), 1 + the
+    runs of the moving parameters for a continuous one (a Normal: loc 2, scale 1)."""
 
     unbiased = True
 
     @classmethod
     def applies_to(cls, site: Site) -> bool:
         fn = site.fn
-        return isinstance(leaf_distribution(fn), SUPPORTED) and not isinstance(fn, dist.MaskedDistribution)
+        if isinstance(fn, dist.MaskedDistribution):
+            return False
+        return discrete(fn) or weak.family_of(fn) is not None
+
+    @classmethod
+    def examples_for(cls, site: Site, exact_value: bool = False) -> List[Example]:
+        # On a continuous site one coordinate moves per particle, so its variance grows
+        # with the site's coordinates (a 16×8×8 image: ×1024) where the pathwise
+        # gradient's does not: the tuner and the benchmark suite offer it only at sites
+        # of a few coordinates, where f may jump and it is the quietest that needs no
+        # smoothness.
+        if discrete(site.fn) or site.elements * max(1, site.fn.event_shape.numel()) <= FEW_COORDINATES:
+            return super().examples_for(site, exact_value)
+        return []
+
+    def refusal(self, site: Site) -> Optional[str]:
+        found = weak.family_of(site.fn) if self.applies_to(site) and not discrete(site.fn) else None
+        if found is not None:
+            reason = self._refused(*found)
+            if reason is not None:
+                return reason
+        return super().refusal(site)
+
+    @staticmethod
+    def _refused(family: weak.Family, leaf: Any) -> Optional[str]:
+        """Why a continuous site whose parameters move is refused, or None."""
+        moving = weak.moving_parameters(leaf)
+        return next((why for name, why in family.refused.items() if name in moving), None)
 
     def runs(self, site: Site) -> int:
-        leaf = leaf_distribution(site.fn)
-        return 1 + probs_of(leaf).shape[-1] if isinstance(leaf, dist.Categorical) else 2
+        if discrete(site.fn):
+            leaf = leaf_distribution(site.fn)
+            return 1 + probs_of(leaf).shape[-1] if isinstance(leaf, dist.Categorical) else 2
+        found = weak.family_of(site.fn)
+        if found is None:  # unsure: every parameter's runs
+            return 1 + max(sum(family.runs.values()) for family in set(weak.LEAVES.values()))
+        family, leaf = found
+        moving = weak.moving_parameters(leaf)
+        return 1 + sum(runs for name, runs in family.runs.items() if name in moving)
 
     def alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
+        if discrete(draw.fn):
+            return self._jumps(draw)
+        return self._weak_alternatives(draw)
+
+    def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
+        if discrete(runs.draw.fn):
+            return self._jump_terms(runs)
+        return self._weak_terms(runs)
+
+    # Discrete sites: coupled jumps.
+
+    def _jumps(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
         fn, value = draw.fn, draw.value
         leaf = leaf_distribution(fn)
-        active, event_dim = active_elements(leaf, value), len(fn.event_shape)
-        if draw.local:  # each plate element sees only its own move: move them all at once
-            mask, elements = choose_in_events(value, active, event_dim)
-        else:
-            mask, elements = choose_elements(value, active, draw.layout, event_dim)
+        mask, elements = chosen_elements(draw, active_elements(leaf, value))
         if isinstance(leaf, dist.Categorical):
             categories = leaf.probs.shape[-1]
             alts = [torch.where(mask, torch.full_like(value, k), value) for k in range(categories)]
@@ -119,7 +214,7 @@ class MeasureValued(DifferenceEstimator):
             moved = value + 1
         return [torch.where(mask, moved, value)], (mask, elements)
 
-    def alternative_terms(self, runs: CoupledRuns) -> torch.Tensor:
+    def _jump_terms(self, runs: CoupledRuns) -> torch.Tensor:
         fn, value, layout = runs.draw.fn, runs.draw.value, runs.draw.layout
         mask, elements = runs.state
         leaf = leaf_distribution(fn)
@@ -142,3 +237,47 @@ class MeasureValued(DifferenceEstimator):
                 d = value / (p.detach() * (1 - p.detach())) * delta
         eta = eta.expand(value.shape)
         return layout.reduce((eta - eta.detach()) * d.detach(), e)
+
+    # Continuous sites: weak derivatives.
+
+    def _weak_alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
+        """One run per alternative value of the moving parameters' weak derivatives (the
+        site's own draw is the first run's); the state names, per parameter, its
+        constant and which runs hold f at ``X⁺`` and ``X⁻`` (0: the first run)."""
+        value = draw.value
+        family, leaf = weak.family_of(draw.fn)
+        moving = weak.moving_parameters(leaf)
+        reason = self._refused(family, leaf)
+        if reason is not None:  # moved after the handler's check: a diagnostic's shift of the site
+            raise EstimatorError(
+                f"{self!r} does not apply to site '{draw.name}' ({describe(draw.fn)}): {reason}. The "
+                "parameter was shifted after the estimator was chosen, as pg.diagnose shifts each site's "
+                "own parameters: pass sites=False there to differentiate the arguments alone"
+            )
+        mask, elements = chosen_elements(draw, torch.ones(value.shape, dtype=torch.bool))
+        alternatives, plan = [], []
+
+        def run(moved: Optional[torch.Tensor]) -> int:
+            if moved is None:
+                return 0
+            alternatives.append(torch.where(mask, moved.to(value.dtype), value))
+            return len(alternatives)
+
+        for d in weak.derivatives(family, leaf, value, moving):
+            plan.append((d.parameter, d.constant, run(d.plus), run(d.minus)))
+        return alternatives, (mask, elements, plan)
+
+    def _weak_terms(self, runs: CoupledRuns) -> torch.Tensor:
+        fn, value, layout = runs.draw.fn, runs.draw.value, runs.draw.layout
+        mask, elements, plan = runs.state
+        _, leaf = weak.family_of(fn)
+        params = given_parameters(leaf)
+        e = len(fn.event_shape)
+        weight = mask.to(value.dtype) * elements
+        f = [runs.f, *runs.alternative_f]  # f[0]: the first run, at the site's own draw
+        terms = layout.reduce(torch.zeros(value.shape, dtype=value.dtype), e)
+        for name, constant, plus, minus in plan:
+            eta = plain(params[name]).expand(value.shape)
+            d = (constant * runs.at_value(f[plus] - f[minus]) * weight).detach()
+            terms = terms + layout.reduce((eta - eta.detach()) * d, e)
+        return terms

@@ -1,11 +1,11 @@
 """The pathwise (reparameterization) gradient."""
 
 from dataclasses import dataclass
-from pyro_grad.paths.base import Estimator, Site
+from pyro_grad.paths.base import PathwiseEstimator, Site
 
 
 @dataclass(frozen=True, repr=False)
-class Reparam(Estimator):
+class Reparam(PathwiseEstimator):
     """Pathwise gradient: draw ``z = g_θ(ε)`` with ``ε`` parameter-free, so that
     ``∇θ E[f(z)] = E[∇θ f(g_θ(ε))]``.
 

@@ -2,12 +2,12 @@
 
 from dataclasses import dataclass
 
-from pyro_grad.paths.base import Estimator
+from pyro_grad.paths.base import PathwiseEstimator
 from pyro_grad.paths.reparam import Reparam
 
 
 @dataclass(frozen=True, repr=False)
-class STL(Estimator):
+class STL(PathwiseEstimator):
     """Sticking the landing (Roeder, Wu & Duvenaud, NeurIPS 2017): the pathwise gradient
     of the ELBO with ``log q`` scored at its parameters detached.
 

@@ -24,7 +24,8 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import latent_sites
 from pyro_grad.objectives.choice import resolve_objective
 from pyro_grad.objectives.expectation import expectation
-from pyro_grad.paths import Estimator, Site
+from pyro_grad.diagnostics.statistics import disagreeing, paired_z
+from pyro_grad.paths import Estimator, Score, Site
 from pyro_grad.paths.registry import REGISTRY, not_applicable
 
 #: After the first round, a site re-measures only the candidates within this factor of
@@ -50,7 +51,13 @@ class Tuning:
       pathwise site), its ``site cost`` (evaluations per particle at the site), ``cost``
       (evaluations per draw), ``seconds`` (per draw), ``work-normalized variance``
       (variance × cost) and ``time-normalized variance`` (variance × seconds), whether it
-      was ``eligible`` (unbiased, or ``allow_biased``), ``refused`` (why it could not run,
+      was ``eligible`` (unbiased, or ``allow_biased``, and for an unbiased one a mean that
+      ``agrees with the score function``: every candidate's draws are paired with the
+      score function's at the site, on common random numbers, and a candidate whose mean
+      differs by at least 4 standard errors, significant after Holm's correction across
+      the site's candidates and parameter elements, is excluded: that catches jumps the
+      watch cannot see), ``refused`` (why it could not run, a pathwise estimator at a
+      site whose value reaches f through a jump among them,
       else empty) and ``chosen`` (the site's choice after that round).
     * ``metric``: ``"evaluations"`` or ``"seconds"``; ``rounds``: rounds run;
       ``fixed``: the sites the program fixed itself, with their estimators (not tuned).
@@ -179,8 +186,16 @@ def _measure(report: GradientReport) -> Dict[str, Any]:
         "time-normalized variance": variance * seconds,
         "shares": dict(report.shares),
         "runs": dict(report.runs),
+        "samples": report.samples,
         "refused": "",
     }
+
+
+def smoothness_free_reference(num_particles: int, objective: str) -> Estimator:
+    """The estimator every candidate's mean is checked against: the score function needs
+    no smoothness of f in the value, so a jump the watch cannot see (a custom autograd
+    function, say) cannot bias it. Leave-one-out where it applies."""
+    return Score("loo") if num_particles >= 2 and objective != "iwae" else Score()
 
 
 def at_site(figures: Dict[str, Any], site: str) -> Dict[str, Any]:
@@ -283,6 +298,7 @@ def _search(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tuni
     options = candidate_lists(sites, settings.candidates, objective_name(objective), settings.num_particles,
                               settings.allow_biased)
     by_name = {site.name: site for site, _ in sites}
+    kind = objective_name(objective)
     ranking = METRICS[settings.metric]
     measured: Dict[tuple, Dict[str, Any]] = {}
 
@@ -321,9 +337,18 @@ def _search(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tuni
                 figures = measure({**current, name: estimator})
                 eligible = estimator.unbiased or settings.allow_biased
                 results.append((estimator, eligible, position, figures))
+            # Every candidate's mean against the score function's, on common random numbers.
+            reference = measure({**current, name: smoothness_free_reference(settings.num_particles, kind)})
+            checked = [r for r in results if not r[3]["refused"] and not reference["refused"]]
+            flags = dict(zip((r[2] for r in checked), disagreeing(
+                [paired_z(r[3]["samples"], reference["samples"]) for r in checked])))
+            # A biased candidate (allow_biased) is expected to disagree.
+            results = [(e, eligible and not (e.unbiased and flags.get(position, False)), position, figures)
+                       for e, eligible, position, figures in results]
             runnable = [r for r in results if r[1] and not r[3]["refused"]]
             if not runnable:
-                reasons = "; ".join(f"{e!r}: {f['refused'] or 'biased'}" for e, _, _, f in results)
+                reasons = "; ".join(f"{e!r}: {f['refused'] or ('its mean disagrees with the score function' if flags.get(p) else 'biased')}"
+                                    for e, _, p, f in results)
                 raise EstimatorError(
                     f"no candidate could be measured at site '{name}' ({describe(by_name[name].fn)}): {reasons}"
                 )
@@ -332,11 +357,14 @@ def _search(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tuni
             contenders[name] = [e for e, _, _, f in runnable if _finite(f[ranking]) <= CONTENDER_FACTOR * lowest]
             changed |= current.get(name) != best
             current[name] = best
-            for estimator, eligible, _, figures in results:
+            for estimator, eligible, position, figures in results:
                 rows.append({
                     "round": rounds, "site": name, "distribution": describe(by_name[name].fn),
                     "estimator": repr(estimator), "unbiased": estimator.unbiased, "eligible": eligible,
-                    **at_site(figures, name), "refused": figures["refused"], "chosen": estimator == best,
+                    **at_site(figures, name),
+                    "agrees with the score function": (None if figures["refused"] or reference["refused"]
+                                                       else not flags.get(position, False)),
+                    "refused": figures["refused"], "chosen": estimator == best,
                 })
         if not changed or len(options) == 1:
             break

@@ -1,0 +1,174 @@
+"""What an objective does at a pathwise site whose value reaches f through a jump.
+
+The watch (:mod:`pyro_grad.engine.jumps`) finds the jumps while the program runs; the
+objective then reviews them (:meth:`JumpGuard.review`), site by site:
+
+* a site whose pathwise estimator came from ``"auto"`` (or a measured choice) switches
+  to an unbiased estimator that needs no smoothness: ``MeasureValued()`` where the
+  distribution has a weak derivative, else ``Score("auto")`` (the leave-one-out baseline
+  at K ≥ 2). The run is redone with the switch, and the guard keeps it for later runs;
+* a pathwise estimator the user chose (a config, a site's ``infer``, a handler's
+  default) is refused with one error naming the site, the operation, the line and what
+  applies, unless it says ``jumps="ignore"``.
+
+A site's path is switched before its draw (in ``_pyro_sample``), so a run that found a
+jump is never patched after the fact: it is redone.
+"""
+
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from pyro.poutine.messenger import Messenger
+
+from pyro_grad.distributions import describe, without_path_switch
+from pyro_grad.engine.jumps import Jump, jumps_in
+from pyro_grad.engine.particles import READ_JUMPS
+from pyro_grad.errors import EstimatorError
+from pyro_grad.handler import AUTO, CHOICE, CONFIG, DEFAULT, SITE, TUNED
+from pyro_grad.paths import Estimator, MeasureValued, PathwiseEstimator, Score, Site, weak_derivatives
+from pyro_grad.paths.registry import applicable
+
+def is_pathwise(msg: dict) -> bool:
+    """Whether a site's value is drawn by a pathwise estimator, whose jumps are watched."""
+    return isinstance(msg["infer"].get("estimator"), PathwiseEstimator)
+
+
+def latent_nodes(traces: Iterable[Any]) -> Dict[str, dict]:
+    """Every latent sample site of ``traces`` (one per looped particle), by name: a site
+    that only some particles draw is reviewed all the same."""
+    nodes: Dict[str, dict] = {}
+    for trace in traces:
+        for name, node in trace.nodes.items():
+            if node["type"] == "sample" and not node["is_observed"]:
+                nodes.setdefault(name, node)
+    return nodes
+
+
+def found_jumps(traces: Iterable[Any], provenances: Iterable[frozenset]) -> Dict[str, List[Jump]]:
+    """Every jump that reaches what the objective differentiates (``provenances``), and
+    every read of a pathwise value into Python (marked in ``traces``), by site."""
+    found: Dict[str, List[Jump]] = {}
+    jumps = [j for p in provenances for j in jumps_in(p)]
+    jumps += [j for t in traces for node in t.nodes.values() for j in node.get("infer", {}).get(READ_JUMPS, ())]
+    for jump in jumps:
+        if jump not in found.setdefault(jump.site, []):
+            found[jump.site].append(jump)
+    return found
+
+
+def smooth_free(site: Site, objective: str) -> Estimator:
+    """The unbiased estimator ``"auto"`` takes at a site where f jumps: ``MeasureValued()``
+    where it applies (in ``pg.expectation`` and ``pg.ELBO``) to every parameter of the
+    distribution, else ``Score("auto")``. (A Gamma has a weak derivative in its rate
+    only: were its concentration shifted later, by ``diagnose``'s site rows, it would refuse.)"""
+    coupled = MeasureValued()
+    family = weak_derivatives.family_of(site.fn)
+    if (objective in coupled.objectives and coupled.applies_to(site) and coupled.refusal(site) is None
+            and family is not None and not family[0].refused):
+        return coupled
+    return Score("auto")
+
+
+def describe_jumps(jumps: List[Jump], limit: int = 3) -> str:
+    shown = ", ".join(str(j) for j in jumps[:limit])
+    return shown + (f" and {len(jumps) - limit} more" if len(jumps) > limit else "")
+
+
+def jump_error(estimator: Estimator, site: Site, jumps: List[Jump], objective: str) -> EstimatorError:
+    """The refusal of a pathwise ``estimator`` the user chose at a site where f jumps."""
+    options = [e for e in applicable(site, objective) if not isinstance(e, PathwiseEstimator) and e.unbiased]
+    listed = ", ".join(repr(e) for e in options) or "none"
+    return EstimatorError(
+        f"{estimator!r} at site '{site.name}' ({describe(site.fn)}): the site's value reaches f through "
+        f"{describe_jumps(jumps)}, where f jumps in the value; the pathwise derivative misses the jump, so "
+        f"its gradient would be wrong. Unbiased estimators that apply: {listed}. If the jump cannot change "
+        f"E[f] (a comparison only logged, say), write {type(estimator).__name__}(jumps='ignore')"
+    )
+
+
+class JumpGuard(Messenger):
+    """Switches, before the draw, each site listed in ``switched`` whose pathwise estimator
+    came from ``"auto"`` or a measurement, to the estimator listed (see module docs).
+
+    Enter it outside the estimators handlers, so that it sees their choice. One guard
+    per objective keeps what it learned across that objective's runs (an ELBO's steps).
+    """
+
+    def __init__(self, objective: str) -> None:
+        super().__init__()
+        self.objective = objective
+        #: site → (the estimator it switched to, the jumps that made it switch).
+        self.switched: Dict[str, Tuple[Estimator, List[Jump]]] = {}
+        #: site → the jumps a user's ``jumps="ignore"`` let through.
+        self.ignored: Dict[str, List[Jump]] = {}
+
+    def _pyro_sample(self, msg: dict) -> None:
+        name = msg["name"]
+        if name not in self.switched or msg["is_observed"] or msg["value"] is not None:
+            return
+        choice = msg["infer"].get(CHOICE)
+        if not is_pathwise(msg) or choice is None or choice.strength > TUNED:
+            return
+        estimator, _ = self.switched[name]
+        msg["fn"] = without_path_switch(msg["fn"])
+        estimator.prepare(msg)
+        msg["infer"]["estimator"] = estimator
+
+    def review(self, nodes: Mapping[str, dict], found: Dict[str, List[Jump]]) -> bool:
+        """Apply the policy to the jumps a run ``found`` (its latent sites ``nodes``):
+        True when a site switches, so the run must be redone; one error for a pathwise
+        estimator the user chose there."""
+        again = False
+        for name, jumps in found.items():
+            node = nodes.get(name)
+            estimator = node["infer"].get("estimator") if node is not None else None
+            if not isinstance(estimator, PathwiseEstimator):
+                continue
+            site = Site.of(node)
+            if estimator.jumps == "ignore":
+                self.ignored[name] = jumps
+                continue
+            choice = node["infer"].get(CHOICE)
+            if choice is None or choice.strength > TUNED:
+                raise jump_error(estimator, site, jumps, self.objective)
+            if name in self.switched:  # switched before the draw, yet drawn pathwise: a bug of ours
+                raise RuntimeError(f"pyro_grad: site '{name}' was switched for its jumps but drawn pathwise")
+            self.switched[name] = (smooth_free(site, self.objective), jumps)
+            again = True
+        return again
+
+    def reason(self, name: str) -> Optional[str]:
+        """Why the guard touched site ``name``'s estimator, or None."""
+        if name in self.switched:
+            estimator, jumps = self.switched[name]
+            return (f"f jumps in its value at {describe_jumps(jumps)}: Reparam would miss the jump, "
+                    f"{estimator!r} needs no smoothness")
+        if name in self.ignored:
+            return f"f jumps in its value at {describe_jumps(self.ignored[name])}, ignored as asked (jumps='ignore')"
+        return None
+
+
+#: Who chose a site's estimator, by the strength of the choice (:class:`~pyro_grad.handler.Choice`).
+CHOSEN_BY = {
+    AUTO: "auto",
+    TUNED: "measured by pg.tune",
+    DEFAULT: "the estimators handler's default",
+    SITE: "the site's infer={'estimator': ...}",
+    CONFIG: "an estimators config",
+}
+
+
+def choice_reasons(trace, guard: JumpGuard) -> Dict[str, str]:
+    """Why each latent site of ``trace`` has its estimator: who chose it, and for
+    ``"auto"`` why (a smooth pathwise value, no ``rsample``, or a jump)."""
+    reasons = {}
+    for name, node in trace.nodes.items():
+        if node["type"] != "sample" or node["is_observed"] or "estimator" not in node["infer"]:
+            continue
+        choice = node["infer"].get(CHOICE)
+        chosen_by = CHOSEN_BY[choice.strength] if choice is not None else "the site's infer={'estimator': ...}"
+        why = guard.reason(name)
+        if why is None and choice is not None and choice.strength == AUTO:
+            why = ("the distribution has rsample and f is smooth in the value where watched" if is_pathwise(node)
+                   else "the distribution has no rsample")
+        reasons[name] = f"{chosen_by}: {why}" if why else chosen_by
+    return reasons
