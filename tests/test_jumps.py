@@ -10,6 +10,7 @@ weighted by the differences of the CDF, differentiated in θ by autograd in floa
 standard errors of the draws (conftest).
 """
 
+import contextlib
 import math
 
 import pyro
@@ -101,12 +102,23 @@ def test_auto_switches_a_jumping_site_and_is_exact(name, g):
     assert_mean(report.samples["theta"], exact_gradient(g))
 
 
-@pytest.mark.parametrize("name, g", JUMPS[:4] + JUMPS[10:14], ids=ids(JUMPS[:4] + JUMPS[10:14]))
+EXPONENTIAL = lambda t: dist.Exponential(t.exp())  # noqa: E731
+
+
+#: Every jump class on a Normal draw, and four of them on an Exponential(e^θ) draw.
+ESTIMATOR_CASES = [(name, g, None) for name, g in JUMPS] + [
+    (f"Exponential, {name}", g, EXPONENTIAL) for name, g in JUMPS if name in ("z > 0", "floor", "torch.where",
+                                                                               "cast to int")]
+
+
+@pytest.mark.parametrize("name, g, family", ESTIMATOR_CASES, ids=ids(ESTIMATOR_CASES))
 @pytest.mark.parametrize("estimator, k", [(pg.Score(), 1), (pg.Score("loo"), 4), (pg.MeasureValued(), 1)], ids=repr)
-def test_every_unbiased_estimator_that_applies_is_exact(name, g, estimator, k):
-    report = pg.diagnose(program(g), torch.tensor(THETA, requires_grad=True), estimators={"z": estimator},
-                         num_particles=k, num_samples=2000)
-    assert_mean(report.samples["theta"], exact_gradient(g))
+def test_every_unbiased_estimator_that_applies_is_exact(name, g, family, estimator, k):
+    edges = EDGES if family is None else EDGES[EDGES >= 0]  # an Exponential's support
+    family = family or (lambda t: dist.Normal(t, 1.0))
+    report = pg.diagnose(program(g, family), torch.tensor(THETA, requires_grad=True), estimators={"z": estimator},
+                         num_particles=k, num_samples=1000, sites=False)
+    assert_mean(report.samples["theta"], exact_gradient(g, family, edges=edges))
 
 
 @pytest.mark.parametrize("name, g", JUMPS, ids=ids(JUMPS))
@@ -202,6 +214,24 @@ def test_every_jump_class_is_detected_and_named(name, g, operation):
     assert "test_jumps.py:" in str(error.value)
 
 
+#: torch's samplers fed a draw, each with E[f | z] in closed form: the exact gradient is
+#: the quadrature of that conditional mean (a Poisson tail, a Bernoulli's mean, a Normal's).
+SAMPLERS = [
+    ("torch.poisson tail", lambda z: (torch.poisson(z.exp()) >= 2).float(),
+     lambda z: 1 - torch.exp(-z.exp()) * (1 + z.exp())),
+    ("torch.bernoulli", lambda z: torch.bernoulli(torch.sigmoid(z)), torch.sigmoid),
+    ("Normal(z).sample()", lambda z: dist.Normal(z, 1.0).sample() ** 2, lambda z: z**2 + 1),
+]
+
+
+@pytest.mark.parametrize("name, g, mean", SAMPLERS, ids=ids(SAMPLERS))
+def test_a_draw_fed_to_torchs_samplers_switches_and_is_exact(name, g, mean):
+    report = pg.diagnose(program(g), torch.tensor(THETA, requires_grad=True), num_particles=2, num_samples=3000,
+                         sites=False)
+    assert not isinstance(report.estimators["z"], pg.paths.PathwiseEstimator)
+    assert_mean(report.samples["theta"], exact_gradient(mean))
+
+
 def test_argmax_of_two_draws_is_exact():
     """z ~ N(θ·(1, −1), 1) (an event of two), f = argmax z = 1[z₂ > z₁]: z₂ − z₁ ~ N(−2θ, √2),
     so ∂θ P(z₂ > z₁) = −2 φ(√2 θ)/√2."""
@@ -287,14 +317,15 @@ def test_a_jump_inside_a_later_sites_law_is_found():
     assert_mean(report.samples["theta"], 0.6 * math.exp(-THETA**2 / 2) / math.sqrt(2 * math.pi))
 
 
-@pytest.mark.parametrize("name, g", [JUMPS[0], JUMPS[12], JUMPS[24]], ids=ids([JUMPS[0], JUMPS[12], JUMPS[24]]))
+@pytest.mark.parametrize("name, g", JUMPS, ids=ids(JUMPS))
 def test_tune_never_recommends_a_pathwise_estimator_at_a_jump(name, g):
     theta = torch.tensor(THETA, requires_grad=True)
-    tuning = pg.tune(program(g), theta, num_particles=2, num_samples=100)
+    tuning = pg.tune(program(g), theta, num_particles=2, num_samples=50)
     assert not isinstance(tuning.config["z"], pg.paths.PathwiseEstimator)
     reparam = tuning.table[tuning.table["estimator"] == "Reparam()"].iloc[0]
     assert "where f jumps in the value" in reparam["refused"]
-    report = pg.diagnose(pg.estimators(program(g), tuning.config), theta, num_particles=2, num_samples=2000)
+    report = pg.diagnose(pg.estimators(program(g), tuning.config), theta, num_particles=2, num_samples=1000,
+                         sites=False)
     assert_mean(report.samples["theta"], exact_gradient(g))
 
 
@@ -364,3 +395,86 @@ def test_iwae_switches_a_jumping_site_to_its_score_estimator():
     assert iwae.jump_guard.switched["z"][0] == pg.Score("auto")
     with pytest.raises(pg.EstimatorError, match=r"DReG\(\) at site 'z'"):
         pg.IWAE(num_particles=4).differentiable_loss(jumping_model, pg.estimators(normal_guide, {"z": pg.DReG()}), m, s)
+
+
+def jumping_program(theta):
+    return torch.round(pyro.sample("z", dist.Normal(theta, 1.0)))
+
+
+def jumping_program_with_infer(theta):
+    return torch.round(pyro.sample("z", dist.Normal(theta, 1.0), infer={"estimator": pg.Reparam()}))
+
+
+def jumping_program_ignoring(theta):
+    return torch.round(pyro.sample("z", dist.Normal(theta, 1.0), infer={"estimator": pg.Reparam(jumps="ignore")}))
+
+
+@contextlib.contextmanager
+def nothing():
+    yield
+
+
+#: (form, the program, the context around the call): an explicit Reparam in every documented form.
+FORMS = [
+    ("wrapper", pg.estimators(jumping_program, {"z": pg.Reparam()}), nothing),
+    ("context manager", jumping_program, lambda: pg.estimators({"z": pg.Reparam()})),
+    ("callable config", jumping_program, lambda: pg.estimators(config=lambda msg: pg.Reparam())),
+    ("infer=", jumping_program_with_infer, nothing),
+    ("default=", pg.estimators(jumping_program, default=pg.Reparam()), nothing),
+]
+
+
+@pytest.mark.parametrize("form, f, around", FORMS, ids=ids(FORMS))
+def test_every_usage_form_of_an_explicit_reparam_is_refused_in_an_expectation(form, f, around):
+    with around(), pytest.raises(pg.EstimatorError, match=r"Reparam\(\) at site 'z'.*torch.round at test_jumps.py"):
+        pg.expectation(f, torch.tensor(THETA, requires_grad=True), num_particles=4)
+
+
+def jumping_guide(m, s):
+    pyro.sample("z", dist.Normal(m, s))
+
+
+def jumping_guide_with_infer(m, s):
+    pyro.sample("z", dist.Normal(m, s), infer={"estimator": pg.Reparam()})
+
+
+GUIDE_FORMS = [
+    ("wrapper", pg.estimators(jumping_guide, {"z": pg.Reparam()}), nothing),
+    ("context manager", jumping_guide, lambda: pg.estimators({"z": pg.Reparam()})),
+    ("infer=", jumping_guide_with_infer, nothing),
+    ("default=", pg.estimators(jumping_guide, default=pg.Reparam()), nothing),
+]
+
+
+@pytest.mark.parametrize("objective", [pg.ELBO, pg.IWAE], ids=lambda o: o.__name__)
+@pytest.mark.parametrize("form, guide, around", GUIDE_FORMS, ids=ids(GUIDE_FORMS))
+def test_every_usage_form_of_an_explicit_reparam_is_refused_in_a_bound(form, guide, around, objective):
+    m, s = torch.tensor(0.3, requires_grad=True), torch.tensor(0.8, requires_grad=True)
+    with around(), pytest.raises(pg.EstimatorError, match=r"Reparam\(\) at site 'z'.*> at test_jumps.py"):
+        objective(num_particles=2).differentiable_loss(jumping_model, guide, m, s)
+
+
+def test_jumps_ignore_on_the_site_itself_is_honoured():
+    """infer={"estimator": Reparam(jumps="ignore")}: the pathwise derivative of round, 0, as asked."""
+    report = pg.diagnose(jumping_program_ignoring, torch.tensor(THETA, requires_grad=True), num_particles=1,
+                         num_samples=50, sites=False)
+    assert torch.equal(report.samples["theta"], torch.zeros(50))
+    assert "ignored as asked" in report.reasons["z"]
+
+
+def test_svi_with_the_default_elbo_trains_through_a_discontinuous_likelihood():
+    """pg.ELBO in SVI on the pyro #2277 shape: the guide's mean m climbs towards z > 0, where
+    the likelihood is 0.9 (the pathwise gradient would see only the prior's pull to 0)."""
+    from pyro.infer import SVI
+
+    def guide(m_init, s_init):
+        m = pyro.param("m", torch.tensor(-0.5))
+        pyro.sample("z", dist.Normal(m, 0.8))
+
+    svi = SVI(jumping_model, guide, pyro.optim.Adam({"lr": 0.05}), loss=pg.ELBO(num_particles=8,
+                                                                               vectorize_particles=True))
+    for _ in range(150):
+        svi.step(None, None)
+    # The ELBO's optimum solves Δφ(m/s)/s = m (s = 0.8, Δ = log 0.9 − log 0.2): m ≈ 0.58; the
+    # pathwise gradient sees only the prior's pull, towards m = 0.
+    assert 0.3 < float(pyro.param("m")) < 0.9

@@ -12,6 +12,10 @@ class Reparam(PathwiseEstimator):
     Uses ``rsample``, including torch's implicit reparameterization (Gamma, Beta,
     Dirichlet). Applies to distributions with ``has_rsample``. Cost: 1 evaluation.
     Gradients flow through the sampled value itself, so the surrogate term is zero.
+
+    Right only where f is smooth (or kinked) in the value: where f jumps in it the
+    derivative misses the jump, so the objectives refuse the site (``jumps="raise"``)
+    unless ``jumps="ignore"`` (see :class:`~pyro_grad.paths.base.PathwiseEstimator`).
     """
 
     unbiased = True
