@@ -73,7 +73,7 @@ def table_defaults(particles: int, draws: int) -> None:
                              num_samples=draws, sites=False)
         (samples,) = report.samples.values()
         se = float(samples.std()) / math.sqrt(draws)
-        print(f"{name:42s} {exact:7.3f} {pathwise:9.3f} {default:8.3f} {se:7.3f}  {report.estimators['z']!r}")
+        print(f"{name:42s} {exact:7.3f} {pathwise:9.3f} {default:8.3f} {se:7.4f}  {report.estimators['z']!r}")
     print("(pathwise nan: no gradient at all; the old default raised 'depends on no tensor that requires grad')")
 
 

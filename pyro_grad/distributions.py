@@ -11,6 +11,7 @@ import copy
 from typing import Any, Dict
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from pyro.distributions import MaskedDistribution
 from pyro.ops.provenance import ProvenanceTensor
 from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
@@ -182,3 +183,22 @@ def detached_parameters(fn: Any) -> Any:
         elif name == "transforms" and isinstance(value, list):
             setattr(fn, name, [detached_parameters(t) for t in value])
     return fn
+
+
+def moves(parameter: Any) -> bool:
+    """Whether a parameter tensor carries a derivative: it requires grad (reverse mode)
+    or has a forward-mode tangent (the diagnostics' site and argument shifts)."""
+    if not torch.is_tensor(parameter):
+        return False
+    parameter = plain(parameter)
+    return parameter.requires_grad or fwAD.unpack_dual(parameter).tangent is not None
+
+
+def support_moves(fn: Any) -> bool:
+    """Whether the bounds of ``fn``'s support move with its parameters (a Uniform(0, θ)'s):
+    a change of the support no density ratio can see."""
+    try:
+        support = leaf_distribution(fn).support
+    except NotImplementedError:
+        return False
+    return any(moves(getattr(support, bound, None)) for bound in ("lower_bound", "upper_bound"))

@@ -21,6 +21,7 @@ its score term), so diagnostics can attribute variance to sites.
 
 import contextlib
 import inspect
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -237,16 +238,21 @@ def forward_draws(task: GradientTask, num_samples: int, seed: int) -> Draws:
 def loop_draws(task: GradientTask, num_samples: int, seed: int, progress: Optional[Callable[[], None]] = None) -> Draws:
     """``G`` estimates one at a time, each with one reverse-mode backward to every target."""
     rows = {t.name: [] for t in task.targets}
-    part_rows, chosen, cost, runs, reasons = {}, {}, 1, {}, {}
+    part_rows, cost, runs = {}, 1, {}
+    choices: Dict[str, Counter] = {}
+    reasons: Dict[str, str] = {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        for _ in range(num_samples):
+        for index in range(num_samples):
             new_args, leaves, sites = reverse_leaves(task.args, task.targets, task.params)
             with FrozenAverages(), contextlib.ExitStack() as stack:
                 for site in sites:
                     stack.enter_context(site)
                 out = task.estimates(new_args, 1)
-            chosen, cost, runs, reasons = out.estimators, out.cost, out.runs, out.reasons
+            cost, runs = out.cost, out.runs
+            for site, estimator in out.estimators.items():
+                choices.setdefault(site, Counter())[estimator] += 1
+                reasons.setdefault((site, estimator), out.reasons.get(site, ""))
             outputs = {None: out.values[0], **{s: term[0] for s, term in out.score_terms.items()}}
             for key, value in outputs.items():
                 grads = (
@@ -259,12 +265,30 @@ def loop_draws(task: GradientTask, num_samples: int, seed: int, progress: Option
                     if key is None:
                         rows[name].append(g)
                     else:
-                        part_rows.setdefault((name, key), []).append(g)
+                        part_rows.setdefault((name, key), {})[index] = g
             if progress is not None:
                 progress()
     samples = {name: torch.stack(r) for name, r in rows.items()}
-    parts = {key: torch.stack(r) for key, r in part_rows.items()}
-    return Draws(samples, parts, chosen, "loop", cost, runs, reasons)
+    # A draw without the site's score term (a site drawn only in some runs, or switched
+    # for a jump only in some) carries no part of it: zero there.
+    parts = {key: torch.stack([r.get(i, torch.zeros_like(samples[key[0]][0])) for i in range(num_samples)])
+             for key, r in part_rows.items()}
+    chosen, why = choices_of(choices, reasons, num_samples)
+    return Draws(samples, parts, chosen, "loop", cost, runs, why)
+
+
+def choices_of(choices: Dict[str, Counter], reasons: Dict[tuple, str], num_samples: int):
+    """Each site's estimator in most draws, and why; where draws differed (a jump seen in
+    some runs only), the reason says how many took which."""
+    chosen, why = {}, {}
+    for site, counts in choices.items():
+        (estimator, count), *others = counts.most_common()
+        chosen[site] = estimator
+        why[site] = reasons[(site, estimator)]
+        if others:
+            rest = ", ".join(f"{e!r} in {n}" for e, n in others)
+            why[site] += f" (in {count} of {num_samples} draws; {rest})"
+    return chosen, why
 
 
 def gradient_draws(

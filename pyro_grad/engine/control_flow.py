@@ -34,7 +34,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch.utils._pytree import tree_flatten, tree_map
 
-from pyro_grad.engine.jumps import Jump, jump_marks, read_jump
+from pyro_grad.engine.jumps import ALMOST_SURELY_CONSTANT, PER_ARGUMENT, Jump, jump_marks, jumps_in, read_jump
 from pyro_grad.engine.provenance import NONE, plain, provenance_of
 from pyro_grad.errors import EstimatorError
 from pyro_grad.distributions import describe
@@ -50,6 +50,14 @@ PYTHON_READS = frozenset(
         torch.Tensor.__float__,
         torch.Tensor.__index__,
         torch.Tensor.__array__,
+        # comparisons whose answer is a Python bool
+        torch.equal,
+        torch.Tensor.equal,
+        torch.allclose,
+        torch.Tensor.allclose,
+        torch.is_nonzero,
+        torch.Tensor.is_nonzero,
+        torch.Tensor.__contains__,
     }
 )
 
@@ -66,7 +74,7 @@ READ = "_pyro_grad_read_into_python"
 
 
 #: Code whose reads are not the program's control flow (argument validation, say).
-LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, pyro))
+VALIDATING_LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, pyro))
 #: torch's own Python shims between a read and its caller.
 SHIMS = tuple(os.path.join(os.path.dirname(torch.__file__), f) for f in ("overrides.py", "_tensor.py"))
 
@@ -76,7 +84,7 @@ def read_by_program(frame: Any) -> bool:
     program's own, rather than torch's or Pyro's (which read values only to validate)."""
     while frame is not None and frame.f_code.co_filename in SHIMS:
         frame = frame.f_back
-    return frame is not None and not frame.f_code.co_filename.startswith(LIBRARIES)
+    return frame is not None and not frame.f_code.co_filename.startswith(VALIDATING_LIBRARIES)
 
 
 class _Nested(Exception):
@@ -123,14 +131,22 @@ class WatchedTensor(ProvenanceTensor):
         watch = next((t._watch for t in found if getattr(t, "_watch", None) is not None), None)
         if watch is None:
             return watched(func(*plain_args, **plain_kwargs), provenance, watch)
+        jumped = provenance & watch.pathwise if watch.pathwise else None
+        if jumped and func in ALMOST_SURELY_CONSTANT:  # a finiteness check: no dependence on the draw
+            provenance, jumped = provenance - watch.pathwise, None
         if func in PYTHON_READS:
             watch.saw_read(func, provenance, sys._getframe(1))
         result = func(*plain_args, **plain_kwargs)
-        jumped = provenance & watch.pathwise if watch.pathwise else None
-        marks = jump_marks(func, result, jumped, sys._getframe(1)) if jumped else None
-        if args and isinstance(args[0], WatchedTensor) and is_in_place(func):
-            # x[mask] = v, x.add_(v): x now depends on everything the call read.
-            args[0]._provenance = provenance | (marks(args[0]) if marks is not None else frozenset())
+        if func in PER_ARGUMENT and isinstance(result, (tuple, list)) and len(result) == len(args):
+            # broadcast_tensors(k, z): each result is its own argument, with its own provenance.
+            return type(result)(watched(r, getattr(a, "_provenance", NONE), watch) for r, a in zip(result, args))
+        marks = jump_marks(func, result, jumped, sys._getframe(1), kwargs) if jumped else None
+        if args and is_in_place(func):
+            added = marks(args[0]) if marks is not None else frozenset()
+            if isinstance(args[0], WatchedTensor):  # x[mask] = v, x.add_(v): x now depends on what the call read
+                args[0]._provenance = provenance | added
+            else:  # written into a tensor made without the draw: its marks are recorded, as a read's
+                watch.saw_write(provenance | added)
         if marks is not None:
             return marked(result, provenance, marks, watch)
         return watched(result, provenance, watch)
@@ -196,7 +212,8 @@ class PythonReads(Messenger):
     def __init__(self, batched: bool = False, pathwise: Optional[Callable[[dict], bool]] = None) -> None:
         super().__init__()
         self.batched = batched
-        self.is_pathwise = pathwise
+        #: Which reparameterized draws to watch for jumps (a predicate of the site message).
+        self.watches_site = pathwise
         self.sites: Set[str] = set()
         #: The watched pathwise sites, and their values' reads into Python.
         self.pathwise: Set[str] = set()
@@ -217,7 +234,7 @@ class PythonReads(Messenger):
         if msg["is_observed"] or isinstance(msg["fn"], _Subsample):
             return
         if getattr(msg["fn"], "has_rsample", False):
-            if self.is_pathwise is not None and self.is_pathwise(msg):
+            if self.watches_site is not None and self.watches_site(msg):
                 self.pathwise.add(msg["name"])
                 msg["value"] = watched(plain(msg["value"]), provenance_of(msg["value"]) | {msg["name"]}, self)
             return
@@ -225,6 +242,13 @@ class PythonReads(Messenger):
         # estimator differentiates: what the program does with this value is no jump of it.
         provenance = (provenance_of(msg["value"]) - self.pathwise) | {msg["name"]}
         msg["value"] = watched(plain(msg["value"]), provenance, self)
+
+    def saw_write(self, provenance: FrozenSet[Any]) -> None:
+        """A call wrote values that jump in a pathwise draw into a tensor this watch does
+        not follow (``out = torch.zeros(n); out[z > 0] = 1``): the jumps are recorded as
+        found, since the tensor may reach f unseen."""
+        if self._running:
+            self.jumps += [jump for jump in jumps_in(provenance) if jump not in self.jumps]
 
     def saw_read(self, func: Any, provenance: FrozenSet[Any], frame: Any) -> None:
         sites = frozenset(p for p in provenance if isinstance(p, str))

@@ -36,7 +36,7 @@ from typing import Any, FrozenSet, Iterable, List, Optional
 
 import pyro
 import torch
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten
 
 _T = torch.Tensor
 
@@ -64,6 +64,10 @@ COMPARISONS = {
     torch.eq: "torch.eq", torch.ne: "torch.ne", torch.greater: "torch.greater", torch.less: "torch.less",
     torch.greater_equal: "torch.greater_equal", torch.less_equal: "torch.less_equal",
     torch.not_equal: "torch.not_equal",
+    # in place
+    _T.gt_: ".gt_()", _T.lt_: ".lt_()", _T.ge_: ".ge_()", _T.le_: ".le_()", _T.eq_: ".eq_()", _T.ne_: ".ne_()",
+    _T.greater_: ".greater_()", _T.less_: ".less_()", _T.greater_equal_: ".greater_equal_()",
+    _T.less_equal_: ".less_equal_()", _T.not_equal_: ".not_equal_()",
 }
 
 #: Operations with a floating-point result that jump in their input.
@@ -73,10 +77,34 @@ STEPS = {
     torch.remainder, _T.remainder, torch.fmod, _T.fmod, _T.__mod__, _T.__rmod__, torch.floor_divide,
     _T.floor_divide, _T.__floordiv__, _T.__rfloordiv__, torch.histc, _T.histc, torch.unique, _T.unique,
     torch.unique_consecutive, _T.unique_consecutive,
+    torch.special.round, torch.copysign, _T.copysign, torch.frexp, _T.frexp,
+    torch.nn.functional.threshold, torch.nn.functional.threshold_, torch.threshold, torch.threshold_,
+    torch.nn.functional.hardshrink, torch.hardshrink, _T.hardshrink,
     # in place
     _T.floor_, _T.ceil_, _T.round_, _T.trunc_, _T.fix_, _T.frac_, _T.sign_, _T.sgn_, _T.heaviside_,
-    _T.remainder_, _T.fmod_, _T.floor_divide_, _T.__ifloordiv__, _T.__imod__,
+    _T.remainder_, _T.fmod_, _T.floor_divide_, _T.__ifloordiv__, _T.__imod__, _T.copysign_,
+    # the values pass through Python
+    _T.apply_, _T.map_, _T.map2_,
 }
+
+#: Operations that jump with one setting: ``torch.div(z, 1, rounding_mode="floor")``,
+#: a hard Gumbel-softmax (an argmax inside), sampling a grid at its nearest points.
+JUMPS_WITH = {
+    torch.div: ("rounding_mode", lambda v: v is not None), _T.div: ("rounding_mode", lambda v: v is not None),
+    _T.div_: ("rounding_mode", lambda v: v is not None), torch.divide: ("rounding_mode", lambda v: v is not None),
+    torch.nn.functional.gumbel_softmax: ("hard", bool),
+    torch.nn.functional.grid_sample: ("mode", lambda v: v == "nearest"),
+}
+
+#: Results constant almost surely in a continuous draw (a finiteness check): their
+#: values carry no dependence on it, so neither jumps nor reads of them count.
+ALMOST_SURELY_CONSTANT = {
+    torch.isfinite, _T.isfinite, torch.isnan, _T.isnan, torch.isinf, _T.isinf, torch.isposinf, _T.isposinf,
+    torch.isneginf, _T.isneginf, torch.isreal, _T.isreal,
+}
+
+#: Results each of which is its own argument, reshaped: each keeps its own provenance.
+PER_ARGUMENT = {torch.broadcast_tensors, torch.atleast_1d, torch.atleast_2d, torch.atleast_3d}
 
 #: torch's samplers: a result with no derivative in the parameters it was drawn from.
 SAMPLERS = {
@@ -92,16 +120,23 @@ SHAPE_ONLY = {
 
 
 def operation_name(func: Any) -> str:
-    """How an error names the operation the program wrote."""
+    """How an error names the operation the program wrote: ``>``, ``torch.round``, ``.long()``."""
     if func in COMPARISONS:
         return COMPARISONS[func]
     name = getattr(func, "__name__", repr(func))
-    owner = "torch" if getattr(func, "__module__", None) in ("torch", "torch._C._VariableFunctions") else ""
-    return f"{owner}.{name}" if owner else f".{name}()" if not name.startswith("__") else name
+    module = getattr(func, "__module__", None) or ""
+    if module in ("torch", "torch._C._VariableFunctions"):
+        return f"torch.{name}"
+    if module.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    if name.startswith("__"):
+        return name
+    return f".{name}()"
 
 
-#: Code that is not the program's own: torch, Pyro and pyro_grad.
-LIBRARIES = tuple(
+#: Code whose frames a source line skips: torch, Pyro and pyro_grad (the line named is
+#: the program's own, which called into them).
+NOT_THE_PROGRAM = tuple(
     os.path.dirname(m.__file__) + os.sep for m in (torch, pyro)
 ) + (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
 
@@ -109,7 +144,7 @@ LIBRARIES = tuple(
 def program_line(frame: Any) -> str:
     """``file:line`` of the innermost frame of the program's own code at or above ``frame``
     (the line that called into torch or Pyro)."""
-    while frame is not None and frame.f_code.co_filename.startswith(LIBRARIES):
+    while frame is not None and frame.f_code.co_filename.startswith(NOT_THE_PROGRAM):
         frame = frame.f_back
     if frame is None:
         return "an unknown line"
@@ -120,14 +155,16 @@ def is_discrete(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and not (t.is_floating_point() or t.is_complex())
 
 
-def jump_marks(func: Any, result: Any, sites: Iterable[str], frame: Any) -> Optional[Any]:
-    """For an operation ``func`` on values of the pathwise ``sites`` that gave ``result``:
-    None when it does not jump; else a function ``part -> marks`` giving each tensor of
-    the result the :class:`Jump` marks it carries (an integer or bool part of a result,
-    such as ``sort``'s indices, jumps; its values do not)."""
-    if func in SHAPE_ONLY:
+def jump_marks(func: Any, result: Any, sites: Iterable[str], frame: Any, kwargs: Optional[dict] = None) -> Optional[Any]:
+    """For an operation ``func`` (called with ``kwargs``) on values of the pathwise ``sites``
+    that gave ``result``: None when it does not jump; else a function ``part -> marks``
+    giving each tensor of the result the :class:`Jump` marks it carries (an integer or
+    bool part of a result, such as ``sort``'s indices, jumps; its values do not)."""
+    if func in SHAPE_ONLY or func in PER_ARGUMENT:
         return None
-    whole = func in COMPARISONS or func in STEPS or func in SAMPLERS
+    setting = JUMPS_WITH.get(func)
+    whole = (func in COMPARISONS or func in STEPS or func in SAMPLERS
+             or (setting is not None and setting[0] in (kwargs or {}) and setting[1](kwargs[setting[0]])))
     if not whole:
         parts = [result] if isinstance(result, torch.Tensor) else tree_leaves(result)
         if not any(is_discrete(p) for p in parts):
@@ -137,10 +174,8 @@ def jump_marks(func: Any, result: Any, sites: Iterable[str], frame: Any) -> Opti
 
 
 def tree_leaves(value: Any) -> List[Any]:
-    leaves: List[Any] = []
-    if isinstance(value, (tuple, list, dict)):
-        tree_map(lambda v: leaves.append(v), value)
-    return leaves
+    """The tensors (and other leaves) of a structured result: a named tuple, a list."""
+    return tree_flatten(value)[0] if isinstance(value, (tuple, list, dict)) else []
 
 
 def jumps_in(provenance: FrozenSet[Any]) -> List[Jump]:

@@ -18,7 +18,14 @@ from pyro_grad.handler import EstimatorMessenger
 from pyro_grad.engine.alternative_run import AlternativeRun
 from pyro_grad.engine.importance import ImportanceRun, changed_last_site, importance_run
 from pyro_grad.errors import EstimatorError
-from pyro_grad.objectives.jump_policy import JumpGuard, choice_reasons, found_jumps, is_pathwise, latent_nodes
+from pyro_grad.objectives.jump_policy import (
+    JumpGuard,
+    SameDraws,
+    choice_reasons,
+    found_jumps,
+    is_pathwise,
+    latent_nodes,
+)
 from pyro_grad.objectives.objective_check import ObjectiveCheck
 from pyro_grad.tuning.schedule import Switch, tune_program, tuning_messengers
 from pyro_grad.engine.surrogate import (
@@ -65,6 +72,13 @@ class ELBO(pyro.infer.ELBO):
     ``retune_every`` again. A step's choice is fixed before its draws, so every step's
     gradient is unbiased. ``switches`` lists every change (:class:`~pyro_grad.tuning.
     schedule.Switch`: step, site, previous, chosen), also logged to ``pyro_grad.tuning``.
+
+    Pathwise guide sites are watched for jumps (see the README's "Programs that jump") on
+    the first step, on a step that draws a site no watched step saw (again, on the same
+    draws), after a tuning switch, and one step in ``watch_jumps_every`` (1: every step,
+    at about a quarter of a Gaussian VAE's step each); at a site where f jumps, ``"auto"``
+    switches to ``MeasureValued`` or ``Score`` from then on, and an explicit pathwise
+    estimator is refused.
     """
 
     #: The objective its estimators must be derived for (``Estimator.objectives``).
@@ -80,9 +94,12 @@ class ELBO(pyro.infer.ELBO):
         max_plate_nesting: float = float("inf"),
         retune_every: Optional[int] = None,
         tune_options: Optional[dict] = None,
+        watch_jumps_every: int = 10,
         **kwargs: Any,
     ) -> None:
         check_num_particles(num_particles)
+        if isinstance(watch_jumps_every, bool) or not isinstance(watch_jumps_every, int) or watch_jumps_every < 1:
+            raise EstimatorError(f"watch_jumps_every must be a positive integer, got {watch_jumps_every!r}")
         if retune_every is not None and (
             isinstance(retune_every, bool) or not isinstance(retune_every, int) or retune_every < 1
         ):
@@ -107,12 +124,18 @@ class ELBO(pyro.infer.ELBO):
         self.steps = 0
         self.tunings: Dict[int, Any] = {}
         self.switches: List[Switch] = []
-        # Pathwise sites are watched for jumps on the first step, and again after a
-        # tuning switch; what the watch found is kept by the guard, which switches
-        # "auto"'s Reparam at those sites before every later draw.
+        # Pathwise sites are watched for jumps on the first step, after a tuning switch,
+        # when a site no watched step saw appears, and every watch_jumps_every steps
+        # (watching costs a Gaussian VAE's step about a quarter); what the watch found
+        # is kept by the guard (for this model and guide), which switches "auto"'s
+        # Reparam at those sites before every later draw.
+        self.watch_jumps_every = watch_jumps_every
         self.jump_guard = JumpGuard(self.objective)
         self.watch_jumps = True
         self._watching = False
+        self._programs: Optional[Tuple[Callable, Callable]] = None
+        self._seen_sites: FrozenSet[str] = frozenset()
+        self._unwatched_steps = 0
 
     def _tune_before_step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         step, self.steps = self.steps, self.steps + 1
@@ -142,22 +165,49 @@ class ELBO(pyro.infer.ELBO):
 
     def _runs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, watch: bool) -> List[ImportanceRun]:
         """One step's trace pairs (one per particle when looped). With ``watch``, its
-        pathwise draws are watched for jumps, and the step is redone when a site must
-        switch (:class:`~pyro_grad.objectives.jump_policy.JumpGuard`)."""
-        while True:
-            self._watching = watch
-            try:
-                runs = list(self._get_traces(model, guide, args, kwargs))
-            finally:
-                self._watching = False
-            if not watch:
-                return runs
-            self.watch_jumps = False
-            scored = [provenance_of(site["log_prob"]) for run in runs for trace in (run.model_trace, run.guide_trace)
-                      for site in trace.nodes.values() if site["type"] == "sample"]
-            found = found_jumps([run.guide_trace for run in runs], scored)
-            if not self.jump_guard.review(latent_nodes([run.guide_trace for run in runs]), found):
-                return runs
+        pathwise draws are watched for jumps, and each run is redone on its own draws
+        while a site in it must switch (:class:`~pyro_grad.objectives.jump_policy.JumpGuard`).
+        An unwatched step whose runs draw a site no watched step saw is watched after
+        all, on the same draws; every ``watch_jumps_every`` steps the next is watched."""
+
+        def redo(_: Optional[ImportanceRun] = None) -> ImportanceRun:
+            if self.vectorize_particles and self.num_particles > 1:
+                return self._get_vectorized_trace(model, guide, args, kwargs)
+            return self._get_trace(model, guide, args, kwargs)
+
+        self._watching = watch
+        try:
+            runs = list(self._get_traces(model, guide, args, kwargs))
+        finally:
+            self._watching = False
+        names = frozenset(n for run in runs for t in (run.model_trace, run.guide_trace) for n in t.nodes)
+        if not watch and names <= self._seen_sites:
+            self._unwatched_steps += 1
+            self.watch_jumps |= self._unwatched_steps % self.watch_jumps_every == 0
+            return runs
+        self._watching = True
+        try:
+            if not watch:  # new sites: the same draws again, watched
+                runs = [self._watched_again(run, redo) for run in runs]
+            runs = [self.jump_guard.settle(run, review_jumps, redo, lambda r: r.guide_full) for run in runs]
+        finally:
+            self._watching = False
+        self.watch_jumps = False  # only once the runs passed review: a refusal is raised again
+        self._seen_sites |= names
+        return runs
+
+    @staticmethod
+    def _watched_again(run: ImportanceRun, redo: Callable[[], ImportanceRun]) -> ImportanceRun:
+        with SameDraws(run.guide_full):
+            return redo()
+
+    def _for_programs(self, model: Callable, guide: Callable) -> None:
+        """What the jump guard learned is about one model and guide: another pair starts afresh."""
+        if self._programs is not None and (self._programs[0] is not model or self._programs[1] is not guide):
+            self.jump_guard = JumpGuard(self.objective)
+            self._seen_sites = frozenset()
+            self.watch_jumps = True
+        self._programs = (model, guide)
 
     def _particle_dim(self):
         if self.vectorize_particles and self.num_particles > 1:
@@ -176,6 +226,7 @@ class ELBO(pyro.infer.ELBO):
         """ELBO estimates ``(G,)`` and their surrogates (see :class:`Estimates`). The
         ``num_particles`` particles form ``G = num_samples`` independent samples of
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
+        self._for_programs(model, guide)
         guide = ObjectiveCheck(self.objective)(self.jump_guard(self.estimators(guide)))
 
         def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool,
@@ -266,6 +317,13 @@ class ELBO(pyro.infer.ELBO):
         loss = torch_item(surrogate_loss)
         warn_if_nan(loss, "loss")
         return loss
+
+
+def review_jumps(run: ImportanceRun) -> Tuple[Dict[str, dict], dict]:
+    """A watched trace pair's latent guide sites, and the jumps that reach its log-densities."""
+    scored = [provenance_of(site["log_prob"]) for trace in (run.model_trace, run.guide_trace)
+              for site in trace.nodes.values() if site["type"] == "sample"]
+    return latent_nodes([run.guide_trace]), found_jumps([run.guide_trace], scored)
 
 
 class PairTerms(NamedTuple):

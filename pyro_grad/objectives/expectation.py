@@ -195,13 +195,21 @@ def expectation_estimates(
     total = num_particles * num_samples
     guard = JumpGuard("expectation")
     program = ObjectiveCheck("expectation")(guard(estimators(fn)))
-    while True:  # redone, with the sites switched, when a pathwise site's value jumps
-        traces, dim = particle_traces(program, args, kwargs, total, vectorize, max_plate_nesting, pathwise=is_pathwise)
-        if not guard.review(latent_nodes(traces), found_jumps(traces, differentiated(traces))):
-            break
+    traces, dim = particle_traces(program, args, kwargs, total, vectorize, max_plate_nesting, pathwise=is_pathwise)
     k = total if dim is not None else 1
     layout = ParticleLayout(dim, k)
     nesting = None if dim is None else -dim - 1
+    # Each run (each particle's, when looped) is redone on its own draws while a
+    # pathwise site in it must switch for a jump.
+    traces = [
+        guard.settle(
+            trace,
+            lambda t: (latent_nodes([t]), found_jumps([t], differentiated([t]))),
+            lambda _: particle_traces(program, args, kwargs, k, dim is not None, nesting, pathwise=is_pathwise)[0][0],
+            lambda t: t,
+        )
+        for trace in traces
+    ]
 
     def run_alternative(trace, site, value, keep_gradients, relaxed):
         # A relaxed value lies outside the discrete support, so it is not checked there.

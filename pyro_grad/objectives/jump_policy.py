@@ -12,16 +12,22 @@ objective then reviews them (:meth:`JumpGuard.review`), site by site:
   applies, unless it says ``jumps="ignore"``.
 
 A site's path is switched before its draw (in ``_pyro_sample``), so a run that found a
-jump is never patched after the fact: it is redone.
+jump is never patched after the fact: it is redone on the same draws
+(:class:`SameDraws`), with only the switched sites' paths changed. Redoing it on fresh
+draws would bias the estimate: the runs where a jump shows (a rare branch, say) would be
+the ones thrown away.
 """
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
+import torch
+from pyro.ops.provenance import ProvenanceTensor
 from pyro.poutine.messenger import Messenger
 
-from pyro_grad.distributions import describe, without_path_switch
+from pyro_grad.distributions import describe, parameter_provenance, without_path_switch
 from pyro_grad.engine.jumps import Jump, jumps_in
 from pyro_grad.engine.particles import READ_JUMPS
+from pyro_grad.engine.provenance import plain, provenance_of
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import AUTO, CHOICE, CONFIG, DEFAULT, SITE, TUNED
 from pyro_grad.paths import Estimator, MeasureValued, PathwiseEstimator, Score, Site, weak_derivatives
@@ -85,6 +91,47 @@ def jump_error(estimator: Estimator, site: Site, jumps: List[Jump], objective: s
     )
 
 
+#: Redos of one run at most: each switches at least one site.
+MAX_REDOS = 16
+
+
+def through(name: str, other: str, jumps: List[Jump], other_jumps: List[Jump], nodes: Mapping[str, dict]) -> bool:
+    """Whether every jump of site ``name`` is one of ``other``'s, and ``other``'s value came from
+    ``name``'s (so ``name``'s marks may come through ``other`` alone)."""
+    same = {(j.operation, j.line) for j in other_jumps}
+    return name in provenance_of(nodes[other]["value"]) and all((j.operation, j.line) in same for j in jumps)
+
+
+class SameDraws(Messenger):
+    """Replays every draw of ``trace`` (an unpruned trace, so subsample indices too): the
+    redo of a run whose sites switched path sees the very same values. A site that is no
+    longer pathwise takes its value detached (its estimator differentiates its law);
+    enter it outside the particle plate and every estimators handler, as
+    :class:`~pyro_grad.engine.alternative_run.AlternativeRun`."""
+
+    def __init__(self, trace: Any) -> None:
+        super().__init__()
+        self.trace = trace
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] or msg["value"] is not None:
+            return
+        node = self.trace.nodes.get(msg["name"])
+        if node is None or node["type"] != "sample" or node["is_observed"]:
+            return
+        value = plain(node["value"])
+        if not is_pathwise(msg):
+            # As a non-pathwise draw is made (DetachedSample.sample): no derivative through
+            # the value, or a leaf for estimators that differentiate f in it, and the
+            # provenance of the parameters it was drawn from.
+            value = value.detach()
+            if getattr(msg["fn"], "differentiable_value", False):
+                value.requires_grad_(torch.is_grad_enabled())
+            upstream = parameter_provenance(msg["fn"])
+            value = ProvenanceTensor(value, upstream) if upstream else value
+        msg["value"] = value
+
+
 class JumpGuard(Messenger):
     """Switches, before the draw, each site listed in ``switched`` whose pathwise estimator
     came from ``"auto"`` or a measurement, to the estimator listed (see module docs).
@@ -116,25 +163,48 @@ class JumpGuard(Messenger):
     def review(self, nodes: Mapping[str, dict], found: Dict[str, List[Jump]]) -> bool:
         """Apply the policy to the jumps a run ``found`` (its latent sites ``nodes``):
         True when a site switches, so the run must be redone; one error for a pathwise
-        estimator the user chose there."""
-        again = False
+        estimator the user chose there.
+
+        A jump in a later pathwise draw also marks every pathwise draw its value came from
+        (``w ~ Normal(z, 1)``, ``w > 0``); once the later one switches, its own estimator
+        differentiates its law in ``z`` and ``z``'s path is right. So a site whose marks
+        all come through a later jumping site waits for the redo, which tells."""
+        pending = {}
         for name, jumps in found.items():
             node = nodes.get(name)
             estimator = node["infer"].get("estimator") if node is not None else None
             if not isinstance(estimator, PathwiseEstimator):
                 continue
-            site = Site.of(node)
             if estimator.jumps == "ignore":
                 self.ignored[name] = jumps
                 continue
             choice = node["infer"].get(CHOICE)
             if choice is None or choice.strength > TUNED:
-                raise jump_error(estimator, site, jumps, self.objective)
-            if name in self.switched:  # switched before the draw, yet drawn pathwise: a bug of ours
-                raise RuntimeError(f"pyro_grad: site '{name}' was switched for its jumps but drawn pathwise")
-            self.switched[name] = (smooth_free(site, self.objective), jumps)
-            again = True
-        return again
+                raise jump_error(estimator, Site.of(node), jumps, self.objective)
+            pending[name] = jumps  # already switched: drawn before the switch (another looped particle)
+        for name, jumps in pending.items():
+            if name in self.switched:
+                continue
+            if not any(through(name, other, jumps, pending[other], nodes) for other in pending if other != name):
+                self.switched[name] = (smooth_free(Site.of(nodes[name]), self.objective), jumps)
+        return bool(pending)
+
+    def settle(self, run: Any, review: Callable[[Any], Tuple[Mapping[str, dict], Dict[str, List[Jump]]]],
+               redo: Callable[[Any], Any], draws: Callable[[Any], Any]) -> Any:
+        """``run`` once no site in it must switch: while :meth:`review` of ``review(run)``
+        switches one, ``run`` is redone by ``redo(run)`` on the same draws
+        (:class:`SameDraws` of the trace ``draws(run)``)."""
+        for _ in range(MAX_REDOS):
+            if not self.review(*review(run)):
+                return run
+            with SameDraws(draws(run)):
+                run = redo(run)
+        nodes, _ = review(run)
+        raise EstimatorError(
+            f"the program's pathwise sites kept changing from run to run ({sorted(nodes)[:8]} ...), so pg cannot "
+            "choose their estimators before their draws; give the sites names that repeat, or choose an "
+            "estimator that needs no smoothness for them (pg.estimators(..., default=pg.Score('loo')))"
+        )
 
     def reason(self, name: str) -> Optional[str]:
         """Why the guard touched site ``name``'s estimator, or None."""

@@ -13,7 +13,7 @@ from pyro_grad.engine.importance_weights import log_mean_exp
 from pyro_grad.errors import EstimatorError
 from pyro_grad.paths.base import Estimator, Example, Site
 from pyro_grad.paths.detached import DetachedSample
-from pyro_grad.distributions import leaf_distribution
+from pyro_grad.distributions import leaf_distribution, support_moves
 
 BaselineSpec = Union[None, str, float, Callable]
 _NAMED = ("auto", "loo", "decay")
@@ -78,6 +78,13 @@ class Score(Estimator):
     def applies_to(cls, site: Site) -> bool:
         # A point mass has no density in its parameter: ∇θ log δ(z − θ) does not exist.
         return not isinstance(leaf_distribution(site.fn), dist.Delta)
+
+    def refusal(self, site: Site) -> Optional[str]:
+        if self.applies_to(site) and support_moves(site.fn):
+            # E[f] = ∫_{support(θ)} f p_θ: the score ∇log p_θ misses the moving bound's term.
+            return ("its support moves with its parameters, which the score function cannot see (it would be "
+                    "biased); use Reparam() or MeasureValued()")
+        return super().refusal(site)
 
     @classmethod
     def examples_for(cls, site: Site, exact_value: bool = False) -> List[Example]:

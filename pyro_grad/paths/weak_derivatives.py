@@ -38,7 +38,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.distributions.transforms import ExpTransform
 
-from pyro_grad.distributions import given_parameters
+from pyro_grad.distributions import given_parameters, moves
 from pyro_grad.engine.provenance import plain
 
 #: ``1/√(2π)``: the Normal density's constant, and the loc derivative's ``c·σ``.
@@ -70,15 +70,6 @@ class Family:
     runs: Mapping[str, int]
     derive: Derive
     refused: Mapping[str, str] = field(default_factory=dict)
-
-
-def moves(parameter: Any) -> bool:
-    """Whether a parameter tensor carries a derivative: it requires grad (reverse mode)
-    or has a forward-mode tangent (the diagnostics' site and argument shifts)."""
-    if not torch.is_tensor(parameter):
-        return False
-    parameter = plain(parameter)
-    return parameter.requires_grad or fwAD.unpack_dual(parameter).tangent is not None
 
 
 def standard_exponential(value: torch.Tensor) -> torch.Tensor:
