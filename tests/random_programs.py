@@ -93,7 +93,8 @@ class Program:
                  + (f" + {s.jump}·{s.step}" if s.jump else "") for s in self.sites]
         if self.loop is not None:
             parts.append(f"loop{self.loop.coefficients}")
-        return "; ".join(parts) + f"; f ({[(s.linear, s.square) for s in self.sites]}, cross {self.cross}, θ {self.pathwise})"
+        costs = [(s.linear, s.square) for s in self.sites]
+        return "; ".join(parts) + f"; f ({costs}, cross {self.cross}, θ {self.pathwise})"
 
 
 def _sigmoid(x):

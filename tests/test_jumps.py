@@ -534,7 +534,8 @@ def test_a_finiteness_check_is_no_jump_nor_read():
         z = pyro.sample("z", dist.Normal(theta, 1.0))
         assert torch.isfinite(z).all()  # read into Python, vectorized: constant almost surely
         return z**2
-    report = pg.diagnose(checked, torch.tensor(THETA, requires_grad=True), num_particles=4, num_samples=500, sites=False)
+    report = pg.diagnose(checked, torch.tensor(THETA, requires_grad=True), num_particles=4, num_samples=500,
+                         sites=False)
     assert report.estimators["z"] == pg.Reparam()
     assert_mean(report.samples["theta"], 2 * THETA)
 

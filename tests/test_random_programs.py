@@ -7,8 +7,10 @@ Normal's value reaching the cost through a jump (floor, round, a threshold, sign
 where) in half the programs that have one, optionally a masked site and a
 draw-dependent ``while`` loop. For each program hypothesis picks, per site, one of the
 registered estimators that apply and claim ``unbiased=True`` (at a jumping Normal,
-those that need no smoothness, or "auto", which must choose one), and K particles, in two runs: vectorized (K ≤ 3, no loops, which vectorized particles
-refuse) and looped (K ≤ 2, loops allowed).
+those that need no smoothness, or "auto", which must choose one), and K particles, in
+four runs: vectorized (K ≤ 3, no loops, which vectorized particles refuse), looped
+(K ≤ 2, loops allowed), RODEO at a Categorical first site, and vectorized with a
+Normal that jumps in every program.
 
 Reference: the exact ∂E[f]/∂θ by summing over every site's (truncated) support and
 Gauss–Hermite nodes for Normals (fixed cells with every jump on an edge for a Normal

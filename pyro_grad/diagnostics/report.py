@@ -27,7 +27,8 @@ class GradientReport:
       correction across every element of the report, family-wise rate 1e-3).
     * ``sites``: one row per sample site and distribution parameter: the estimator
       used and ``why`` (who chose it; for "auto", why: a smooth pathwise value, no
-      ``rsample``, or a jump in f that rules the pathwise derivative out), and the statistics of the derivative along a common shift of that
+      ``rsample``, or a jump in f that rules the pathwise derivative out), and the
+      statistics of the derivative along a common shift of that
       parameter's elements (the site estimator's own variance), and ``variance share``.
     * ``samples``: ``{name: (num_samples, *shape) tensor}``, the raw draws (parameters,
       and sites as ``"site.param"``).

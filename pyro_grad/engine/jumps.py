@@ -155,7 +155,9 @@ def is_discrete(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and not (t.is_floating_point() or t.is_complex())
 
 
-def jump_marks(func: Any, result: Any, sites: Iterable[str], frame: Any, kwargs: Optional[dict] = None) -> Optional[Any]:
+def jump_marks(
+    func: Any, result: Any, sites: Iterable[str], frame: Any, kwargs: Optional[dict] = None
+) -> Optional[Any]:
     """For an operation ``func`` (called with ``kwargs``) on values of the pathwise ``sites``
     that gave ``result``: None when it does not jump; else a function ``part -> marks``
     giving each tensor of the result the :class:`Jump` marks it carries (an integer or
