@@ -15,6 +15,8 @@ import pyro
 import torch
 from pyro.poutine.messenger import Messenger
 
+from pyro_grad.errors import EstimatorError
+
 
 #: Key in a site's ``infer`` of the baseline state (:class:`RunningAverages`) of the
 #: estimators handler that chose the site's estimator.
@@ -104,6 +106,15 @@ def learned(
         pyro.module(LEARNED_PREFIX + site, baseline)
     detached_args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
     value = torch.as_tensor(baseline(*detached_args, **kwargs))
+    try:
+        fits = torch.broadcast_shapes(value.shape, f.shape) == f.shape
+    except RuntimeError:
+        fits = False
+    if not fits:  # as TraceGraph_ELBO: a baseline shaped unlike the site's downstream cost is refused
+        raise EstimatorError(
+            f"the baseline of site '{site}' ({baseline!r}) has shape {tuple(value.shape)}; it must broadcast to "
+            f"the site's downstream f, one value per element: {tuple(f.shape[2:])}"
+        )
     loss = (f.detach() - value).pow(2)
     return value, loss.reshape(loss.shape[0], -1).sum(1) / f.shape[1]
 

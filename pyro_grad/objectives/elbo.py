@@ -11,6 +11,7 @@ from pyro.distributions.util import is_identically_zero
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
 from pyro.util import check_if_enumerated, warn_if_nan
 
+from pyro_grad.distributions import describe
 from pyro_grad.engine.provenance import plain, provenance_of
 from pyro_grad import baselines
 from pyro_grad.engine.control_flow import watched_reads
@@ -27,6 +28,7 @@ from pyro_grad.objectives.jump_policy import (
     latent_nodes,
 )
 from pyro_grad.objectives.objective_check import ObjectiveCheck
+from pyro_grad.pyro_infer import InferKeys
 from pyro_grad.tuning.schedule import Switch, tune_program, tuning_messengers
 from pyro_grad.engine.surrogate import (
     Block,
@@ -136,6 +138,7 @@ class ELBO(pyro.infer.ELBO):
         self._programs: Optional[Tuple[Callable, Callable]] = None
         self._seen_sites: FrozenSet[str] = frozenset()
         self._unwatched_steps = 0
+        self._infer_keys = InferKeys(type(self).__name__)
 
     def _tune_before_step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         step, self.steps = self.steps, self.steps + 1
@@ -159,9 +162,26 @@ class ELBO(pyro.infer.ELBO):
             run = importance_run(model, guide, args, kwargs, self.max_plate_nesting)
         mark_reads(run.guide_trace, reads.sites)
         mark_read_jumps(run.guide_trace, reads.jumps)
+        self._check_model_only_sites(run)
         if is_validation_enabled():
             check_if_enumerated(run.guide_trace)
         return run
+
+    def _check_model_only_sites(self, run: ImportanceRun) -> None:
+        """A latent site the model draws and the guide does not is sampled from its prior,
+        as Trace_ELBO does; an enumeration or an estimator asked for there would not take
+        effect, so it is refused."""
+        for name, site in run.model_trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"] or name in run.guide_trace.nodes:
+                continue
+            self._infer_keys.check(site, " in the model (the guide does not draw it)")
+            estimator = site["infer"].get("estimator")
+            if estimator is not None:
+                raise EstimatorError(
+                    f"site '{name}' ({describe(site['fn'])}) is drawn in the model but not in the guide, so "
+                    f"pg.{type(self).__name__} samples it from its prior (as Trace_ELBO does) and its estimator "
+                    f"{estimator!r} would not take effect; choose estimators for guide sites"
+                )
 
     def _runs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, watch: bool) -> List[ImportanceRun]:
         """One step's trace pairs (one per particle when looped). With ``watch``, its
@@ -227,7 +247,7 @@ class ELBO(pyro.infer.ELBO):
         ``num_particles`` particles form ``G = num_samples`` independent samples of
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
         self._for_programs(model, guide)
-        guide = ObjectiveCheck(self.objective)(self.jump_guard(self.estimators(guide)))
+        guide = ObjectiveCheck(self.objective, self._infer_keys)(self.jump_guard(self.estimators(guide)))
 
         def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool,
                             relaxed: bool):

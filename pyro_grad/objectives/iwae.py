@@ -76,7 +76,7 @@ class IWAE(ELBO):
         """Bounds ``(G,)`` and their surrogates: the ``num_particles`` particles form
         ``G = num_samples`` independent bounds of ``num_particles / G`` particles each."""
         self._for_programs(model, guide)
-        guide = ObjectiveCheck(self.objective)(self.jump_guard(self.estimators(guide)))
+        guide = ObjectiveCheck(self.objective, self._infer_keys)(self.jump_guard(self.estimators(guide)))
         weighted, runs = [], []
         for run in self._runs(model, guide, args, kwargs, watch=surrogate and self.watch_jumps):
             dim = self._particle_dim()

@@ -236,6 +236,8 @@ def choice_reasons(trace, guard: JumpGuard) -> Dict[str, str]:
             continue
         choice = node["infer"].get(CHOICE)
         chosen_by = CHOSEN_BY[choice.strength] if choice is not None else "the site's infer={'estimator': ...}"
+        if choice is not None and choice.strength == SITE and choice.site_estimator is None:
+            chosen_by = "the site's infer={'baseline': ...}, as TraceGraph_ELBO reads it"
         why = guard.reason(name)
         if why is None and choice is not None and choice.strength == AUTO:
             why = ("the distribution has rsample and f is smooth in the value where watched" if is_pathwise(node)

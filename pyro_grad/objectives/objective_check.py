@@ -1,25 +1,33 @@
 """``ObjectiveCheck``: an objective refuses, at the site, an estimator not derived for it."""
 
+from typing import Optional
+
 from pyro.poutine.messenger import Messenger
 
 from pyro_grad.errors import EstimatorError
 from pyro_grad.paths import Site
 from pyro_grad.paths.registry import OBJECTIVES, not_applicable
+from pyro_grad.pyro_infer import InferKeys
 
 
 class ObjectiveCheck(Messenger):
     """Stops ``objective`` (``"expectation"``, ``"elbo"`` or ``"iwae"``) at a latent site
     whose estimator was derived for other objectives (VIMCO in an ELBO, say), and a
     bound (an ELBO or the IWAE) at a guide site whose draw is not an exact value of its
-    distribution (a soft relaxation's), before the model scores it."""
+    distribution (a soft relaxation's), before the model scores it; and checks the
+    site's Pyro ``infer`` keys (:class:`~pyro_grad.pyro_infer.InferKeys`)."""
 
-    def __init__(self, objective: str) -> None:
+    def __init__(self, objective: str, infer_keys: Optional[InferKeys] = None) -> None:
         super().__init__()
         self.objective = objective
+        # An objective that lives across steps passes its own, so that a warning comes once.
+        self.infer_keys = infer_keys or InferKeys(OBJECTIVES[objective].split(".")[1])
 
     def _pyro_sample(self, msg: dict) -> None:
         # Before the draw, for the estimators chosen inside; after it (below), for a
         # handler around the objective's call that chose again.
+        if not msg["is_observed"] and msg["value"] is None:
+            self.infer_keys.check(msg)
         self._pyro_post_sample(msg)
 
     def _pyro_post_sample(self, msg: dict) -> None:
