@@ -73,11 +73,12 @@ class GradientReport:
         return self.total_variance() * float(self.params["cost"].iloc[0])
 
     def site_summary(self) -> pd.DataFrame:
-        """One row per latent site: its estimator, whether it claims to be unbiased, its
-        evaluations per particle and its share of the parameter-gradient variance
-        (measured with or without ``sites``)."""
+        """One row per latent site: its estimator and why, whether it claims to be
+        unbiased, its evaluations per particle and its share of the parameter-gradient
+        variance (measured with or without ``sites``)."""
         return pd.DataFrame([
-            {"site": site, "estimator": repr(estimator), "unbiased": getattr(estimator, "unbiased", None),
+            {"site": site, "estimator": repr(estimator), "why": self.reasons.get(site, ""),
+             "unbiased": getattr(estimator, "unbiased", None),
              "cost": self.runs.get(site), "variance share": self.shares.get(site, math.nan)}
             for site, estimator in self.estimators.items()
         ])

@@ -89,7 +89,7 @@ def _draw_sections(reports: Mapping[str, GradientReport], obj: Any) -> List[Tupl
         ("Parameters (aggregated over elements)", Noted(by_parameter, note)),
         ("Parameters, per element", ElementRows(obj.params, "elements")),
         ("Sample sites", obj.sites if len(obj.sites) else Noted(
-            obj.site_summary(), "Each site's estimator, evaluations per particle and share of the total "
+            obj.site_summary(), "Each site's estimator and why, evaluations per particle and share of the total "
                                 "parameter-gradient variance (NaN for a pathwise site, whose part cannot be "
                                 "separated); pg.diagnose(sites=True) adds the derivative along each site's own "
                                 "distribution parameters.")),
