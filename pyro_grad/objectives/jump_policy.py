@@ -33,6 +33,7 @@ from pyro_grad.handler import AUTO, CHOICE, CONFIG, DEFAULT, SITE, TUNED
 from pyro_grad.paths import Estimator, MeasureValued, PathwiseEstimator, Score, Site, weak_derivatives
 from pyro_grad.paths.registry import applicable
 
+
 def is_pathwise(msg: dict) -> bool:
     """Whether a site's value is drawn by a pathwise estimator, whose jumps are watched."""
     return isinstance(msg["infer"].get("estimator"), PathwiseEstimator)
@@ -63,9 +64,9 @@ def found_jumps(traces: Iterable[Any], provenances: Iterable[frozenset]) -> Dict
 
 def smooth_free(site: Site, objective: str) -> Estimator:
     """The unbiased estimator ``"auto"`` takes at a site where f jumps: ``MeasureValued()``
-    where it applies (in ``pg.expectation`` and ``pg.ELBO``) to every parameter of the
-    distribution, else ``Score("auto")``. (A Gamma has a weak derivative in its rate
-    only: were its concentration shifted later, by ``diagnose``'s site rows, it would refuse.)"""
+    where it applies (in ``pg.expectation`` and ``pg.ELBO``) and has a weak derivative in
+    every parameter of the distribution, else ``Score("auto")``. (A Gamma has one in its
+    rate only: ``diagnose``'s site rows shift its concentration too, which it refuses.)"""
     coupled = MeasureValued()
     family = weak_derivatives.family_of(site.fn)
     if (objective in coupled.objectives and coupled.applies_to(site) and coupled.refusal(site) is None
@@ -75,6 +76,7 @@ def smooth_free(site: Site, objective: str) -> Estimator:
 
 
 def describe_jumps(jumps: List[Jump], limit: int = 3) -> str:
+    """The first ``limit`` jumps, for a message: ``> at model.py:3, torch.round at model.py:5``."""
     shown = ", ".join(str(j) for j in jumps[:limit])
     return shown + (f" and {len(jumps) - limit} more" if len(jumps) > limit else "")
 
