@@ -107,8 +107,9 @@ def baseline_estimator(msg: dict) -> Optional[Estimator]:
 
 
 class InferKeys:
-    """Checks each latent site's Pyro ``infer`` keys for one objective: refuses the
-    enumeration keys, and warns once per site where a baseline cannot apply."""
+    """Checks each latent site's Pyro ``infer`` keys for one objective (named as errors
+    name it: ``"pg.ELBO"``): refuses the enumeration keys, and warns once per site where
+    a baseline cannot apply."""
 
     def __init__(self, objective: str) -> None:
         self.objective = objective
@@ -120,7 +121,7 @@ class InferKeys:
         if asked:
             raise EstimatorError(
                 f"site '{msg['name']}' ({describe(msg['fn'])}){where} asks Pyro to enumerate it "
-                f"(infer {({key: infer[key] for key in asked})}, as config_enumerate sets): pg.{self.objective} "
+                f"(infer {({key: infer[key] for key in asked})}, as config_enumerate sets): {self.objective} "
                 "does not sum enumerated sites out yet. Use pyro.infer.TraceEnum_ELBO for this program, or drop "
                 "the enumeration and pg estimates the site's gradient (pg.Enumerate() sums its own score term)"
             )

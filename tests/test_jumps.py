@@ -17,7 +17,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from conftest import Z, assert_mean
+from conftest import assert_mean
 
 import pyro_grad as pg
 

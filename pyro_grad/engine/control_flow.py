@@ -23,6 +23,7 @@ tensor operation of the program.
 """
 
 import contextlib
+import functools
 import os
 import sys
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set
@@ -152,6 +153,7 @@ class WatchedTensor(ProvenanceTensor):
         return watched(result, provenance, watch)
 
 
+@functools.lru_cache(maxsize=None)  # called on every watched tensor call; a function's name does not change
 def is_in_place(func: Any) -> bool:
     """Whether a tensor call writes into its first argument (``x[i] = v``, ``x.add_(v)``)."""
     name = getattr(func, "__name__", "")

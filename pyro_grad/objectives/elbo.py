@@ -138,7 +138,7 @@ class ELBO(pyro.infer.ELBO):
         self._programs: Optional[Tuple[Callable, Callable]] = None
         self._seen_sites: FrozenSet[str] = frozenset()
         self._unwatched_steps = 0
-        self._infer_keys = InferKeys(type(self).__name__)
+        self._infer_keys = InferKeys(f"pg.{type(self).__name__}")
 
     def _tune_before_step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         step, self.steps = self.steps, self.steps + 1
@@ -221,13 +221,16 @@ class ELBO(pyro.infer.ELBO):
         with SameDraws(run.guide_full):
             return redo()
 
-    def _for_programs(self, model: Callable, guide: Callable) -> None:
-        """What the jump guard learned is about one model and guide: another pair starts afresh."""
+    def _checked_guide(self, model: Callable, guide: Callable) -> Callable:
+        """``guide`` as a step runs it: its sites chosen by the estimators handler, switched
+        by the jump guard, and checked for this objective. What the guard learned is about
+        one model and guide: another pair starts afresh."""
         if self._programs is not None and (self._programs[0] is not model or self._programs[1] is not guide):
             self.jump_guard = JumpGuard(self.objective)
             self._seen_sites = frozenset()
             self.watch_jumps = True
         self._programs = (model, guide)
+        return ObjectiveCheck(self.objective, self._infer_keys)(self.jump_guard(self.estimators(guide)))
 
     def _particle_dim(self):
         if self.vectorize_particles and self.num_particles > 1:
@@ -246,8 +249,7 @@ class ELBO(pyro.infer.ELBO):
         """ELBO estimates ``(G,)`` and their surrogates (see :class:`Estimates`). The
         ``num_particles`` particles form ``G = num_samples`` independent samples of
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
-        self._for_programs(model, guide)
-        guide = ObjectiveCheck(self.objective, self._infer_keys)(self.jump_guard(self.estimators(guide)))
+        guide = self._checked_guide(model, guide)
 
         def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool,
                             relaxed: bool):

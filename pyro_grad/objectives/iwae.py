@@ -1,7 +1,7 @@
 """``IWAE``: the importance-weighted bound, with each guide site's gradient chosen per site."""
 
 import math
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Set, Tuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -18,7 +18,6 @@ from pyro_grad.engine.surrogate import Estimates, evaluations, group, site_estim
 from pyro_grad.errors import EstimatorError
 from pyro_grad.objectives.elbo import ELBO, elbo_terms
 from pyro_grad.objectives.jump_policy import choice_reasons
-from pyro_grad.objectives.objective_check import ObjectiveCheck
 from pyro_grad.paths import Estimator, Score, VIMCO
 
 
@@ -75,8 +74,7 @@ class IWAE(ELBO):
     ) -> Tuple[torch.Tensor, Estimates]:
         """Bounds ``(G,)`` and their surrogates: the ``num_particles`` particles form
         ``G = num_samples`` independent bounds of ``num_particles / G`` particles each."""
-        self._for_programs(model, guide)
-        guide = ObjectiveCheck(self.objective, self._infer_keys)(self.jump_guard(self.estimators(guide)))
+        guide = self._checked_guide(model, guide)
         weighted, runs = [], []
         for run in self._runs(model, guide, args, kwargs, watch=surrogate and self.watch_jumps):
             dim = self._particle_dim()

@@ -21,7 +21,7 @@ class ObjectiveCheck(Messenger):
         super().__init__()
         self.objective = objective
         # An objective that lives across steps passes its own, so that a warning comes once.
-        self.infer_keys = infer_keys or InferKeys(OBJECTIVES[objective].split(".")[1])
+        self.infer_keys = infer_keys or InferKeys(OBJECTIVES[objective])
 
     def _pyro_sample(self, msg: dict) -> None:
         # Before the draw, for the estimators chosen inside; after it (below), for a

@@ -35,7 +35,6 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Op
 
 import pyro.distributions as dist
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch.distributions.transforms import ExpTransform
 
 from pyro_grad.distributions import given_parameters, moves
