@@ -624,3 +624,11 @@ def test_the_tunings_mean_check_raises_no_false_alarm_on_a_skewed_smooth_program
     for seed in range(20):
         tuning = pg.tune(skewed, torch.tensor(0.3, requires_grad=True), num_samples=200, seed=seed, max_rounds=1)
         assert (tuning.table["agrees with the reference"] != False).all(), seed  # noqa: E712
+
+
+def test_the_command_line_names_the_opt_out():
+    """pyro-grad's NAME:ARG form: reparam:ignore is Reparam(jumps='ignore'), as for STL and DReG."""
+    for name, cls in (("reparam", pg.Reparam), ("stl", pg.STL), ("dreg", pg.DReG)):
+        assert pg.paths.parse_estimator(f"{name}:ignore") == cls(jumps="ignore")
+    with pytest.raises(pg.EstimatorError, match="jumps must be one of"):
+        pg.paths.parse_estimator("reparam:sometimes")
