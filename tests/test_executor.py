@@ -66,14 +66,22 @@ def same_numbers(first: dict, second: dict) -> None:
             assert a[field] == b[field], (key, field)
 
 
-def stored_runs(out) -> int:
+def rows(out, table: str) -> int:
+    """Rows of a table of the store at ``out``. The file appears (sqlite's connect) before
+    the transaction that creates its tables commits: a store still being created, which
+    another process may be watching, has no rows yet."""
     with sqlite3.connect(out / "runs.sqlite") as db:
-        return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+            return 0
+        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def stored_runs(out) -> int:
+    return rows(out, "runs")
 
 
 def claims(out) -> int:
-    with sqlite3.connect(out / "runs.sqlite") as db:
-        return db.execute("SELECT COUNT(*) FROM claims").fetchone()[0]
+    return rows(out, "claims")
 
 
 @pytest.fixture(scope="module")
