@@ -15,7 +15,7 @@ from pyro_grad import baselines
 from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError, float_index, float_index_error, is_index_dtype_error
 from pyro_grad.distributions import describe, without_path_switch
-from pyro_grad.paths import Estimator, Reparam, Score, Site, not_applicable
+from pyro_grad.paths import Enumerate, Estimator, Reparam, Score, Site, not_applicable
 from pyro_grad.pyro_infer import baseline_estimator
 
 Config = Union[None, Mapping, Estimator, Callable[[dict], Optional[Estimator]]]
@@ -63,7 +63,8 @@ class EstimatorMessenger(Messenger):
 
     Precedence, strongest first: ``config`` (a mapping from site names, a callable of
     the site message, or one estimator for every site), then the site's own ``infer={"estimator": ...}``,
-    then its ``infer={"baseline": {...}}`` as TraceGraph_ELBO reads it (``Score`` with that
+    then Pyro's mark ``infer={"enumerate": "parallel"}`` (``config_enumerate``'s; ``Enumerate()``,
+    which sums the site out in an ELBO), then its ``infer={"baseline": {...}}`` as TraceGraph_ELBO reads it (``Score`` with that
     baseline, at a site without ``rsample``: :mod:`pyro_grad.pyro_infer`), then an
     explicit ``default`` estimator, then the measured choice of ``default="tune"``
     (:attr:`tuned`, set by the objectives through :func:`pyro_grad.tune`), then ``"auto"``. Among nested handlers the inner
@@ -131,6 +132,8 @@ class EstimatorMessenger(Messenger):
                 return _check_estimator(chosen, f"config({name!r})"), CONFIG
         if site_estimator is not None:
             return _check_estimator(site_estimator, f"site {name!r} infer['estimator']"), SITE
+        if msg["infer"].get("enumerate") == "parallel":  # as config_enumerate marks a site
+            return Enumerate(), SITE
         pyro_baseline = baseline_estimator(msg)  # TraceGraph_ELBO's infer={"baseline": {...}}
         if pyro_baseline is not None:
             return pyro_baseline, SITE

@@ -14,8 +14,12 @@ honours those keys or refuses them with one clear error; it never ignores one:
                                    A pg estimator on the site wins. At a site with ``rsample``
                                    TraceGraph_ELBO takes the pathwise gradient and uses no
                                    baseline: so does pg, and it warns once.
-``enumerate`` (and ``expand``,     refused: pg does not yet sum sites out as TraceEnum_ELBO does
-``num_samples``, ``tmc``, ``dim``)
+``enumerate``                      ``"parallel"``: in ``pg.ELBO`` the site is summed out exactly, as
+                                   TraceEnum_ELBO does (:mod:`pyro_grad.objectives.enumeration`);
+                                   a pg estimator on the site wins. ``"sequential"``, and the key in
+                                   ``pg.IWAE`` or ``pg.expectation``: refused
+``expand``, ``num_samples``,       refused: pg enumerates a site's whole support, never a sample of
+``tmc``, ``dim``                   it (TraceEnum_ELBO's tensor Monte Carlo)
 ``is_auxiliary``, ``is_observed``  as in Pyro's ELBOs (bookkeeping of Pyro's own)
 =================================  =============================================================
 
@@ -36,6 +40,9 @@ BASELINE_OPTIONS = {"nn_baseline": None, "nn_baseline_input": None, "use_decayin
                     "baseline_beta": 0.90, "baseline_value": None}
 #: Keys that ask Pyro to enumerate a site (or set how).
 ENUMERATION_KEYS = ("enumerate", "expand", "num_samples", "tmc", "dim")
+#: The keys that set how Pyro enumerates, beyond ``enumerate`` itself: a sample of the
+#: support (tensor Monte Carlo) or its layout.
+TMC_KEYS = ("expand", "num_samples", "tmc", "dim")
 
 
 class NetworkBaseline:
@@ -108,22 +115,41 @@ def baseline_estimator(msg: dict) -> Optional[Estimator]:
 
 class InferKeys:
     """Checks each latent site's Pyro ``infer`` keys for one objective (named as errors
-    name it: ``"pg.ELBO"``): refuses the enumeration keys, and warns once per site where
-    a baseline cannot apply."""
+    name it: ``"pg.ELBO"``): honours ``enumerate="parallel"`` where the objective
+    ``enumerates`` (sums marked sites out, as TraceEnum_ELBO), refuses every other
+    enumeration key, and warns once per site where a baseline cannot apply."""
 
-    def __init__(self, objective: str) -> None:
+    def __init__(self, objective: str, enumerates: bool = False) -> None:
         self.objective = objective
+        self.enumerates = enumerates
         self._warned: Set[str] = set()
 
     def check(self, msg: dict, where: str = "") -> None:
         infer = msg["infer"]
-        asked = [key for key in ENUMERATION_KEYS if infer.get(key) not in (None, False)]
-        if asked:
+        site = f"site '{msg['name']}' ({describe(msg['fn'])}){where}"
+        asked = {key: infer[key] for key in ENUMERATION_KEYS if infer.get(key) not in (None, False)}
+        if asked and not self.enumerates:
             raise EstimatorError(
-                f"site '{msg['name']}' ({describe(msg['fn'])}){where} asks Pyro to enumerate it "
-                f"(infer {({key: infer[key] for key in asked})}, as config_enumerate sets): {self.objective} "
-                "does not sum enumerated sites out yet. Use pyro.infer.TraceEnum_ELBO for this program, or drop "
-                "the enumeration and pg estimates the site's gradient (pg.Enumerate() sums its own score term)"
+                f"{site} asks Pyro to enumerate it (infer {asked}, as config_enumerate sets): {self.objective} "
+                "does not sum enumerated sites out (its bound is not linear in them). Use pg.ELBO, which sums "
+                "them out as TraceEnum_ELBO does, or drop the enumeration and pg estimates the site's gradient"
+            )
+        tmc = {key: value for key, value in asked.items() if key in TMC_KEYS}
+        if tmc:
+            raise EstimatorError(
+                f"{site} sets {tmc}: {self.objective} enumerates a site's whole support in parallel, never a "
+                "sample of it (TraceEnum_ELBO's tensor Monte Carlo); drop those keys, or use TraceEnum_ELBO"
+            )
+        how = asked.get("enumerate")
+        if how is not None and how != "parallel":
+            raise EstimatorError(
+                f"{site} asks for enumerate={how!r}: {self.objective} sums sites out in parallel only; "
+                "write infer={'enumerate': 'parallel'} (config_enumerate's default)"
+            )
+        if how == "parallel" and not getattr(msg["fn"], "has_enumerate_support", False):
+            raise EstimatorError(
+                f"{site} is marked for enumeration, but its distribution has no finite support to sum over; "
+                "drop the mark there, and pg estimates the site's gradient"
             )
         if "baseline" in infer and getattr(msg["fn"], "has_rsample", False) and msg["name"] not in self._warned:
             self._warned.add(msg["name"])

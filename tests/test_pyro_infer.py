@@ -163,18 +163,36 @@ def empty_guide(data):
     pass
 
 
+def sequential_guide(data):
+    q = pyro.param("q", torch.tensor(0.4), constraint=dist.constraints.unit_interval)
+    pyro.sample("c", dist.Bernoulli(q), infer={"enumerate": "sequential"})
+
+
+def tmc_guide(data):
+    q = pyro.param("q", torch.tensor(0.4), constraint=dist.constraints.unit_interval)
+    pyro.sample("c", dist.Bernoulli(q), infer={"enumerate": "parallel", "num_samples": 4})
+
+
+def poisson_model(data):
+    n = pyro.sample("n", dist.Poisson(3.0), infer={"enumerate": "parallel"})
+    with pyro.plate("data", len(data)):
+        pyro.sample("x", dist.Bernoulli(torch.sigmoid(n - 3.0)), obs=data)
+
+
+# What pg.ELBO cannot enumerate is refused at the site, never sampled from the prior.
 ENUMERATIONS = [
-    ("infer on a guide site", model, enumerated_guide, pg.ELBO, r"site 'c' \(Bernoulli\) asks Pyro to enumerate"),
-    ("config_enumerate on a guide", model, config_enumerate(make_guide(None)), pg.ELBO, "asks Pyro to enumerate"),
-    ("config_enumerate on a model", enumerated_model, empty_guide, pg.ELBO, "in the model .* asks Pyro to enumerate"),
-    ("in pg.IWAE", model, enumerated_guide, pg.IWAE, "pg.IWAE does not sum enumerated sites out yet"),
-    ("an estimator on a model-only site", pg.estimators(model, {"c": pg.Enumerate()}), empty_guide, pg.ELBO,
-     r"drawn in the model but not in the guide.*Enumerate\(\) would not take effect"),
+    ("sequential enumeration", model, sequential_guide, pg.ELBO,
+     r"site 'c' \(Bernoulli\) asks for enumerate='sequential': pg.ELBO sums sites out in parallel only"),
+    ("tensor Monte Carlo", model, tmc_guide, pg.ELBO, r"sets \{'num_samples': 4\}: pg.ELBO enumerates"),
+    ("no finite support", poisson_model, empty_guide, pg.ELBO, r"'n' \(Poisson\) in the model is marked.*no finite support"),
+    ("in pg.IWAE", model, enumerated_guide, pg.IWAE, "pg.IWAE does not sum enumerated sites out"),
+    ("an estimator on a model-only site", pg.estimators(model, {"c": pg.Score()}), empty_guide, pg.ELBO,
+     r"drawn in the model but not in the guide.*Score\(\) would not take effect.*or pg.Enumerate\(\)"),
 ]
 
 
 @pytest.mark.parametrize("case, m, g, objective, message", ENUMERATIONS, ids=[e[0] for e in ENUMERATIONS])
-def test_enumeration_pg_does_not_do_yet_is_refused_never_sampled_silently(case, m, g, objective, message):
+def test_an_enumeration_pg_cannot_do_is_refused_never_sampled_silently(case, m, g, objective, message):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pyro's "Found vars in model but not guide"
         with pytest.raises(pg.EstimatorError, match=message):
@@ -184,5 +202,5 @@ def test_enumeration_pg_does_not_do_yet_is_refused_never_sampled_silently(case, 
 def test_enumeration_in_an_expectation_is_refused():
     def program(theta):
         return pyro.sample("c", dist.Bernoulli(theta), infer={"enumerate": "parallel"}) * 2.0
-    with pytest.raises(pg.EstimatorError, match="pg.expectation does not sum enumerated sites out yet"):
+    with pytest.raises(pg.EstimatorError, match="pg.expectation does not sum enumerated sites out"):
         pg.expectation(program, torch.tensor(0.3, requires_grad=True), num_particles=2)

@@ -6,10 +6,11 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, NamedTuple, O
 
 import pyro
 import pyro.infer
+import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import is_identically_zero
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
-from pyro.util import check_if_enumerated, warn_if_nan
+from pyro.util import get_rng_state, set_rng_state, warn_if_nan
 
 from pyro_grad.distributions import describe
 from pyro_grad.engine.provenance import plain, provenance_of
@@ -27,6 +28,7 @@ from pyro_grad.objectives.jump_policy import (
     is_pathwise,
     latent_nodes,
 )
+from pyro_grad.objectives.enumeration import enumerated_terms, enumerating, is_enumerated
 from pyro_grad.objectives.objective_check import ObjectiveCheck
 from pyro_grad.pyro_infer import InferKeys
 from pyro_grad.tuning.schedule import Switch, tune_program, tuning_messengers
@@ -88,6 +90,9 @@ class ELBO(pyro.infer.ELBO):
     #: Whether an estimate is a mean over its particles, so that one estimate of many
     #: particles estimates the same objective precisely (not the IWAE bound's).
     averages_particles = True
+    #: Whether sites marked for enumeration are summed out, as TraceEnum_ELBO does
+    #: (:mod:`pyro_grad.objectives.enumeration`).
+    enumerates = True
 
     def __init__(
         self,
@@ -138,7 +143,7 @@ class ELBO(pyro.infer.ELBO):
         self._programs: Optional[Tuple[Callable, Callable]] = None
         self._seen_sites: FrozenSet[str] = frozenset()
         self._unwatched_steps = 0
-        self._infer_keys = InferKeys(f"pg.{type(self).__name__}")
+        self._infer_keys = InferKeys(f"pg.{type(self).__name__}", enumerates=self.enumerates)
 
     def _tune_before_step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         step, self.steps = self.steps, self.steps + 1
@@ -158,29 +163,31 @@ class ELBO(pyro.infer.ELBO):
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> ImportanceRun:
         batched = self.vectorize_particles and self.num_particles > 1
+        if self.enumerates:
+            model, guide = enumerating(model, guide, self.max_plate_nesting, self._infer_keys)
         with watched_reads(batched, is_pathwise if self._watching else None) as reads:
             run = importance_run(model, guide, args, kwargs, self.max_plate_nesting)
         mark_reads(run.guide_trace, reads.sites)
         mark_read_jumps(run.guide_trace, reads.jumps)
         self._check_model_only_sites(run)
-        if is_validation_enabled():
-            check_if_enumerated(run.guide_trace)
         return run
 
     def _check_model_only_sites(self, run: ImportanceRun) -> None:
-        """A latent site the model draws and the guide does not is sampled from its prior,
-        as Trace_ELBO does; an enumeration or an estimator asked for there would not take
-        effect, so it is refused."""
+        """A latent site the model draws and the guide does not is summed out when it is
+        marked for enumeration (as TraceEnum_ELBO does), else sampled from its prior (as
+        Trace_ELBO does); an estimator asked for there would not take effect, so it is
+        refused, as is an enumeration pg cannot do."""
         for name, site in run.model_trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"] or name in run.guide_trace.nodes:
                 continue
             self._infer_keys.check(site, " in the model (the guide does not draw it)")
             estimator = site["infer"].get("estimator")
-            if estimator is not None:
+            if estimator is not None and site["infer"].get("_enumerate_dim") is None:
                 raise EstimatorError(
                     f"site '{name}' ({describe(site['fn'])}) is drawn in the model but not in the guide, so "
                     f"pg.{type(self).__name__} samples it from its prior (as Trace_ELBO does) and its estimator "
-                    f"{estimator!r} would not take effect; choose estimators for guide sites"
+                    f"{estimator!r} would not take effect; choose estimators for guide sites, or pg.Enumerate() "
+                    "here to sum the site out (as TraceEnum_ELBO does)"
                 )
 
     def _runs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, watch: bool) -> List[ImportanceRun]:
@@ -232,6 +239,22 @@ class ELBO(pyro.infer.ELBO):
         self._programs = (model, guide)
         return ObjectiveCheck(self.objective, self._infer_keys)(self.jump_guard(self.estimators(guide)))
 
+    def _guess_plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
+        """Enumeration takes the dims left of the plates: as TraceEnum_ELBO, one run
+        (hidden from outer handlers, nothing enumerated) finds how deep they nest. The
+        run draws from a saved random state, so the step's draws are those it would make
+        without it (a comparison with a Pyro ELBO under one seed stays draw for draw)."""
+        state = get_rng_state()
+        try:
+            with poutine.block():
+                checked = ObjectiveCheck(self.objective, self._infer_keys)(guide)
+                run = importance_run(model, checked, args, kwargs, float("inf"), scores=False)
+        finally:
+            set_rng_state(state)
+        dims = [-frame.dim for trace in (run.model_trace, run.guide_trace) for site in trace.nodes.values()
+                if site["type"] == "sample" for frame in site["cond_indep_stack"] if frame.vectorized]
+        self.max_plate_nesting = max(dims, default=0) + (self.vectorize_particles and self.num_particles > 1)
+
     def _particle_dim(self):
         if self.vectorize_particles and self.num_particles > 1:
             return -self.max_plate_nesting
@@ -249,6 +272,8 @@ class ELBO(pyro.infer.ELBO):
         """ELBO estimates ``(G,)`` and their surrogates (see :class:`Estimates`). The
         ``num_particles`` particles form ``G = num_samples`` independent samples of
         ``num_particles / G`` particles each; a surrogate's value equals its estimate."""
+        if self.enumerates and self.max_plate_nesting == float("inf"):
+            self._guess_plate_nesting(model, guide, args, kwargs)
         guide = self._checked_guide(model, guide)
 
         def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool,
@@ -280,6 +305,15 @@ class ELBO(pyro.infer.ELBO):
             dim = self._particle_dim()
             k = self.num_particles if dim is not None else 1
             layout = ParticleLayout(dim, k)
+            if self.enumerates and is_enumerated(model_trace, guide_trace):
+                # TraceEnum's sum over the enumerated sites: exact, no difference terms.
+                value, block = enumerated_terms(model_trace, guide_trace, layout, num_samples if dim is not None else 1,
+                                                surrogate)
+                elbos.append(value.detach())
+                surrogates.append(value)
+                blocks.append(block)
+                differences.append(({}, {}))
+                continue
             terms = _particle_terms(model_trace, guide_trace, layout)
             elbos.append(terms.elbo)
             surrogates.append(terms.surrogate)

@@ -48,6 +48,8 @@ class IWAE(ELBO):
 
     objective = "iwae"
     averages_particles = False
+    #: The bound is not linear in a site's values, so none is summed out (TraceEnum's way).
+    enumerates = False
 
     def __init__(
         self,
