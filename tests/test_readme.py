@@ -77,3 +77,21 @@ def test_the_jump_example_prints_the_exact_gradient_it_shows():
     printed = re.findall(r"tensor\((-?[\d.]+)\)", output.getvalue())
     assert printed == re.findall(r"# .*?tensor\((-?[\d.]+)\)", block)
     assert abs(float(printed[0]) - 1.0) < 0.01
+
+
+def test_the_enumeration_example_sums_the_assignments_out_as_traceenum_does():
+    # "Enumeration as TraceEnum_ELBO does it": the block asserts pg's loss is TraceEnum's;
+    # here also against log p(data) summed by hand over the two components.
+    (block,) = [b for b in python_blocks() if "def mixture(data)" in b]
+    import torch
+
+    import pyro.distributions as dist
+    import pyro_grad as pg
+
+    pyro.clear_param_store()
+    namespace = {"pyro": pyro, "dist": dist, "torch": torch, "pg": pg}
+    exec(compile(block, str(README), "exec"), namespace)
+    data = namespace["data"]
+    weights, locs = torch.tensor([0.4, 0.6]), torch.tensor([1.0, 9.0])
+    by_hand = torch.logsumexp(weights.log() + dist.Normal(locs, 1.0).log_prob(data[:, None]), -1).sum()
+    assert abs(namespace["loss"].item() + by_hand.item()) < 1e-4

@@ -297,10 +297,21 @@ def _group_means(dice: Dice, costs: Dict[frozenset, list], layout: ParticleLayou
         mask = torch.zeros(layout.num)
         mask[g * per_group:(g + 1) * per_group] = 1.0
         mask._pyro_dims = symbol
-        masked = OrderedDict((t, [packed.mul(c, mask) if torch.is_tensor(c) else c * mask for c in terms])
-                             for t, terms in costs.items())
+        masked = OrderedDict((t, [_masked(c, mask) for c in terms]) for t, terms in costs.items())
         means.append((dice.compute_expectation(masked) / per_group).expand(per_group))
     return torch.cat(means)
+
+
+def _masked(cost, mask: torch.Tensor) -> torch.Tensor:
+    """A packed cost times a packed mask (``pyro.ops.packed.mul`` calls an ``einsum``
+    signature current torch does not take)."""
+    if not torch.is_tensor(cost):
+        cost = torch.tensor(float(cost))
+        cost._pyro_dims = ""
+    cost, mask = packed.broadcast_all(cost, mask)
+    result = cost * mask
+    result._pyro_dims = cost._pyro_dims
+    return result
 
 
 __all__ = ["EnumerationMarks", "enumerating", "is_enumerated", "marginal_costs", "enumerated_terms"]
