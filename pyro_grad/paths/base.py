@@ -40,12 +40,16 @@ class Site:
     """What an estimator may know of a sample site before its draw: its ``name`` (None
     for a bare distribution), its distribution ``fn``, its number of ``elements`` per
     particle (the batch, plates included, the particle plate left out), and how many of
-    them its plates account for (``plated``; the rest are a batch within each element)."""
+    them its plates account for (``plated``; the rest are a batch within each element).
+    ``summed_out``: the site is marked for TraceEnum's parallel enumeration
+    (``infer={"enumerate": "parallel"}``), so batch dims beyond its plates are the
+    values of other enumerated sites, summed out with it."""
 
     name: Optional[str]
     fn: Any
     elements: int
     plated: int = 1
+    summed_out: bool = False
 
     @classmethod
     def of(cls, msg: dict, plates: tuple = ()) -> "Site":
@@ -59,7 +63,8 @@ class Site:
                 shape[frame.dim] = 1
         own = {f.name: f for f in msg.get("cond_indep_stack", ()) if f.vectorized and f.name not in PARTICLE_PLATES}
         plated = math.prod(shape[f.dim] for f in own.values() if -f.dim <= len(shape))
-        return cls(msg.get("name"), fn, math.prod(shape), plated)
+        summed_out = (msg.get("infer") or {}).get("enumerate") == "parallel"
+        return cls(msg.get("name"), fn, math.prod(shape), plated, summed_out)
 
     @classmethod
     def of_distribution(cls, fn: Any) -> "Site":

@@ -36,8 +36,9 @@ class Enumerate(DifferenceEstimator):
 
     @staticmethod
     def _one_per_plate_element(site: Site) -> bool:
-        """One element per particle, or only those its plates account for."""
-        return site.elements in (1, site.plated)
+        """One element per particle, or only those its plates account for; or a site
+        summed out as TraceEnum does, whose other batch dims are enumerated values."""
+        return site.summed_out or site.elements in (1, site.plated)
 
     @staticmethod
     def _finite_support(fn: Any) -> bool:
