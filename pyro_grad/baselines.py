@@ -87,6 +87,31 @@ def decaying_average(averages: RunningAverages, name: str, f: torch.Tensor, beta
     return old.expand(f.shape[:2] + old.shape)
 
 
+def pooled_average(averages: RunningAverages, name: str, f: torch.Tensor, beta: float) -> torch.Tensor:
+    """One decaying average of f per site, pooled over its particles and plate elements,
+    bias-corrected: ``b_t = m_{t−1} / (1 − β^{t−1})`` (0 at the first step), then
+    ``m_t = β·m_{t−1} + (1 − β)·mean(c)``.
+
+    Pooled because a per-element average compares each plate element only with its own
+    history: at one particle, where a discrete element almost always draws its likeliest
+    value, ``c_i − b_i ≈ 0`` and nothing says which elements fit worse than the others,
+    so the assignments commit before the rest of the model settles (Pyro's
+    Dirichlet-process mixture: −ELBO 2282 per element against 1478 pooled, README
+    "SVI"). A pooled baseline keeps that comparison and removes the offset all elements
+    share, which is what cuts the variance (a sigmoid belief net, a Bernoulli VAE).
+    Bias-corrected as Adam's moments (Kingma & Ba 2015), so the first steps are not
+    pulled towards zero; one number, so a new subsample size does not restart it.
+    Unbiased: ``b`` depends on earlier steps only.
+    """
+    key = f"{name}#pooled"
+    state = averages.get(key)
+    mean, steps = (0.0, 0) if state is None else (float(state[0]), int(state[1]))
+    baseline = mean / (1 - beta**steps) if steps else 0.0
+    updated = beta * mean + (1 - beta) * float(f.detach().double().mean())
+    averages.set(key, torch.tensor([updated, steps + 1], dtype=torch.float64))
+    return torch.full(f.shape, baseline, dtype=f.dtype)
+
+
 #: Param-store name prefix of a learned baseline network, followed by the site's name.
 LEARNED_PREFIX = "_pyro_grad_baseline_"
 

@@ -8,6 +8,7 @@ them from what the distribution was built with (:func:`probs_of`, :func:`logits_
 """
 
 import copy
+import inspect
 from typing import Any, Dict
 
 import torch
@@ -84,6 +85,8 @@ def with_parameter(fn: Any, name: str, value: torch.Tensor) -> Any:
         return wrapper
     params = given_parameters(fn)
     params[name] = value
+    if "event_dim" in inspect.signature(type(fn).__init__).parameters:
+        params["event_dim"] = len(fn.event_shape)  # a Delta's event dims are no parameter
     return type(fn)(**params, validate_args=False)
 
 

@@ -36,7 +36,7 @@ def test_auto_default_is_reparam_where_rsample_exists_else_score():
     assert chosen == {"a": pg.Score("auto"), "b": pg.Score("auto")}
     # "auto" resolves to leave-one-out with K >= 2 particles, a decaying average with one.
     assert pg.Score("auto").resolve(4) == pg.Score("loo")
-    assert pg.Score("auto").resolve(1) == pg.Score("decay")
+    assert pg.Score("auto").resolve(1) == pg.Score("pooled")
 
 
 def test_site_infer_selects_and_explicit_config_wins():

@@ -77,7 +77,7 @@ class ConstantBaseline(torch.nn.Module):
 
 @pytest.mark.parametrize(
     "baseline, num_particles",
-    [(None, 1), ("loo", 2), ("loo", 10), ("decay", 1), (1.0, 1), ("learned", 1), ("auto", 3)],
+    [(None, 1), ("loo", 2), ("loo", 10), ("decay", 1), ("pooled", 1), (1.0, 1), ("learned", 1), ("auto", 3)],
 )
 def test_two_bernoullis_every_baseline_is_unbiased(baseline, num_particles):
     # ∇θ E[2·Bern(3θ) + Bern(θ)] = 7 whatever the baseline.
@@ -86,12 +86,28 @@ def test_two_bernoullis_every_baseline_is_unbiased(baseline, num_particles):
     estimator = pg.Score(baseline=baseline)
     handler = pg.EstimatorMessenger({"a": estimator, "b": estimator})
     program = handler(two_bernoullis)
-    if baseline == "decay":
+    if baseline in ("decay", "pooled"):
         for _ in range(30):  # warm the running average so the baseline is not zero
             pg.expectation(program, theta(0.1))
-        assert float(handler.averages.get("a")) > 0.5
+        average = handler.averages.get("a") if baseline == "decay" else handler.averages.get("a#pooled")[0]
+        assert float(average) > 0.5
     g = expectation_draws(program, theta(0.1), num_samples=N, num_particles=num_particles)["theta"]
     assert_mean(g, 7.0)
+
+
+def test_the_pooled_baseline_is_the_bias_corrected_mean_of_earlier_steps():
+    # f = 2, then 4, then anything: b_1 = 0 (no history), b_2 = m_1 / (1 − β) = 2,
+    # b_3 = m_2 / (1 − β²) = (0.9·0.2 + 0.4) / 0.19 = 0.58 / 0.19, the weighted mean of 2 and 4.
+    from pyro_grad.baselines import RunningAverages, pooled_average
+
+    averages = RunningAverages()
+    first = pooled_average(averages, "z", torch.full((1, 1, 3), 2.0), 0.9)
+    second = pooled_average(averages, "z", torch.tensor([[[3.0, 4.0, 5.0]]]), 0.9)
+    third = pooled_average(averages, "z", torch.zeros(1, 2, 5), 0.9)
+    assert torch.equal(first, torch.zeros(1, 1, 3))
+    assert torch.allclose(second, torch.full((1, 1, 3), 2.0))
+    assert third.shape == (1, 2, 5)  # one number for the site, whatever the plate's size
+    assert torch.allclose(third, torch.full((1, 2, 5), 0.58 / 0.19))
 
 
 def test_leave_one_out_variance_is_measurably_below_no_baseline():

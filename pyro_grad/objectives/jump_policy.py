@@ -240,6 +240,10 @@ def choice_reasons(trace, guard: JumpGuard) -> Dict[str, str]:
         chosen_by = CHOSEN_BY[choice.strength] if choice is not None else "the site's infer={'estimator': ...}"
         if choice is not None and choice.strength == SITE and choice.site_estimator is None:
             chosen_by = "the site's infer={'baseline': ...}, as TraceGraph_ELBO reads it"
+            if node["infer"].get("enumerate") == "parallel":
+                chosen_by = "the site's infer={'enumerate': 'parallel'} (config_enumerate's)"
+        if node["infer"].get("_enumerate_dim") is not None:
+            chosen_by += ": summed out, as TraceEnum_ELBO does"
         why = guard.reason(name)
         if why is None and choice is not None and choice.strength == AUTO:
             why = ("the distribution has rsample and f is smooth in the value where watched" if is_pathwise(node)

@@ -16,7 +16,7 @@ from pyro_grad.paths.detached import DetachedSample
 from pyro_grad.distributions import leaf_distribution, support_moves
 
 BaselineSpec = Union[None, str, float, Callable]
-_NAMED = ("auto", "loo", "decay")
+_NAMED = ("auto", "loo", "decay", "pooled")
 
 
 @dataclass(frozen=True, repr=False)
@@ -29,10 +29,13 @@ class Score(Estimator):
 
     * ``None``: no baseline.
     * ``"loo"``: leave-one-out, the mean of the other K − 1 particles' values of f (K ≥ 2).
-    * ``"decay"``: an exponential moving average with factor ``beta``, kept per site
-      by the estimators handler that chose it (so by the wrapped program, or by the
-      :class:`~pyro_grad.ELBO`) across steps; never in the param store.
-    * ``"auto"``: ``"loo"`` when K ≥ 2, else ``"decay"``.
+    * ``"decay"``: an exponential moving average with factor ``beta``, one per element
+      of f (TraceGraph_ELBO's decaying average), kept by the estimators handler that
+      chose it (so by the wrapped program, or by the :class:`~pyro_grad.ELBO`) across
+      steps; never in the param store.
+    * ``"pooled"``: one such average per site, pooled over the particles and plate
+      elements and bias-corrected (:func:`pyro_grad.baselines.pooled_average`).
+    * ``"auto"``: ``"loo"`` when K ≥ 2, else ``"pooled"``.
     * a float: a constant.
     * an ``nn.Module`` or callable: ``baseline(*args, **kwargs)`` of the program's
       inputs, fitted by an added squared-error term as Pyro's ``nn_baseline``.
@@ -96,7 +99,7 @@ class Score(Estimator):
 
     def resolve(self, num_particles: int) -> "Score":
         if self.baseline == "auto":
-            return Score("loo" if num_particles >= 2 else "decay", beta=self.beta)
+            return Score("loo" if num_particles >= 2 else "pooled", beta=self.beta)
         return self
 
     def surrogate(
@@ -145,6 +148,10 @@ class Score(Estimator):
             if averages is None:  # no handler keeps state for this site: start afresh
                 averages = RunningAverages()
             return baselines.decaying_average(averages, name, f, self.beta), zero
+        if b == "pooled":
+            if averages is None:
+                averages = RunningAverages()
+            return baselines.pooled_average(averages, name, f, self.beta), zero
         if isinstance(b, numbers.Real):
             return float(b), zero
         return baselines.learned(name, b, f, args, kwargs)
