@@ -179,12 +179,24 @@ def poisson_model(data):
         pyro.sample("x", dist.Bernoulli(torch.sigmoid(n - 3.0)), obs=data)
 
 
+def hundred_values_guide(data):
+    pyro.sample("c", dist.Categorical(logits=torch.zeros(100)), infer={"enumerate": "parallel"})
+
+
+def hundred_values_model(data):
+    c = pyro.sample("c", dist.Categorical(logits=torch.zeros(100)))
+    with pyro.plate("data", len(data)):
+        pyro.sample("x", dist.Bernoulli(0.2 + 0.006 * c), obs=data)
+
+
 # What pg.ELBO cannot enumerate is refused at the site, never sampled from the prior.
 ENUMERATIONS = [
     ("sequential enumeration", model, sequential_guide, pg.ELBO,
      r"site 'c' \(Bernoulli\) asks for enumerate='sequential': pg.ELBO sums sites out in parallel only"),
     ("tensor Monte Carlo", model, tmc_guide, pg.ELBO, r"sets \{'num_samples': 4\}: pg.ELBO enumerates"),
     ("no finite support", poisson_model, empty_guide, pg.ELBO, r"'n' \(Poisson\) in the model is marked.*no finite support"),
+    ("too many values", hundred_values_model, hundred_values_guide, pg.ELBO,
+     r"Enumerate\(\) does not apply to site 'c' \(Categorical\): its support has 100 values, more than the 64"),
     ("in pg.IWAE", model, enumerated_guide, pg.IWAE, "pg.IWAE does not sum enumerated sites out"),
     ("an estimator on a model-only site", pg.estimators(model, {"c": pg.Score()}), empty_guide, pg.ELBO,
      r"drawn in the model but not in the guide.*Score\(\) would not take effect.*or pg.Enumerate\(\)"),
