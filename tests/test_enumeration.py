@@ -93,10 +93,22 @@ def assert_same(first, second, rtol=1e-5, atol=1e-5):
         assert torch.allclose(grads1[name], grads2[name], rtol=rtol, atol=atol), (name, grads1[name], grads2[name])
 
 
+def gmm_estimator_at_site(data):
+    """The same mixture with ``infer={"estimator": pg.Enumerate()}`` at the site."""
+    weights = pyro.sample("weights", dist.Dirichlet(0.5 * torch.ones(2)))
+    scale = pyro.sample("scale", dist.LogNormal(0.0, 2.0))
+    with pyro.plate("components", 2):
+        locs = pyro.sample("locs", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", len(data)):
+        assignment = pyro.sample("assignment", dist.Categorical(weights), infer={"estimator": pg.Enumerate()})
+        pyro.sample("obs", dist.Normal(locs[assignment], scale), obs=data)
+
+
 GMM_FORMS = [
     ("config_enumerate on the model", config_enumerate(gmm_unmarked)),
     ("infer dict at the site", gmm_marked_at_site),
     ("pg.Enumerate() on the model's site", pg.estimators(gmm_unmarked, {"assignment": pg.Enumerate()})),
+    ("infer estimator at the model's site", gmm_estimator_at_site),
 ]
 
 
@@ -218,9 +230,21 @@ def ss_step_gradients(elbo, guide, seed):
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
 
 
+def ss_guide_estimator_at_site(xs, ys=None):
+    """The ss-VAE's guide with ``infer={"estimator": pg.Enumerate()}`` at the label."""
+    classifier = pyro.module("classifier", NETWORKS["classifier"])
+    encoder = pyro.module("encoder", NETWORKS["encoder"])
+    with pyro.plate("data", xs.shape[0]):
+        ys = pyro.sample("y", dist.OneHotCategorical(logits=classifier(xs)), infer={"estimator": pg.Enumerate()})
+        shape = torch.broadcast_shapes(xs.shape[:-1], ys.shape[:-1])
+        loc, log_scale = encoder(torch.cat([xs.expand(shape + (PIXELS,)), ys.expand(shape + (LABELS,))], -1)).chunk(2, -1)
+        pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
 SS_FORMS = [
     ("config_enumerate on the guide", config_enumerate(ss_guide)),
     ("pg.Enumerate() on the guide's site", pg.estimators(ss_guide, {"y": pg.Enumerate()})),
+    ("infer estimator at the guide's site", ss_guide_estimator_at_site),
 ]
 
 
