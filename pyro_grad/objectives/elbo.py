@@ -77,6 +77,13 @@ class ELBO(pyro.infer.ELBO):
     gradient is unbiased. ``switches`` lists every change (:class:`~pyro_grad.tuning.
     schedule.Switch`: step, site, previous, chosen), also logged to ``pyro_grad.tuning``.
 
+    Sites marked for enumeration (``config_enumerate``, ``infer={"enumerate":
+    "parallel"}``, ``pg.Enumerate()``), in the model or the guide, are summed out as
+    ``TraceEnum_ELBO`` sums them (:mod:`pyro_grad.objectives.enumeration`); the other
+    guide sites keep their estimators. As there, ``max_plate_nesting`` is guessed, when
+    not given, by one run of model and guide before the first step (hidden from outer
+    handlers; the random state is restored after it).
+
     Pathwise guide sites are watched for jumps (see the README's "Programs that jump") on
     the first step, on a step that draws a site no watched step saw (again, on the same
     draws), after a tuning switch, and one step in ``watch_jumps_every`` (1: every step,
