@@ -156,7 +156,7 @@ def hmm(sequences):
             pyro.sample(f"y_{t}", dist.Normal(locs[x], 1.0), obs=sequences[:, t])
 
 
-def no_guide(sequences):
+def no_guide(*args):
     pass
 
 
@@ -168,6 +168,38 @@ def test_an_hmm_enumerated_under_markov_has_traceenums_loss_and_gradient(num_par
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert_same(loss_and_grads(pg.ELBO(**settings), hmm, no_guide, HMM_DATA), reference)
+
+
+MASKED_SEQUENCES = (torch.rand(6, 5, 3, generator=torch.Generator().manual_seed(0)) < 0.4).float()
+LENGTHS = torch.tensor([5, 3, 4, 2, 5, 1])
+
+
+def masked_hmm(sequences, lengths, batch_size=None):
+    """examples/hmm.py's model_1 exactly in shape: sequences of different lengths (a mask
+    per step), a subsampled plate of sequences, tones in a plate inside it."""
+    probs_x = pyro.param("probs_x", torch.tensor([[0.8, 0.2], [0.3, 0.7]]), constraint=constraints.simplex)
+    probs_y = pyro.param("probs_y", torch.tensor([[0.2, 0.5, 0.6], [0.7, 0.1, 0.4]]),
+                         constraint=constraints.unit_interval)
+    tones = pyro.plate("tones", sequences.shape[-1], dim=-1)
+    with pyro.plate("sequences", sequences.shape[0], batch_size, dim=-2) as batch:
+        x = 0
+        for t in pyro.markov(range(sequences.shape[1])):
+            with pyro.poutine.mask(mask=(t < lengths[batch]).unsqueeze(-1)):
+                x = pyro.sample(f"x_{t}", dist.Categorical(probs_x[x]), infer={"enumerate": "parallel"})
+                with tones:
+                    pyro.sample(f"y_{t}", dist.Bernoulli(probs_y[x.squeeze(-1)]), obs=sequences[batch, t])
+
+
+@pytest.mark.parametrize("batch_size", [None, 3], ids=["every sequence", "a subsample of 3"])
+def test_a_masked_subsampled_hmm_has_traceenums_loss_and_gradient(batch_size):
+    # The mask enters inside the log-sum, the subsample's scale outside it; the same
+    # seed draws the same subsample in both.
+    reference = loss_and_grads(TraceEnum_ELBO(max_plate_nesting=2), masked_hmm, no_guide, MASKED_SEQUENCES,
+                               LENGTHS, batch_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same(loss_and_grads(pg.ELBO(), masked_hmm, no_guide, MASKED_SEQUENCES, LENGTHS, batch_size),
+                    reference)
 
 
 def test_the_hmms_loss_is_the_forward_algorithms():
