@@ -392,6 +392,39 @@ def test_a_score_site_downstream_of_an_enumerated_one_is_unbiased():
         assert_mean(ours[:, j], float(exact[j]))
 
 
+def test_a_pathwise_site_that_jumps_beside_enumeration_switches_to_the_score_function():
+    # y ~ q uniform summed out; z_i ~ N(m_i, 1) reaches the model through 1[z_i > 0]. With
+    # g_i(b) = Σ_y q(y) log N(x_i; y + b, 1): ∂ELBO/∂m_i = φ(m_i)(g_i(1) − g_i(0)) − m_i
+    # (the jump's mass moving, plus the Gaussian terms). "auto" must not keep Reparam
+    # (it misses the jump) nor take MeasureValued (it re-runs, which enumeration refuses).
+    def model(xs):
+        with pyro.plate("d", 3):
+            y = pyro.sample("y", dist.Categorical(torch.ones(3) / 3))
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(y.float() + (z > 0).float(), 1.0), obs=xs)
+
+    def guide(xs):
+        m = pyro.param("m", torch.tensor([0.0, 0.5, -0.5]))
+        with pyro.plate("d", 3):
+            pyro.sample("y", dist.Categorical(logits=torch.zeros(3)), infer={"enumerate": "parallel"})
+            pyro.sample("z", dist.Normal(m, 1.0))
+
+    m = torch.tensor([0.0, 0.5, -0.5])
+    g = [dist.Normal(torch.arange(3.0)[:, None] + b, 1.0).log_prob(XS).mean(0) for b in (0.0, 1.0)]
+    exact = dist.Normal(0.0, 1.0).log_prob(m).exp() * (g[1] - g[0]) - m
+    elbo = pg.ELBO(num_particles=4, vectorize_particles=True)
+    rows = []
+    for _ in range(300):
+        pyro.clear_param_store()
+        loss = elbo.differentiable_loss(model, guide, XS)
+        rows.append(-torch.autograd.grad(loss, pyro.param("m").unconstrained())[0])
+    draws = torch.stack(rows)
+    for j in range(3):
+        assert_mean(draws[:, j], float(exact[j]))
+    estimates = elbo.estimates(model, guide, (XS,), num_samples=2)
+    assert repr(estimates.estimators["z"]) == "Score(baseline='loo')", estimates.reasons
+
+
 # ---------------------------------------------------------------------------------------
 # What cannot be combined or would not take effect is refused at the site.
 def test_a_difference_estimator_beside_enumeration_is_refused_by_site():

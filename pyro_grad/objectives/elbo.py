@@ -219,6 +219,8 @@ class ELBO(pyro.infer.ELBO):
             self._unwatched_steps += 1
             self.watch_jumps |= self._unwatched_steps % self.watch_jumps_every == 0
             return runs
+        if self.enumerates and any(is_enumerated(run.model_trace, run.guide_trace) for run in runs):
+            self.jump_guard.reruns = False  # a jumping site switches to the score function
         self._watching = True
         try:
             if not watch:  # new sites: the same draws again, watched

@@ -62,14 +62,16 @@ def found_jumps(traces: Iterable[Any], provenances: Iterable[frozenset]) -> Dict
     return found
 
 
-def smooth_free(site: Site, objective: str) -> Estimator:
+def smooth_free(site: Site, objective: str, reruns: bool = True) -> Estimator:
     """The unbiased estimator ``"auto"`` takes at a site where f jumps: ``MeasureValued()``
     where it applies (in ``pg.expectation`` and ``pg.ELBO``) and has a weak derivative in
     every parameter of the distribution, else ``Score("auto")``. (A Gamma has one in its
-    rate only: ``diagnose``'s site rows shift its concentration too, which it refuses.)"""
+    rate only: ``diagnose``'s site rows shift its concentration too, which it refuses.)
+    Without ``reruns`` (a program that sums sites out, which re-runs do not combine
+    with), ``Score("auto")``."""
     coupled = MeasureValued()
     family = weak_derivatives.family_of(site.fn)
-    if (objective in coupled.objectives and coupled.applies_to(site) and coupled.refusal(site) is None
+    if (reruns and objective in coupled.objectives and coupled.applies_to(site) and coupled.refusal(site) is None
             and family is not None and not family[0].refused):
         return coupled
     return Score("auto")
@@ -149,6 +151,9 @@ class JumpGuard(Messenger):
         self.switched: Dict[str, Tuple[Estimator, List[Jump]]] = {}
         #: site → the jumps a user's ``jumps="ignore"`` let through.
         self.ignored: Dict[str, List[Jump]] = {}
+        #: Whether a switched site may take an estimator that re-runs the program (not
+        #: in a program that sums sites out: see :mod:`pyro_grad.objectives.enumeration`).
+        self.reruns = True
 
     def _pyro_sample(self, msg: dict) -> None:
         name = msg["name"]
@@ -188,7 +193,7 @@ class JumpGuard(Messenger):
             if name in self.switched:
                 continue
             if not any(through(name, other, jumps, pending[other], nodes) for other in pending if other != name):
-                self.switched[name] = (smooth_free(Site.of(nodes[name]), self.objective), jumps)
+                self.switched[name] = (smooth_free(Site.of(nodes[name]), self.objective, self.reruns), jumps)
         return bool(pending)
 
     def settle(self, run: Any, review: Callable[[Any], Tuple[Mapping[str, dict], Dict[str, List[Jump]]]],
