@@ -130,7 +130,10 @@ class ELBO(pyro.infer.ELBO):
         )
         # One handler for the ELBO's lifetime: it keeps the decaying baselines' state
         # across SVI steps, and yields to any handler the user put around the guide.
-        self.estimators = EstimatorMessenger(default="auto" if retune_every is None else "tune")
+        # Its default is "tune": it takes the measured choices of a `with pg.estimators(
+        # default="tune"):` around the call (below), and without retune_every it measures
+        # nothing itself, so it chooses as "auto" does.
+        self.estimators = EstimatorMessenger(default="tune")
         self.retune_every = retune_every
         self.tune_options = options
         #: Training steps taken (calls of ``differentiable_loss``), the tunings by the step
@@ -163,6 +166,12 @@ class ELBO(pyro.infer.ELBO):
                     **self.tune_options}
         before = messengers[0].tuning if messengers else None
         switches = tune_program(messengers, step, model, args, kwargs, guide=guide, objective=type(self), **settings)
+        # A handler around the call chooses after this ELBO's own handler and after its
+        # enumeration has passed the site, so a measured Enumerate() there would be a
+        # sample: this ELBO's handler takes the measured choices, to apply them inside.
+        for messenger in messengers:
+            if messenger is not self.estimators:
+                self.estimators.tuned.update(messenger.tuned)
         self.switches += switches
         self.watch_jumps |= bool(switches)  # a new choice's draws are watched for jumps anew
         if messengers and messengers[0].tuning is not before:

@@ -26,6 +26,10 @@ class Enumerate(DifferenceEstimator):
     Elements that share one f (``pg.expectation``'s, or a batch outside any plate)
     have a joint support that grows exponentially, and are refused. Cost: 1 + the
     support size evaluations per particle (3 for a Bernoulli).
+
+    In :class:`~pyro_grad.ELBO` it means ``TraceEnum_ELBO``'s parallel enumeration instead
+    (:mod:`pyro_grad.objectives.enumeration`): the site is summed out, and every term
+    downstream sees every value. Cost: one run, its tensors the support's size wider.
     """
 
     unbiased = True
@@ -67,6 +71,8 @@ class Enumerate(DifferenceEstimator):
         return super().refusal(site)
 
     def runs(self, site: Site) -> int:
+        if site.summed_out:  # TraceEnum's way, in an ELBO: one run, tensors support-wide
+            return 1
         return 1 + site.fn.enumerate_support(expand=False).shape[0]
 
     def alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
