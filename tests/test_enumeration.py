@@ -202,6 +202,16 @@ def test_a_masked_subsampled_hmm_has_traceenums_loss_and_gradient(batch_size):
                     reference)
 
 
+def test_grouped_estimates_of_an_hmm_with_no_guide_site_are_each_its_loss():
+    # Everything summed out in the model, the guide empty: every group's estimate is
+    # log p(y), vectorized over 2 × 3 particles or looped.
+    exact = -TraceEnum_ELBO(max_plate_nesting=1).loss(hmm, no_guide, HMM_DATA)
+    for vectorize in (False, True):
+        values = pg.ELBO(num_particles=2, vectorize_particles=vectorize).estimates(hmm, no_guide, (HMM_DATA,),
+                                                                                  num_samples=3).values
+        assert torch.allclose(values.detach(), torch.full((3,), exact), rtol=1e-5)
+
+
 def test_the_hmms_loss_is_the_forward_algorithms():
     # log p(y) by the forward recursion, written out: α_t = (α_{t-1} T) ⊙ N(y_t | μ, 1).
     transition = torch.tensor([[0.8, 0.2], [0.3, 0.7]])

@@ -37,7 +37,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
 from pyro_grad.distributions import describe
-from pyro_grad.engine.particles import ParticleLayout, match_dims
+from pyro_grad.engine.particles import PARTICLE_PLATES, ParticleLayout, match_dims
 from pyro_grad.engine.provenance import plain
 from pyro_grad.engine.surrogate import Block
 from pyro_grad import baselines
@@ -288,9 +288,8 @@ def _group_means(dice: Dice, costs: Dict[frozenset, list], layout: ParticleLayou
                  guide_trace: Trace) -> torch.Tensor:
     """Each particle's entry: its group's expected ELBO over the group's particles (one
     contraction per group, its costs masked to the group's particles)."""
-    symbol = next(guide_trace.plate_to_symbol[f.name] for site in guide_trace.nodes.values()
-                  if site["type"] == "sample" for f in site["cond_indep_stack"]
-                  if f.vectorized and f.dim == layout.dim)
+    # The model's plates joined the guide's symbols when the model was packed.
+    symbol = next(guide_trace.plate_to_symbol[name] for name in PARTICLE_PLATES if name in guide_trace.plate_to_symbol)
     per_group = layout.num // num_samples
     means = []
     for g in range(num_samples):
