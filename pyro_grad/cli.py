@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
@@ -40,13 +41,28 @@ def gradient_table(num_samples: int = 10_000, seed: int = 0) -> pd.DataFrame:
     return table[["program", "estimator"] + [c for c in table.columns if c not in ("program", "estimator")]]
 
 
+def import_from_here(module_name: str) -> Any:
+    """Import ``module_name`` looking in the current directory first, as ``python -m``
+    does (the console script's own ``sys.path[0]`` is its bin directory); the search
+    path is left as it was."""
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.insert(0, here)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            sys.path.remove(here)
+
+
 def import_object(spec: str) -> Any:
     """``MODULE:NAME`` → the object, or a one-line :class:`UsageError`."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise UsageError(f"expected MODULE:FUNCTION, got {spec!r}")
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        return getattr(import_from_here(module_name), attr)
     except ImportError as error:
         raise UsageError(f"cannot import module {module_name!r}: {error}") from None
     except AttributeError:

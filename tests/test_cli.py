@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -209,6 +210,23 @@ def test_diagnose_uses_a_registry_benchmarks_guide_or_the_one_given(capsys):
     capsys.readouterr()
     assert main(["diagnose", "test_cli:scalar_model", "--guide", "test_cli:scalar_guide", "--samples", "50"]) == 0
     assert "q_loc" in capsys.readouterr().out
+
+
+def test_the_console_script_imports_a_users_module_from_the_current_directory(tmp_path):
+    # As `python -m` does: the console script's own sys.path[0] is its bin directory.
+    (tmp_path / "user_program.py").write_text(textwrap.dedent("""
+        import pyro, pyro.distributions as dist, torch
+        def model():
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=torch.tensor(0.5))
+        def guide():
+            pyro.sample("z", dist.Normal(pyro.param("m", torch.tensor(0.0)), 1.0))
+    """))
+    script = Path(sys.executable).parent / "pyro-grad"
+    result = subprocess.run([str(script), "diagnose", "user_program:model", "--guide", "user_program:guide",
+                             "--samples", "20"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Reparam()" in result.stdout
 
 
 def scalar_model(x=1.0):
