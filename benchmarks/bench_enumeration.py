@@ -34,7 +34,6 @@ from pyro.infer.autoguide import AutoDelta
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.optim import Adam
 from sklearn.datasets import load_digits
-from torch.distributions import constraints
 
 import pyro_grad as pg
 
