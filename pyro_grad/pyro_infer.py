@@ -38,11 +38,11 @@ from pyro_grad.paths import Estimator, Score
 #: TraceGraph_ELBO's baseline options, with their defaults there.
 BASELINE_OPTIONS = {"nn_baseline": None, "nn_baseline_input": None, "use_decaying_avg_baseline": False,
                     "baseline_beta": 0.90, "baseline_value": None}
-#: Keys that ask Pyro to enumerate a site (or set how).
-ENUMERATION_KEYS = ("enumerate", "expand", "num_samples", "tmc", "dim")
 #: The keys that set how Pyro enumerates, beyond ``enumerate`` itself: a sample of the
 #: support (tensor Monte Carlo) or its layout.
 TMC_KEYS = ("expand", "num_samples", "tmc", "dim")
+#: Keys that ask Pyro to enumerate a site (or set how).
+ENUMERATION_KEYS = ("enumerate", *TMC_KEYS)
 
 
 class NetworkBaseline:

@@ -32,14 +32,24 @@ from conftest import Z, assert_mean
 GMM_DATA = torch.tensor([0.0, 1.0, 10.0, 11.0, 12.0])
 
 
-def gmm(data, mark=config_enumerate):
-    weights = pyro.sample("weights", dist.Dirichlet(0.5 * torch.ones(2)))
-    scale = pyro.sample("scale", dist.LogNormal(0.0, 2.0))
-    with pyro.plate("components", 2):
-        locs = pyro.sample("locs", dist.Normal(0.0, 10.0))
-    with pyro.plate("data", len(data)):
-        assignment = pyro.sample("assignment", dist.Categorical(weights))
-        pyro.sample("obs", dist.Normal(locs[assignment], scale), obs=data)
+def mixture(assignment_infer=None):
+    """Pyro's GMM tutorial model, its assignment site marked by ``assignment_infer``."""
+    def gmm(data):
+        weights = pyro.sample("weights", dist.Dirichlet(0.5 * torch.ones(2)))
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 2.0))
+        with pyro.plate("components", 2):
+            locs = pyro.sample("locs", dist.Normal(0.0, 10.0))
+        with pyro.plate("data", len(data)):
+            assignment = pyro.sample("assignment", dist.Categorical(weights), infer=assignment_infer)
+            pyro.sample("obs", dist.Normal(locs[assignment], scale), obs=data)
+    return gmm
+
+
+gmm_unmarked = mixture()
+#: ``infer={"enumerate": "parallel"}`` written at the site.
+gmm_marked_at_site = mixture({"enumerate": "parallel"})
+#: ``infer={"estimator": pg.Enumerate()}`` written at the site.
+gmm_estimator_at_site = mixture({"estimator": pg.Enumerate()})
 
 
 def gmm_guide(data):
@@ -51,27 +61,6 @@ def gmm_guide(data):
     pyro.sample("scale", dist.Delta(scale))
     with pyro.plate("components", 2):
         pyro.sample("locs", dist.Delta(locs))
-
-
-def gmm_marked_at_site(data):
-    """The same mixture with ``infer={"enumerate": "parallel"}`` written at the site."""
-    weights = pyro.sample("weights", dist.Dirichlet(0.5 * torch.ones(2)))
-    scale = pyro.sample("scale", dist.LogNormal(0.0, 2.0))
-    with pyro.plate("components", 2):
-        locs = pyro.sample("locs", dist.Normal(0.0, 10.0))
-    with pyro.plate("data", len(data)):
-        assignment = pyro.sample("assignment", dist.Categorical(weights), infer={"enumerate": "parallel"})
-        pyro.sample("obs", dist.Normal(locs[assignment], scale), obs=data)
-
-
-def gmm_unmarked(data):
-    weights = pyro.sample("weights", dist.Dirichlet(0.5 * torch.ones(2)))
-    scale = pyro.sample("scale", dist.LogNormal(0.0, 2.0))
-    with pyro.plate("components", 2):
-        locs = pyro.sample("locs", dist.Normal(0.0, 10.0))
-    with pyro.plate("data", len(data)):
-        assignment = pyro.sample("assignment", dist.Categorical(weights))
-        pyro.sample("obs", dist.Normal(locs[assignment], scale), obs=data)
 
 
 def loss_and_grads(elbo, model, guide, *args):
@@ -91,17 +80,6 @@ def assert_same(first, second, rtol=1e-5, atol=1e-5):
     assert grads1.keys() == grads2.keys()
     for name in grads1:
         assert torch.allclose(grads1[name], grads2[name], rtol=rtol, atol=atol), (name, grads1[name], grads2[name])
-
-
-def gmm_estimator_at_site(data):
-    """The same mixture with ``infer={"estimator": pg.Enumerate()}`` at the site."""
-    weights = pyro.sample("weights", dist.Dirichlet(0.5 * torch.ones(2)))
-    scale = pyro.sample("scale", dist.LogNormal(0.0, 2.0))
-    with pyro.plate("components", 2):
-        locs = pyro.sample("locs", dist.Normal(0.0, 10.0))
-    with pyro.plate("data", len(data)):
-        assignment = pyro.sample("assignment", dist.Categorical(weights), infer={"estimator": pg.Enumerate()})
-        pyro.sample("obs", dist.Normal(locs[assignment], scale), obs=data)
 
 
 GMM_FORMS = [
@@ -253,15 +231,24 @@ def ss_model(xs, ys=None):
         pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=xs)
 
 
-def ss_guide(xs, ys=None):
-    classifier = pyro.module("classifier", NETWORKS["classifier"])
-    encoder = pyro.module("encoder", NETWORKS["encoder"])
-    with pyro.plate("data", xs.shape[0]):
-        if ys is None:
-            ys = pyro.sample("y", dist.OneHotCategorical(logits=classifier(xs)))
-        shape = torch.broadcast_shapes(xs.shape[:-1], ys.shape[:-1])
-        loc, log_scale = encoder(torch.cat([xs.expand(shape + (PIXELS,)), ys.expand(shape + (LABELS,))], -1)).chunk(2, -1)
-        pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+def semi_supervised_guide(label_infer=None):
+    """The ss-VAE's guide, its label site marked by ``label_infer``."""
+    def ss_guide(xs, ys=None):
+        classifier = pyro.module("classifier", NETWORKS["classifier"])
+        encoder = pyro.module("encoder", NETWORKS["encoder"])
+        with pyro.plate("data", xs.shape[0]):
+            if ys is None:
+                ys = pyro.sample("y", dist.OneHotCategorical(logits=classifier(xs)), infer=label_infer)
+            shape = torch.broadcast_shapes(xs.shape[:-1], ys.shape[:-1])
+            xs_y = torch.cat([xs.expand(shape + (PIXELS,)), ys.expand(shape + (LABELS,))], -1)
+            loc, log_scale = encoder(xs_y).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+    return ss_guide
+
+
+ss_guide = semi_supervised_guide()
+#: ``infer={"estimator": pg.Enumerate()}`` written at the label.
+ss_guide_estimator_at_site = semi_supervised_guide({"estimator": pg.Enumerate()})
 
 
 def ss_step_gradients(elbo, guide, seed):
@@ -270,17 +257,6 @@ def ss_step_gradients(elbo, guide, seed):
     params = [p for _, p in sorted(pyro.get_param_store().named_parameters())]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
-
-
-def ss_guide_estimator_at_site(xs, ys=None):
-    """The ss-VAE's guide with ``infer={"estimator": pg.Enumerate()}`` at the label."""
-    classifier = pyro.module("classifier", NETWORKS["classifier"])
-    encoder = pyro.module("encoder", NETWORKS["encoder"])
-    with pyro.plate("data", xs.shape[0]):
-        ys = pyro.sample("y", dist.OneHotCategorical(logits=classifier(xs)), infer={"estimator": pg.Enumerate()})
-        shape = torch.broadcast_shapes(xs.shape[:-1], ys.shape[:-1])
-        loc, log_scale = encoder(torch.cat([xs.expand(shape + (PIXELS,)), ys.expand(shape + (LABELS,))], -1)).chunk(2, -1)
-        pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
 
 SS_FORMS = [

@@ -36,8 +36,13 @@ def guess_max_plate_nesting(fn: Callable, args: tuple, kwargs: dict) -> int:
         trace.compute_log_prob()
         for site in sites:
             check_site_shape(site, max_plate_nesting=float("inf"))
-    dims = [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized]
-    return max(dims, default=0)
+    return plate_depth([trace])
+
+
+def plate_depth(traces: Sequence[Trace]) -> int:
+    """How deep the vectorized plates of the sample sites of ``traces`` nest."""
+    return max((-frame.dim for trace in traces for site in trace.nodes.values() if site["type"] == "sample"
+                for frame in site["cond_indep_stack"] if frame.vectorized), default=0)
 
 
 def particle_traces(

@@ -48,6 +48,7 @@ from pyro_grad.engine.particles import (
     mark_read_jumps,
     mark_reads,
     match_dims,
+    plate_depth,
     read_sites,
 )
 
@@ -269,9 +270,8 @@ class ELBO(pyro.infer.ELBO):
                 run = importance_run(model, checked, args, kwargs, float("inf"), scores=False)
         finally:
             set_rng_state(state)
-        dims = [-frame.dim for trace in (run.model_trace, run.guide_trace) for site in trace.nodes.values()
-                if site["type"] == "sample" for frame in site["cond_indep_stack"] if frame.vectorized]
-        self.max_plate_nesting = max(dims, default=0) + (self.vectorize_particles and self.num_particles > 1)
+        depth = plate_depth([run.model_trace, run.guide_trace])
+        self.max_plate_nesting = depth + (self.vectorize_particles and self.num_particles > 1)
 
     def _particle_dim(self):
         if self.vectorize_particles and self.num_particles > 1:
