@@ -32,7 +32,7 @@ def main(num_samples: int = 20) -> None:
             s = report.samples[name]
             error = float((s.mean(0) - exact[name]).norm()) / norm[name]
             print(f"  {label:16s} {name:7s} total variance {float(s.var(0).sum()):10.4g}   "
-                  f"relative error of the mean {error:8.3f}   {seconds:6.2f} s/draw ({report.path})")
+                  f"relative error of the mean {error:8.3f}   {seconds:6.2f} s/draw ({report.mode})")
 
 
 if __name__ == "__main__":

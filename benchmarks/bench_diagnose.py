@@ -92,7 +92,7 @@ def main(repeats=7):
             "hand-written torch": timed(lambda: by_hand(t), repeats),
         }
         times["loop of single calls"] = timed(loop, 1) if LOOP else math.nan
-        print(f"\n{label}: path={report.path}, mean {report.params.iloc[0]['mean']:.3f} "
+        print(f"\n{label}: path={report.mode}, mean {report.params.iloc[0]['mean']:.3f} "
               f"(hand-written {float(hand.mean()):.3f}), variance {report.params.iloc[0]['variance']:.2f} "
               f"(hand-written {float(hand.var()):.2f})")
         base = times["diagnose (params)"]

@@ -32,7 +32,7 @@ def main() -> pd.DataFrame:
                     "max |z|": float(table["z"].abs().max()),
                     "cost": table["cost"].iloc[0],
                     "flagged": int(table["flagged"].sum()),
-                    "path": report.path,
+                    "mode": report.mode,
                 })
     return pd.DataFrame(rows)
 

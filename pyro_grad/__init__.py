@@ -28,10 +28,10 @@ from pyro_grad.presentation.html_report import report
 from pyro_grad.objectives import ELBO, IWAE, expectation
 from pyro_grad.tuning.schedule import Switch
 from pyro_grad.tuning.tune import Tuning, tune
-from pyro_grad import paths
-from pyro_grad.paths import Estimator, applicable
-from pyro_grad.paths.registry import REGISTRY
-from pyro_grad.paths.registry import *  # noqa: F401,F403  every registered estimator class, by name
+from pyro_grad import gradient_estimators
+from pyro_grad.gradient_estimators import Estimator, applicable
+from pyro_grad.gradient_estimators.registry import REGISTRY
+from pyro_grad.gradient_estimators.registry import *  # noqa: F401,F403  every registered estimator class, by name
 
 __version__ = "0.1.0"
 
@@ -52,7 +52,7 @@ __all__ = [
     "compare",
     "estimators",
     "expectation",
-    "paths",
+    "gradient_estimators",
     "report",
     "Switch",
     "Tuning",

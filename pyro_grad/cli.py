@@ -17,8 +17,8 @@ import torch
 from pyro_grad.comparison.executor import local_pool, usable_cores
 from pyro_grad.diagnostics import diagnose
 from pyro_grad.errors import EstimatorError, first_line
-from pyro_grad.paths import parse_estimator
-from pyro_grad.paths.registry import registered_names
+from pyro_grad.gradient_estimators import parse_estimator
+from pyro_grad.gradient_estimators.registry import registered_names
 
 
 class UsageError(Exception):

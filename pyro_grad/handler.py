@@ -15,7 +15,7 @@ from pyro_grad import baselines
 from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError, float_index, float_index_error, is_index_dtype_error
 from pyro_grad.distributions import describe, without_path_switch
-from pyro_grad.paths import Enumerate, Estimator, Reparam, Score, Site, not_applicable
+from pyro_grad.gradient_estimators import Enumerate, Estimator, Reparam, Score, Site, not_applicable
 from pyro_grad.pyro_infer import baseline_estimator
 
 Config = Union[None, Mapping, Estimator, Callable[[dict], Optional[Estimator]]]
@@ -252,7 +252,7 @@ def latent_sites(program: Callable, args: tuple, kwargs: dict,
     Handlers around the call see the run (only param sites are hidden from them, so
     that a caller's param capture, SVI's, collects nothing). Without
     ``split_by_plates`` (``pg.expectation``, whose f is one value per particle) a
-    site's plates do not split its elements (see :class:`~pyro_grad.paths.Site`)."""
+    site's plates do not split its elements (see :class:`~pyro_grad.gradient_estimators.Site`)."""
     with poutine.block(hide_types=["param"]):
         trace = prune_subsample_sites(poutine.trace(program).get_trace(*args, **kwargs))
     found = []

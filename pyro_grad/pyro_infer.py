@@ -33,7 +33,7 @@ import torch
 
 from pyro_grad.distributions import describe
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths import Estimator, Score
+from pyro_grad.gradient_estimators import Estimator, Score
 
 #: TraceGraph_ELBO's baseline options, with their defaults there.
 BASELINE_OPTIONS = {"nn_baseline": None, "nn_baseline_input": None, "use_decaying_avg_baseline": False,

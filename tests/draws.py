@@ -15,7 +15,7 @@ def expectation_draws(
     *args,
     num_samples: int,
     num_particles: int = 1,
-    path: str = "vectorized",
+    mode: str = "vectorized",
     vectorize: bool = True,
     seed: int = 0,
 ) -> Dict[str, torch.Tensor]:
@@ -24,8 +24,8 @@ def expectation_draws(
     def estimates(a, g):
         return expectation_estimates(program, a, {}, num_particles, g, vectorize)
 
-    draws = gradient_draws(estimates, [program], args, {}, num_samples, seed=seed, path=path)
-    assert draws.path == path
+    draws = gradient_draws(estimates, [program], args, {}, num_samples, seed=seed, mode=mode)
+    assert draws.mode == mode
     return draws.samples
 
 
@@ -35,7 +35,7 @@ def elbo_draws(
     *args,
     num_samples: int,
     num_particles: int = 1,
-    path: str = "vectorized",
+    mode: str = "vectorized",
     seed: int = 0,
     objective=pg.ELBO,
     values: bool = False,
@@ -45,11 +45,11 @@ def elbo_draws(
     whose gradients they are."""
 
     def estimates(a, g):
-        elbo = objective(num_particles=num_particles, vectorize_particles=path == "vectorized")
+        elbo = objective(num_particles=num_particles, vectorize_particles=mode == "vectorized")
         return elbo.estimates(model, guide, a, {}, num_samples=g)
 
-    draws = gradient_draws(estimates, [model, guide], args, {}, num_samples, seed=seed, path=path)
-    assert draws.path == path
+    draws = gradient_draws(estimates, [model, guide], args, {}, num_samples, seed=seed, mode=mode)
+    assert draws.mode == mode
     if not values:
         return draws.samples
     pyro.set_rng_seed(seed)

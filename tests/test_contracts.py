@@ -14,17 +14,17 @@ import torch
 import pyro_grad as pg
 from pyro_grad.models import coin
 from pyro_grad.models.seeds import two_bernoullis
-from pyro_grad.paths.registry import registered_names
+from pyro_grad.gradient_estimators.registry import registered_names
 
 
 def test_the_registry_is_explicit_ordered_and_its_cli_names_are_unique():
-    assert pg.paths.REGISTRY == (
+    assert pg.gradient_estimators.REGISTRY == (
         pg.Reparam, pg.Score, pg.Enumerate, pg.MeasureValued, pg.ARM, pg.DisARM, pg.DoubleCV, pg.RODEO, pg.IndeCateR, pg.REBAR,
         pg.RELAX, pg.GumbelSoftmax, pg.StraightThrough, pg.ReinMax, pg.STL, pg.DReG, pg.VIMCO,
     )
-    assert len(registered_names()) == len(pg.paths.REGISTRY)
-    # Registering is what exports: pg.<Name> and pg.paths.<Name> for every class.
-    assert all(getattr(pg, cls.__name__) is cls is getattr(pg.paths, cls.__name__) for cls in pg.paths.REGISTRY)
+    assert len(registered_names()) == len(pg.gradient_estimators.REGISTRY)
+    # Registering is what exports: pg.<Name> and pg.gradient_estimators.<Name> for every class.
+    assert all(getattr(pg, cls.__name__) is cls is getattr(pg.gradient_estimators, cls.__name__) for cls in pg.gradient_estimators.REGISTRY)
     # Listings follow registry order.
     assert pg.applicable(dist.Bernoulli(0.3)) == [
         pg.Score(), pg.Enumerate(), pg.MeasureValued(), pg.ARM(), pg.DisARM(), pg.DoubleCV(), pg.RODEO(), pg.IndeCateR(), pg.REBAR(),
@@ -52,10 +52,10 @@ def test_an_estimator_sees_the_sites_plates_and_refuses_before_the_draw():
                        num_particles=2)
     assert drawn == []
     # One element per particle, or one per plate element: enumeration applies.
-    lone = pg.paths.Site.of({"name": "x", "fn": dist.Bernoulli(0.3), "cond_indep_stack": ()})
-    assert pg.Enumerate.applies_to(lone) and pg.Enumerate().runs(lone) == 3
+    lone = pg.gradient_estimators.Site.of({"name": "x", "fn": dist.Bernoulli(0.3), "cond_indep_stack": ()})
+    assert pg.Enumerate.applies_to(lone) and pg.Enumerate().evaluations(lone) == 3
     with pyro.plate("data", 4):
-        plated = pg.paths.Site.of({"name": "x", "fn": dist.Bernoulli(0.3).expand([4]),
+        plated = pg.gradient_estimators.Site.of({"name": "x", "fn": dist.Bernoulli(0.3).expand([4]),
                                    "cond_indep_stack": pyro.poutine.runtime.get_plates()})
     assert (plated.elements, plated.plated) == (4, 4) and pg.Enumerate.applies_to(plated)
 
@@ -124,7 +124,7 @@ def test_the_elbo_exposes_its_per_sample_terms():
                                                                              num_samples=5)
     assert estimates.values.shape == (5,)
     assert set(estimates.score_terms) == {"f"} and float(estimates.score_terms["f"].detach().abs().max()) == 0.0
-    assert estimates.estimators == {"f": pg.Score("loo")} and estimates.runs == {"f": 1}
+    assert estimates.estimators == {"f": pg.Score("loo")} and estimates.site_evaluations == {"f": 1}
 
 
 def test_diagnose_takes_the_objective_and_refuses_a_mismatch():
@@ -187,7 +187,7 @@ def test_forward_mode_draws_of_a_params_gradient_leave_the_param_store_as_it_was
     before = dict(store.named_parameters())
     values = {name: t.detach().clone() for name, t in before.items()}
     report = pg.diagnose(model, guide=guide, num_samples=50)
-    assert report.path == "vectorized"
+    assert report.mode == "vectorized"
     after = dict(store.named_parameters())
     assert all(after[name] is before[name] and after[name].equal(values[name]) for name in before)
 

@@ -182,7 +182,7 @@ def one_hot_quadratic_gradient(logits: torch.Tensor) -> torch.Tensor:
     return torch.autograd.grad(mean, logits)[0]
 
 
-ONE_HOT = [(e, k) for e, k in UNBIASED if type(e).applies_to(pg.paths.Site.of_distribution(
+ONE_HOT = [(e, k) for e, k in UNBIASED if type(e).applies_to(pg.gradient_estimators.Site.of_distribution(
     dist.OneHotCategorical(logits=torch.zeros(4, 3)).to_event(1)))]
 
 
@@ -478,7 +478,7 @@ def test_indecater_takes_a_positive_integer_number_of_coordinates(bad):
 
 
 def test_the_new_estimators_parse_for_the_command_line():
-    parse = pg.paths.parse_estimator
+    parse = pg.gradient_estimators.parse_estimator
     assert parse("doublecv") == pg.DoubleCV() and parse("rodeo") == pg.RODEO()
     assert parse("indecater") == pg.IndeCateR()
     assert parse("indecater:3") == pg.IndeCateR(3)

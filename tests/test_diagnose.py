@@ -27,7 +27,7 @@ def theta(value):
 
 def test_two_bernoullis_score_function_variance_is_146_6_per_sample():
     report = pg.diagnose(two_bernoullis, theta(0.1), estimators=pg.Score(), num_samples=20_000)
-    assert report.path == "vectorized"
+    assert report.mode == "vectorized"
     draws = report.samples["theta"]
     assert_variance(draws, score_function_moments(0.1)[1])  # 146.619, by enumeration
     row = report.params.iloc[0]
@@ -100,7 +100,7 @@ def test_vectorized_and_loop_paths_give_the_same_statistics():
     fast = pg.diagnose(two_bernoullis, theta(0.1), estimators=config, num_particles=2, num_samples=8000)
     slow = pg.diagnose(two_bernoullis, theta(0.1), estimators=config, num_particles=2,
                        num_samples=1000, vectorize=False)
-    assert (fast.path, slow.path) == ("vectorized", "loop")
+    assert (fast.mode, slow.mode) == ("vectorized", "loop")
     for name in ("theta", "a.probs", "b.probs"):
         a, b = fast.samples[name], slow.samples[name]
         se_mean = math.sqrt(float(a.var()) / a.numel() + float(b.var()) / b.numel())
@@ -200,7 +200,7 @@ def test_cost_counts_each_estimators_program_runs():
         return z.float() ** 2
 
     report = pg.diagnose(five_way, torch.tensor(0.3, requires_grad=True), estimators=pg.Enumerate(), num_samples=20)
-    assert set(report.sites["cost"]) == {6} and set(report.params["cost"]) == {6}
+    assert set(report.sites["evaluations per particle"]) == {6} and set(report.params["cost"]) == {6}
     # Finite differences run the program twice per parameter element for one draw: 2 × 2.
     two_params = pg.compare_estimators(
         lambda a, b: (a * b) ** 2 + pyro.sample("z", dist.Normal(0.0, 1.0)),

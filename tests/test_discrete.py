@@ -49,7 +49,7 @@ def test_two_bernoullis_every_unbiased_estimator_gives_7(estimator, num_particle
     assert_mean(report.samples["theta"], 7.0)
     assert not report.params["flagged"].any()
     # Evaluations per particle: one run, plus each of the two sites' extra runs.
-    runs = estimator.runs(pg.paths.Site.of_distribution(dist.Bernoulli(0.5)))
+    runs = estimator.evaluations(pg.gradient_estimators.Site.of_distribution(dist.Bernoulli(0.5)))
     assert report.params.iloc[0]["cost"] == num_particles * (1 + 2 * (runs - 1))
 
 
@@ -280,10 +280,10 @@ def test_torch_poisson_gradient_is_zero_but_measure_valued_is_right():
 
 
 def test_estimator_names_parse_for_the_command_line():
-    assert pg.paths.parse_estimator("measurevalued") == pg.MeasureValued()
-    assert pg.paths.parse_estimator("gumbelsoftmax:0.1") == pg.GumbelSoftmax(0.1)
-    assert pg.paths.parse_estimator("disarm") == pg.DisARM()
-    assert pg.paths.parse_estimator("reinmax:0.5") == pg.ReinMax(0.5)
+    assert pg.gradient_estimators.parse_estimator("measurevalued") == pg.MeasureValued()
+    assert pg.gradient_estimators.parse_estimator("gumbelsoftmax:0.1") == pg.GumbelSoftmax(0.1)
+    assert pg.gradient_estimators.parse_estimator("disarm") == pg.DisARM()
+    assert pg.gradient_estimators.parse_estimator("reinmax:0.5") == pg.ReinMax(0.5)
     with pytest.raises(pg.EstimatorError, match=r"ReinMax\(temperature=0\): temperature must be a positive number"):
         pg.ReinMax(0)
 

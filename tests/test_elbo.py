@@ -33,7 +33,7 @@ def test_coin_elbo_gradient_matches_the_digamma_closed_form(estimator, num_parti
     exact = exact_coin_elbo_gradient()
     guide = pg.estimators(coin_guide, {"f": estimator})
     draws = elbo_draws(
-        coin_model, guide, DATA, num_samples=num_samples, num_particles=num_particles, path=path
+        coin_model, guide, DATA, num_samples=num_samples, num_particles=num_particles, mode=path
     )
     for name, value in exact.items():
         assert_mean(draws[name], value)
@@ -42,7 +42,7 @@ def test_coin_elbo_gradient_matches_the_digamma_closed_form(estimator, num_parti
 def test_coin_elbo_loop_path_matches_the_closed_form():
     exact = exact_coin_elbo_gradient()
     guide = pg.estimators(coin_guide, {"f": pg.Score("loo")})
-    draws = elbo_draws(coin_model, guide, DATA, num_samples=600, num_particles=3, path="loop")
+    draws = elbo_draws(coin_model, guide, DATA, num_samples=600, num_particles=3, mode="loop")
     for name, value in exact.items():
         assert_mean(draws[name], value)
 

@@ -220,6 +220,6 @@ def test_estimators_are_immutable_with_readable_reprs():
         estimator.baseline = None
     assert repr(estimator) == "Score(baseline='loo')"
     assert repr(pg.Reparam()) == "Reparam()"
-    normal = pg.paths.Site.of_distribution(dist.Normal(0.0, 1.0))
-    assert (pg.Reparam().unbiased, pg.Reparam().runs(normal)) == (True, 1)
-    assert (pg.Score().unbiased, pg.Score().runs(normal)) == (True, 1)
+    normal = pg.gradient_estimators.Site.of_distribution(dist.Normal(0.0, 1.0))
+    assert (pg.Reparam().unbiased, pg.Reparam().evaluations(normal)) == (True, 1)
+    assert (pg.Score().unbiased, pg.Score().evaluations(normal)) == (True, 1)

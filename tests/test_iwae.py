@@ -80,7 +80,7 @@ def test_vimco_is_quieter_than_the_plain_score_function_and_defaults_to_it():
 
 
 def test_the_bound_is_per_datum_and_leave_one_out_signals_are_the_authors():
-    from pyro_grad.paths.vimco import leave_one_out_bounds
+    from pyro_grad.gradient_estimators.vimco import leave_one_out_bounds
 
     # L^{-k} by its definition: w_k replaced by the geometric mean of the others.
     x = torch.tensor([[0.3, -1.2, 2.0, 0.1]])
@@ -149,7 +149,7 @@ def test_reparam_and_dreg_match_the_gauss_hermite_bound_gradient(estimator, k, n
     # DReG's ∂log w/∂z is reverse-mode only: its draws come from the loop.
     path, draws = ("loop", 400) if estimator == pg.DReG() else ("vectorized", 4000)
     draws, values = elbo_draws(gaussian_model, guide, DATA, num_samples=draws, num_particles=k, objective=pg.IWAE,
-                               values=True, path=path)
+                               values=True, mode=path)
     assert_mean(values, exact_value)
     for name, exact in exact_gradient.items():
         for i in range(len(DATA)):
@@ -162,7 +162,7 @@ def test_dreg_is_quieter_than_reparam_at_k_16_and_stl_in_the_elbo_is_exact():
     variances = {}
     for estimator, path, count in ((pg.Reparam(), "vectorized", 2000), (pg.DReG(), "loop", 100)):
         draws = elbo_draws(gaussian_model, pg.estimators(gaussian_guide, {"z": estimator}), DATA, num_samples=count,
-                           num_particles=16, objective=pg.IWAE, path=path)
+                           num_particles=16, objective=pg.IWAE, mode=path)
         variances[estimator] = draws["m"].var(0)
     assert (variances[pg.DReG()] < 0.5 * variances[pg.Reparam()]).all()
     # STL in pg.ELBO: the closed-form ELBO gradient (the K = 1 reference above).
@@ -272,7 +272,7 @@ def test_every_usage_form_chooses_stl_in_the_elbo():
 def test_looped_particles_give_the_same_gradient_in_mean():
     exact_value, exact_gradient = exact_bernoulli_bound(2)
     guide = pg.estimators(bernoulli_guide, {"z": pg.VIMCO()})
-    draws = elbo_draws(bernoulli_model, guide, num_samples=600, num_particles=2, objective=pg.IWAE, path="loop")
+    draws = elbo_draws(bernoulli_model, guide, num_samples=600, num_particles=2, objective=pg.IWAE, mode="loop")
     for name, value in exact_gradient.items():
         assert_mean(draws[name], value)
 
@@ -464,7 +464,7 @@ def test_dreg_in_a_hierarchical_guide_matches_the_gauss_hermite_gradient():
     bound = ((torch.logsumexp(log_w, 0) - math.log(2)) * weight).sum()
     exact = dict(zip(leaves, torch.autograd.grad(bound, list(leaves.values()))))
     guide_dreg = pg.estimators(guide, pg.DReG())
-    draws = elbo_draws(model, guide_dreg, num_samples=800, num_particles=2, objective=pg.IWAE, path="loop")
+    draws = elbo_draws(model, guide_dreg, num_samples=800, num_particles=2, objective=pg.IWAE, mode="loop")
     for name, value in exact.items():
         assert_mean(draws[name], float(value))
 
@@ -500,7 +500,7 @@ def test_a_guide_whose_sites_depend_on_control_flow_has_the_exact_bound_gradient
     for (q1, p1), (q2, p2) in itertools.product(joint, repeat=2):
         bound = bound + (q1 + q2).exp() * (torch.logsumexp(torch.stack([p1 - q1, p2 - q2]), 0) - math.log(2))
     exact = dict(zip(("phi", "psi"), torch.autograd.grad(bound, [phi, psi])))
-    draws = elbo_draws(model, guide, num_samples=800, num_particles=2, objective=pg.IWAE, path="loop")
+    draws = elbo_draws(model, guide, num_samples=800, num_particles=2, objective=pg.IWAE, mode="loop")
     for name, value in exact.items():
         assert_mean(draws[name], float(value))
 
@@ -529,7 +529,7 @@ def test_a_global_score_site_beside_a_data_plate_has_the_same_gradient_looped_an
     for path, count in (("vectorized", 3000), ("loop", 300)):
         pyro.clear_param_store()
         draws = elbo_draws(model, pg.estimators(guide, {"c": pg.VIMCO()}), num_samples=count, num_particles=3,
-                           objective=pg.IWAE, path=path)
+                           objective=pg.IWAE, mode=path)
         assert_mean(draws["a"], float(exact))
 
 

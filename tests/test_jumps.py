@@ -98,7 +98,7 @@ def ids(cases):
 def test_auto_switches_a_jumping_site_and_is_exact(name, g):
     report = pg.diagnose(program(g), torch.tensor(THETA, requires_grad=True), num_particles=2, num_samples=3000)
     chosen = report.estimators["z"]
-    assert not isinstance(chosen, pg.paths.PathwiseEstimator), chosen
+    assert not isinstance(chosen, pg.gradient_estimators.PathwiseEstimator), chosen
     assert_mean(report.samples["theta"], exact_gradient(g))
 
 
@@ -155,7 +155,7 @@ def test_exponential_threshold_switches_and_is_exact():
     exact = math.exp(THETA) * math.exp(-math.exp(THETA))
     report = pg.diagnose(program(g, family), torch.tensor(THETA, requires_grad=True), num_particles=2,
                          num_samples=3000)
-    assert not isinstance(report.estimators["z"], pg.paths.PathwiseEstimator)
+    assert not isinstance(report.estimators["z"], pg.gradient_estimators.PathwiseEstimator)
     assert_mean(report.samples["theta"], exact)
 
 
@@ -174,7 +174,7 @@ def test_a_read_into_python_is_a_jump(name, g):
                            edges=EDGES[(EDGES > -6) & (EDGES < 6)])
     report = pg.diagnose(program(g), torch.tensor(THETA, requires_grad=True), num_particles=2, num_samples=600,
                          vectorize=False)
-    assert not isinstance(report.estimators["z"], pg.paths.PathwiseEstimator)
+    assert not isinstance(report.estimators["z"], pg.gradient_estimators.PathwiseEstimator)
     assert_mean(report.samples["theta"], exact)
     with pytest.raises(pg.EstimatorError, match="a read into Python"):
         pg.expectation(pg.estimators(program(g), {"z": pg.Reparam()}), torch.tensor(THETA, requires_grad=True),
@@ -247,7 +247,7 @@ SAMPLERS = [
 def test_a_draw_fed_to_torchs_samplers_switches_and_is_exact(name, g, mean):
     report = pg.diagnose(program(g), torch.tensor(THETA, requires_grad=True), num_particles=2, num_samples=3000,
                          sites=False)
-    assert not isinstance(report.estimators["z"], pg.paths.PathwiseEstimator)
+    assert not isinstance(report.estimators["z"], pg.gradient_estimators.PathwiseEstimator)
     assert_mean(report.samples["theta"], exact_gradient(mean))
 
 
@@ -259,7 +259,7 @@ def test_argmax_of_two_draws_is_exact():
         return z.argmax(-1).float()
     exact = -math.sqrt(2) * math.exp(-THETA**2) / math.sqrt(2 * math.pi)
     report = pg.diagnose(f, torch.tensor(THETA, requires_grad=True), num_particles=2, num_samples=3000)
-    assert not isinstance(report.estimators["z"], pg.paths.PathwiseEstimator)
+    assert not isinstance(report.estimators["z"], pg.gradient_estimators.PathwiseEstimator)
     assert_mean(report.samples["theta"], exact)
 
 
@@ -332,7 +332,7 @@ def test_a_jump_inside_a_later_sites_law_is_found():
         z = pyro.sample("z", dist.Normal(theta, 1.0))
         return pyro.sample("b", dist.Bernoulli(0.2 + 0.6 * (z > 0).float()))
     report = pg.diagnose(f, torch.tensor(THETA, requires_grad=True), num_particles=2, num_samples=4000)
-    assert not isinstance(report.estimators["z"], pg.paths.PathwiseEstimator)
+    assert not isinstance(report.estimators["z"], pg.gradient_estimators.PathwiseEstimator)
     assert_mean(report.samples["theta"], 0.6 * math.exp(-THETA**2 / 2) / math.sqrt(2 * math.pi))
 
 
@@ -340,7 +340,7 @@ def test_a_jump_inside_a_later_sites_law_is_found():
 def test_tune_never_recommends_a_pathwise_estimator_at_a_jump(name, g):
     theta = torch.tensor(THETA, requires_grad=True)
     tuning = pg.tune(program(g), theta, num_particles=2, num_samples=50)
-    assert not isinstance(tuning.config["z"], pg.paths.PathwiseEstimator)
+    assert not isinstance(tuning.config["z"], pg.gradient_estimators.PathwiseEstimator)
     reparam = tuning.table[tuning.table["estimator"] == "Reparam()"].iloc[0]
     assert "where f jumps in the value" in reparam["refused"]
     report = pg.diagnose(pg.estimators(program(g), tuning.config), theta, num_particles=2, num_samples=1000,
@@ -399,7 +399,7 @@ def test_a_likelihood_discontinuous_in_the_latent_gets_the_exact_elbo_gradient(o
     exact = elbo_gradient(0.3, 0.8, math.log(0.9) - math.log(0.2))
     report = pg.diagnose(jumping_model, m, s, guide=normal_guide, objective=objective, num_particles=2,
                          num_samples=4000)
-    assert not isinstance(report.estimators["z"], pg.paths.PathwiseEstimator)
+    assert not isinstance(report.estimators["z"], pg.gradient_estimators.PathwiseEstimator)
     assert "f jumps in its value" in report.reasons["z"]
     assert_mean(report.samples["m"], exact[0])
     assert_mean(report.samples["s"], exact[1])
@@ -629,6 +629,6 @@ def test_the_tunings_mean_check_raises_no_false_alarm_on_a_skewed_smooth_program
 def test_the_command_line_names_the_opt_out():
     """pyro-grad's NAME:ARG form: reparam:ignore is Reparam(jumps='ignore'), as for STL and DReG."""
     for name, cls in (("reparam", pg.Reparam), ("stl", pg.STL), ("dreg", pg.DReG)):
-        assert pg.paths.parse_estimator(f"{name}:ignore") == cls(jumps="ignore")
+        assert pg.gradient_estimators.parse_estimator(f"{name}:ignore") == cls(jumps="ignore")
     with pytest.raises(pg.EstimatorError, match="jumps must be one of"):
-        pg.paths.parse_estimator("reparam:sometimes")
+        pg.gradient_estimators.parse_estimator("reparam:sometimes")

@@ -20,7 +20,7 @@ from pyro.distributions import constraints
 from scipy import integrate, special, stats
 
 import pyro_grad as pg
-from pyro_grad.paths import weak_derivatives as weak
+from pyro_grad.gradient_estimators import weak_derivatives as weak
 from test_elbo import normal_guide, normal_model
 
 N = 20_000
@@ -140,12 +140,12 @@ def test_each_family_and_parameter_matches_its_exact_gradient(program, value, ex
 
 def test_a_parameter_that_does_not_move_costs_no_run():
     # Normal(θ, σ) with σ a constant: only the loc's two runs (the scale's would be wasted).
-    site = pg.paths.Site.of_distribution(dist.Normal(torch.tensor(0.0, requires_grad=True), 1.0))
-    assert pg.MeasureValued().runs(site) == 3
-    site = pg.paths.Site.of_distribution(dist.Normal(0.0, torch.tensor(1.0, requires_grad=True)))
-    assert pg.MeasureValued().runs(site) == 2
-    site = pg.paths.Site.of_distribution(dist.Gamma(2.0, torch.tensor(1.0, requires_grad=True)))
-    assert pg.MeasureValued().runs(site) == 2
+    site = pg.gradient_estimators.Site.of_distribution(dist.Normal(torch.tensor(0.0, requires_grad=True), 1.0))
+    assert pg.MeasureValued().evaluations(site) == 3
+    site = pg.gradient_estimators.Site.of_distribution(dist.Normal(0.0, torch.tensor(1.0, requires_grad=True)))
+    assert pg.MeasureValued().evaluations(site) == 2
+    site = pg.gradient_estimators.Site.of_distribution(dist.Gamma(2.0, torch.tensor(1.0, requires_grad=True)))
+    assert pg.MeasureValued().evaluations(site) == 2
 
 
 K = torch.tensor([1.0, 2.0, 3.0])
@@ -287,7 +287,7 @@ def test_alternative_values_keep_the_shape_dtype_and_support():
     ):
         family, leaf = weak.family_of(fn)
         value = fn.sample()
-        for d in weak.derivatives(family, leaf, value, frozenset(family.runs)):
+        for d in weak.derivatives(family, leaf, value, frozenset(family.evaluations)):
             for alternative in (d.plus, d.minus):
                 if alternative is not None:
                     assert alternative.shape == value.shape and alternative.dtype == value.dtype

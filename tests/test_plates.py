@@ -74,7 +74,7 @@ def test_per_datum_antithetic_estimators_have_the_hand_written_variance_and_are_
     # multiplies the variance by about N = 8.
     num_samples = 20_000
     report = pg.diagnose(model, X, guide=guide, estimators={"z": estimator}, num_samples=num_samples, sites=False)
-    assert report.path == "vectorized"
+    assert report.mode == "vectorized"
     exact, reference = exact_gradient(), per_datum_draws(name, num_samples)
     for param in ("a", "c"):
         ours, theirs = report.samples[param], reference[param]

@@ -120,7 +120,7 @@ def test_a_mask_never_changes_what_an_expectation_draws(kind, vectorize):
     # Three Bernoulli(θ) draws, f = their sum, whatever the mask: ∂θ E[f] = 3.
     program = pg.estimators(masked_bernoullis(kind), {"a": pg.Score()})
     draws = 20_000 if vectorize else 600
-    g = expectation_draws(program, theta(0.3), num_samples=draws, vectorize=vectorize, path="loop" if not vectorize else "vectorized")["t"]
+    g = expectation_draws(program, theta(0.3), num_samples=draws, vectorize=vectorize, mode="loop" if not vectorize else "vectorized")["t"]
     assert_mean(g, 3.0)
 
 
@@ -187,7 +187,7 @@ def stop_on_zero(t):
 def test_a_loop_that_stops_on_a_draw_has_the_exact_gradient_looped(estimator, num_particles):
     program = pg.estimators(stop_on_zero, (lambda msg: estimator) if estimator is not None else None)
     g = expectation_draws(
-        program, theta(0.5), num_samples=600, num_particles=num_particles, vectorize=False, path="loop"
+        program, theta(0.5), num_samples=600, num_particles=num_particles, vectorize=False, mode="loop"
     )["t"]
     assert_mean(g, 4.0)
 
@@ -212,7 +212,7 @@ def test_a_guide_that_loops_on_its_draws_has_the_exact_elbo_gradient():
     elbo = math.log(0.5) / (1 - q) - q * q.log() / (1 - q) - (1 - q).log()
     (exact,) = torch.autograd.grad(elbo, q)
     exact = float(exact * 0.4 * 0.6)  # q = σ(logit): dq/dlogit = q(1 − q)
-    g = elbo_draws(model, guide, num_samples=1000, num_particles=2, path="loop")["q"]
+    g = elbo_draws(model, guide, num_samples=1000, num_particles=2, mode="loop")["q"]
     assert_mean(g, exact)
     with pytest.raises(pg.EstimatorError, match="vectorize_particles=False"):
         pg.ELBO(num_particles=4, vectorize_particles=True).loss(model, guide)
@@ -247,7 +247,7 @@ def test_a_geometric_whose_probability_depends_on_a_bernoulli(estimator, vectori
     program = pg.estimators(geometric_after_bernoulli, default=estimator)
     draws = 20_000 if vectorize else 300
     g = expectation_draws(
-        program, theta(0.0), num_samples=draws, num_particles=2, vectorize=vectorize, path="vectorized" if vectorize else "loop"
+        program, theta(0.0), num_samples=draws, num_particles=2, vectorize=vectorize, mode="vectorized" if vectorize else "loop"
     )["t"]
     assert_mean(g, exact)
 
@@ -269,7 +269,7 @@ def test_a_multinomial_whose_probabilities_depend_on_a_categorical(vectorize):
     program = pg.estimators(multinomial_after_categorical, default=pg.Score("loo"))
     draws = 20_000 if vectorize else 300
     g = expectation_draws(
-        program, theta(0.2), num_samples=draws, num_particles=2, vectorize=vectorize, path="vectorized" if vectorize else "loop"
+        program, theta(0.2), num_samples=draws, num_particles=2, vectorize=vectorize, mode="vectorized" if vectorize else "loop"
     )["t"]
     assert_mean(g, float(exact))
 
@@ -343,7 +343,7 @@ def test_randomness_hidden_by_block_is_refused_vectorized():
     with pytest.raises(pg.EstimatorError, match="poutine.block.*vectorize=False"):
         pg.expectation(poutine.block(shifted_square), theta(1.0), num_particles=5)
     # Looped, a hidden Normal takes its own rsample: ∂θ E[f] = 1.
-    g = expectation_draws(poutine.block(shifted_square), theta(1.0), num_samples=1000, vectorize=False, path="loop")["t"]
+    g = expectation_draws(poutine.block(shifted_square), theta(1.0), num_samples=1000, vectorize=False, mode="loop")["t"]
     assert_mean(g, 1.0)
 
 
@@ -368,7 +368,7 @@ def test_empirical_is_exact_looped_and_refused_vectorized():
     t = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     mean = (torch.stack([t, -t, 0 * t]).softmax(0) * torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64)).sum()
     (exact,) = torch.autograd.grad(mean, t)
-    g = expectation_draws(empirical, theta(0.5), num_samples=600, num_particles=2, vectorize=False, path="loop")["t"]
+    g = expectation_draws(empirical, theta(0.5), num_samples=600, num_particles=2, vectorize=False, mode="loop")["t"]
     assert_mean(g, float(exact))
     with pytest.raises(pg.EstimatorError, match=r"site 'e' .*Empirical.*vectorize=False"):
         pg.expectation(empirical, theta(0.5), num_particles=4)

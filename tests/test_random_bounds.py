@@ -148,7 +148,7 @@ def check_pair(pair: Pair, k: int, choices: dict) -> None:
     loop = pg.DReG() in choices.values()
     count = 300 if loop else DRAWS
     draws, values = elbo_draws(pair.model, guide, torch.tensor(pair.data), num_samples=count, num_particles=k,
-                               objective=pg.IWAE, values=True, path="loop" if loop else "vectorized")
+                               objective=pg.IWAE, values=True, mode="loop" if loop else "vectorized")
     checks = [("bound", values, value, finer_value)]
     checks += [(f"{n}[{i}]", draws[n].reshape(count, -1)[:, i], float(exact[n].reshape(-1)[i]),
                 float(finer[n].reshape(-1)[i])) for n in exact for i in range(exact[n].numel())]

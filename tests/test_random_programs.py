@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 import pyro_grad as pg
-from pyro_grad.paths import Enumerate, Score
+from pyro_grad.gradient_estimators import Enumerate, Score
 
 from conftest import ROUNDING, Z, standard_error_of_mean
 from draws import expectation_draws
@@ -114,7 +114,7 @@ def unbiased_estimators(site: Site, num_particles: int, relaxable: bool = True) 
     if num_particles >= 2:
         options.append(Score("loo"))
     if site.jump:  # the pathwise derivative misses the jump (refused there); "auto" (None) must not
-        options = [e for e in options if not isinstance(e, pg.paths.PathwiseEstimator)] + [None]
+        options = [e for e in options if not isinstance(e, pg.gradient_estimators.PathwiseEstimator)] + [None]
     return options
 
 
@@ -170,7 +170,7 @@ def check_program(program: Program, data, vectorize: bool, first=None) -> None:
         num_samples=DRAWS[vectorize],
         num_particles=num_particles,
         vectorize=vectorize,
-        path="vectorized" if vectorize else "loop",  # looped particles: reverse mode is faster
+        mode="vectorized" if vectorize else "loop",  # looped particles: reverse mode is faster
         seed=0,
     )["theta"]
     assert torch.isfinite(draws).all()

@@ -318,7 +318,7 @@ def test_default_tune_around_the_guide_in_svi(objective, form):
     # Pyro's Dice, whose SafeLog has no jvp: those draws are made one at a time.)
     summed_out = objective is pg.ELBO and any(isinstance(e, pg.Enumerate) for e in messenger.tuned.values())
     draws = elbo_draws(model, pg.estimators(guide, messenger.tuned), data, num_samples=200 if summed_out else 2000,
-                       num_particles=2, objective=objective, path="loop" if summed_out else "vectorized")["phi"]
+                       num_particles=2, objective=objective, mode="loop" if summed_out else "vectorized")["phi"]
     exact = exact_elbo_gradient(float(pyro.param("phi"))) if objective is pg.ELBO else exact_bound_gradient(
         float(pyro.param("phi")), 2)
     assert_mean(draws, exact)

@@ -163,7 +163,7 @@ def test_vectorized_and_looped_particles_give_the_same_distribution():
     program = pg.estimators(two_bernoullis, {"a": pg.Score("loo"), "b": pg.Score("loo")})
     fast = expectation_draws(program, theta(0.1), num_samples=4000, num_particles=3)["theta"]
     slow = expectation_draws(
-        program, theta(0.1), num_samples=800, num_particles=3, path="loop", vectorize=False
+        program, theta(0.1), num_samples=800, num_particles=3, mode="loop", vectorize=False
     )["theta"]
     se_mean = (fast.var() / fast.numel() + slow.var() / slow.numel()).sqrt()
     assert abs(float(fast.mean() - slow.mean())) <= Z * float(se_mean)

@@ -30,7 +30,7 @@ FORMAT = "pyro_grad run 2"
 
 def _tokens(obj: Any, seen: set) -> Iterator[str]:
     """A deterministic token stream describing ``obj``."""
-    from pyro_grad.paths import Estimator
+    from pyro_grad.gradient_estimators import Estimator
 
     if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
         yield f"{type(obj).__name__}:{obj!r}"

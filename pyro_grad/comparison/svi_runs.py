@@ -27,7 +27,7 @@ from pyro_grad.handler import with_config
 from pyro_grad.objectives.choice import is_elbo
 from pyro_grad.objectives.elbo import ELBO
 from pyro_grad.engine.surrogate import evaluations
-from pyro_grad.paths import Estimator
+from pyro_grad.gradient_estimators import Estimator
 
 #: Posterior draws kept per run.
 POSTERIOR_DRAWS = 200

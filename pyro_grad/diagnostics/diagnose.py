@@ -19,7 +19,7 @@ from pyro_grad.engine.particles import guess_max_plate_nesting
 from pyro_grad.engine.surrogate import check_num_particles
 from pyro_grad.objectives.choice import resolve_objective, sampler
 from pyro_grad.objectives.expectation import expectation
-from pyro_grad.paths import Estimator
+from pyro_grad.gradient_estimators import Estimator
 
 CandidateConfig = Union[None, Config, Estimator, FiniteDifferences]
 
@@ -60,7 +60,7 @@ def _build_report(
                 "estimator": repr(estimator),
                 "why": draws.reasons.get(target.site, ""),
                 "unbiased": getattr(estimator, "unbiased", None),
-                "cost": draws.runs.get(target.site),
+                "evaluations per particle": draws.site_evaluations.get(target.site),
                 "parameter": target.param,
             }, index=table.index)
             site_tables.append(pd.concat([described, table.drop(columns=["param", "element"])], axis=1)
@@ -79,11 +79,11 @@ def _build_report(
         params=with_flags(pd.concat(param_tables, ignore_index=True)) if param_tables else pd.DataFrame(),
         sites=pd.concat(site_tables, ignore_index=True) if site_tables else pd.DataFrame(),
         samples=draws.samples,
-        path=draws.path,
+        mode=draws.mode,
         references=references,
         label=label,
         shares=shares,
-        runs=dict(draws.runs),
+        site_evaluations=dict(draws.site_evaluations),
         estimators=dict(draws.estimators),
         reasons=dict(draws.reasons),
     )
@@ -123,7 +123,7 @@ def diagnose(fn: Callable, *args: Any, estimators: CandidateConfig = None, **set
       default with one).
     * Each draw uses ``num_particles`` particles. The draws are made in one vectorized
       pass per parameter element (forward-mode AD) and fall back to a loop where that
-      cannot run (``report.path`` says which); ``vectorize=False`` forces the loop.
+      cannot run (``report.mode`` says which); ``vectorize=False`` forces the loop.
     * ``reference`` is None, a dict or callable of exact gradients, ``"enumerate"``
       (exact, by summing every discrete site over its support) or ``"reparam"`` (a
       high-sample pathwise estimate).
@@ -183,17 +183,17 @@ def compare_estimators(
             start = time.perf_counter()
             draws = candidate.draws(GradientTask(samples(base), args, targets, params), num_samples, seed)
             seconds = time.perf_counter() - start
-            cost, unbiased = num_particles * draws.cost, candidate.unbiased
+            cost, unbiased = num_particles * draws.evaluations, candidate.unbiased
         else:
             program = with_config(base, candidate)
             start = time.perf_counter()
             draws = gradient_draws(
                 samples(program), _programs(objective, fn, program), args, kwargs,
-                num_samples, seed=seed, path="auto" if vectorize else "loop", sites=sites,
+                num_samples, seed=seed, mode="auto" if vectorize else "loop", sites=sites,
                 targets=(targets, params),
             )
             seconds = time.perf_counter() - start
-            cost = num_particles * draws.cost
+            cost = num_particles * draws.evaluations
             unbiased = all(e.unbiased for e in draws.estimators.values())
         reports[label] = _build_report(draws, targets, references, cost, seconds, str(label), unbiased)
     return EstimatorComparison(reports)

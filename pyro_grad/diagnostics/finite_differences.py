@@ -51,4 +51,4 @@ class FiniteDifferences:
                 columns.append((values[0] - values[1]) / (2 * self.epsilon))
             samples[target.name] = torch.stack(columns, -1).reshape((num_samples,) + primal.shape)
         # Two runs per parameter element make one draw of the whole gradient.
-        return Draws(samples, {}, {}, "vectorized", cost=2 * elements)
+        return Draws(samples, {}, {}, "vectorized", evaluations=2 * elements)

@@ -66,16 +66,16 @@ class Target:
 @dataclass
 class Draws:
     """``samples[target] (G, *shape)``; ``score_parts[(target, site)]`` the part of each
-    draw carried by that score-path site; the estimators used; the path that ran."""
+    draw carried by that score-path site; the estimators used; the mode that ran (vectorized or loop)."""
 
     samples: Dict[str, torch.Tensor]
     score_parts: Dict[Tuple[str, str], torch.Tensor] = field(default_factory=dict)
     estimators: Dict[str, object] = field(default_factory=dict)
-    path: str = "vectorized"
+    mode: str = "vectorized"
     #: Program evaluations per particle for one draw.
-    cost: int = 1
-    #: Program evaluations per particle each site's estimator needs (``runs(site)``).
-    runs: Dict[str, int] = field(default_factory=dict)
+    evaluations: int = 1
+    #: Program evaluations per particle each site's estimator needs (``evaluations(site)``).
+    site_evaluations: Dict[str, int] = field(default_factory=dict)
     #: Why each site has its estimator (``Estimates.reasons``).
     reasons: Dict[str, str] = field(default_factory=dict)
 
@@ -228,7 +228,7 @@ def forward_draws(task: GradientTask, num_samples: int, seed: int) -> Draws:
                 columns.append(_tangent_or_zeros(out.values, num_samples))
                 for s, term in out.score_terms.items():
                     part_columns.setdefault(s, []).append(_tangent_or_zeros(term, num_samples))
-                chosen, cost, runs, reasons = out.estimators, out.cost, out.runs, out.reasons
+                chosen, cost, runs, reasons = out.estimators, out.evaluations, out.site_evaluations, out.reasons
         samples[target.name] = torch.stack(columns, -1).reshape((num_samples,) + target.shape)
         for s, cols in part_columns.items():
             parts[(target.name, s)] = torch.stack(cols, -1).reshape((num_samples,) + target.shape)
@@ -249,7 +249,7 @@ def loop_draws(task: GradientTask, num_samples: int, seed: int, progress: Option
                 for site in sites:
                     stack.enter_context(site)
                 out = task.estimates(new_args, 1)
-            cost, runs = out.cost, out.runs
+            cost, runs = out.evaluations, out.site_evaluations
             for site, estimator in out.estimators.items():
                 choices.setdefault(site, Counter())[estimator] += 1
                 reasons.setdefault((site, estimator), out.reasons.get(site, ""))
@@ -298,19 +298,19 @@ def gradient_draws(
     kwargs: dict,
     num_samples: int,
     seed: int = 0,
-    path: str = "auto",
+    mode: str = "auto",
     sites: bool = True,
     targets: Optional[Tuple[List[Target], Dict[str, torch.Tensor]]] = None,
 ) -> Draws:
     """Draw ``num_samples`` gradients of ``estimates`` with respect to every target.
 
-    ``estimates(args, G)`` returns ``G`` independent :class:`Estimates`. ``path`` is
+    ``estimates(args, G)`` returns ``G`` independent :class:`Estimates`. ``mode`` is
     ``"auto"`` (vectorized when there are at most :data:`MAX_FORWARD_ELEMENTS` target
     elements and the vectorized pass succeeds, else the loop), ``"vectorized"`` or
     ``"loop"``. ``targets`` is :func:`find_targets`' result, when already known.
     """
-    if path not in ("auto", "vectorized", "loop"):
-        raise EstimatorError(f"path must be 'auto', 'vectorized' or 'loop', got {path!r}")
+    if mode not in ("auto", "vectorized", "loop"):
+        raise EstimatorError(f"mode must be 'auto', 'vectorized' or 'loop', got {mode!r}")
     targets, params = targets or find_targets(programs, args, kwargs, sites=sites)
     if not any(t.kind != "site" for t in targets):
         raise EstimatorError(
@@ -318,10 +318,10 @@ def gradient_draws(
             "or use pyro.param in the program"
         )
     elements = sum(max(1, torch.Size(t.shape).numel()) for t in targets)
-    if path == "vectorized" or (path == "auto" and elements <= MAX_FORWARD_ELEMENTS):
+    if mode == "vectorized" or (mode == "auto" and elements <= MAX_FORWARD_ELEMENTS):
         try:
             return forward_draws(GradientTask(estimates, args, targets, params), num_samples, seed)
         except (RuntimeError, NotImplementedError, ValueError):
-            if path == "vectorized":
+            if mode == "vectorized":
                 raise
     return loop_draws(GradientTask(estimates, args, targets, params), num_samples, seed)

@@ -18,7 +18,7 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
 from pyro_grad.objectives.choice import sampler
 from pyro_grad.objectives.expectation import check_f, expectation
-from pyro_grad.paths import Reparam
+from pyro_grad.gradient_estimators import Reparam
 
 Reference = Union[None, str, Dict[str, Any], Callable[..., Dict[str, Any]]]
 #: Particles for the ``"reparam"`` reference, per gradient draw diagnosed.

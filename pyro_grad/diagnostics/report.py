@@ -32,28 +32,28 @@ class GradientReport:
       parameter's elements (the site estimator's own variance), and ``variance share``.
     * ``samples``: ``{name: (num_samples, *shape) tensor}``, the raw draws (parameters,
       and sites as ``"site.param"``).
-    * ``path``: ``"vectorized"`` or ``"loop"``, how the draws were made.
+    * ``mode``: ``"vectorized"`` or ``"loop"``, how the draws were made.
     * ``shares``: each latent site's share of the total parameter-gradient variance (NaN
       for a pathwise site, whose part cannot be separated), with or without ``sites``;
-      ``runs``: each site's program evaluations per particle; ``estimators``: each
+      ``site_evaluations``: each site's program evaluations per particle; ``estimators``: each
       site's estimator; ``reasons``: why each site has it (the sites table's ``why``).
     """
 
     params: pd.DataFrame
     sites: pd.DataFrame
     samples: Dict[str, torch.Tensor]
-    path: str
+    mode: str
     references: Dict[str, torch.Tensor] = field(default_factory=dict)
     label: str = "estimators"
     shares: Dict[str, float] = field(default_factory=dict)
-    runs: Dict[str, int] = field(default_factory=dict)
+    site_evaluations: Dict[str, int] = field(default_factory=dict)
     estimators: Dict[str, Any] = field(default_factory=dict)
     reasons: Dict[str, str] = field(default_factory=dict)
 
     def to_markdown(self) -> str:
         return "\n\n".join(
             [
-                f"## Parameters ({self.path} path)",
+                f"## Parameters ({self.mode} draws)",
                 self.params.to_markdown(index=False, floatfmt=".4g"),
                 "## Sample sites",
                 self.sites.to_markdown(index=False, floatfmt=".4g") if len(self.sites) else "(none)",
@@ -79,7 +79,7 @@ class GradientReport:
         return pd.DataFrame([
             {"site": site, "estimator": repr(estimator), "why": self.reasons.get(site, ""),
              "unbiased": getattr(estimator, "unbiased", None),
-             "cost": self.runs.get(site), "variance share": self.shares.get(site, math.nan)}
+             "evaluations per particle": self.site_evaluations.get(site), "variance share": self.shares.get(site, math.nan)}
             for site, estimator in self.estimators.items()
         ])
 

@@ -20,8 +20,8 @@ from pyro_grad.distributions import describe
 from pyro_grad.engine.control_flow import READ
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
 from pyro_grad.distributions import leaf_distribution, logits_of, probs_of
-from pyro_grad.paths import CoupledRuns, Estimator, Site, SiteDraw
-from pyro_grad.paths.base import ValueGradient
+from pyro_grad.gradient_estimators import CoupledRuns, Estimator, Site, SiteDraw
+from pyro_grad.gradient_estimators.base import ValueGradient
 
 #: site → (estimator, score, downstream f, the choosing handler's baseline state, and
 #: for estimators that use it the site's :class:`ValueGradient`, else None)
@@ -79,9 +79,9 @@ class Estimates:
     score_terms: Dict[str, torch.Tensor] = field(default_factory=dict)
     estimators: Dict[str, Estimator] = field(default_factory=dict)
     #: Program evaluations per particle: 1, plus each site's extra runs.
-    cost: int = 1
-    #: Each latent site's program evaluations per particle, ``estimator.runs(site)``.
-    runs: Dict[str, int] = field(default_factory=dict)
+    evaluations: int = 1
+    #: Each latent site's program evaluations per particle, ``estimator.evaluations(site)``.
+    site_evaluations: Dict[str, int] = field(default_factory=dict)
     #: Why each latent site has its estimator (who chose it; for "auto", why).
     reasons: Dict[str, str] = field(default_factory=dict)
 
@@ -95,10 +95,10 @@ def site_estimators(trace) -> Dict[str, Estimator]:
     }
 
 
-def site_runs(trace) -> Dict[str, int]:
+def site_evaluations(trace) -> Dict[str, int]:
     """Each latent site's program evaluations per particle, as its estimator counts them."""
     return {
-        name: site["infer"]["estimator"].runs(Site.of(site))
+        name: site["infer"]["estimator"].evaluations(Site.of(site))
         for name, site in trace.nodes.items()
         if site["type"] == "sample" and "estimator" in site["infer"]
     }
@@ -106,7 +106,7 @@ def site_runs(trace) -> Dict[str, int]:
 
 def evaluations(trace) -> int:
     """Program evaluations per particle: the first run, plus every site's extra runs."""
-    return 1 + sum(runs - 1 for runs in site_runs(trace).values())
+    return 1 + sum(runs - 1 for runs in site_evaluations(trace).values())
 
 
 def score_terms(
@@ -235,4 +235,4 @@ def assemble(
     surrogate = group(concat_particles(values), num_samples).mean(1) + loss_sign * (aux - aux.detach())
     for term in terms.values():
         surrogate = surrogate + term
-    return Estimates(surrogate, terms, {**site_estimators(trace), **resolved}, evaluations(trace), site_runs(trace))
+    return Estimates(surrogate, terms, {**site_estimators(trace), **resolved}, evaluations(trace), site_evaluations(trace))

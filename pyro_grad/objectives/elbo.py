@@ -348,7 +348,7 @@ class ELBO(pyro.infer.ELBO):
                 )
         elbo = group(concat_particles(elbos), num_samples).mean(1)
         if not surrogate:
-            return elbo, Estimates(elbo, cost=evaluations(guide_trace))
+            return elbo, Estimates(elbo, evaluations=evaluations(guide_trace))
         # The ELBO is maximized, so auxiliary losses enter with a minus sign.
         estimates = assemble(surrogates, blocks, differences, num_samples, guide_trace, args, kwargs, loss_sign=-1.0)
         estimates.reasons = choice_reasons(guide_trace, self.jump_guard)

@@ -42,7 +42,7 @@ from pyro_grad.engine.provenance import plain
 from pyro_grad.engine.surrogate import Block
 from pyro_grad import baselines
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths import Enumerate
+from pyro_grad.gradient_estimators import Enumerate
 from pyro_grad.pyro_infer import ENUMERATION_KEYS, InferKeys
 
 #: Key of a site's ``infer`` that Pyro's enumeration sets (``EnumMessenger``).

@@ -14,11 +14,11 @@ from pyro_grad.engine.importance import ImportanceRun
 from pyro_grad.engine.importance_weights import log_mean_exp
 from pyro_grad.engine.particles import PARTICLE_PLATES, ParticleLayout, concat_particles, match_dims, read_sites
 from pyro_grad.engine.provenance import plain
-from pyro_grad.engine.surrogate import Estimates, evaluations, group, site_estimators, site_runs
+from pyro_grad.engine.surrogate import Estimates, evaluations, group, site_estimators, site_evaluations
 from pyro_grad.errors import EstimatorError
 from pyro_grad.objectives.elbo import ELBO, elbo_terms
 from pyro_grad.objectives.jump_policy import choice_reasons
-from pyro_grad.paths import Estimator, Score, VIMCO
+from pyro_grad.gradient_estimators import Estimator, Score, VIMCO
 
 
 class IWAE(ELBO):
@@ -102,7 +102,7 @@ class IWAE(ELBO):
                 # Pyro leaves score functions unscaled: the bound is s·L, so its score term is too.
                 terms[name] = per_sample(scale * signal * (score - score.detach()))
         if not surrogate:
-            return bound.detach(), Estimates(bound.detach(), cost=evaluations(guide_trace))
+            return bound.detach(), Estimates(bound.detach(), evaluations=evaluations(guide_trace))
         normalized = torch.softmax(x, 1)
         for name in dict.fromkeys(n for w in weighted for n in w.reweighted):
             path = group(match_dims(concat_particles([w.reweighted.get(name, torch.zeros(1)) for w in weighted]),
@@ -113,7 +113,7 @@ class IWAE(ELBO):
         for term in terms.values():
             values = values + term
         estimators = {**site_estimators(guide_trace), **resolved}
-        return bound.detach(), Estimates(values, terms, estimators, evaluations(guide_trace), site_runs(guide_trace),
+        return bound.detach(), Estimates(values, terms, estimators, evaluations(guide_trace), site_evaluations(guide_trace),
                                          choice_reasons(guide_trace, self.jump_guard))
 
 

@@ -30,8 +30,8 @@ from pyro_grad.engine.particles import READ_JUMPS
 from pyro_grad.engine.provenance import plain, provenance_of
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import AUTO, CHOICE, CONFIG, DEFAULT, SITE, TUNED
-from pyro_grad.paths import Estimator, MeasureValued, PathwiseEstimator, Score, Site, weak_derivatives
-from pyro_grad.paths.registry import applicable
+from pyro_grad.gradient_estimators import Estimator, MeasureValued, PathwiseEstimator, Score, Site, weak_derivatives
+from pyro_grad.gradient_estimators.registry import applicable
 
 
 def is_pathwise(msg: dict) -> bool:

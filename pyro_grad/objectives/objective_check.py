@@ -5,8 +5,8 @@ from typing import Optional
 from pyro.poutine.messenger import Messenger
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths import Site
-from pyro_grad.paths.registry import OBJECTIVES, not_applicable
+from pyro_grad.gradient_estimators import Site
+from pyro_grad.gradient_estimators.registry import OBJECTIVES, not_applicable
 from pyro_grad.pyro_infer import InferKeys
 
 

@@ -19,7 +19,7 @@ from pyro_grad.engine.control_flow import READ
 from pyro_grad.engine.particles import watched_trace
 from pyro_grad.models.benchmark import Benchmark
 from pyro_grad.handler import latent_sites
-from pyro_grad.paths import REGISTRY, Estimator
+from pyro_grad.gradient_estimators import REGISTRY, Estimator
 
 
 class Candidate(NamedTuple):
@@ -40,7 +40,7 @@ def relaxation_refusals(bench: Benchmark) -> List[str]:
     """Why a relaxed control variate (RELAX, REBAR) would refuse the benchmark, one
     reason per site: a latent site read into Python control flow, a discrete latent
     site whose parameters depend on an earlier one, and in an ELBO a Categorical site
-    (see :mod:`pyro_grad.paths.relax`). Read from one traced run, by provenance."""
+    (see :mod:`pyro_grad.gradient_estimators.relax`). Read from one traced run, by provenance."""
     with poutine.block():
         trace = prune_subsample_sites(watched_trace(bench.guide or bench.program, bench.arguments(), {}, False))
     latents = [site for site in trace.nodes.values() if site["type"] == "sample" and not site["is_observed"]]

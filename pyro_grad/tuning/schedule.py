@@ -16,7 +16,7 @@ import torch
 from pyro.poutine.runtime import _PYRO_STACK
 
 from pyro_grad.handler import EstimatorMessenger, WrappedProgram
-from pyro_grad.paths import Estimator
+from pyro_grad.gradient_estimators import Estimator
 
 logger = logging.getLogger("pyro_grad.tuning")
 

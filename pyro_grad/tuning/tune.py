@@ -25,8 +25,8 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import latent_sites
 from pyro_grad.objectives.choice import resolve_objective
 from pyro_grad.objectives.expectation import expectation
-from pyro_grad.paths import Estimator, MeasureValued, Score, Site
-from pyro_grad.paths.registry import REGISTRY, not_applicable
+from pyro_grad.gradient_estimators import Estimator, MeasureValued, Score, Site
+from pyro_grad.gradient_estimators.registry import REGISTRY, not_applicable
 
 #: After the first round, a site re-measures only the candidates within this factor of
 #: its best (re-measuring every candidate of every site would multiply the cost by the
@@ -48,7 +48,7 @@ class Tuning:
     * ``table``: one row per round, site and candidate: the total parameter-gradient
       ``variance`` with that candidate at the site (the others at their choice then),
       the site's ``variance share`` (its score term's share of that variance; NaN for a
-      pathwise site), its ``site cost`` (evaluations per particle at the site), ``cost``
+      pathwise site), its ``site evaluations per particle``, ``cost``
       (evaluations per draw), ``seconds`` (per draw), ``work-normalized variance``
       (variance × cost) and ``time-normalized variance`` (variance × seconds), whether it
       was ``eligible`` (measured, unbiased or ``allow_biased``, and for an unbiased one a
@@ -170,13 +170,13 @@ DIAGNOSE_SETTINGS = frozenset({"guide", "objective", "num_samples", "reference",
                                "sites", "estimators"})
 
 #: The figures of one configuration, whichever site it is measured for.
-COLUMNS = ("variance", "variance share", "site cost", "cost", "seconds", "work-normalized variance",
+COLUMNS = ("variance", "variance share", "site evaluations per particle", "cost", "seconds", "work-normalized variance",
            "time-normalized variance")
 
 
 def _measure(report: GradientReport) -> Dict[str, Any]:
     """One configuration's figures from its report (one row per parameter element),
-    with every site's variance share and runs, to be read per site."""
+    with every site's variance share and evaluations per particle, to be read per site."""
     variance = report.total_variance()
     cost = int(report.params["cost"].iloc[0])
     seconds = float(report.params["seconds per draw"].iloc[0])
@@ -187,7 +187,7 @@ def _measure(report: GradientReport) -> Dict[str, Any]:
         "work-normalized variance": report.work_normalized_variance(),
         "time-normalized variance": variance * seconds,
         "shares": dict(report.shares),
-        "runs": dict(report.runs),
+        "site evaluations": dict(report.site_evaluations),
         "samples": report.samples,
         "refused": "",
     }
@@ -214,13 +214,13 @@ def flagged(results: List[tuple], reference: Dict[str, Any]) -> Dict[int, bool]:
 
 
 def at_site(figures: Dict[str, Any], site: str) -> Dict[str, Any]:
-    """A configuration's figures as one site's row: its own share and runs."""
+    """A configuration's figures as one site's row: its own share and evaluations per particle."""
     if figures["refused"]:
         return {column: math.nan for column in COLUMNS}
     return {
         **{column: figures[column] for column in COLUMNS if column in figures},
         "variance share": figures["shares"].get(site, math.nan),
-        "site cost": float(figures["runs"].get(site, math.nan)),
+        "site evaluations per particle": float(figures["site evaluations"].get(site, math.nan)),
     }
 
 

@@ -52,8 +52,8 @@ import pyro.distributions as dist
 import torch
 
 from pyro_grad.baselines import RunningAverages, leave_one_out
-from pyro_grad.paths.base import ValueGradient
-from pyro_grad.paths.value_gradient import LeaveOneOutWithGradients, per_unit_f, units
+from pyro_grad.gradient_estimators.base import ValueGradient
+from pyro_grad.gradient_estimators.value_gradient import LeaveOneOutWithGradients, per_unit_f, units
 
 PREFIX = "_pyro_grad_rodeo_"
 HIDDEN = 100

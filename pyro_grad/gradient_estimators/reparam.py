@@ -1,7 +1,7 @@
 """The pathwise (reparameterization) gradient."""
 
 from dataclasses import dataclass
-from pyro_grad.paths.base import PathwiseEstimator, Site
+from pyro_grad.gradient_estimators.base import PathwiseEstimator, Site
 
 
 @dataclass(frozen=True, repr=False)
@@ -15,7 +15,7 @@ class Reparam(PathwiseEstimator):
 
     Right only where f is smooth (or kinked) in the value: where f jumps in it the
     derivative misses the jump, so the objectives refuse the site (``jumps="raise"``)
-    unless ``jumps="ignore"`` (see :class:`~pyro_grad.paths.base.PathwiseEstimator`).
+    unless ``jumps="ignore"`` (see :class:`~pyro_grad.gradient_estimators.base.PathwiseEstimator`).
     """
 
     unbiased = True

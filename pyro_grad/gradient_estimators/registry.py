@@ -2,7 +2,7 @@
 
 Adding an estimator: write its module in ``paths/``, import its class here and add it
 to ``REGISTRY``, and give it tests and a README row. ``pyro_grad`` and
-``pyro_grad.paths`` export every registered class by name (``pg.Score``). The command
+``pyro_grad.gradient_estimators`` export every registered class by name (``pg.Score``). The command
 line names an estimator by its lower-case class name, so names are unique (checked by
 the tests).
 """
@@ -11,21 +11,21 @@ from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 from pyro_grad.distributions import describe
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.arm import ARM, DisARM
-from pyro_grad.paths.base import Estimator, Site
-from pyro_grad.paths.double_cv import DoubleCV
-from pyro_grad.paths.dreg import DReG
-from pyro_grad.paths.enumerate import Enumerate
-from pyro_grad.paths.indecater import IndeCateR
-from pyro_grad.paths.measure_valued import MeasureValued
-from pyro_grad.paths.rebar import REBAR
-from pyro_grad.paths.relax import RELAX
-from pyro_grad.paths.relaxed import GumbelSoftmax, ReinMax, StraightThrough
-from pyro_grad.paths.reparam import Reparam
-from pyro_grad.paths.rodeo import RODEO
-from pyro_grad.paths.score import Score
-from pyro_grad.paths.stl import STL
-from pyro_grad.paths.vimco import VIMCO
+from pyro_grad.gradient_estimators.arm import ARM, DisARM
+from pyro_grad.gradient_estimators.base import Estimator, Site
+from pyro_grad.gradient_estimators.double_cv import DoubleCV
+from pyro_grad.gradient_estimators.dreg import DReG
+from pyro_grad.gradient_estimators.enumerate import Enumerate
+from pyro_grad.gradient_estimators.indecater import IndeCateR
+from pyro_grad.gradient_estimators.measure_valued import MeasureValued
+from pyro_grad.gradient_estimators.rebar import REBAR
+from pyro_grad.gradient_estimators.relax import RELAX
+from pyro_grad.gradient_estimators.relaxed import GumbelSoftmax, ReinMax, StraightThrough
+from pyro_grad.gradient_estimators.reparam import Reparam
+from pyro_grad.gradient_estimators.rodeo import RODEO
+from pyro_grad.gradient_estimators.score import Score
+from pyro_grad.gradient_estimators.stl import STL
+from pyro_grad.gradient_estimators.vimco import VIMCO
 
 REGISTRY: Tuple[Type[Estimator], ...] = (
     Reparam,

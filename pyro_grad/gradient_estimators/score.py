@@ -11,8 +11,8 @@ from pyro_grad import baselines
 from pyro_grad.baselines import RunningAverages
 from pyro_grad.engine.importance_weights import log_mean_exp
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import Estimator, Example, Site
-from pyro_grad.paths.detached import DetachedSample
+from pyro_grad.gradient_estimators.base import Estimator, Example, Site
+from pyro_grad.gradient_estimators.detached import DetachedSample
 from pyro_grad.distributions import leaf_distribution, support_moves
 
 BaselineSpec = Union[None, str, float, Callable]

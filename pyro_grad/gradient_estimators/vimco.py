@@ -10,8 +10,8 @@ import torch
 
 from pyro_grad.distributions import leaf_distribution
 from pyro_grad.engine.importance_weights import log_mean_exp
-from pyro_grad.paths.base import Estimator, Example, Site
-from pyro_grad.paths.detached import DetachedSample
+from pyro_grad.gradient_estimators.base import Estimator, Example, Site
+from pyro_grad.gradient_estimators.detached import DetachedSample
 
 
 def leave_one_out_bounds(log_weights: torch.Tensor) -> torch.Tensor:

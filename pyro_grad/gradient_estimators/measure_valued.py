@@ -22,7 +22,7 @@ Categorical(π)                 probs             ∂π_k: f(k), every category 
 Continuous sites: weak derivatives, ``∂η p = c·(p⁺ − p⁻)`` for two probability densities
 (Pflug 1996; Mohamed, Rosca, Figurnov & Mnih, "Monte Carlo Gradient Estimation in
 Machine Learning", JMLR 2020, §6 and Table 1), drawn on common random numbers
-(:mod:`pyro_grad.paths.weak_derivatives` derives each line); ``E, E₁, E₂ ~ Exp(1)``,
+(:mod:`pyro_grad.gradient_estimators.weak_derivatives` derives each line); ``E, E₁, E₂ ~ Exp(1)``,
 ``R = sqrt(2E₁)``, ``ε = (X − μ)/σ``, ``M = sign(ε)·sqrt(ε² + 2E₂)``:
 
 =============================  ================  ==========================================  ====
@@ -67,8 +67,8 @@ import torch
 from pyro_grad.distributions import describe, given_parameters, leaf_distribution, probs_of
 from pyro_grad.engine.provenance import plain
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths import weak_derivatives as weak
-from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Example, Site, SiteDraw
+from pyro_grad.gradient_estimators import weak_derivatives as weak
+from pyro_grad.gradient_estimators.base import CoupledRuns, DifferenceEstimator, Example, Site, SiteDraw
 
 #: The continuous sites the tuner offers MeasureValued at: at most this many coordinates.
 FEW_COORDINATES = 4
@@ -173,16 +173,16 @@ class MeasureValued(DifferenceEstimator):
         moving = weak.moving_parameters(leaf)
         return next((why for name, why in family.refused.items() if name in moving), None)
 
-    def runs(self, site: Site) -> int:
+    def evaluations(self, site: Site) -> int:
         if discrete(site.fn):
             leaf = leaf_distribution(site.fn)
             return 1 + probs_of(leaf).shape[-1] if isinstance(leaf, dist.Categorical) else 2
         found = weak.family_of(site.fn)
         if found is None:  # unsure: every parameter's runs
-            return 1 + max(sum(family.runs.values()) for family in set(weak.LEAVES.values()))
+            return 1 + max(sum(family.evaluations.values()) for family in set(weak.LEAVES.values()))
         family, leaf = found
         moving = weak.moving_parameters(leaf)
-        return 1 + sum(runs for name, runs in family.runs.items() if name in moving)
+        return 1 + sum(runs for name, runs in family.evaluations.items() if name in moving)
 
     def alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
         if discrete(draw.fn):

@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from pyro_grad.paths.base import PathwiseEstimator
-from pyro_grad.paths.reparam import Reparam
+from pyro_grad.gradient_estimators.base import PathwiseEstimator
+from pyro_grad.gradient_estimators.reparam import Reparam
 
 
 @dataclass(frozen=True, repr=False)

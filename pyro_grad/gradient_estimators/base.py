@@ -32,7 +32,7 @@ import torch
 from pyro_grad.distributions import without_path_switch
 from pyro_grad.errors import EstimatorError
 from pyro_grad.engine.particles import PARTICLE_PLATES
-from pyro_grad.paths.detached import DetachedSample
+from pyro_grad.gradient_estimators.detached import DetachedSample
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class Estimator:
         example = cls.example_for(site)
         return [Example(cls.__name__, example, 1)] if example.exact_value or not exact_value else []
 
-    def runs(self, site: Site) -> int:
+    def evaluations(self, site: Site) -> int:
         """Program evaluations per particle this estimator needs at ``site``."""
         return 1
 
@@ -256,7 +256,7 @@ class DifferenceEstimator(Estimator):
     #: re-runs then skip support checks, and refuse what would make f jump in the value.
     relaxes: ClassVar[bool] = False
 
-    def runs(self, site: Site) -> int:
+    def evaluations(self, site: Site) -> int:
         return 2
 
     def prepare(self, msg: dict) -> None:

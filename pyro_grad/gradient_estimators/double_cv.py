@@ -31,8 +31,8 @@ import pyro
 import torch
 
 from pyro_grad.baselines import RunningAverages, leave_one_out
-from pyro_grad.paths.base import ValueGradient
-from pyro_grad.paths.value_gradient import LeaveOneOutWithGradients, per_unit_f
+from pyro_grad.gradient_estimators.base import ValueGradient
+from pyro_grad.gradient_estimators.value_gradient import LeaveOneOutWithGradients, per_unit_f
 
 #: Param-store prefix of the Taylor term's coefficient, followed by the site's name.
 PREFIX = "_pyro_grad_doublecv_"

@@ -4,7 +4,7 @@ corrected by control variates built from the value gradients ``g_k = ∇_b f(b_k
 The site's draw is a leaf that requires grad (no derivative flows back through it to
 the parameters), so the objective can differentiate f in it at the discrete value:
 one backward, no extra evaluation. The estimator receives its particles' values,
-probabilities, logits and value gradients (:class:`~pyro_grad.paths.base.ValueGradient`)
+probabilities, logits and value gradients (:class:`~pyro_grad.gradient_estimators.base.ValueGradient`)
 with the values of f. A term of f that stays in a plate element is a *unit* with its
 own control variate (the papers' per-datum estimator); its coordinates are the
 elements that share it (the element's event, or a whole particle's elements).
@@ -17,8 +17,8 @@ import torch
 
 from pyro_grad.distributions import leaf_distribution
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import Estimator, Example, Site
-from pyro_grad.paths.detached import DetachedSample
+from pyro_grad.gradient_estimators.base import Estimator, Example, Site
+from pyro_grad.gradient_estimators.detached import DetachedSample
 
 
 class LeaveOneOutWithGradients(Estimator):

@@ -6,7 +6,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
+from pyro_grad.gradient_estimators.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
 
 #: The largest support enumerated per site.
 MAX_SUPPORT = 64
@@ -70,7 +70,7 @@ class Enumerate(DifferenceEstimator):
             )
         return super().refusal(site)
 
-    def runs(self, site: Site) -> int:
+    def evaluations(self, site: Site) -> int:
         if site.summed_out:  # TraceEnum's way, in an ELBO: one run, tensors support-wide
             return 1
         return 1 + site.fn.enumerate_support(expand=False).shape[0]

@@ -42,7 +42,7 @@ from torch.distributions import constraints
 
 from pyro_grad.distributions import describe, leaf_distribution, logits_of, uniform_given_bernoulli
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
+from pyro_grad.gradient_estimators.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
 
 SUPPORTED = (dist.Bernoulli, dist.Categorical, dist.OneHotCategorical)
 #: Hidden units of the default control-variate network.
@@ -103,7 +103,7 @@ class RelaxedControlVariate(DifferenceEstimator):
         fn = site.fn
         return isinstance(leaf_distribution(fn), SUPPORTED) and not isinstance(fn, dist.MaskedDistribution)
 
-    def runs(self, site: Site) -> int:
+    def evaluations(self, site: Site) -> int:
         return 3
 
     def alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:

@@ -3,8 +3,8 @@
 from dataclasses import fields
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import Estimator
-from pyro_grad.paths.registry import registered_names
+from pyro_grad.gradient_estimators.base import Estimator
+from pyro_grad.gradient_estimators.registry import registered_names
 
 
 def parse_estimator(text: str) -> Estimator:

@@ -25,7 +25,7 @@ import pyro.distributions as dist
 import torch
 
 from pyro_grad.distributions import leaf_distribution, logits_of, probs_of, uniform_given_bernoulli
-from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
+from pyro_grad.gradient_estimators.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
 
 
 class _Antithetic(DifferenceEstimator):

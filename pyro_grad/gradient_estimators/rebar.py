@@ -7,7 +7,7 @@ Concrete relaxation at temperature ``λ``,
     ĝ_θ = [f(b) − η·f(σ_λ(z̃))] ∇θ log p(b | θ) + η·∇θ f(σ_λ(z)) − η·∇θ f(σ_λ(z̃)),
 
 unbiased for every ``η`` and ``λ``, which are learned online to minimize the variance
-(``Σ ĝ_θ²``). It is RELAX (:mod:`pyro_grad.paths.relax`, which has the derivation, the
+(``Σ ĝ_θ²``). It is RELAX (:mod:`pyro_grad.gradient_estimators.relax`, which has the derivation, the
 refusals and the conditional draws) with no network. State: ``pyro.param``s named
 ``_pyro_grad_rebar_<site>.eta`` and ``.temperature``, saved with the param store and
 reset by ``pyro.clear_param_store()``.
@@ -17,7 +17,7 @@ Cost: 3 evaluations per particle.
 
 from dataclasses import dataclass
 
-from pyro_grad.paths.relax import RelaxedControlVariate
+from pyro_grad.gradient_estimators.relax import RelaxedControlVariate
 
 
 @dataclass(frozen=True, repr=False)

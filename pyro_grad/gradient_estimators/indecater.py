@@ -29,7 +29,7 @@ import torch
 
 from pyro_grad.distributions import leaf_distribution, probs_of
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import CoupledRuns, DifferenceEstimator, Example, Site, SiteDraw
+from pyro_grad.gradient_estimators.base import CoupledRuns, DifferenceEstimator, Example, Site, SiteDraw
 
 SUPPORTED = (dist.Bernoulli, dist.Categorical)
 #: The benchmark suite runs the exact sum up to this many extra runs per particle.
@@ -94,7 +94,7 @@ class IndeCateR(DifferenceEstimator):
             return [Example("IndeCateR(num_coordinates=1)", cls(1), 1)]
         return [Example("IndeCateR", cls(), 1)]
 
-    def runs(self, site: Site) -> int:
+    def evaluations(self, site: Site) -> int:
         coordinates = site.elements * site.fn.event_shape.numel()
         if self.num_coordinates is not None:
             coordinates = min(coordinates, self.num_coordinates)

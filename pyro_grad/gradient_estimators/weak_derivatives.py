@@ -60,13 +60,13 @@ Derive = Callable[[Dict[str, torch.Tensor], torch.Tensor, FrozenSet[str]], List[
 
 @dataclass(frozen=True)
 class Family:
-    """One continuous family: its ``name``, the alternative ``runs`` each parameter with
+    """One continuous family: its ``name``, the alternative ``evaluations`` each parameter with
     a weak derivative here needs, ``derive(params, value, moving)`` (its parameters,
     detached and expanded to the value's shape, the value, and the names of those that
     move) and, for parameters with none here, why (``refused``)."""
 
     name: str
-    runs: Mapping[str, int]
+    evaluations: Mapping[str, int]
     derive: Derive
     refused: Mapping[str, str] = field(default_factory=dict)
 
@@ -213,4 +213,4 @@ def derivatives(family: Family, leaf: Any, value: torch.Tensor, moving: FrozenSe
         name: plain(p).detach().to(value.dtype).expand(value.shape)
         for name, p in given_parameters(leaf).items()
     }
-    return family.derive(params, value, frozenset(moving) & frozenset(family.runs))
+    return family.derive(params, value, frozenset(moving) & frozenset(family.evaluations))

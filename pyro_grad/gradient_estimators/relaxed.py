@@ -19,7 +19,7 @@ from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.paths.base import Estimator, Example, Site
+from pyro_grad.gradient_estimators.base import Estimator, Example, Site
 from pyro_grad.distributions import leaf_distribution, logits_of
 
 RELAXABLE = (dist.Bernoulli, dist.Categorical, dist.OneHotCategorical)
