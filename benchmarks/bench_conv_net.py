@@ -13,7 +13,7 @@ import warnings
 
 
 import pyro_grad as pg
-from pyro_grad.models import forum
+from pyro_grad.harness.models import forum
 
 warnings.filterwarnings("ignore")
 

@@ -20,8 +20,8 @@ from pyro.distributions import constraints
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 
 import pyro_grad as pg
-from pyro_grad.models import coin
-from pyro_grad.models.seeds import parameterized_noise, two_bernoullis
+from pyro_grad.harness.models import coin
+from pyro_grad.harness.models.seeds import parameterized_noise, two_bernoullis
 
 warnings.filterwarnings("ignore")
 coin_model, DATA = coin.model, coin.DATA

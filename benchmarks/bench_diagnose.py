@@ -16,7 +16,7 @@ import torch
 from torch.distributions import Bernoulli, Normal
 
 import pyro_grad as pg
-from pyro_grad.models.seeds import fixed_noise, parameterized_noise, two_bernoullis
+from pyro_grad.harness.models.seeds import fixed_noise, parameterized_noise, two_bernoullis
 
 warnings.filterwarnings("ignore")
 N = 10_000

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 import pyro_grad as pg
-from pyro_grad.models import registry
+from pyro_grad.harness.models import registry
 
 SEEDS = (0, 1, 2, 3)
 CONFIGS = {"sbn": {"Score(loo)": {"h": pg.Score("loo")}, "DisARM": {"h": pg.DisARM()}}}
@@ -37,7 +37,7 @@ CONFIGS = {"sbn": {"Score(loo)": {"h": pg.Score("loo")}, "DisARM": {"h": pg.DisA
 
 def warm() -> None:
     """A worker's one-time start-up: importing pyro_grad (torch, Pyro, pandas)."""
-    importlib.import_module("pyro_grad.comparison.executor")
+    importlib.import_module("pyro_grad.harness.comparison.executor")
 
 
 def warm_one(_: int) -> None:

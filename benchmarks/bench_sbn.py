@@ -17,7 +17,7 @@ import torch
 from pyro.infer import SVI, TraceGraph_ELBO
 
 import pyro_grad as pg
-from pyro_grad.models.sbn import SigmoidBeliefNet, binarized_digits
+from pyro_grad.harness.models.sbn import SigmoidBeliefNet, binarized_digits
 
 warnings.filterwarnings("ignore")
 LATENTS, IMAGES, PARTICLES = 16, 256, 4

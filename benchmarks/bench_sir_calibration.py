@@ -15,7 +15,7 @@ import pyro
 import torch
 
 import pyro_grad as pg
-from pyro_grad.models import sir
+from pyro_grad.harness.models import sir
 
 warnings.filterwarnings("ignore")
 TRUE = {"beta": 0.2, "gamma": 0.05}

@@ -2,7 +2,7 @@
 the best fixed unbiased choice?
 
 For every model, each fixed unbiased candidate of the suite (one estimator at every
-site, ``pyro_grad.presentation.suite.candidates``, at its own particles) and the tuned
+site, ``pyro_grad.harness.presentation.suite.candidates``, at its own particles) and the tuned
 config (``pg.tune`` at K particles, measured again on fresh draws) are diagnosed with
 the same draws and seed. The work-normalized variance of a config is Σ over parameters
 of (total gradient variance × evaluations per draw). The table prints each model's
@@ -22,8 +22,8 @@ import pandas as pd
 import pyro
 
 import pyro_grad as pg
-from pyro_grad.models import registry
-from pyro_grad.presentation.suite import candidates
+from pyro_grad.harness.models import registry
+from pyro_grad.harness.presentation.suite import candidates
 
 #: Draws per config for the costly models (one draw runs a network or an epidemic).
 DRAWS = {"conv_net": 200, "sir": 300, "mnist_vae": 20}

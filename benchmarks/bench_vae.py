@@ -44,8 +44,8 @@ import torch
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 
 import pyro_grad as pg
-from pyro_grad.models import mnist_vae
-from pyro_grad.presentation.figures import band_figure, points_figure
+from pyro_grad.harness.models import mnist_vae
+from pyro_grad.diagnostics.figures import band_figure, points_figure
 
 ENCODER = "mnist_vae$$$encoder"
 

@@ -8,8 +8,8 @@ import warnings
 
 import pandas as pd
 
-from pyro_grad.models import discrete, seeds
-from pyro_grad.presentation.suite import diagnose_each
+from pyro_grad.harness.models import discrete, seeds
+from pyro_grad.harness.presentation.suite import diagnose_each
 
 BENCHMARKS = [next(b for b in seeds.BENCHMARKS if b.name == "two_bernoullis"), *discrete.BENCHMARKS]
 

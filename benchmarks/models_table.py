@@ -10,8 +10,8 @@ import warnings
 
 import pandas as pd
 
-from pyro_grad.models import registry
-from pyro_grad.presentation.suite import diagnose_each
+from pyro_grad.harness.models import registry
+from pyro_grad.harness.presentation.suite import diagnose_each
 
 DRAWS = {"conv_net": 300, "mixture": 600, "sbn": 400, "sir": 3000}
 

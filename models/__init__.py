@@ -2,12 +2,12 @@
 
 from typing import Dict
 
-from pyro_grad.models.benchmark import Benchmark
+from pyro_grad.harness.models.benchmark import Benchmark
 
 
 def registry() -> Dict[str, Benchmark]:
     """{name: benchmark} for every built-in program."""
-    from pyro_grad.models import coin, forum, mixture, mnist_vae, sbn, seeds, sir
+    from pyro_grad.harness.models import coin, forum, mixture, mnist_vae, sbn, seeds, sir
 
     benchmarks = [
         *seeds.BENCHMARKS, *forum.BENCHMARKS, sir.BENCHMARK, coin.BENCHMARK, mixture.BENCHMARK, sbn.BENCHMARK,

@@ -9,7 +9,7 @@ import torch
 from pyro.distributions import constraints
 from torch.distributions import transform_to
 
-from pyro_grad.models.benchmark import Benchmark
+from pyro_grad.harness.models.benchmark import Benchmark
 
 DATA = torch.tensor([1.0] * 6 + [0.0] * 4)
 ALPHA0, BETA0 = 10.0, 10.0

@@ -6,7 +6,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.models.benchmark import Benchmark
+from pyro_grad.harness.models.benchmark import Benchmark
 
 #: The target of the REBAR/RELAX/DisARM toy problem.
 TARGET = 0.49

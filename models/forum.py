@@ -7,7 +7,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.models.benchmark import Benchmark
+from pyro_grad.harness.models.benchmark import Benchmark
 
 POISSON_TARGET = 3.0
 POISSON_COUNTS = 5

@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from pyro_grad.models.benchmark import Benchmark
+from pyro_grad.harness.models.benchmark import Benchmark
 
 COMPONENTS = 3
 SCALE = 0.5

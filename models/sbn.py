@@ -13,7 +13,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.models.benchmark import Benchmark
+from pyro_grad.harness.models.benchmark import Benchmark
 
 PIXELS = 64
 

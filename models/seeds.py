@@ -10,7 +10,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.models.benchmark import Benchmark
+from pyro_grad.harness.models.benchmark import Benchmark
 
 
 def fixed_noise(theta: torch.Tensor) -> torch.Tensor:

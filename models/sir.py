@@ -18,7 +18,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.models.benchmark import Benchmark
+from pyro_grad.harness.models.benchmark import Benchmark
 
 DT = 1.0
 

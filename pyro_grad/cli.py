@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
 import pandas as pd
 import torch
 
-from pyro_grad.comparison.executor import local_pool, usable_cores
+from pyro_grad.harness.comparison.executor import local_pool, usable_cores
 from pyro_grad.diagnostics import diagnose
 from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.gradient_estimators import parse_estimator
@@ -27,8 +27,8 @@ class UsageError(Exception):
 
 def gradient_table(num_samples: int = 10_000, seed: int = 0) -> pd.DataFrame:
     """Each seed program under each applicable estimator: mean, exact, variance."""
-    from pyro_grad.models import seeds
-    from pyro_grad.presentation.suite import diagnose_each
+    from pyro_grad.harness.models import seeds
+    from pyro_grad.harness.presentation.suite import diagnose_each
 
     tables = []
     for bench in seeds.BENCHMARKS:
@@ -83,7 +83,7 @@ def writable_directory(path: str) -> Path:
 
 def models_table() -> pd.DataFrame:
     """One row per built-in benchmark: its name, objective, arguments and description."""
-    from pyro_grad.models import registry
+    from pyro_grad.harness.models import registry
 
     return pd.DataFrame(
         [
@@ -113,12 +113,12 @@ def load_program(spec: str, overrides: List[str]) -> Program:
     """A registry name or ``MODULE:NAME`` → the program, its arguments, and its
     benchmark's exact reference, guide and reset (each None without a benchmark).
 
-    NAME may be a :class:`pyro_grad.models.Benchmark` or a program function; a function that a
+    NAME may be a :class:`pyro_grad.harness.models.Benchmark` or a program function; a function that a
     registered benchmark runs takes that benchmark's defaults and guide. Arguments come
     from the function's numeric defaults and ``--arg NAME=VALUE``; each number becomes a
     tensor that requires grad.
     """
-    from pyro_grad.models import Benchmark, registry
+    from pyro_grad.harness.models import Benchmark, registry
 
     benchmarks = registry()
     if spec in benchmarks:
@@ -260,8 +260,8 @@ def dask_client(scheduler: str) -> Any:
 
 
 def run_compare(ns: argparse.Namespace) -> int:
-    from pyro_grad.comparison import compare
-    from pyro_grad.presentation.html_report import report
+    from pyro_grad.harness.comparison import compare
+    from pyro_grad.harness.presentation.html_report import report
 
     if ns.workers is not None and ns.scheduler is not None:
         raise UsageError("give --workers and --scheduler one at a time: local processes, or a Dask scheduler's workers")
@@ -382,7 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(ns: argparse.Namespace) -> int:
     try:
         if ns.command == "report":
-            from pyro_grad.presentation.main_job import build_reports
+            from pyro_grad.harness.presentation.main_job import build_reports
 
             models = [m for m in ns.models.split(",") if m] if ns.models is not None else None
             index = build_reports(str(writable_directory(ns.out)), num_steps=ns.steps, num_samples=ns.samples,

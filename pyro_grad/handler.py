@@ -26,7 +26,8 @@ CHOICE = "_pyro_grad_choice"
 # How strongly a handler's choice holds, weakest first. Handlers nest: the innermost
 # sees a site first, and an outer handler re-prepares the site only with a stronger
 # choice, so an objective's built-in "auto" never hides a user's config around it. A
-# measured choice (``default="tune"``) beats "auto" and yields to anything a user wrote.
+# measured choice (``tuned``, :class:`pyro_grad.Retuned`'s) beats "auto" and yields to
+# anything a user wrote.
 AUTO, TUNED, DEFAULT, SITE, CONFIG = range(5)
 
 
@@ -66,8 +67,8 @@ class EstimatorMessenger(Messenger):
     then Pyro's mark ``infer={"enumerate": "parallel"}`` (``config_enumerate``'s; ``Enumerate()``,
     which sums the site out in an ELBO), then its ``infer={"baseline": {...}}`` as TraceGraph_ELBO reads it (``Score`` with that
     baseline, at a site without ``rsample``: :mod:`pyro_grad.pyro_infer`), then an
-    explicit ``default`` estimator, then the measured choice of ``default="tune"``
-    (:attr:`tuned`, set by the objectives through :func:`pyro_grad.tune`), then ``"auto"``. Among nested handlers the inner
+    explicit ``default`` estimator, then ``tuned`` (site name → estimator measured by
+    :func:`pyro_grad.tune`: :class:`pyro_grad.Retuned` passes its choice here), then ``"auto"``. Among nested handlers the inner
     one wins a tie and an outer one overrides a weaker choice, so that
     ``with pg.estimators({"z": pg.Score()}): pg.expectation(f, θ)`` uses ``Score`` at
     ``z`` although the objective applies ``"auto"`` inside. Observed, subsample and
@@ -78,7 +79,8 @@ class EstimatorMessenger(Messenger):
     wrap a program once and reuse it to carry that state across steps.
     """
 
-    def __init__(self, config: Config = None, default: Union[str, Estimator, None] = "auto"):
+    def __init__(self, config: Config = None, default: Union[str, Estimator, None] = "auto",
+                 tuned: Optional[Mapping] = None):
         super().__init__()
         if isinstance(config, Mapping):
             for name, value in config.items():
@@ -88,16 +90,21 @@ class EstimatorMessenger(Messenger):
                 "config must be a dict of site names to estimators, a callable of the site "
                 f"message, or one estimator for every site; got {config!r}"
             )
-        if isinstance(default, str) and default not in ("auto", "tune"):
-            raise EstimatorError(f"default must be 'auto', 'tune', None or an estimator, got {default!r}")
+        if default == "tune":
+            raise EstimatorError(
+                "default='tune' moved to a wrapper of the objective: pg.Retuned(pg.ELBO(...)) as SVI's loss, "
+                "or pg.Retuned(pg.expectation)(fn, *args, ...), tunes the sites nothing else chose before the "
+                "first call (and every N calls with every=N)"
+            )
+        if isinstance(default, str) and default != "auto":
+            raise EstimatorError(f"default must be 'auto', None or an estimator, got {default!r}")
         if default is not None and not isinstance(default, str):
             _check_estimator(default, "default")
+        for name, value in (tuned or {}).items():
+            _check_estimator(value, f"tuned[{name!r}]")
         self.config = config
         self.default = default
-        #: With ``default="tune"``: the measured choice per site, and the :class:`Tuning`
-        #: it came from (None until an objective first tunes the sites).
-        self.tuned: Dict[str, Estimator] = {}
-        self.tuning: Optional[Any] = None
+        self.tuned: Mapping = dict(tuned or {})
         self.averages = RunningAverages()
         self._seen = set()
         self._float_indices = []
@@ -137,13 +144,13 @@ class EstimatorMessenger(Messenger):
         pyro_baseline = baseline_estimator(msg)  # TraceGraph_ELBO's infer={"baseline": {...}}
         if pyro_baseline is not None:
             return pyro_baseline, SITE
-        if self.default == "tune" and name in self.tuned:
+        if isinstance(self.default, Estimator):
+            return self.default, DEFAULT
+        if name in self.tuned:
             return self.tuned[name], TUNED
-        if self.default in ("auto", "tune"):
+        if self.default == "auto":
             return auto_estimator(msg["fn"]), AUTO
-        if self.default is None:
-            return None
-        return self.default, DEFAULT
+        return None
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or isinstance(msg["fn"], _Subsample):
@@ -222,10 +229,8 @@ def estimators(
     :param default: for sites nothing else chose: ``"auto"`` (``Reparam`` where the
         distribution has ``rsample``, else ``Score`` with a leave-one-out baseline
         when there are K ≥ 2 particles and a decaying average otherwise), an
-        estimator, ``"tune"`` (the quietest unbiased estimator by :func:`pyro_grad.tune`,
-        measured by the objective before its first draw, and every ``retune_every``
-        steps in :class:`pyro_grad.ELBO`), or ``None`` to leave the site to an outer
-        handler.
+        estimator, or ``None`` to leave the site to an outer handler. (For the quietest
+        unbiased estimator, measured, wrap the objective: :class:`pyro_grad.Retuned`.)
     """
     if isinstance(fn, (Mapping, Estimator)) and config is None:
         fn, config = None, fn

@@ -43,7 +43,7 @@ def test_report_flags_only_estimators_that_do_not_claim_to_be_unbiased():
 
 def test_diagnose_prints_the_site_table_and_writes_report_and_figure(tmp_path, capsys):
     code = main([
-        "diagnose", "pyro_grad.models.seeds:two_bernoullis", "--samples", "500", "--particles", "2",
+        "diagnose", "pyro_grad.harness.models.seeds:two_bernoullis", "--samples", "500", "--particles", "2",
         "--estimator", "a=score:loo", "--estimator", "b=score", "--reference", "exact",
         "--out", str(tmp_path / "out"),
     ])
@@ -59,12 +59,12 @@ def test_diagnose_prints_the_site_table_and_writes_report_and_figure(tmp_path, c
     "argv, message",
     [
         (["diagnose", "no_such_module:f"], "cannot import module 'no_such_module'"),
-        (["diagnose", "pyro_grad.models.seeds:nope"], "has no attribute 'nope'"),
-        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--estimator", "c=score"], "site(s) ['c']"),
-        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--estimator", "a=bogus"], "unknown estimator 'bogus'"),
-        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--estimator", "a=reparam"], "does not apply to site 'a'"),
-        (["diagnose", "pyro_grad.models.seeds:fixed_noise", "--arg", "phi=1"], "arguments are ['theta']"),
-        (["diagnose", "pyro_grad.models.seeds:fixed_noise", "--out", "/proc/forbidden"], "cannot write to --out"),
+        (["diagnose", "pyro_grad.harness.models.seeds:nope"], "has no attribute 'nope'"),
+        (["diagnose", "pyro_grad.harness.models.seeds:two_bernoullis", "--estimator", "c=score"], "site(s) ['c']"),
+        (["diagnose", "pyro_grad.harness.models.seeds:two_bernoullis", "--estimator", "a=bogus"], "unknown estimator 'bogus'"),
+        (["diagnose", "pyro_grad.harness.models.seeds:two_bernoullis", "--estimator", "a=reparam"], "does not apply to site 'a'"),
+        (["diagnose", "pyro_grad.harness.models.seeds:fixed_noise", "--arg", "phi=1"], "arguments are ['theta']"),
+        (["diagnose", "pyro_grad.harness.models.seeds:fixed_noise", "--out", "/proc/forbidden"], "cannot write to --out"),
     ],
 )
 def test_mistakes_get_one_line_and_exit_code_2(argv, message, capsys):
@@ -91,7 +91,7 @@ def test_the_console_script_exits_2_without_a_traceback():
         (["compare", "coin", "--config", "x=gumbelsoftmax:abc"], "temperature must be a positive number"),
         (["compare", "coin", "--config", "x=enumerate:3"], "Enumerate takes no argument"),
         (["compare", "coin", "--config", "x=reparam:3"], "jumps must be one of"),
-        (["compare", "pyro_grad.models.seeds:two_bernoullis"], "has no observed site"),
+        (["compare", "pyro_grad.harness.models.seeds:two_bernoullis"], "has no observed site"),
         (["compare", "coin", "--config", "x=f=bogus"], "unknown estimator 'bogus'"),
         (["compare", "coin", "--config", "x=g=score"], "site(s) ['g']"),
         (["compare", "coin", "--config", "broken"], "expected NAME=SITE=ESTIMATOR"),
@@ -111,15 +111,15 @@ def test_compare_mistakes_get_one_line_and_exit_code_2(argv, message, capsys, tm
         (["compare", "coin", "--seeds", "0"], "argument --seeds: must be at least 1, got 0"),
         (["compare", "coin", "--steps", "x"], "argument --steps: 'x' is not an integer"),
         (["report", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
-        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--particles", "0"], "argument --particles: must be at least 1"),
-        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--arg", "theta=0.9", "--samples", "10"],
+        (["diagnose", "pyro_grad.harness.models.seeds:two_bernoullis", "--particles", "0"], "argument --particles: must be at least 1"),
+        (["diagnose", "pyro_grad.harness.models.seeds:two_bernoullis", "--arg", "theta=0.9", "--samples", "10"],
          "the program raised ValueError: Expected parameter probs"),
-        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--estimator", "gumbelsoftmax:abc"],
+        (["diagnose", "pyro_grad.harness.models.seeds:two_bernoullis", "--estimator", "gumbelsoftmax:abc"],
          "temperature must be a positive number"),
-        (["diagnose", "pyro_grad.models.seeds:two_bernoullis", "--estimator", "enumerate:3"], "Enumerate takes no argument"),
-        (["diagnose", "coin", "--guide", "pyro_grad.models.coin:DATA"], "is not a function"),
+        (["diagnose", "pyro_grad.harness.models.seeds:two_bernoullis", "--estimator", "enumerate:3"], "Enumerate takes no argument"),
+        (["diagnose", "coin", "--guide", "pyro_grad.harness.models.coin:DATA"], "is not a function"),
         (["report", "--out", "/proc/forbidden"], "cannot write to --out"),
-        (["diagnose", "coin", "--guide", "pyro_grad.models.coin:guide", "--reference", "exact"], "has no exact reference"),
+        (["diagnose", "coin", "--guide", "pyro_grad.harness.models.coin:guide", "--reference", "exact"], "has no exact reference"),
     ],
 )
 def test_bad_values_get_one_line_and_exit_code_2(argv, message, capsys):
@@ -180,7 +180,7 @@ def test_ctrl_c_exits_130_in_one_line_and_keeps_the_finished_runs(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        from pyro_grad.comparison import store
+        from pyro_grad.harness.comparison import store
         put = store.RunStore.put
         def put_then_interrupt(self, *args):
             put(self, *args)
@@ -205,7 +205,7 @@ def test_diagnose_uses_a_registry_benchmarks_guide_or_the_one_given(capsys):
     assert main(["diagnose", "coin", "--samples", "50"]) == 0
     out = capsys.readouterr().out
     assert "alpha_q" in out and "beta_q" in out  # the ELBO gradient of the benchmark's guide
-    assert main(["diagnose", "pyro_grad.models.coin:model", "--guide", "pyro_grad.models.coin:guide", "--arg", "data=1",
+    assert main(["diagnose", "pyro_grad.harness.models.coin:model", "--guide", "pyro_grad.harness.models.coin:guide", "--arg", "data=1",
                  "--samples", "50"]) == 2  # data is a tensor argument, not a number
     capsys.readouterr()
     assert main(["diagnose", "test_cli:scalar_model", "--guide", "test_cli:scalar_guide", "--samples", "50"]) == 0

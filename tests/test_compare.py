@@ -21,9 +21,9 @@ import pytest
 import torch
 
 import pyro_grad as pg
-import pyro_grad.comparison.svi_runs as compare_module
-from pyro_grad.models import coin
-from pyro_grad.presentation.main_job import build_reports
+import pyro_grad.harness.comparison.svi_runs as compare_module
+from pyro_grad.harness.models import coin
+from pyro_grad.harness.presentation.main_job import build_reports
 
 CONFIGS = {"reparam": pg.Reparam(), "loo": {"f": pg.Score("loo")}}
 DEEP = os.environ.get("PYRO_GRAD_DEEP", "") not in ("", "0")
@@ -74,7 +74,7 @@ def test_a_nuts_reference_joins_the_posteriors_for_continuous_models():
 
 def test_every_run_starts_alike_when_reset_restores_module_weights():
     # The SBN's network lives outside the param store and SVI trains it in place.
-    from pyro_grad.models import sbn
+    from pyro_grad.harness.models import sbn
 
     bench_args = sbn.BENCHMARK.arguments()
     configs = {"first": pg.Score("loo"), "second": pg.Score("loo")}
@@ -139,7 +139,7 @@ def test_settings_that_cannot_give_a_comparison_are_refused_before_anything_runs
 
 
 def test_a_program_without_observed_sites_is_refused_with_a_pointer_to_diagnose():
-    from pyro_grad.models import seeds
+    from pyro_grad.harness.models import seeds
 
     with pytest.raises(pg.EstimatorError, match="no observed site.*pg.diagnose"):
         pg.compare(seeds.two_bernoullis, None, torch.tensor(0.3), configs=CONFIGS)
@@ -337,7 +337,7 @@ MAIN_JOB_MODELS = None if DEEP else ["two_bernoullis", "poisson_fit", "coin", "m
 
 
 def test_the_main_job_writes_an_index_linking_a_page_per_model_each_opening_with_a_recommendation(tmp_path):
-    from pyro_grad.models import registry
+    from pyro_grad.harness.models import registry
 
     # A log line per page; the index lists them in registry order (as with workers=,
     # whose pages arrive in any order: test_cli's `report --workers 1`).
@@ -368,7 +368,7 @@ def test_a_large_posterior_is_summarized_only_as_far_as_the_page_shows_it():
     # which the page shows the first MAX_POSTERIOR_ROWS = 30 (the scalar, then 29
     # elements), and only those are summarized.
     import arviz as az
-    from pyro_grad.presentation.html_report import MAX_POSTERIOR_ROWS, first_elements
+    from pyro_grad.harness.presentation.html_report import MAX_POSTERIOR_ROWS, first_elements
 
     generator = torch.Generator().manual_seed(0)
     posterior = az.from_dict(posterior={"a": torch.randn(2, 10, generator=generator).numpy(),
@@ -438,8 +438,8 @@ def test_a_page_opens_with_a_recommendation_and_aggregates_elements_with_a_csv_b
 def test_a_config_with_a_failed_seed_is_neither_recommended_nor_ranked_by_its_survivors():
     # Config "a" reaches the target in 0.1 s in seed 0 but diverged in seed 1; "b" takes
     # 1 s in both: "b" is recommended, and "a" has no time to target.
-    from pyro_grad.comparison.results import Comparison
-    from pyro_grad.presentation.recommendation import recommend
+    from pyro_grad.harness.comparison.results import Comparison
+    from pyro_grad.harness.presentation.recommendation import recommend
 
     def run(status, seconds):
         return {"status": status, "reason": "" if status == "finished" else "non-finite ELBO", "step": 10,

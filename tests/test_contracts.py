@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import pyro_grad as pg
-from pyro_grad.models import coin
-from pyro_grad.models.seeds import two_bernoullis
+from pyro_grad.harness.models import coin
+from pyro_grad.harness.models.seeds import two_bernoullis
 from pyro_grad.gradient_estimators.registry import registered_names
 
 

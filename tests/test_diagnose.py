@@ -12,7 +12,7 @@ from test_elbo import DATA, coin_guide, coin_model, exact_coin_elbo_gradient
 from test_tutorial_gradients import score_function_moments
 
 import pyro_grad as pg
-from pyro_grad.models.seeds import (
+from pyro_grad.harness.models.seeds import (
     fixed_noise,
     fixed_noise_gradient,
     parameterized_noise,

@@ -13,7 +13,7 @@ from pyro.distributions import constraints
 from scipy import integrate
 
 import pyro_grad as pg
-from pyro_grad.models.discrete import (
+from pyro_grad.harness.models.discrete import (
     bernoulli_target,
     bernoulli_target_gradient,
     binomial_square,
@@ -25,7 +25,7 @@ from pyro_grad.models.discrete import (
     poisson_square,
     poisson_square_gradient,
 )
-from pyro_grad.models.seeds import two_bernoullis
+from pyro_grad.harness.models.seeds import two_bernoullis
 
 
 def theta(value):

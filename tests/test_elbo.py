@@ -10,7 +10,7 @@ from pyro.distributions import constraints
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_grad as pg
-from pyro_grad.models import coin
+from pyro_grad.harness.models import coin
 
 # Pyro's SVI tutorial coin (models/coin.py): f ~ Beta(10, 10), 6 heads in 10 tosses,
 # guide Beta(α, β); the ELBO's gradient in the unconstrained params is closed-form.

@@ -22,7 +22,7 @@ import torch
 
 import pyro_grad as pg
 from pyro_grad.cli import main
-from pyro_grad.models import coin
+from pyro_grad.harness.models import coin
 
 distributed = pytest.importorskip("distributed")
 
@@ -102,20 +102,20 @@ def test_runs_on_a_dask_cluster_are_bit_for_bit_the_serial_runs_and_only_the_cal
     # sbn's model and guide read the module's network NET, and its reset is NET.reset.
     # sbn's module travels by value, so each task's reset re-initializes the network its
     # model trains: 4 runs on 2 workers (2 each) equal the serial runs bit for bit.
-    from pyro_grad.models import registry
+    from pyro_grad.harness.models import registry
 
     client = cluster
     bench = registry()["sbn"]
     settings = dict(configs={"loo": {"h": pg.Score("loo")}}, num_steps=5, seeds=(0, 1, 2, 3), reset=bench.reset,
                     diagnose_every=5, checkpoint_samples=10)
     expected = pg.compare(bench.program, bench.guide, *bench.arguments(), **settings)
-    with caplog.at_level(logging.INFO, logger="pyro_grad.comparison"):
+    with caplog.at_level(logging.INFO, logger="pyro_grad.harness.comparison"):
         result = pg.compare(bench.program, bench.guide, *bench.arguments(), executor=client.get_executor(),
                             out=str(tmp_path), **settings)
     same_numbers(result.runs, expected.runs)
     assert set(result.origin.values()) == {"new"} and stored_runs(tmp_path) == 4 and claims(tmp_path) == 0
     # One log line per run as it is stored, for logs where no progress bar shows.
-    lines = [r.getMessage() for r in caplog.records if r.name == "pyro_grad.comparison"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "pyro_grad.harness.comparison"]
     assert len(lines) == 4 and lines[-1].startswith("run 4 of 4: config 'loo', seed ")
     # A second call reuses every stored run and sends no task.
     again = pg.compare(bench.program, bench.guide, *bench.arguments(), executor=client.get_executor(),
@@ -125,7 +125,7 @@ def test_runs_on_a_dask_cluster_are_bit_for_bit_the_serial_runs_and_only_the_cal
 
 
 def test_a_task_runs_under_the_callers_thread_count_dtype_and_validation(cluster):
-    from pyro_grad.comparison.executor import ProcessSettings
+    from pyro_grad.harness.comparison.executor import ProcessSettings
 
     here = ProcessSettings.here()
     other = ProcessSettings(here.threads + 1, torch.float64, not here.validation)

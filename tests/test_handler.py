@@ -9,7 +9,7 @@ from draws import expectation_draws
 from pyro.poutine import trace
 
 import pyro_grad as pg
-from pyro_grad.models.seeds import parameterized_noise, two_bernoullis
+from pyro_grad.harness.models.seeds import parameterized_noise, two_bernoullis
 
 
 def site_estimators(program, *args, **handler_kwargs):

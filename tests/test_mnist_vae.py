@@ -9,7 +9,7 @@ import torch
 from conftest import Z
 
 import pyro_grad as pg
-from pyro_grad.models import mnist_vae
+from pyro_grad.harness.models import mnist_vae
 
 IMAGES = mnist_vae.binarize(mnist_vae.grey_images("train")[:10], torch.Generator().manual_seed(1))
 

@@ -11,9 +11,9 @@ from conftest import Z
 from scipy import integrate, stats
 
 import pyro_grad as pg
-from pyro_grad.models import coin, forum, registry, sbn, sir
+from pyro_grad.harness.models import coin, forum, registry, sbn, sir
 from pyro_grad.cli import main
-from pyro_grad.presentation.suite import Candidate, candidates
+from pyro_grad.harness.presentation.suite import Candidate, candidates
 
 
 def test_registry_lists_every_benchmark_with_a_description(capsys):

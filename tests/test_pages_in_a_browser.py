@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from pyro_grad.presentation.main_job import build_reports
+from pyro_grad.harness.presentation.main_job import build_reports
 
 BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 WIDTH, HEIGHT = 1280, 2400

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import pyro_grad as pg
-import pyro_grad.comparison.svi_runs as compare_module
-from pyro_grad.models import coin
-from pyro_grad.comparison.identity import RunIdentity
-from pyro_grad.comparison import store as store_module
-from pyro_grad.comparison.store import RunStore
+import pyro_grad.harness.comparison.svi_runs as compare_module
+from pyro_grad.harness.models import coin
+from pyro_grad.harness.comparison.identity import RunIdentity
+from pyro_grad.harness.comparison import store as store_module
+from pyro_grad.harness.comparison.store import RunStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,8 +116,8 @@ def test_module_globals_a_program_reads_are_part_of_its_digest():
 def test_the_digest_is_the_same_in_every_process():
     script = textwrap.dedent("""
         import pyro, pyro_grad as pg
-        from pyro_grad.models import coin
-        from pyro_grad.comparison.identity import RunIdentity
+        from pyro_grad.harness.models import coin
+        from pyro_grad.harness.comparison.identity import RunIdentity
         identity = RunIdentity(model=coin.model, guide=coin.guide, args=(coin.DATA,), kwargs={}, num_steps=5,
                                num_particles=4, diagnose_every=None, optim=pyro.optim.Adam({"lr": 0.01}), reset=None)
         print(identity.digest({"f": pg.Score("loo"), "sites": frozenset({"f", "g", "h"})}, 0))
@@ -134,8 +134,8 @@ def test_the_digest_is_the_same_in_every_process():
 CONFIGS_SCRIPT = """
 import os, signal, sys
 import pyro_grad as pg
-from pyro_grad.models import coin
-from pyro_grad.comparison import store
+from pyro_grad.harness.models import coin
+from pyro_grad.harness.comparison import store
 # Four distinct configs (beta is part of each one's identity), so four distinct runs.
 configs = {f"c{i}": pg.Score("loo", beta=0.5 + i / 10) for i in range(4)}
 """

@@ -7,9 +7,9 @@ import sys
 import textwrap
 import warnings
 
-import pyro_grad.models as models
-from pyro_grad.models import seeds
-from pyro_grad.presentation.main_job import build_reports
+import pyro_grad.harness.models as models
+from pyro_grad.harness.models import seeds
+from pyro_grad.harness.presentation.main_job import build_reports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ def test_figures_and_reports_keep_the_users_backend_and_register_no_pyplot_figur
         matplotlib.use("svg")
         import matplotlib.pyplot as plt
         import pyro_grad as pg
-        from pyro_grad.models import coin
+        from pyro_grad.harness.models import coin
         result = pg.compare(coin.model, coin.guide, coin.DATA, configs={{"rep": pg.Reparam()}}, num_steps=3, seeds=(0,))
         pg.report(result, {str(tmp_path / "r.html")!r})
         print(matplotlib.get_backend(), len(plt.get_fignums()))

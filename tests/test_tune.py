@@ -2,7 +2,7 @@
 
 Programs with known answers (the choice), exact gradients after tuning (the tuned
 gradient is an unbiased estimator's: within ``Z`` standard errors of the exact
-value), the usage forms of ``default="tune"`` around every objective, retuning in SVI,
+value), ``pg.Retuned`` around every objective, retuning in SVI,
 and one clear error for every bad input.
 """
 
@@ -181,12 +181,23 @@ def test_bad_input_gets_one_clear_error():
         pg.tune(two_sites, theta, max_rounds=0)
     with pytest.raises(pg.EstimatorError, match="no latent sample site"):
         pg.tune(lambda t: t**2, theta)
-    with pytest.raises(pg.EstimatorError, match="default must be 'auto', 'tune'"):
+    with pytest.raises(pg.EstimatorError, match="default must be 'auto', None or an estimator"):
         pg.estimators(two_sites, default="tuned")
-    with pytest.raises(pg.EstimatorError, match="retune_every must be a positive integer"):
-        pg.ELBO(retune_every=0)
-    with pytest.raises(pg.EstimatorError, match=r"tune_options takes .* not \['bogus'\]"):
-        pg.ELBO(retune_every=2, tune_options={"bogus": 1})
+    # The shorthands that moved say where to.
+    with pytest.raises(pg.EstimatorError, match=r"default='tune' moved .* pg.Retuned\(pg.ELBO"):
+        pg.estimators(two_sites, default="tune")
+    with pytest.raises(pg.EstimatorError, match=r"retune_every= moved .* pg.Retuned\(pg.ELBO\(...\), every=N"):
+        pg.ELBO(retune_every=2)
+    with pytest.raises(pg.EstimatorError, match="every must be a positive integer or None"):
+        pg.Retuned(pg.ELBO(), every=0)
+    with pytest.raises(pg.EstimatorError, match=r"passes .* to pg.tune, not \['bogus'\]"):
+        pg.Retuned(pg.ELBO(), every=2, bogus=1)
+    with pytest.raises(pg.EstimatorError, match=r"wraps an objective instance, e.g. pg.Retuned\(ELBO\(num_particles"):
+        pg.Retuned(pg.ELBO)
+    with pytest.raises(pg.EstimatorError, match="wraps pg.expectation or an ELBO"):
+        pg.Retuned(two_sites)
+    with pytest.raises(pg.EstimatorError, match="wraps pg.expectation: call it as pg.expectation"):
+        pg.Retuned(pg.expectation).loss(model, guide, torch.tensor(DATA))
     # A site no candidate can run at: every reason, by candidate.
     with pytest.raises(pg.EstimatorError, match=r"no candidate could be measured at site 'z' \(Normal\)"):
         pg.tune(poisson_normal_read, theta, candidates={"z": [pg.Score("loo")]})
@@ -197,27 +208,32 @@ def poisson_normal_read(theta):
     return z**2
 
 
-# ---- default="tune" around every objective -------------------------------------------
+# ---- pg.Retuned around every objective ------------------------------------------------
 
 
-def test_default_tune_as_a_wrapper_tunes_on_the_first_expectation():
+def test_retuned_expectation_tunes_before_its_first_call_and_not_again():
     rate = torch.tensor(RATE, requires_grad=True)
-    program = pg.estimators(poisson_cost, default="tune")
-    assert program.messenger.tuning is None
-    pg.expectation(program, rate, num_particles=2).backward()
-    assert program.messenger.tuned == {"z": pg.MeasureValued()}
-    first = program.messenger.tuning
-    pg.expectation(program, rate)  # tuned once, not again
-    assert program.messenger.tuning is first
-    # d/dλ E[(z − 3)²] = −1 at λ = 2, from the tuned estimator.
-    assert_mean(expectation_draws(program, rate, num_samples=4000)["rate"], -1.0)
+    expectation = pg.Retuned(pg.expectation)
+    assert expectation.tuning is None
+    expectation(poisson_cost, rate, num_particles=2).backward()
+    first = expectation.tuning
+    assert first.config == {"z": pg.MeasureValued()} and expectation.switches == [
+        pg.Switch(0, "z", None, pg.MeasureValued())]
+    expectation(poisson_cost, rate)  # tuned once, not again
+    assert expectation.tuning is first and list(expectation.tunings) == [0]
 
 
-def test_default_tune_as_a_context_manager_tunes_on_the_first_expectation():
+def test_retuned_expectation_every_call_gradient_is_the_tuned_estimators():
+    # d/dλ E[(z − 3)²] = −1 at λ = 2 (z ~ Poisson(λ): E = λ + (λ − 3)²), from the tuned
+    # MeasureValued: the mean of 400 calls of 10 particles, Z standard errors.
     rate = torch.tensor(RATE, requires_grad=True)
-    with pg.estimators(default="tune") as messenger:
-        pg.expectation(poisson_cost, rate)
-    assert messenger.tuned == {"z": pg.MeasureValued()}
+    expectation = pg.Retuned(pg.expectation, num_samples=100)
+    grads = []
+    for _ in range(400):
+        (grad,) = torch.autograd.grad(expectation(poisson_cost, rate, num_particles=10), rate)
+        grads.append(grad)
+    assert expectation.tuning.config == {"z": pg.MeasureValued()}
+    assert_mean(torch.stack(grads), -1.0)
 
 
 # A latent Bernoulli with a Normal observation; q(b) = Bernoulli(σ(φ)).
@@ -281,43 +297,34 @@ def gradients_over_steps(elbo, program, steps: int) -> torch.Tensor:
 @pytest.mark.parametrize("objective", [pg.ELBO, pg.IWAE])
 def test_retune_every_measures_before_a_step_and_every_step_stays_unbiased(objective, caplog):
     k = 2
-    elbo = objective(num_particles=k, vectorize_particles=True, retune_every=100, tune_options={"num_samples": 100})
+    elbo = pg.Retuned(objective(num_particles=k, vectorize_particles=True), every=100, num_samples=100)
     with caplog.at_level(logging.INFO, logger="pyro_grad.tuning"):
         grads = gradients_over_steps(elbo, guide, 300)
     assert elbo.steps == 300 and sorted(elbo.tunings) == [0, 100, 200]
-    tuned = elbo.estimators.tuned["b"]
+    tuned = elbo.tuning.config["b"]
     assert tuned.unbiased and tuned != pg.Score("auto")
     # The choice before step 0, logged and readable; later retunes at 100 and 200.
     assert elbo.switches[0] == pg.Switch(0, "b", None, tuned)
     assert "step 0: site 'b' now uses" in caplog.text
-    assert elbo.estimators.tuning.config == {"b": tuned}
     exact = exact_elbo_gradient(0.2) if objective is pg.ELBO else exact_bound_gradient(0.2, k)
     assert_mean(grads, exact)
 
 
 @pytest.mark.parametrize("objective", [pg.ELBO, pg.IWAE])
-@pytest.mark.parametrize("form", ["wrapper", "context manager"])
-def test_default_tune_around_the_guide_in_svi(objective, form):
-    elbo = objective(num_particles=2, vectorize_particles=True, tune_options={"num_samples": 50})
+def test_retuned_as_svis_loss_tunes_once_before_the_first_step(objective):
+    elbo = pg.Retuned(objective(num_particles=2, vectorize_particles=True), num_samples=50)
     data = torch.tensor(DATA)
-    if form == "wrapper":
-        program = pg.estimators(guide, default="tune")
-        messenger = program.messenger
-        svi = SVI(model, program, Adam({"lr": 0.01}), loss=elbo)
-        svi.step(data)
-        svi.step(data)
-    else:
-        svi = SVI(model, guide, Adam({"lr": 0.01}), loss=elbo)
-        with pg.estimators(default="tune") as messenger:
-            svi.step(data)
-            svi.step(data)
-    assert messenger.tuning is not None and set(messenger.tuned) == {"b"}
-    assert [s.step for s in elbo.switches] == [0] and list(elbo.tunings) == [0]  # once, before the first step
+    svi = SVI(model, guide, Adam({"lr": 0.01}), loss=elbo)
+    svi.step(data)
+    svi.step(data)
+    assert math.isfinite(svi.evaluate_loss(data))  # a value alone: nothing measured
+    tuned = elbo.tuning.config
+    assert set(tuned) == {"b"} and [s.step for s in elbo.switches] == [0] and list(elbo.tunings) == [0]
     # The tuned path is the one the ELBO uses: its gradient is exact in mean. (An
     # Enumerate() measured for pg.ELBO sums b out, and forward mode does not pass
     # Pyro's Dice, whose SafeLog has no jvp: those draws are made one at a time.)
-    summed_out = objective is pg.ELBO and any(isinstance(e, pg.Enumerate) for e in messenger.tuned.values())
-    draws = elbo_draws(model, pg.estimators(guide, messenger.tuned), data, num_samples=200 if summed_out else 2000,
+    summed_out = objective is pg.ELBO and any(isinstance(e, pg.Enumerate) for e in tuned.values())
+    draws = elbo_draws(model, pg.estimators(guide, tuned), data, num_samples=200 if summed_out else 2000,
                        num_particles=2, objective=objective, mode="loop" if summed_out else "vectorized")["phi"]
     exact = exact_elbo_gradient(float(pyro.param("phi"))) if objective is pg.ELBO else exact_bound_gradient(
         float(pyro.param("phi")), 2)
@@ -325,17 +332,17 @@ def test_default_tune_around_the_guide_in_svi(objective, form):
 
 
 def test_a_users_own_choice_wins_over_retuning():
-    elbo = pg.ELBO(num_particles=2, vectorize_particles=True, retune_every=1, tune_options={"num_samples": 50})
+    elbo = pg.Retuned(pg.ELBO(num_particles=2, vectorize_particles=True), every=1, num_samples=50)
     program = pg.estimators(guide, {"b": pg.DisARM()})
     elbo.differentiable_loss(model, program, torch.tensor(DATA))
-    assert elbo.estimators.tuning.fixed == {"b": pg.DisARM()} and elbo.switches == []
+    assert elbo.tuning.fixed == {"b": pg.DisARM()} and elbo.switches == []
 
 
 def test_a_users_own_choice_around_the_call_wins_over_retuning_and_is_not_logged_as_a_switch():
-    elbo = pg.ELBO(num_particles=2, vectorize_particles=True, retune_every=1, tune_options={"num_samples": 50})
+    elbo = pg.Retuned(pg.ELBO(num_particles=2, vectorize_particles=True), every=1, num_samples=50)
     with pg.estimators({"b": pg.Score()}):
         elbo.differentiable_loss(model, guide, torch.tensor(DATA))
-    assert elbo.estimators.tuning.fixed == {"b": pg.Score()} and elbo.switches == []
+    assert elbo.tuning.fixed == {"b": pg.Score()} and elbo.switches == []
 
 
 def random_start_guide(x):
@@ -350,15 +357,13 @@ def test_the_tuning_draws_from_its_own_stream_so_the_step_is_the_untuned_steps()
     # state, so its loss and gradient are equal to that ELBO's to the last bit.
     data = torch.tensor(DATA)
     torch.manual_seed(1)
-    elbo = pg.ELBO(num_particles=2, vectorize_particles=True, retune_every=5, tune_options={"num_samples": 20})
+    elbo = pg.Retuned(pg.ELBO(num_particles=2, vectorize_particles=True), every=5, num_samples=20)
     state = torch.get_rng_state()
-    elbo._tune_before_step(model, random_start_guide, (data,), {})
-    assert torch.equal(torch.get_rng_state(), state)  # the caller's stream, untouched
-    assert float(pyro.param("loc")) != float(torch.randn(()))  # created from the tuning's own stream
-    torch.set_rng_state(state)
-    tuned = elbo.estimators.tuned["b"]
-    loss = elbo.differentiable_loss(model, random_start_guide, data)  # step 1 of 5: no retune
+    loss = elbo.differentiable_loss(model, random_start_guide, data)  # step 0: tuned, then drawn
     grad = torch.autograd.grad(loss, pyro.param("loc").unconstrained())[0]
+    tuned = elbo.tuning.config["b"]
+    torch.set_rng_state(state)
+    assert float(pyro.param("loc")) != float(torch.randn(()))  # created from the tuning's own stream
     torch.set_rng_state(state)
     by_hand = pg.ELBO(num_particles=2, vectorize_particles=True)
     loss_by_hand = by_hand.differentiable_loss(model, pg.estimators(random_start_guide, {"b": tuned}), data)
@@ -382,16 +387,16 @@ def test_the_programs_own_keywords_stay_the_programs():
         return (z - 3.0 - shift) ** 2 * metric
 
     rate = torch.tensor(RATE, requires_grad=True)
-    program = pg.estimators(with_keywords, default="tune")
-    pg.expectation(program, rate, shift=0.0, metric=2.0)  # tune's own "metric" is not the program's
-    assert program.messenger.tuned == {"z": pg.MeasureValued()}
+    expectation = pg.Retuned(pg.expectation)
+    expectation(with_keywords, rate, shift=0.0, metric=2.0)  # tune's own "metric" is not the program's
+    assert expectation.tuning.config == {"z": pg.MeasureValued()}
     with pytest.raises(pg.EstimatorError, match=r"keyword\(s\) \['seed'\] have the names of pg.diagnose's"):
-        pg.expectation(pg.estimators(lambda rate, seed=0.0: with_keywords(rate, seed), default="tune"), rate, seed=1.0)
-    # Under no_grad (a value alone) nothing is measured, and the handler stays untuned.
-    untouched = pg.estimators(poisson_cost, default="tune")
+        pg.Retuned(pg.expectation)(lambda rate, seed=0.0: with_keywords(rate, seed), rate, seed=1.0)
+    # Under no_grad (a value alone) nothing is measured.
+    untouched = pg.Retuned(pg.expectation)
     with torch.no_grad():
-        pg.expectation(untouched, rate)
-    assert untouched.messenger.tuning is None
+        untouched(poisson_cost, rate)
+    assert untouched.tuning is None
 
 
 # ---- random programs ----------------------------------------------------------------

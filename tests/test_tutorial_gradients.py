@@ -9,7 +9,7 @@ from conftest import Z, assert_mean, assert_variance, standard_error_of_variance
 from draws import expectation_draws
 
 import pyro_grad as pg
-from pyro_grad.models.seeds import fixed_noise, parameterized_noise, two_bernoullis
+from pyro_grad.harness.models.seeds import fixed_noise, parameterized_noise, two_bernoullis
 
 N = 20_000  # draws per check: enough for 4-standard-error bands that still catch errors
 

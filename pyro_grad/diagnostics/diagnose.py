@@ -17,17 +17,16 @@ from pyro_grad.diagnostics.gradient_samples import Draws, GradientTask, find_tar
 from pyro_grad.handler import Config, with_config
 from pyro_grad.engine.particles import guess_max_plate_nesting
 from pyro_grad.engine.surrogate import check_num_particles
-from pyro_grad.objectives.choice import resolve_objective, sampler
-from pyro_grad.objectives.expectation import expectation
+from pyro_grad.objectives.objective import Objective, objective_type
 from pyro_grad.gradient_estimators import Estimator
 
 CandidateConfig = Union[None, Config, Estimator, FiniteDifferences]
 
 
-def _programs(objective, fn: Callable, program: Callable) -> list:
-    """The programs whose params are targets: the program alone for ``E[f]``; for an
-    ELBO, model ``fn`` and the guide ``program`` (whose sites are the site targets)."""
-    return [program] if objective is expectation else [fn, program]
+def _model_and_guide(objective: Objective, fn: Callable, program: Callable) -> tuple:
+    """``(model, guide)`` with ``program`` in place of the program whose sites the
+    estimators choose: ``fn`` itself for ``E[f]``, the guide of model ``fn`` for a bound."""
+    return (fn, program) if objective.takes_guide else (program, None)
 
 
 def _plate_nesting(programs, args, kwargs):
@@ -165,17 +164,20 @@ def compare_estimators(
         raise EstimatorError(f"num_samples must be an integer >= 2, got {num_samples!r}")
     if not isinstance(candidates, Mapping) or not candidates:
         raise EstimatorError("candidates must be a non-empty dict of label -> estimators config")
-    objective = resolve_objective(objective, guide)
-    base = fn if objective is expectation else guide
-    programs = _programs(objective, fn, base)
+    kind = objective_type(objective, guide)
+    base = kind.configured(num_particles, vectorize, None).chosen_program(fn, guide)
+    programs = kind.configured(num_particles, vectorize, None).programs(fn, guide)
     targets, params = find_targets(programs, args, kwargs, sites=sites)
-    references = resolve_reference(reference, objective, fn, guide, args, kwargs, targets, params, num_samples,
+    references = resolve_reference(reference, kind, fn, guide, args, kwargs, targets, params, num_samples,
                                    num_particles)
     nesting = _plate_nesting(programs, args, kwargs)
 
     def samples(program: Callable):
-        model = program if objective is expectation else fn
-        return sampler(objective, model, program, kwargs, num_particles, vectorize, nesting)
+        """``samples(args, G)``: ``G`` independent surrogates of a fresh objective (so
+        that no state, a decaying baseline's say, carries from one candidate to the next)."""
+        measured = kind.configured(num_particles, vectorize, nesting)
+        model, chosen = _model_and_guide(measured, fn, program)
+        return lambda a, g: measured.estimates(model, chosen, a, kwargs, num_samples=g)
 
     reports = {}
     for label, candidate in candidates.items():
@@ -188,7 +190,7 @@ def compare_estimators(
             program = with_config(base, candidate)
             start = time.perf_counter()
             draws = gradient_draws(
-                samples(program), _programs(objective, fn, program), args, kwargs,
+                samples(program), [p for p in _model_and_guide(kind, fn, program) if p is not None], args, kwargs,
                 num_samples, seed=seed, mode="auto" if vectorize else "loop", sites=sites,
                 targets=(targets, params),
             )

@@ -6,58 +6,20 @@ in reverse mode with respect to every target at once, site parameters included (
 :class:`~pyro_grad.diagnostics.site_tangent.SiteTangent` shifts).
 """
 
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Type, Union
 
 import pyro.poutine as poutine
 import torch
-from pyro.infer import TraceEnum_ELBO, config_enumerate
 
 from pyro_grad.diagnostics.gradient_samples import Target, reverse_leaves
-from pyro_grad.engine.particles import guess_max_plate_nesting
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
-from pyro_grad.objectives.choice import sampler
-from pyro_grad.objectives.expectation import check_f, expectation
+from pyro_grad.objectives.objective import Objective
 from pyro_grad.gradient_estimators import Reparam
 
 Reference = Union[None, str, Dict[str, Any], Callable[..., Dict[str, Any]]]
 #: Particles for the ``"reparam"`` reference, per gradient draw diagnosed.
 REPARAM_PARTICLES_PER_DRAW = 100
-
-
-def exact_enumerated_expectation(fn: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """``E[f] = Σ_z p(z) f(z)`` by summing every latent site over its support (parallel
-    enumeration). Sites in plates are refused: their joint support grows exponentially."""
-    nesting = guess_max_plate_nesting(fn, args, kwargs)
-    enumerated = poutine.enum(config_enumerate(fn, "parallel"), first_available_dim=-nesting - 1)
-    trace = poutine.trace(enumerated).get_trace(*args, **kwargs)
-    log_joint = torch.zeros(())
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"]:
-            continue
-        if not site["fn"].has_enumerate_support:
-            raise EstimatorError(
-                f"reference='enumerate' cannot sum site '{name}' ({type(site['fn']).__name__}): "
-                "its support is not finite; use reference='reparam' or an exact dict"
-            )
-        if any(f.vectorized for f in site["cond_indep_stack"]):
-            raise EstimatorError(
-                f"reference='enumerate' cannot sum site '{name}' inside a plate: its joint "
-                "support grows exponentially; pass an exact reference instead"
-            )
-        log_joint = log_joint + site["fn"].log_prob(site["value"])
-    f = trace.nodes["_RETURN"]["value"]
-    if not torch.is_tensor(f):
-        check_f(f, 1, False)
-    return (log_joint.exp() * f).sum()
-
-
-def exact_enumerated_elbo(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
-    """The exact ELBO, every guide site enumerated (Pyro's ``TraceEnum_ELBO``)."""
-    loss = TraceEnum_ELBO().differentiable_loss(
-        model, config_enumerate(guide, "parallel"), *args, **kwargs
-    )
-    return -loss
 
 
 def gradients_of(
@@ -88,7 +50,7 @@ def gradients_of(
 
 def resolve_reference(
     reference: Reference,
-    objective: Any,
+    kind: Type[Objective],
     fn: Callable,
     guide: Optional[Callable],
     args: tuple,
@@ -98,39 +60,32 @@ def resolve_reference(
     num_samples: int,
     num_particles: int = 1,
 ) -> Dict[str, torch.Tensor]:
-    """The reference gradient of ``objective`` (``pg.expectation`` of ``fn``, or an ELBO
-    class of model ``fn`` and ``guide``, at ``num_particles`` particles) for each target
-    it covers (possibly none)."""
+    """The reference gradient of the objective ``kind`` (of ``fn``, or of model ``fn``
+    and ``guide``, at ``num_particles`` particles) for each target it covers (possibly
+    none)."""
     if reference is None:
         return {}
     if isinstance(reference, str):
-        averages = objective is expectation or objective.averages_particles
-        if reference == "enumerate" and not averages:
-            raise EstimatorError(
-                f"reference='enumerate' sums the ELBO over the guide's support, not the bound of "
-                f"{objective.__name__}, which is not a mean over particles; pass a dict or a callable of "
-                "its exact gradients, or reference='reparam'"
-            )
+        objective = kind.configured(num_particles, True, None)
+
+        def model_and_guide(program: Callable) -> tuple:
+            # ``program`` in place of the program whose sites are the targets.
+            return (fn, program) if objective.takes_guide else (program, None)
+
+        chosen = objective.chosen_program(fn, guide)
         if reference == "enumerate":
-            if objective is expectation:
-                def exact(a, wrap):
-                    return exact_enumerated_expectation(wrap(fn), a, kwargs)
-            else:
-                def exact(a, wrap):
-                    return exact_enumerated_elbo(fn, wrap(guide), a, kwargs)
+            def exact(a, wrap):
+                return objective.exact(*model_and_guide(wrap(chosen)), a, kwargs)
         elif reference == "reparam":
             particles = REPARAM_PARTICLES_PER_DRAW * num_samples
 
             def exact(a, wrap):
-                if objective is expectation:
-                    model, program = estimators(wrap(fn), default=Reparam()), None
-                else:
-                    model, program = fn, estimators(wrap(guide), default=Reparam())
-                if averages:  # one estimate of many particles is a precise one of the same objective
-                    return sampler(objective, model, program, kwargs, particles, True)(a, 1).values[0]
+                model, program = model_and_guide(estimators(wrap(chosen), default=Reparam()))
+                if kind.averages_particles:  # one estimate of many particles is a precise one of the same objective
+                    return kind.configured(particles, True, None).estimates(model, program, a, kwargs).values[0]
                 # Else the mean of many independent estimates, each of the objective's K particles.
                 many = max(1, particles // num_particles)
-                return sampler(objective, model, program, kwargs, num_particles, True)(a, many).values.mean()
+                return objective.estimates(model, program, a, kwargs, num_samples=many).values.mean()
         else:
             raise EstimatorError(
                 f"reference must be None, 'enumerate', 'reparam', a dict or a callable; got {reference!r}"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Dict, List
 import pandas as pd
 import torch
 
-from pyro_grad.presentation.figures import plot_draws
+from pyro_grad.diagnostics.figures import plot_draws
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -6,6 +6,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, NamedTuple, O
 
 import pyro
 import pyro.infer
+from pyro.infer import config_enumerate
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import is_identically_zero
@@ -31,7 +32,6 @@ from pyro_grad.objectives.jump_policy import (
 from pyro_grad.objectives.enumeration import enumerated_terms, enumerating, is_enumerated
 from pyro_grad.objectives.objective_check import ObjectiveCheck
 from pyro_grad.pyro_infer import InferKeys
-from pyro_grad.tuning.schedule import Switch, tune_program, tuning_messengers
 from pyro_grad.engine.surrogate import (
     Block,
     Estimates,
@@ -53,10 +53,6 @@ from pyro_grad.engine.particles import (
 )
 
 
-#: What ``tune_options`` may set: :func:`pyro_grad.tune`'s settings.
-TUNE_OPTIONS = frozenset({"candidates", "num_samples", "metric", "allow_biased", "max_rounds", "seed"})
-
-
 class ELBO(pyro.infer.ELBO):
     """ELBO whose gradient obeys the estimator chosen for each guide site.
 
@@ -71,12 +67,8 @@ class ELBO(pyro.infer.ELBO):
     use ``"auto"``. Use as ``SVI(model, guide, optim, loss=pg.ELBO(num_particles=8))``.
     ``differentiable_loss`` returns a surrogate whose value is ``−ELBO``.
 
-    With ``retune_every=N`` the sites nothing else chose are tuned (:func:`pyro_grad.tune`,
-    with ``tune_options``) before the first step and again every N steps; sites left to
-    ``pg.estimators(guide, default="tune")`` are tuned before the first step, and with
-    ``retune_every`` again. A step's choice is fixed before its draws, so every step's
-    gradient is unbiased. ``switches`` lists every change (:class:`~pyro_grad.tuning.
-    schedule.Switch`: step, site, previous, chosen), also logged to ``pyro_grad.tuning``.
+    To tune the sites nothing else chose, before the first step and every N steps, wrap
+    it: ``pg.Retuned(pg.ELBO(...), every=N)`` (:class:`~pyro_grad.tuning.retuned.Retuned`).
 
     Sites marked for enumeration (``config_enumerate``, ``infer={"enumerate":
     "parallel"}``, ``pg.Enumerate()``), in the model or the guide, are summed out as
@@ -93,11 +85,11 @@ class ELBO(pyro.infer.ELBO):
     estimator is refused.
     """
 
-    #: The objective its estimators must be derived for (``Estimator.objectives``).
-    objective = "elbo"
-    #: Whether an estimate is a mean over its particles, so that one estimate of many
-    #: particles estimates the same objective precisely (not the IWAE bound's).
+    # The Objective protocol (:mod:`pyro_grad.objectives.objective`).
+    name = "elbo"
+    takes_guide = True
     averages_particles = True
+    splits_by_plates = True
     #: Whether sites marked for enumeration are summed out, as TraceEnum_ELBO does
     #: (:mod:`pyro_grad.objectives.enumeration`).
     enumerates = True
@@ -107,22 +99,18 @@ class ELBO(pyro.infer.ELBO):
         num_particles: int = 1,
         vectorize_particles: bool = False,
         max_plate_nesting: float = float("inf"),
-        retune_every: Optional[int] = None,
-        tune_options: Optional[dict] = None,
         watch_jumps_every: int = 10,
         **kwargs: Any,
     ) -> None:
         check_num_particles(num_particles)
         if isinstance(watch_jumps_every, bool) or not isinstance(watch_jumps_every, int) or watch_jumps_every < 1:
             raise EstimatorError(f"watch_jumps_every must be a positive integer, got {watch_jumps_every!r}")
-        if retune_every is not None and (
-            isinstance(retune_every, bool) or not isinstance(retune_every, int) or retune_every < 1
-        ):
-            raise EstimatorError(f"retune_every must be a positive integer or None, got {retune_every!r}")
-        options = dict(tune_options or {})
-        unknown = sorted(set(options) - TUNE_OPTIONS)
-        if unknown:
-            raise EstimatorError(f"tune_options takes {sorted(TUNE_OPTIONS)}, not {unknown}")
+        moved = sorted({"retune_every", "tune_options"} & set(kwargs))
+        if moved:
+            raise EstimatorError(
+                f"{moved[0]}= moved to a wrapper: pg.Retuned(pg.{type(self).__name__}(...), every=N, **tune_options) "
+                "tunes before the first step and every N steps"
+            )
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -131,24 +119,14 @@ class ELBO(pyro.infer.ELBO):
         )
         # One handler for the ELBO's lifetime: it keeps the decaying baselines' state
         # across SVI steps, and yields to any handler the user put around the guide.
-        # Its default is "tune": it takes the measured choices of a `with pg.estimators(
-        # default="tune"):` around the call (below), and without retune_every it measures
-        # nothing itself, so it chooses as "auto" does.
-        self.estimators = EstimatorMessenger(default="tune")
-        self.retune_every = retune_every
-        self.tune_options = options
-        #: Training steps taken (calls of ``differentiable_loss``), the tunings by the step
-        #: they were made before, and every switch they made.
-        self.steps = 0
-        self.tunings: Dict[int, Any] = {}
-        self.switches: List[Switch] = []
-        # Pathwise sites are watched for jumps on the first step, after a tuning switch,
+        self.estimators = EstimatorMessenger()
+        # Pathwise sites are watched for jumps on the first step, after a new choice,
         # when a site no watched step saw appears, and every watch_jumps_every steps
         # (watching costs a Gaussian VAE's step about a quarter); what the watch found
         # is kept by the guard (for this model and guide), which switches "auto"'s
         # Reparam at those sites before every later draw.
         self.watch_jumps_every = watch_jumps_every
-        self.jump_guard = JumpGuard(self.objective)
+        self.jump_guard = JumpGuard(self.name)
         self.watch_jumps = True
         self._watching = False
         self._programs: Optional[Tuple[Callable, Callable]] = None
@@ -156,27 +134,22 @@ class ELBO(pyro.infer.ELBO):
         self._unwatched_steps = 0
         self._infer_keys = InferKeys(f"pg.{type(self).__name__}", enumerates=self.enumerates)
 
-    def _tune_before_step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
-        step, self.steps = self.steps, self.steps + 1
-        messengers = tuning_messengers(guide)
-        if self.retune_every is not None:
-            messengers.append(self.estimators)
-        due = self.retune_every is not None and step % self.retune_every == 0
-        messengers = [m for m in messengers if due or m.tuning is None]
-        settings = {"num_particles": self.num_particles, "vectorize": self.vectorize_particles,
-                    **self.tune_options}
-        before = messengers[0].tuning if messengers else None
-        switches = tune_program(messengers, step, model, args, kwargs, guide=guide, objective=type(self), **settings)
-        # A handler around the call chooses after this ELBO's own handler and after its
-        # enumeration has passed the site, so a measured Enumerate() there would be a
-        # sample: this ELBO's handler takes the measured choices, to apply them inside.
-        for messenger in messengers:
-            if messenger is not self.estimators:
-                self.estimators.tuned.update(messenger.tuned)
-        self.switches += switches
-        self.watch_jumps |= bool(switches)  # a new choice's draws are watched for jumps anew
-        if messengers and messengers[0].tuning is not before:
-            self.tunings[step] = messengers[0].tuning
+    @classmethod
+    def configured(cls, num_particles: int, vectorize: bool, max_plate_nesting: Optional[int]) -> "ELBO":
+        return cls(num_particles=num_particles, vectorize_particles=vectorize,
+                   max_plate_nesting=float("inf") if max_plate_nesting is None else max_plate_nesting)
+
+    def programs(self, model: Callable, guide: Optional[Callable]) -> List[Callable]:
+        return [model, guide]
+
+    def chosen_program(self, model: Callable, guide: Optional[Callable]) -> Callable:
+        return guide
+
+    def exact(self, model: Callable, guide: Optional[Callable], args: tuple, kwargs: dict) -> torch.Tensor:
+        """The exact ELBO, every guide site enumerated (Pyro's ``TraceEnum_ELBO``)."""
+        loss = pyro.infer.TraceEnum_ELBO().differentiable_loss(model, config_enumerate(guide, "parallel"), *args,
+                                                               **kwargs)
+        return -loss
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> ImportanceRun:
         batched = self.vectorize_particles and self.num_particles > 1
@@ -252,11 +225,11 @@ class ELBO(pyro.infer.ELBO):
         by the jump guard, and checked for this objective. What the guard learned is about
         one model and guide: another pair starts afresh."""
         if self._programs is not None and (self._programs[0] is not model or self._programs[1] is not guide):
-            self.jump_guard = JumpGuard(self.objective)
+            self.jump_guard = JumpGuard(self.name)
             self._seen_sites = frozenset()
             self.watch_jumps = True
         self._programs = (model, guide)
-        return ObjectiveCheck(self.objective, self._infer_keys)(self.jump_guard(self.estimators(guide)))
+        return ObjectiveCheck(self.name, self._infer_keys)(self.jump_guard(self.estimators(guide)))
 
     def _guess_plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         """Enumeration takes the dims left of the plates: as TraceEnum_ELBO, one run
@@ -266,7 +239,7 @@ class ELBO(pyro.infer.ELBO):
         state = get_rng_state()
         try:
             with poutine.block():
-                checked = ObjectiveCheck(self.objective, self._infer_keys)(guide)
+                checked = ObjectiveCheck(self.name, self._infer_keys)(guide)
                 run = importance_run(model, checked, args, kwargs, float("inf"), scores=False)
         finally:
             set_rng_state(state)
@@ -380,7 +353,6 @@ class ELBO(pyro.infer.ELBO):
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
         """A surrogate whose value is the −ELBO estimate and whose gradient is the estimators'."""
-        self._tune_before_step(model, guide, args, kwargs)
         _, estimates = self._particles(model, guide, args, kwargs, surrogate=True)
         return -estimates.values[0]
 

@@ -1,10 +1,11 @@
 """``expectation``: a surrogate whose gradient is the chosen estimators' estimate of ∇E[f]."""
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.infer import config_enumerate
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites
 
@@ -12,7 +13,14 @@ from pyro_grad.engine.provenance import plain, provenance_of
 from pyro_grad import baselines
 from pyro_grad.distributions import describe, parameter_provenance, unmasked
 from pyro_grad.engine.alternative_run import AlternativeRun
-from pyro_grad.engine.particles import PARTICLES, ParticleLayout, match_dims, particle_traces, read_sites
+from pyro_grad.engine.particles import (
+    PARTICLES,
+    ParticleLayout,
+    guess_max_plate_nesting,
+    match_dims,
+    particle_traces,
+    read_sites,
+)
 from pyro_grad.engine.surrogate import (
     Block,
     Estimates,
@@ -25,7 +33,6 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import estimators
 from pyro_grad.objectives.jump_policy import JumpGuard, choice_reasons, found_jumps, is_pathwise, latent_nodes
 from pyro_grad.objectives.objective_check import ObjectiveCheck
-from pyro_grad.tuning.schedule import tune_program, tuning_messengers
 
 
 def check_f(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor:
@@ -76,7 +83,7 @@ def expectation(
 
     ``fn`` returns f, the value to average, one scalar per particle. Sites use the estimators set by
     :func:`pyro_grad.estimators` around ``fn`` (or around the call), else ``"auto"``;
-    sites left to ``default="tune"`` are tuned (:func:`pyro_grad.tune`) on the first call.
+    ``pg.Retuned(pg.expectation)`` tunes them (:func:`pyro_grad.tune`) before its first call.
     With ``vectorize=True`` all particles run in one pass inside an outermost particle
     plate (``fn`` must broadcast, declaring its batch dims with ``pyro.plate``);
     ``vectorize=False`` runs them one by one, and is needed when the program reads a
@@ -93,13 +100,73 @@ def expectation(
         isinstance(max_plate_nesting, bool) or not isinstance(max_plate_nesting, int) or max_plate_nesting < 0
     ):
         raise EstimatorError(f"max_plate_nesting must be a non-negative integer, got {max_plate_nesting!r}")
-    untuned = [m for m in tuning_messengers(fn) if m.tuning is None]
-    tune_program(untuned, 0, fn, args, kwargs, num_particles=num_particles, vectorize=vectorize)
-    estimates = expectation_estimates(fn, args, kwargs, num_particles, 1, vectorize, max_plate_nesting)
+    estimates = Expectation(num_particles, vectorize, max_plate_nesting).estimates(fn, None, args, kwargs)
     value = estimates.values[0]
     if torch.is_grad_enabled() and not value.requires_grad:
         raise EstimatorError(nothing_requires_grad(args, kwargs, estimates.reasons))
     return value
+
+
+class Expectation:
+    """``E[fn]`` as an :class:`~pyro_grad.objectives.objective.Objective`, of
+    ``num_particles`` particles (vectorized or looped): what diagnostics, references and
+    tuning use; users call :func:`expectation`, which names this class as
+    ``pg.expectation.objective``."""
+
+    name = "expectation"
+    takes_guide = False
+    averages_particles = True
+    splits_by_plates = False
+
+    def __init__(self, num_particles: int = 1, vectorize: bool = True, max_plate_nesting: Optional[int] = None):
+        self.num_particles = check_num_particles(num_particles)
+        self.vectorize = vectorize
+        self.max_plate_nesting = max_plate_nesting
+
+    @classmethod
+    def configured(cls, num_particles: int, vectorize: bool, max_plate_nesting: Optional[int]) -> "Expectation":
+        return cls(num_particles, vectorize, max_plate_nesting)
+
+    def programs(self, model: Callable, guide: Optional[Callable]) -> List[Callable]:
+        return [model]
+
+    def chosen_program(self, model: Callable, guide: Optional[Callable]) -> Callable:
+        return model
+
+    def estimates(self, model: Callable, guide: Optional[Callable], args: tuple, kwargs: dict,
+                  num_samples: int = 1) -> Estimates:
+        return expectation_estimates(model, tuple(args), dict(kwargs), self.num_particles, num_samples,
+                                     self.vectorize, self.max_plate_nesting)
+
+    def exact(self, model: Callable, guide: Optional[Callable], args: tuple, kwargs: dict) -> torch.Tensor:
+        """``E[f] = Σ_z p(z) f(z)`` by summing every latent site over its support (parallel
+        enumeration). Sites in plates are refused: their joint support grows exponentially."""
+        nesting = guess_max_plate_nesting(model, args, kwargs)
+        enumerated = poutine.enum(config_enumerate(model, "parallel"), first_available_dim=-nesting - 1)
+        trace = poutine.trace(enumerated).get_trace(*args, **kwargs)
+        log_joint = torch.zeros(())
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"]:
+                continue
+            if not site["fn"].has_enumerate_support:
+                raise EstimatorError(
+                    f"reference='enumerate' cannot sum site '{name}' ({type(site['fn']).__name__}): "
+                    "its support is not finite; use reference='reparam' or an exact dict"
+                )
+            if any(f.vectorized for f in site["cond_indep_stack"]):
+                raise EstimatorError(
+                    f"reference='enumerate' cannot sum site '{name}' inside a plate: its joint "
+                    "support grows exponentially; pass an exact reference instead"
+                )
+            log_joint = log_joint + site["fn"].log_prob(site["value"])
+        f = trace.nodes["_RETURN"]["value"]
+        if not torch.is_tensor(f):
+            check_f(f, 1, False)
+        return (log_joint.exp() * f).sum()
+
+
+#: The objective class behind the function (``objective=pg.expectation`` names it).
+expectation.objective = Expectation
 
 
 def nothing_requires_grad(args: tuple, kwargs: dict, reasons: Optional[dict] = None) -> str:

@@ -1,7 +1,7 @@
 """``IWAE``: the importance-weighted bound, with each guide site's gradient chosen per site."""
 
 import math
-from typing import Any, Callable, Dict, List, NamedTuple, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -46,7 +46,7 @@ class IWAE(ELBO):
     ``objective=pg.IWAE`` in ``pg.diagnose`` and ``pg.compare``.
     """
 
-    objective = "iwae"
+    name = "iwae"
     averages_particles = False
     #: The bound is not linear in a site's values, so none is summed out (TraceEnum's way).
     enumerates = False
@@ -63,6 +63,13 @@ class IWAE(ELBO):
             vectorize_particles=vectorize_particles,
             max_plate_nesting=max_plate_nesting,
             **kwargs,
+        )
+
+    def exact(self, model: Callable, guide: Optional[Callable], args: tuple, kwargs: dict) -> torch.Tensor:
+        raise EstimatorError(
+            f"reference='enumerate' sums the ELBO over the guide's support, not the bound of {type(self).__name__}, "
+            "which is not a mean over particles; pass a dict or a callable of its exact gradients, or "
+            "reference='reparam'"
         )
 
     def _particles(

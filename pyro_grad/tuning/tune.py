@@ -23,8 +23,7 @@ from pyro_grad.diagnostics.statistics import disagreeing, paired_z
 from pyro_grad.distributions import describe
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import latent_sites
-from pyro_grad.objectives.choice import resolve_objective
-from pyro_grad.objectives.expectation import expectation
+from pyro_grad.objectives.objective import objective_type
 from pyro_grad.gradient_estimators import Estimator, MeasureValued, Score, Site
 from pyro_grad.gradient_estimators.registry import REGISTRY, not_applicable
 
@@ -80,11 +79,6 @@ class Tuning:
         """The final round's rows of each site's chosen estimator."""
         last = self.table[self.table["round"] == self.table.groupby("site")["round"].transform("max")]
         return last[last["chosen"]].reset_index(drop=True)
-
-
-def objective_name(objective: Any) -> str:
-    """How ``Estimator.objectives`` names an objective (``"expectation"``, ``"elbo"``, ``"iwae"``)."""
-    return "expectation" if objective is expectation else objective.objective
 
 
 def default_candidates(site: Site, objective: str, num_particles: int, allow_biased: bool) -> List[Estimator]:
@@ -303,17 +297,17 @@ def tune_with(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tu
 
 def _search(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tuning:
     """The coordinate descent (see the module's docstring)."""
-    objective = resolve_objective(settings.objective, settings.guide)
+    objective = objective_type(settings.objective, settings.guide)
     guide = settings.guide
     program = fn if guide is None else guide
-    sites = latent_sites(program, args, kwargs, split_by_plates=objective is not expectation)
+    sites = latent_sites(program, args, kwargs, split_by_plates=objective.splits_by_plates)
     if not sites:
         raise EstimatorError("the program has no latent sample site: there is no estimator to tune")
     fixed = {site.name: estimator for site, estimator in sites if estimator is not None}
-    options = candidate_lists(sites, settings.candidates, objective_name(objective), settings.num_particles,
+    options = candidate_lists(sites, settings.candidates, objective.name, settings.num_particles,
                               settings.allow_biased)
     by_name = {site.name: site for site, _ in sites}
-    kind = objective_name(objective)
+    kind = objective.name
     ranking = METRICS[settings.metric]
     measured: Dict[tuple, Dict[str, Any]] = {}
 

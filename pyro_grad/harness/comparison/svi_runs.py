@@ -14,17 +14,16 @@ import pyro.poutine as poutine
 from pyro.poutine.util import prune_subsample_sites
 import torch
 
-from pyro_grad.comparison.autoguide import AutoGuide, subsampled_frames
-from pyro_grad.comparison.executor import (HEARTBEAT_SECONDS, POLL_SECONDS, check_executor, claim_or_reuse,
+from pyro_grad.harness.comparison.autoguide import AutoGuide, subsampled_frames
+from pyro_grad.harness.comparison.executor import (HEARTBEAT_SECONDS, POLL_SECONDS, check_executor, claim_or_reuse,
                                             run_on_executor)
-from pyro_grad.comparison.progress import RunLog
-from pyro_grad.comparison.identity import RunIdentity
-from pyro_grad.comparison.results import Comparison
-from pyro_grad.comparison.store import RunStore, is_lost
+from pyro_grad.harness.comparison.progress import RunLog
+from pyro_grad.harness.comparison.identity import RunIdentity
+from pyro_grad.harness.comparison.results import Comparison
+from pyro_grad.harness.comparison.store import RunStore, is_lost
 from pyro_grad.diagnostics import diagnose
 from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.handler import with_config
-from pyro_grad.objectives.choice import is_elbo
 from pyro_grad.objectives.elbo import ELBO
 from pyro_grad.engine.surrogate import evaluations
 from pyro_grad.gradient_estimators import Estimator
@@ -281,7 +280,7 @@ def compare(
     as one task, carried by cloudpickle; the results are bit for bit those of the serial
     runs, and this process alone writes the store, as each result arrives. A run whose
     worker dies is retried once, then recorded failed with the reason (and computed again
-    by the next call). See :mod:`pyro_grad.comparison.executor`.
+    by the next call). See :mod:`pyro_grad.harness.comparison.executor`.
     """
     _check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every)
     if isinstance(checkpoint_samples, bool) or not isinstance(checkpoint_samples, int) or checkpoint_samples < 2:
@@ -289,7 +288,7 @@ def compare(
     if budget not in ("steps", "evaluations"):
         raise EstimatorError(f"budget must be 'steps' or 'evaluations', got {budget!r}")
     check_executor(executor)
-    if not is_elbo(objective):
+    if not (isinstance(objective, type) and issubclass(objective, ELBO)):
         raise EstimatorError(
             f"compare trains by SVI, which needs an ELBO: objective must be an ELBO class such as "
             f"pg.ELBO, got {objective!r}"
@@ -336,7 +335,7 @@ def compare(
         modules.restore()
     ordered = {key: records[key] for key in digests}
     comparison = Comparison(ordered, {label: repr(config) for label, config in configs.items()}, origin=origin,
-                            objective="bound" if objective.objective == "iwae" else "ELBO",
+                            objective="ELBO" if objective.averages_particles else "bound",
                             unbiased={label: claims_unbiased(config) for label, config in configs.items()})
     for label in configs:
         label_runs = [(seed, ordered[(label, seed)]) for seed in seeds]

@@ -12,12 +12,12 @@ from pyro.poutine.util import prune_subsample_sites
 
 import pyro.distributions as dist
 
-from pyro_grad.comparison.svi_runs import claims_unbiased
+from pyro_grad.harness.comparison.svi_runs import claims_unbiased
 from pyro_grad.diagnostics import GradientReport, diagnose
 from pyro_grad.distributions import leaf_distribution, parameter_provenance
 from pyro_grad.engine.control_flow import READ
 from pyro_grad.engine.particles import watched_trace
-from pyro_grad.models.benchmark import Benchmark
+from pyro_grad.harness.models.benchmark import Benchmark
 from pyro_grad.handler import latent_sites
 from pyro_grad.gradient_estimators import REGISTRY, Estimator
 

@@ -1,10 +1,10 @@
 """``RunLog``: one log line per run a comparison stores, for logs and CI where no progress
-bar shows (``logging.getLogger("pyro_grad.comparison")``, level INFO)."""
+bar shows (``logging.getLogger("pyro_grad.harness.comparison")``, level INFO)."""
 
 import logging
 from typing import Any, Dict, Tuple
 
-logger = logging.getLogger("pyro_grad.comparison")
+logger = logging.getLogger("pyro_grad.harness.comparison")
 
 
 class RunLog:

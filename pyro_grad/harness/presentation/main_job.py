@@ -11,14 +11,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import pandas as pd
 import pyro
 
-from pyro_grad.comparison import compare
-from pyro_grad.comparison.executor import local_pool
-from pyro_grad.comparison.svi_runs import CHECKPOINT_DRAWS, ConfigFailed, claims_unbiased
+from pyro_grad.harness.comparison import compare
+from pyro_grad.harness.comparison.executor import local_pool
+from pyro_grad.harness.comparison.svi_runs import CHECKPOINT_DRAWS, ConfigFailed, claims_unbiased
 from pyro_grad.diagnostics import EstimatorComparison, diagnose
 from pyro_grad.errors import EstimatorError, first_line
-from pyro_grad.presentation.html_report import machine, report, table_html, templates, write_file
-from pyro_grad.presentation.recommendation import measured_bias, recommend
-from pyro_grad.presentation.suite import diagnose_each, svi_configs
+from pyro_grad.harness.presentation.html_report import machine, report, table_html, templates, write_file
+from pyro_grad.harness.presentation.recommendation import measured_bias, recommend
+from pyro_grad.harness.presentation.suite import diagnose_each, svi_configs
 
 #: Gradient draws per estimator for the expectation programs (fewer for the costly ones).
 DRAWS = {"conv_net": 100, "sir": 500}
@@ -48,7 +48,7 @@ def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int =
     SVI pages compare their configs at equal program evaluations (``budget="evaluations"``).
     Warnings the runs raise (Pyro's NaN-loss warnings from failing configs) are silenced
     while the job runs, and only then."""
-    from pyro_grad.models import registry
+    from pyro_grad.harness.models import registry
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int =
 def build_page(name: str, out: str, num_steps: int, num_samples: int, seeds: Any,
                checkpoints: int) -> Dict[str, Any]:
     """One built-in model's page, ``out/<name>.html``, and its row of the index."""
-    from pyro_grad.models import registry
+    from pyro_grad.harness.models import registry
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -16,7 +16,7 @@ from typing import Any, List, Mapping, Optional
 
 import pandas as pd
 
-from pyro_grad.comparison.results import Comparison
+from pyro_grad.harness.comparison.results import Comparison
 from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
 from pyro_grad.tuning.tune import Tuning
 

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from pyro_grad.comparison.store import is_lost
-from pyro_grad.presentation.figures import band_figure, points_figure
+from pyro_grad.harness.comparison.store import is_lost
+from pyro_grad.diagnostics.figures import band_figure, points_figure
 
 if TYPE_CHECKING:
     import arviz

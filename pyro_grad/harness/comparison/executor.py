@@ -3,7 +3,7 @@
 Ray's.
 
 * **One task per (config, seed).** Every task carries the whole comparison (model, guide,
-  data, configs, optimizer: a :class:`~pyro_grad.comparison.svi_runs.Runs`), pickled once
+  data, configs, optimizer: a :class:`~pyro_grad.harness.comparison.svi_runs.Runs`), pickled once
   by cloudpickle. The script's functions and the modules defining the model and the
   guide travel by value (and ``reset``'s: :func:`program_modules`); other modules are imported by the
   worker. Whatever cannot travel is named before anything is sent.
@@ -39,7 +39,7 @@ import pyro
 import pyro.poutine.util
 import torch
 
-from pyro_grad.comparison.progress import RunLog
+from pyro_grad.harness.comparison.progress import RunLog
 from pyro_grad.errors import EstimatorError, first_line
 
 #: Seconds between the caller's heartbeats for the runs its tasks are computing.
@@ -97,7 +97,7 @@ def program_modules(*programs: Any) -> List[str]:
             if obj is None or name is None or name == "__main__" or name not in sys.modules:
                 continue
             if name.split(".")[0] in ("builtins", "pyro", "torch") or (
-                    name.startswith("pyro_grad.") and not name.startswith("pyro_grad.models")):
+                    name.startswith("pyro_grad.") and not name.startswith("pyro_grad.harness.models")):
                 continue
             modules.append(name)
     return list(dict.fromkeys(modules))

@@ -1,6 +1,6 @@
 """``report``: one self-contained HTML page (figures embedded) and a markdown twin.
 
-A page opens with a recommendation (:mod:`~pyro_grad.presentation.recommendation`),
+A page opens with a recommendation (:mod:`~pyro_grad.harness.presentation.recommendation`),
 then tables aggregated per parameter (per-element rows in a collapsed block and in a
 CSV beside the page), the sample sites, and figures. Pages are rendered from the Jinja2
 templates in ``templates/``, which share one layout.
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional
 
 import pandas as pd
 
-from pyro_grad.comparison.results import Comparison
+from pyro_grad.harness.comparison.results import Comparison
 from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
 from pyro_grad.diagnostics.statistics import FAMILY_ALPHA, FLAG_Z
 from pyro_grad.errors import EstimatorError
-from pyro_grad.presentation.figures import is_figure
-from pyro_grad.presentation.recommendation import Recommendation, recommend
+from pyro_grad.diagnostics.figures import is_figure
+from pyro_grad.harness.presentation.recommendation import Recommendation, recommend
 from pyro_grad.tuning.tune import Tuning
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def templates() -> "Environment":
     """The page templates (``templates/``), HTML autoescaped."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    return Environment(loader=PackageLoader("pyro_grad.presentation", "templates"),
+    return Environment(loader=PackageLoader("pyro_grad.harness.presentation", "templates"),
                        autoescape=select_autoescape(["html"]), keep_trailing_newline=True)
 
 

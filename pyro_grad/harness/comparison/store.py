@@ -2,7 +2,7 @@
 
 * Each run is committed in its own transaction the moment it ends, so a process killed
   mid-way loses only the runs in progress.
-* A run is found by its digest (:mod:`~pyro_grad.comparison.identity`): a run stored
+* A run is found by its digest (:mod:`~pyro_grad.harness.comparison.identity`): a run stored
   under other settings is never returned, and stays stored.
 * Before computing a run, a process *claims* its digest. Another process on the same
   ``out`` skips runs claimed by a live process and picks them up once stored. A claim
