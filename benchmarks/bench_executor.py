@@ -53,7 +53,7 @@ def grid(bench, configs, steps, executor=None):
 
 def identical(first, second) -> bool:
     fields = ("status", "elbo", "checkpoints", "evaluations", "posterior")
-    return all(first.runs[key][f] == second.runs[key][f] for key in first.runs for f in fields)
+    return all(first.fits[key][f] == second.fits[key][f] for key in first.fits for f in fields)
 
 
 def main() -> None:

@@ -15,12 +15,12 @@ import torch
 from pyro_grad.cli import gradient_table, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: The line logged per stored run when stderr is not a terminal (as under pytest).
-RUN_LOG = re.compile(r"^pyro-grad: run \d+ of \d+: config ")
+#: The line logged per stored fit when stderr is not a terminal (as under pytest).
+RUN_LOG = re.compile(r"^pyro-grad: fit \d+ of \d+: config ")
 
 
 def messages(stderr: str) -> str:
-    """stderr without the per-run log lines: what the command says about itself."""
+    """stderr without the per-fit log lines: what the command says about itself."""
     return "\n".join(line for line in stderr.strip().splitlines() if not RUN_LOG.match(line))
 
 
@@ -137,10 +137,10 @@ def coin_run(out, *extra):
 
 
 def test_a_corrupt_store_is_named_with_what_to_do(tmp_path, capsys):
-    (tmp_path / "runs.sqlite").write_bytes(b"\x13\x37 not a database" * 200)
+    (tmp_path / "fits.sqlite").write_bytes(b"\x13\x37 not a database" * 200)
     assert main(coin_run(tmp_path)) == 2
     err = messages(capsys.readouterr().err)
-    assert f"{tmp_path / 'runs.sqlite'} cannot be used (file is not a database)" in err and "move the file" in err
+    assert f"{tmp_path / 'fits.sqlite'} cannot be used (file is not a database)" in err and "move the file" in err
     assert len(err.splitlines()) == 1
 
 
@@ -148,12 +148,12 @@ def test_a_truncated_row_is_named_with_what_to_do(tmp_path, capsys):
     import sqlite3
 
     assert main(coin_run(tmp_path)) == 0
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
-        db.execute("UPDATE runs SET record = substr(record, 1, 30)")
+    with sqlite3.connect(tmp_path / "fits.sqlite") as db:
+        db.execute("UPDATE fits SET record = substr(record, 1, 30)")
     capsys.readouterr()
     assert main(coin_run(tmp_path)) == 2
     err = messages(capsys.readouterr().err)
-    assert "the stored run of config 'rep', seed 0 is corrupt" in err and "delete that row" in err
+    assert "the stored fit of config 'rep', seed 0 is corrupt" in err and "delete that row" in err
     assert len(err.splitlines()) == 1
 
 
@@ -168,8 +168,8 @@ def test_a_full_disk_while_writing_the_report_is_named_and_the_runs_are_kept(tmp
     assert len(err.splitlines()) == 1
     import sqlite3
 
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
-        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+    with sqlite3.connect(tmp_path / "fits.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM fits").fetchone()[0] == 1
 
 
 def test_ctrl_c_exits_130_in_one_line_and_keeps_the_finished_runs(tmp_path):
@@ -181,11 +181,11 @@ def test_ctrl_c_exits_130_in_one_line_and_keeps_the_finished_runs(tmp_path):
         import os, signal, sys
         signal.signal(signal.SIGINT, signal.default_int_handler)
         from pyro_grad.harness.comparison import store
-        put = store.RunStore.put
+        put = store.FitStore.put
         def put_then_interrupt(self, *args):
             put(self, *args)
             os.kill(os.getpid(), signal.SIGINT)
-        store.RunStore.put = put_then_interrupt
+        store.FitStore.put = put_then_interrupt
         from pyro_grad.cli import main
         sys.exit(main(["compare", "coin", "--config", "a=reparam", "--config", "b=score:loo",
                        "--steps", "5", "--seeds", "1", "--out", {str(tmp_path)!r}]))
@@ -193,11 +193,11 @@ def test_ctrl_c_exits_130_in_one_line_and_keeps_the_finished_runs(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 130
     err = [line for line in messages(result.stderr).splitlines() if "INFO" not in line and "WARNING" not in line]
-    assert err == [f"pyro-grad: interrupted; finished runs are kept in {tmp_path / 'runs.sqlite'}"], result.stderr
+    assert err == [f"pyro-grad: interrupted; finished fits are kept in {tmp_path / 'fits.sqlite'}"], result.stderr
     import sqlite3
 
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
-        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+    with sqlite3.connect(tmp_path / "fits.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM fits").fetchone()[0] == 1
         assert db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
 
 
@@ -256,7 +256,7 @@ def test_compare_prints_the_summary_and_writes_the_page(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "| rep" in out and "| loo" in out
-    assert (tmp_path / "report.html").exists() and (tmp_path / "runs.sqlite").exists()
+    assert (tmp_path / "report.html").exists() and (tmp_path / "fits.sqlite").exists()
 
 
 def test_report_builds_only_the_models_named(tmp_path, capsys):

@@ -21,12 +21,26 @@ import pytest
 import torch
 
 import pyro_grad as pg
-import pyro_grad.harness.comparison.svi_runs as compare_module
+import pyro_grad.harness.comparison.svi_compare as compare_module
+import pyro_grad.harness.comparison.fits as fits_module
+import pyro_grad.harness.comparison.svi_fit as svi_fit
 from pyro_grad.harness.models import coin
 from pyro_grad.harness.presentation.main_job import build_reports
 
 CONFIGS = {"reparam": pg.Reparam(), "loo": {"f": pg.Score("loo")}}
 DEEP = os.environ.get("PYRO_GRAD_DEEP", "") not in ("", "0")
+
+
+def test_compare_gives_the_callers_param_store_and_random_state_back():
+    # The fits clear the store and seed every stream; the caller's are as they were.
+    pyro.clear_param_store()
+    mine = pyro.param("mine", torch.tensor([1.0, 2.0]))
+    pyro.set_rng_seed(7)
+    expected = (torch.rand(3), __import__("random").random())
+    pyro.set_rng_seed(7)
+    pg.compare(coin.model, coin.guide, coin.DATA, configs={"reparam": pg.Reparam()}, num_steps=3, seeds=(0,))
+    assert list(pyro.get_param_store().keys()) == ["mine"] and pyro.param("mine") is mine
+    assert torch.equal(torch.rand(3), expected[0]) and __import__("random").random() == expected[1]
 
 
 def test_compare_trains_each_config_and_seed_and_summarizes(tmp_path):
@@ -48,13 +62,13 @@ def test_compare_trains_each_config_and_seed_and_summarizes(tmp_path):
                          - 2 * torch.lgamma(torch.tensor(10.0)) + torch.lgamma(torch.tensor(20.0)))
     assert (summary["final ELBO"] <= log_evidence + 0.05).all()
     assert (summary["final ELBO"] > log_evidence - 1.0).all()
-    assert (summary["failed runs"] == 0).all()
-    assert all(len(r["checkpoints"]) == 2 for r in result.runs.values())
+    assert (summary["failed fits"] == 0).all()
+    assert all(len(r["checkpoints"]) == 2 for r in result.fits.values())
     assert isinstance(result.plot_elbo(), matplotlib.figure.Figure)
     assert isinstance(result.plot_variance(), matplotlib.figure.Figure)
     idata = result.to_inference_data()
     assert set(idata.posterior.data_vars) == {"f[reparam]", "f[loo]"}
-    assert idata.posterior["f[loo]"].shape[:2] == (2, compare_module.POSTERIOR_DRAWS)
+    assert idata.posterior["f[loo]"].shape[:2] == (2, svi_fit.POSTERIOR_DRAWS)
     # The posterior is Beta(16, 14): mean 0.533.
     assert float(idata.posterior["f[reparam]"].mean()) == pytest.approx(16 / 30, abs=0.05)
 
@@ -80,7 +94,7 @@ def test_every_run_starts_alike_when_reset_restores_module_weights():
     configs = {"first": pg.Score("loo"), "second": pg.Score("loo")}
     result = pg.compare(sbn.model, sbn.guide, *bench_args, configs=configs, num_steps=30, seeds=(0,),
                         reset=sbn.NET.reset)
-    first, second = (result.runs[(c, 0)]["elbo"] for c in configs)
+    first, second = (result.fits[(c, 0)]["elbo"] for c in configs)
     assert first == pytest.approx(second)  # same seed, same start: the same run
 
 
@@ -94,10 +108,10 @@ def exploding_on_seed_1(data):
 def test_a_run_whose_elbo_turns_non_finite_stops_and_is_recorded(tmp_path):
     result = pg.compare(exploding_on_seed_1, coin.guide, coin.DATA, configs={"a": pg.Reparam()}, num_steps=30,
                         seeds=(0, 1), out=str(tmp_path))
-    assert result.runs[("a", 0)]["status"] == "finished"
-    run = result.runs[("a", 1)]
+    assert result.fits[("a", 0)]["status"] == "finished"
+    run = result.fits[("a", 1)]
     assert run["status"] == "failed" and "non-finite" in run["reason"] and run["step"] == 0
-    assert result.summary().iloc[0]["failed runs"] == 1
+    assert result.summary().iloc[0]["failed fits"] == 1
     assert "non-finite" in result.failures().iloc[0]["reason"]
 
 
@@ -110,14 +124,14 @@ def test_a_config_that_fails_in_every_run_raises_after_storing_the_others(tmp_pa
     configs = {"fine": pg.Reparam(), "diverged": {"f": pg.Score(diverged_baseline)}}
     with pytest.warns(UserWarning, match="NaN"):  # Pyro's own warning on the NaN loss
         with pytest.raises(pg.EstimatorError,
-                           match=r"config 'diverged' failed in every run \(2 of 2\); seed 0: non-finite ELBO"):
+                           match=r"config 'diverged' failed in every fit \(2 of 2\); seed 0: non-finite ELBO"):
             pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=5, seeds=(0, 1),
                        out=str(tmp_path))
     # Every run was stored before the error: the finished ones are reused.
     with pytest.raises(compare_module.ConfigFailed) as failure:
         pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=5, seeds=(0, 1), out=str(tmp_path))
     # The error carries every run, for the main job's pages to show the failure.
-    assert failure.value.comparison.summary().set_index("config").loc["diverged", "failed runs"] == 2
+    assert failure.value.comparison.summary().set_index("config").loc["diverged", "failed fits"] == 2
     assert set(failure.value.comparison.origin.values()) == {"reused"}
     result = pg.compare(coin.model, coin.guide, coin.DATA, configs={"fine": pg.Reparam()}, num_steps=5,
                         seeds=(0, 1), out=str(tmp_path))
@@ -133,7 +147,7 @@ def test_a_config_that_fails_in_every_run_raises_after_storing_the_others(tmp_pa
     ({"configs": {}}, "configs must be a non-empty dict"),
 ])
 def test_settings_that_cannot_give_a_comparison_are_refused_before_anything_runs(settings, message, monkeypatch):
-    monkeypatch.setattr(compare_module, "run_one", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.setattr(fits_module, "fit_one", lambda *a, **k: pytest.fail("a run started"))
     with pytest.raises(pg.EstimatorError, match=message):
         pg.compare(coin.model, coin.guide, coin.DATA, **{"configs": CONFIGS, **settings})
 
@@ -161,8 +175,8 @@ def test_autoguide_covers_discrete_and_continuous_latents():
     assert values["scale"] > 0 and values["switch"] in (0.0, 1.0)
     result = pg.compare(mixed_model, None, data, configs={"disarm": {"switch": pg.DisARM()}},
                         num_steps=100, seeds=(0,))
-    assert result.runs[("disarm", 0)]["status"] == "finished"
-    assert set(result.runs[("disarm", 0)]["posterior"]) == {"loc", "scale", "switch"}
+    assert result.fits[("disarm", 0)]["status"] == "finished"
+    assert set(result.fits[("disarm", 0)]["posterior"]) == {"loc", "scale", "switch"}
 
 
 def test_evaluations_count_the_difference_estimators_extra_runs():
@@ -170,8 +184,8 @@ def test_evaluations_count_the_difference_estimators_extra_runs():
     configs = {"score": {"switch": pg.Score()}, "disarm": {"switch": pg.DisARM()}}
     result = pg.compare(mixed_model, None, data, configs=configs, num_steps=3, num_particles=4, seeds=(0,))
     # 3 steps × 4 particles × (1 run, or DisARM's 2: the sample and its antithetic twin).
-    assert result.runs[("score", 0)]["evaluations"] == 12
-    assert result.runs[("disarm", 0)]["evaluations"] == 24
+    assert result.fits[("score", 0)]["evaluations"] == 12
+    assert result.fits[("disarm", 0)]["evaluations"] == 24
 
 
 def test_autoguide_names_a_site_it_cannot_model():
@@ -185,10 +199,10 @@ def test_autoguide_names_a_site_it_cannot_model():
 
 
 def test_a_site_too_large_to_store_is_left_out_of_the_posterior_with_a_note(monkeypatch, tmp_path):
-    monkeypatch.setattr(compare_module, "MAX_POSTERIOR_VALUES", 100)  # f: 1 element × 200 draws
+    monkeypatch.setattr(svi_fit, "MAX_POSTERIOR_VALUES", 100)  # f: 1 element × 200 draws
     result = pg.compare(coin.model, coin.guide, coin.DATA, configs={"rep": pg.Reparam()}, num_steps=2, seeds=(0,))
-    assert result.runs[("rep", 0)]["posterior"] == {}
-    assert result.notes == ["site 'f' has 1 elements per draw: its draws are left out of the stored run "
+    assert result.fits[("rep", 0)]["posterior"] == {}
+    assert result.notes == ["site 'f' has 1 elements per draw: its draws are left out of the stored fit "
                             "(at most 100 values per site)"]
     assert "(no posterior draws were kept)" in pg.report(result, tmp_path / "r.html").read_text()
 
@@ -225,15 +239,25 @@ def test_autoguide_shares_the_models_subsampled_plate_with_full_size_local_param
     assert torch.equal(trace.nodes["z"]["value"], (index % 2 == 0).float())
 
 
-def test_posterior_draws_of_a_subsampled_site_are_indexed_by_data_point():
+def test_posterior_draws_of_a_subsampled_site_are_indexed_by_data_point(monkeypatch):
+    # The trained logits, as the fit draws its posterior from them (compare then gives
+    # the caller's param store back).
+    trained = {}
+
+    def posterior(*args, **kwargs):
+        trained["z"] = pyro.get_param_store()["auto.z.logits"].detach().clone()
+        return posterior_of(*args, **kwargs)
+
+    posterior_of = svi_fit._posterior
+    monkeypatch.setattr(svi_fit, "_posterior", posterior)
     result = pg.compare(subsampled_mixture, None, TWO_CLUSTERS, configs={"loo": {"z": pg.Score("loo")}},
                         num_steps=30, seeds=(0,), optim=pyro.optim.Adam({"lr": 0.1}))
     z = result.to_inference_data().posterior["z[loo]"]
-    assert z.shape == (1, compare_module.POSTERIOR_DRAWS, 40)  # every data point, not 10 minibatch slots
-    # Point i's draws are Bernoulli(σ(logit_i)) of the trained guide (the last run's
-    # params are still in the store): each mean within 4 standard errors.
-    p = torch.sigmoid(pyro.get_param_store()["auto.z.logits"]).detach().numpy()
-    se = (p * (1 - p) / compare_module.POSTERIOR_DRAWS) ** 0.5
+    assert z.shape == (1, svi_fit.POSTERIOR_DRAWS, 40)  # every data point, not 10 minibatch slots
+    # Point i's draws are Bernoulli(σ(logit_i)) of the trained guide: each mean within 4
+    # standard errors.
+    p = torch.sigmoid(trained["z"]).numpy()
+    se = (p * (1 - p) / svi_fit.POSTERIOR_DRAWS) ** 0.5
     assert (abs(z.mean(("chain", "draw")).values - p) <= 4 * se + 1e-9).all()
     assert p.std() > 0.05  # the points were trained apart, so slot indexing would fail
 
@@ -251,11 +275,11 @@ def nested(data):
 def test_autoguide_enters_nested_plates_once_each_and_trains():
     data = torch.arange(12.0).reshape(3, 4) / 6
     result = pg.compare(nested, None, data, configs={"disarm": {"flip": pg.DisARM()}}, num_steps=20, seeds=(0,))
-    run = result.runs[("disarm", 0)]
+    run = result.fits[("disarm", 0)]
     assert run["status"] == "finished"
     draws = result.to_inference_data().posterior
-    assert draws["effect[disarm]"].shape == (1, compare_module.POSTERIOR_DRAWS, 3, 1)
-    assert draws["flip[disarm]"].shape == (1, compare_module.POSTERIOR_DRAWS, 3, 4)
+    assert draws["effect[disarm]"].shape == (1, svi_fit.POSTERIOR_DRAWS, 3, 1)
+    assert draws["flip[disarm]"].shape == (1, svi_fit.POSTERIOR_DRAWS, 3, 4)
 
 
 def grouped(data):
@@ -302,15 +326,15 @@ def test_a_guides_own_subsampled_site_is_left_out_of_the_posterior_with_a_note()
 
 def test_runs_are_timed_after_a_warm_up_in_wall_and_cpu_seconds(monkeypatch):
     calls = []
-    run_one = compare_module.run_one
-    monkeypatch.setattr(compare_module, "run_one",
-                        lambda *a, **k: calls.append((a[4], a[6], k.get("posterior", True))) or run_one(*a, **k))
+    fit_one = fits_module.fit_one
+    monkeypatch.setattr(fits_module, "fit_one",
+                        lambda *a, **k: calls.append((a[4], a[6], k.get("posterior", True))) or fit_one(*a, **k))
     result = pg.compare(coin.model, coin.guide, coin.DATA, configs=CONFIGS, num_steps=10, seeds=(0,))
     # An untimed 2-step run of each config first, then the timed 10-step runs.
     assert calls == [(CONFIGS["reparam"], 2, False), (CONFIGS["loo"], 2, False),
                      (CONFIGS["reparam"], 10, True), (CONFIGS["loo"], 10, True)]
-    assert all(r["cpu seconds"] > 0 and r["seconds"] > 0 for r in result.runs.values())
-    assert (result.summary()["CPU seconds per run"] > 0).all()
+    assert all(r["cpu seconds"] > 0 and r["seconds"] > 0 for r in result.fits.values())
+    assert (result.summary()["CPU seconds per fit"] > 0).all()
 
 
 def decoded_images(page: str):
@@ -398,7 +422,7 @@ def test_an_evaluations_budget_gives_each_config_the_same_program_evaluations():
     data = torch.tensor([1.5, 2.0])
     result = pg.compare(bernoulli_model, bernoulli_guide, data, configs={"score": pg.Score(), "mvd": pg.MeasureValued()},
                         num_steps=40, num_particles=2, seeds=(0,), diagnose_every=20, budget="evaluations")
-    runs = {label: r for (label, _), r in result.runs.items()}
+    runs = {label: r for (label, _), r in result.fits.items()}
     assert len(runs["score"]["elbo"]) == 40 and len(runs["mvd"]["elbo"]) == 20
     assert runs["score"]["evaluations"] == runs["mvd"]["evaluations"] == 80
     # Checkpoints at the same fractions of each run: halfway and at the end.

@@ -70,14 +70,14 @@ def rows(out, table: str) -> int:
     """Rows of a table of the store at ``out``. The file appears (sqlite's connect) before
     the transaction that creates its tables commits: a store still being created, which
     another process may be watching, has no rows yet."""
-    with sqlite3.connect(out / "runs.sqlite") as db:
+    with sqlite3.connect(out / "fits.sqlite") as db:
         if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
             return 0
         return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
-def stored_runs(out) -> int:
-    return rows(out, "runs")
+def stored_fits(out) -> int:
+    return rows(out, "fits")
 
 
 def claims(out) -> int:
@@ -112,16 +112,16 @@ def test_runs_on_a_dask_cluster_are_bit_for_bit_the_serial_runs_and_only_the_cal
     with caplog.at_level(logging.INFO, logger="pyro_grad.harness.comparison"):
         result = pg.compare(bench.program, bench.guide, *bench.arguments(), executor=client.get_executor(),
                             out=str(tmp_path), **settings)
-    same_numbers(result.runs, expected.runs)
-    assert set(result.origin.values()) == {"new"} and stored_runs(tmp_path) == 4 and claims(tmp_path) == 0
+    same_numbers(result.fits, expected.fits)
+    assert set(result.origin.values()) == {"new"} and stored_fits(tmp_path) == 4 and claims(tmp_path) == 0
     # One log line per run as it is stored, for logs where no progress bar shows.
     lines = [r.getMessage() for r in caplog.records if r.name == "pyro_grad.harness.comparison"]
-    assert len(lines) == 4 and lines[-1].startswith("run 4 of 4: config 'loo', seed ")
+    assert len(lines) == 4 and lines[-1].startswith("fit 4 of 4: config 'loo', seed ")
     # A second call reuses every stored run and sends no task.
     again = pg.compare(bench.program, bench.guide, *bench.arguments(), executor=client.get_executor(),
                        out=str(tmp_path), **settings)
     assert set(again.origin.values()) == {"reused"}
-    same_numbers(again.runs, expected.runs)
+    same_numbers(again.fits, expected.fits)
 
 
 def test_a_task_runs_under_the_callers_thread_count_dtype_and_validation(cluster):
@@ -144,7 +144,7 @@ def test_a_task_runs_under_the_callers_thread_count_dtype_and_validation(cluster
                             executor=client.get_executor(), **SETTINGS)
     finally:
         torch.set_default_dtype(torch.float32)
-    same_numbers(result.runs, expected.runs)
+    same_numbers(result.fits, expected.fits)
 
 
 def test_a_process_pool_gives_the_serial_runs_and_a_dying_process_fails_only_its_own_run(tmp_path, monkeypatch):
@@ -159,11 +159,11 @@ def test_a_process_pool_gives_the_serial_runs_and_a_dying_process_fails_only_its
     # pool of its own: seed 14 (which kills its process once) finished, bit for bit the
     # serial run, and seed 13 failed after its second death.
     assert (tmp_path / "died").exists()
-    killed = result.runs[("reparam", KILLING_SEED)]
+    killed = result.fits[("reparam", KILLING_SEED)]
     assert killed["status"] == "failed" and killed["reason"].startswith("its worker died twice (BrokenProcessPool")
-    retried = {("reparam", KILLING_ONCE_SEED): result.runs[("reparam", KILLING_ONCE_SEED)]}
-    same_numbers(retried, serial(configs, (KILLING_ONCE_SEED,)).runs)
-    assert stored_runs(tmp_path) == 2 and claims(tmp_path) == 0
+    retried = {("reparam", KILLING_ONCE_SEED): result.fits[("reparam", KILLING_ONCE_SEED)]}
+    same_numbers(retried, serial(configs, (KILLING_ONCE_SEED,)).fits)
+    assert stored_fits(tmp_path) == 2 and claims(tmp_path) == 0
 
 
 def test_a_killed_caller_keeps_every_finished_run_and_a_rerun_resumes(tmp_path):
@@ -175,13 +175,13 @@ def test_a_killed_caller_keeps_every_finished_run_and_a_rerun_resumes(tmp_path):
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        if (tmp_path / "runs.sqlite").exists() and stored_runs(tmp_path) >= 1:
+        if (tmp_path / "fits.sqlite").exists() and stored_fits(tmp_path) >= 1:
             break
         time.sleep(0.02)
     workers = psutil.Process(process.pid).children(recursive=True)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    kept = stored_runs(tmp_path)
+    kept = stored_fits(tmp_path)
     assert 1 <= kept < 4, "the caller finished before it was killed; give it more steps"
     assert claims(tmp_path) >= 1  # the dead caller's, expired: its pid is gone
     # Its worker process ends with it (a process pool's would otherwise wait forever).
@@ -193,8 +193,8 @@ def test_a_killed_caller_keeps_every_finished_run_and_a_rerun_resumes(tmp_path):
                                                                    "half": {"f": pg.Score(0.5)}},
                        seeds=(0, 1), num_steps=100, num_particles=4, diagnose_every=50, out=str(tmp_path))
     assert sorted(rerun.origin.values()).count("reused") == kept
-    assert all(run["status"] == "finished" for run in rerun.runs.values())
-    assert stored_runs(tmp_path) == 4 and claims(tmp_path) == 0
+    assert all(run["status"] == "finished" for run in rerun.fits.values())
+    assert stored_fits(tmp_path) == 4 and claims(tmp_path) == 0
 
 
 def test_what_cannot_travel_is_named_before_anything_is_sent(cluster, tmp_path):
@@ -209,7 +209,7 @@ def test_what_cannot_travel_is_named_before_anything_is_sent(cluster, tmp_path):
                                                 r"'_thread.lock' object\)"):
         pg.compare(model_holding_a_lock, coin.guide, coin.DATA, configs=CONFIGS, seeds=(0,),
                    executor=client.get_executor(), out=str(tmp_path), **SETTINGS)
-    assert stored_runs(tmp_path) == 0 and claims(tmp_path) == 0
+    assert stored_fits(tmp_path) == 0 and claims(tmp_path) == 0
 
 
 def test_a_module_only_this_process_can_import_is_named_by_the_worker(cluster, tmp_path, monkeypatch):
@@ -219,10 +219,10 @@ def test_a_module_only_this_process_can_import_is_named_by_the_worker(cluster, t
     monkeypatch.syspath_prepend(str(tmp_path))  # after the workers started: they cannot import it
     import only_here
 
-    with pytest.raises(pg.EstimatorError, match="a worker cannot load the runs .*No module named 'only_here'"):
+    with pytest.raises(pg.EstimatorError, match="a worker cannot load the fits .*No module named 'only_here'"):
         pg.compare(coin.model, coin.guide, coin.DATA, configs=CONFIGS, seeds=(0,), optim=only_here.adam,
                    executor=client.get_executor(), out=str(tmp_path / "out"), **SETTINGS)
-    assert stored_runs(tmp_path / "out") == 0 and claims(tmp_path / "out") == 0
+    assert stored_fits(tmp_path / "out") == 0 and claims(tmp_path / "out") == 0
 
 
 @pytest.mark.parametrize("executor", ["dask", 2, cf.ProcessPoolExecutor])
@@ -236,7 +236,7 @@ def test_the_cli_runs_on_a_dask_scheduler_and_takes_one_kind_of_worker(cluster, 
     # --workers runs in test_a_killed_caller_keeps_every_finished_run_and_a_rerun_resumes.
     common = ["compare", "coin", "--config", "rep=reparam", "--steps", "10", "--seeds", "2"]
     assert main(common + ["--scheduler", client.scheduler.address, "--out", str(tmp_path / "dask")]) == 0
-    assert stored_runs(tmp_path / "dask") == 2
+    assert stored_fits(tmp_path / "dask") == 2
     assert main(common + ["--workers", "2", "--scheduler", client.scheduler.address]) == 2
     assert "--workers and --scheduler" in capsys.readouterr().err
 
@@ -249,12 +249,12 @@ def test_a_dask_worker_that_dies_loses_only_its_run_which_is_retried_once(cluste
     configs = {"reparam": pg.Reparam()}
     result = serial(configs, (0, KILLING_SEED), guide=guide_that_kills_its_worker, executor=client.get_executor(),
                     out=str(tmp_path))
-    runs = result.runs
+    runs = result.fits
     assert runs[("reparam", 0)]["status"] == "finished", runs[("reparam", 0)]["reason"]
-    same_numbers({("reparam", 0): runs[("reparam", 0)]}, serial(configs, (0,)).runs)
+    same_numbers({("reparam", 0): runs[("reparam", 0)]}, serial(configs, (0,)).fits)
     killed = runs[("reparam", KILLING_SEED)]
     assert killed["status"] == "failed" and killed["reason"].startswith("its worker died twice (KilledWorker")
-    assert stored_runs(tmp_path) == 2 and claims(tmp_path) == 0
+    assert stored_fits(tmp_path) == 2 and claims(tmp_path) == 0
     # A run lost with its worker is computed again by the next call, never reused.
     again = serial(configs, (0, KILLING_SEED), guide=guide_that_kills_its_worker, executor=client.get_executor(),
                    out=str(tmp_path))

@@ -418,7 +418,7 @@ def test_compare_trains_each_config_under_the_bound():
                                                                            "DReG": {"z": pg.DReG()}},
                             num_steps=30, num_particles=4, seeds=(0,), objective=pg.IWAE)
     summary = comparison.summary()
-    assert set(summary["config"]) == {"Reparam", "DReG"} and (summary["failed runs"] == 0).all()
+    assert set(summary["config"]) == {"Reparam", "DReG"} and (summary["failed fits"] == 0).all()
     # The "final bound" column holds the bound as trained: a noisy estimate (sd ≈ 0.3 here)
     # near log p(x) = −5.26, above the exact K = 2 bound of the starting guide (−5.71),
     # which lies below its K = 4 bound.

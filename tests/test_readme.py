@@ -59,7 +59,7 @@ def test_the_cluster_example_runs_on_two_processes_bit_for_bit(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(block, str(README), "exec"), namespace)
-    assert (tmp_path / "runs" / "runs.sqlite").exists() and len(namespace["result"].runs) == 4
+    assert (tmp_path / "runs" / "fits.sqlite").exists() and len(namespace["result"].runs) == 4
 
 
 def test_the_jump_example_prints_the_exact_gradient_it_shows():

@@ -13,18 +13,20 @@ import pytest
 import torch
 
 import pyro_grad as pg
-import pyro_grad.harness.comparison.svi_runs as compare_module
+import pyro_grad.harness.comparison.svi_compare as compare_module
+import pyro_grad.harness.comparison.fits as fits_module
+import pyro_grad.harness.comparison.svi_fit as svi_fit
 from pyro_grad.harness.models import coin
-from pyro_grad.harness.comparison.identity import RunIdentity
+from pyro_grad.harness.comparison.identity import FitIdentity
 from pyro_grad.harness.comparison import store as store_module
-from pyro_grad.harness.comparison.store import RunStore
+from pyro_grad.harness.comparison.store import FitStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def stored_runs(out) -> int:
-    with sqlite3.connect(out / "runs.sqlite") as db:
-        return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+def stored_fits(out) -> int:
+    with sqlite3.connect(out / "fits.sqlite") as db:
+        return db.execute("SELECT COUNT(*) FROM fits").fetchone()[0]
 
 
 def coin_compare(out, configs=None, **settings):
@@ -37,25 +39,25 @@ def test_a_stored_run_is_reused_only_when_every_setting_matches(tmp_path):
     first = coin_compare(tmp_path)
     again = coin_compare(tmp_path)
     assert again.origin == {("rep", 0): "reused"}
-    assert again.runs[("rep", 0)]["elbo"] == first.runs[("rep", 0)]["elbo"]
+    assert again.fits[("rep", 0)]["elbo"] == first.fits[("rep", 0)]["elbo"]
     # More steps: the 5-step run is not returned as an 8-step one.
     longer = coin_compare(tmp_path, num_steps=8)
-    assert longer.origin == {("rep", 0): "recomputed"} and len(longer.runs[("rep", 0)]["elbo"]) == 8
+    assert longer.origin == {("rep", 0): "recomputed"} and len(longer.fits[("rep", 0)]["elbo"]) == 8
     # The same label with another estimator shows that estimator's own numbers.
     relabelled = coin_compare(tmp_path, configs={"rep": pg.Score("loo")})
     assert relabelled.origin == {("rep", 0): "recomputed"}
     assert relabelled.summary().iloc[0]["estimators"] == "Score(baseline='loo')"
-    assert relabelled.runs[("rep", 0)]["elbo"] != first.runs[("rep", 0)]["elbo"]
-    assert "0 runs reused from the store, 1 recomputed" in relabelled.provenance()
+    assert relabelled.fits[("rep", 0)]["elbo"] != first.fits[("rep", 0)]["elbo"]
+    assert "0 fits reused from the store, 1 recomputed" in relabelled.provenance()
     # Nothing stored was lost: the first settings find their run again.
     assert coin_compare(tmp_path).origin == {("rep", 0): "reused"}
-    assert stored_runs(tmp_path) == 3
+    assert stored_fits(tmp_path) == 3
 
 
 def identity(**changes):
     shared = dict(model=coin.model, guide=coin.guide, args=(coin.DATA,), kwargs={}, num_steps=5, num_particles=4,
                   diagnose_every=None, optim=pyro.optim.Adam({"lr": 0.01}), reset=None)
-    return RunIdentity(**{**shared, **changes})
+    return FitIdentity(**{**shared, **changes})
 
 
 def another_coin_model(data):
@@ -117,8 +119,8 @@ def test_the_digest_is_the_same_in_every_process():
     script = textwrap.dedent("""
         import pyro, pyro_grad as pg
         from pyro_grad.harness.models import coin
-        from pyro_grad.harness.comparison.identity import RunIdentity
-        identity = RunIdentity(model=coin.model, guide=coin.guide, args=(coin.DATA,), kwargs={}, num_steps=5,
+        from pyro_grad.harness.comparison.identity import FitIdentity
+        identity = FitIdentity(model=coin.model, guide=coin.guide, args=(coin.DATA,), kwargs={}, num_steps=5,
                                num_particles=4, diagnose_every=None, optim=pyro.optim.Adam({"lr": 0.01}), reset=None)
         print(identity.digest({"f": pg.Score("loo"), "sites": frozenset({"f", "g", "h"})}, 0))
     """)
@@ -145,26 +147,26 @@ def test_a_killed_process_loses_no_finished_run_and_its_claim_expires(tmp_path):
     # The subprocess kills itself (SIGKILL: no cleanup) right after claiming its third
     # run, with two runs stored: a known point, not a timed one.
     script = CONFIGS_SCRIPT + textwrap.dedent(f"""
-        claim, claims = store.RunStore.claim, []
+        claim, claims = store.FitStore.claim, []
         def claim_then_die(self, digest):
             claimed = claim(self, digest)
             claims.append(digest)
             if len(claims) == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
             return claimed
-        store.RunStore.claim = claim_then_die
+        store.FitStore.claim = claim_then_die
         pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=10, seeds=(0,), out={str(tmp_path)!r})
     """)
     process = subprocess.run([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.DEVNULL)
     assert process.returncode == -9
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
-        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+    with sqlite3.connect(tmp_path / "fits.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM fits").fetchone()[0] == 2
         assert db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 1  # the dead process's
     configs = {f"c{i}": pg.Score("loo", beta=0.5 + i / 10) for i in range(4)}
     result = pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=10, seeds=(0,), out=str(tmp_path))
     assert sorted(result.origin.values()) == ["new", "new", "reused", "reused"]
-    assert all(r["status"] == "finished" and len(r["elbo"]) == 10 for r in result.runs.values())
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+    assert all(r["status"] == "finished" and len(r["elbo"]) == 10 for r in result.fits.values())
+    with sqlite3.connect(tmp_path / "fits.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
 
 
@@ -178,15 +180,15 @@ def test_two_processes_on_one_out_compute_each_run_once(tmp_path):
         deadline = time.time() + 120
         while len(list(ready.parent.glob("ready-*"))) < 2 and time.time() < deadline:
             time.sleep(0.05)
-        put = store.RunStore.put
+        put = store.FitStore.put
         def put_and_log(self, digest, config, seed, record):
             put(self, digest, config, seed, record)
             with open({str(log)!r}, "a") as f:
                 f.write(f"{{os.getpid()}} {{config}}\\n")
-        store.RunStore.put = put_and_log
+        store.FitStore.put = put_and_log
         result = pg.compare(coin.model, coin.guide, coin.DATA, configs=configs, num_steps=10, seeds=(0,),
                             out={str(tmp_path / "out")!r})
-        print(len(result.runs), all(r["status"] == "finished" for r in result.runs.values()))
+        print(len(result.fits), all(r["status"] == "finished" for r in result.fits.values()))
     """)
     processes = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                                   stderr=subprocess.DEVNULL) for _ in range(2)]
@@ -199,7 +201,7 @@ def test_two_processes_on_one_out_compute_each_run_once(tmp_path):
 
 def test_a_run_claimed_by_a_live_process_is_waited_for_not_recomputed(tmp_path, monkeypatch):
     held = {}
-    claim = RunStore.claim
+    claim = FitStore.claim
 
     def claim_unless_first(store, digest):
         if not held:  # as if another live process had claimed this run first
@@ -214,52 +216,52 @@ def test_a_run_claimed_by_a_live_process_is_waited_for_not_recomputed(tmp_path, 
         held["store"].put(held["digest"], "rep", 0, others_record)
 
     computed = []
-    run_one = compare_module.run_one
+    fit_one = fits_module.fit_one
 
     def counting_run_one(*args, **kwargs):
         if kwargs.get("posterior", True):  # a timed run, not the warm-up
             computed.append(args[4])
-        return run_one(*args, **kwargs)
+        return fit_one(*args, **kwargs)
 
-    monkeypatch.setattr(RunStore, "claim", claim_unless_first)
+    monkeypatch.setattr(FitStore, "claim", claim_unless_first)
     monkeypatch.setattr(compare_module.time, "sleep", the_other_process_finishes)
-    monkeypatch.setattr(compare_module, "run_one", counting_run_one)
+    monkeypatch.setattr(fits_module, "fit_one", counting_run_one)
     result = coin_compare(tmp_path, configs={"rep": pg.Reparam(), "loo": pg.Score("loo")})
-    assert result.runs[("rep", 0)]["elbo"] == [-7.0] * 5  # the other process's run
+    assert result.fits[("rep", 0)]["elbo"] == [-7.0] * 5  # the other process's run
     assert computed == [pg.Score("loo")]  # only the unclaimed run was computed here
 
 
 def test_a_store_that_is_not_a_database_is_named_and_left_untouched(tmp_path):
     junk = os.urandom(4096)
-    (tmp_path / "runs.sqlite").write_bytes(junk)
-    with pytest.raises(pg.EstimatorError, match=r"runs.sqlite cannot be used \(file is not a database\).*move"):
+    (tmp_path / "fits.sqlite").write_bytes(junk)
+    with pytest.raises(pg.EstimatorError, match=r"fits.sqlite cannot be used \(file is not a database\).*move"):
         coin_compare(tmp_path)
-    assert (tmp_path / "runs.sqlite").read_bytes() == junk
+    assert (tmp_path / "fits.sqlite").read_bytes() == junk
 
 
 def test_a_corrupt_row_is_named_and_kept(tmp_path):
     coin_compare(tmp_path)
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
-        db.execute("UPDATE runs SET record = substr(record, 1, 40)")
-    with pytest.raises(pg.EstimatorError, match="the stored run of config 'rep', seed 0 is corrupt"):
+    with sqlite3.connect(tmp_path / "fits.sqlite") as db:
+        db.execute("UPDATE fits SET record = substr(record, 1, 40)")
+    with pytest.raises(pg.EstimatorError, match="the stored fit of config 'rep', seed 0 is corrupt"):
         coin_compare(tmp_path)
-    assert stored_runs(tmp_path) == 1
+    assert stored_fits(tmp_path) == 1
 
 
 def test_a_store_from_before_digests_is_kept_aside_and_never_reused(tmp_path):
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
-        db.execute("CREATE TABLE runs (config TEXT, seed INTEGER, record TEXT, PRIMARY KEY (config, seed))")
-        db.execute("INSERT INTO runs VALUES ('rep', 0, '{}')")
+    with sqlite3.connect(tmp_path / "fits.sqlite") as db:
+        db.execute("CREATE TABLE fits (config TEXT, seed INTEGER, record TEXT, PRIMARY KEY (config, seed))")
+        db.execute("INSERT INTO fits VALUES ('rep', 0, '{}')")
     assert coin_compare(tmp_path).origin == {("rep", 0): "new"}
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
-        assert db.execute("SELECT config FROM runs_without_digests").fetchall() == [("rep",)]
+    with sqlite3.connect(tmp_path / "fits.sqlite") as db:
+        assert db.execute("SELECT config FROM fits_without_digests").fetchall() == [("rep",)]
 
 
 def test_a_claim_is_live_while_its_process_runs_and_its_heartbeat_is_fresh(tmp_path):
     import socket
     import time
 
-    store = RunStore(str(tmp_path))
+    store = FitStore(str(tmp_path))
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -271,7 +273,7 @@ def test_a_claim_is_live_while_its_process_runs_and_its_heartbeat_is_fresh(tmp_p
         "silent elsewhere": ("another-host", 1, stale),
     }
     try:
-        with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        with sqlite3.connect(tmp_path / "fits.sqlite") as db:
             db.executemany("INSERT INTO claims VALUES (?, ?, ?, ?)", [(k, *v) for k, v in claims.items()])
         assert {k: store.claim(k) for k in claims} == {
             "live here": "held", "dead here": "claimed", "fresh elsewhere": "held", "silent elsewhere": "claimed",
@@ -282,16 +284,16 @@ def test_a_claim_is_live_while_its_process_runs_and_its_heartbeat_is_fresh(tmp_p
 
 
 def test_an_interrupted_run_releases_its_claim(tmp_path, monkeypatch):
-    run_one = compare_module.run_one
+    fit_one = fits_module.fit_one
 
     def interrupted_when_timed(*args, **kwargs):
         if kwargs.get("posterior", True):
             raise KeyboardInterrupt  # Ctrl-C in the middle of a run
-        return run_one(*args, **kwargs)
+        return fit_one(*args, **kwargs)
 
-    monkeypatch.setattr(compare_module, "run_one", interrupted_when_timed)
+    monkeypatch.setattr(fits_module, "fit_one", interrupted_when_timed)
     with pytest.raises(KeyboardInterrupt):
         coin_compare(tmp_path)
-    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+    with sqlite3.connect(tmp_path / "fits.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
-        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM fits").fetchone()[0] == 0

@@ -8,7 +8,6 @@ in reverse mode with respect to every target at once, site parameters included (
 
 from typing import Any, Callable, Dict, List, Optional, Type, Union
 
-import pyro.poutine as poutine
 import torch
 
 from pyro_grad.diagnostics.gradient_samples import Target, reverse_leaves

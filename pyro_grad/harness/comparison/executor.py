@@ -1,24 +1,24 @@
-"""A comparison's runs as tasks on a ``concurrent.futures.Executor``: a local
+"""A comparison's fits as tasks on a ``concurrent.futures.Executor``: a local
 ``ProcessPoolExecutor``, a Dask cluster's ``distributed.Client(...).get_executor()``, or
 Ray's.
 
 * **One task per (config, seed).** Every task carries the whole comparison (model, guide,
-  data, configs, optimizer: a :class:`~pyro_grad.harness.comparison.svi_runs.Runs`), pickled once
+  data, configs, optimizer: a :class:`~pyro_grad.harness.comparison.fits.Fits`), pickled once
   by cloudpickle. The script's functions and the modules defining the model and the
   guide travel by value (and ``reset``'s: :func:`program_modules`); other modules are imported by the
   worker. Whatever cannot travel is named before anything is sent.
-* **Bit for bit the serial run.** A task seeds itself from its seed, starts from a
+* **Bit for bit the serial fit.** A task seeds itself from its seed, starts from a
   cleared param store, the configs' networks as given and ``reset``, warms up untimed,
-  and runs under the caller's torch thread count, default dtype and Pyro validation
+  and fits under the caller's torch thread count, default dtype and Pyro validation
   (:class:`ProcessSettings`). It
   carries nothing from earlier tasks.
-* **The caller alone writes the store**, each run as its result arrives, so
-  ``runs.sqlite`` keeps its guarantees: a killed caller keeps every finished run, and its
+* **The caller alone writes the store**, each fit as its result arrives, so
+  ``fits.sqlite`` keeps its guarantees: a killed caller keeps every finished fit, and its
   claims expire, so the next call resumes.
 * **A task whose worker dies is retried once**, then recorded as failed with the reason;
   the next call computes it again. An executor fails every task a dead worker held (a
   process pool, every task it held), not only the one that killed it, so the retries
-  run one at a time, alone: a run is recorded failed only when it killed its worker.
+  run one at a time, alone: a fit is recorded failed only when it killed its worker.
 """
 
 import concurrent.futures as cf
@@ -32,30 +32,28 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import cloudpickle
 import pyro
 import pyro.poutine.util
 import torch
 
-from pyro_grad.harness.comparison.progress import RunLog
+from pyro_grad.harness.comparison.ledger import Key, Ledger
+from pyro_grad.harness.comparison.progress import FitLog
 from pyro_grad.errors import EstimatorError, first_line
 
-#: Seconds between the caller's heartbeats for the runs its tasks are computing.
+#: Seconds between the caller's heartbeats for the fits its tasks are computing.
 HEARTBEAT_SECONDS = 60.0
 POLL_SECONDS = 1.0
 #: How Dask (``KilledWorker``) and Ray say a task's worker died, beyond
 #: ``concurrent.futures.BrokenExecutor``.
 WORKER_LOST = {"KilledWorker", "WorkerCrashedError", "NodeDiedError", "ActorDiedError"}
 
-# Pyro's param store and torch's generator are per process, so two runs in threads of
+# Pyro's param store and torch's generator are per process, so two fits in threads of
 # one worker process (a Dask worker with --nthreads 2, a ThreadPoolExecutor) would
-# overwrite each other's parameters: a process computes one run at a time.
+# overwrite each other's parameters: a process computes one fit at a time.
 _ONE_RUN_PER_PROCESS = threading.Lock()
-
-Key = Tuple[str, int]
-
 
 class _Gone:
     """The referent of a weak reference that travelled: gone on arrival."""
@@ -68,7 +66,7 @@ def _dead_reference() -> weakref.ReferenceType:
 class _Pickler(cloudpickle.Pickler):
     """cloudpickle, with weak references sent dead. Pyro hangs one on every parameter it
     has seen (``param.unconstrained``, into the param store), which plain pickle refuses;
-    a weak reference promises nothing about its referent, and every run starts from a
+    a weak reference promises nothing about its referent, and every fit starts from a
     cleared param store that sets it again."""
 
     def reducer_override(self, obj: Any) -> Any:
@@ -115,23 +113,23 @@ def _by_value(modules: List[str]) -> Iterator[None]:
             cloudpickle.unregister_pickle_by_value(sys.modules[name])
 
 
-def pack(runs: Any) -> bytes:
+def pack(fits: Any) -> bytes:
     """The comparison as bytes for the workers, or one error naming what cannot travel."""
-    with _by_value(program_modules(runs.model, runs.guide, runs.reset)):
+    with _by_value(program_modules(fits.model, fits.guide, fits.reset)):
         try:
-            return _dumps(runs)
+            return _dumps(fits)
         except Exception as error:
-            why, part = _describe(error), _unpicklable_part(runs)
-    raise EstimatorError(f"cannot send the runs to the executor's workers: {part} cannot be pickled ({why}); "
-                         "pass data rather than open files, locks or connections, or run without an executor")
+            why, part = _describe(error), _unpicklable_part(fits)
+    raise EstimatorError(f"cannot send the fits to the executor's workers: {part} cannot be pickled ({why}); "
+                         "pass data rather than open files, locks or connections, or compare without an executor")
 
 
-def _unpicklable_part(runs: Any) -> str:
-    parts = {"the model": runs.model, "the guide": runs.guide, "reset": runs.reset, "optim": runs.optim,
-             "the objective": runs.objective}
-    parts.update({f"argument {i}": value for i, value in enumerate(runs.args)})
-    parts.update({f"keyword argument {name!r}": value for name, value in runs.kwargs.items()})
-    parts.update({f"config {label!r}": config for label, config in runs.configs.items()})
+def _unpicklable_part(fits: Any) -> str:
+    parts = {"the model": fits.model, "the guide": fits.guide, "reset": fits.reset, "optim": fits.optim,
+             "the objective": fits.objective}
+    parts.update({f"argument {i}": value for i, value in enumerate(fits.args)})
+    parts.update({f"keyword argument {name!r}": value for name, value in fits.kwargs.items()})
+    parts.update({f"config {label!r}": config for label, config in fits.configs.items()})
     for name, value in parts.items():
         try:
             _dumps(value)
@@ -174,28 +172,28 @@ def _start_worker(parent: int, threads: int) -> None:
     threading.Thread(target=exit_with_parent, daemon=True, name="exit-with-parent").start()
 
 
-def run_task(payload: bytes, label: str, seed: int, settings: "ProcessSettings", attempt: int) -> Dict[str, Any]:
-    """A worker's task: the run of config ``label`` with ``seed``. ``attempt`` tells a
+def fit_task(payload: bytes, label: str, seed: int, settings: "ProcessSettings", attempt: int) -> Dict[str, Any]:
+    """A worker's task: the fit of config ``label`` with ``seed``. ``attempt`` tells a
     retry from the first try (Dask would otherwise hand back the first try's result for
     the same arguments)."""
     try:
-        runs = cloudpickle.loads(payload)
+        fits = cloudpickle.loads(payload)
     except Exception as error:
         raise EstimatorError(
-            f"a worker cannot load the runs ({type(error).__name__}: {first_line(error)}): install the "
+            f"a worker cannot load the fits ({type(error).__name__}: {first_line(error)}): install the "
             "modules the model, guide and configs import on every worker, or define them in the script "
             "(cloudpickle carries a script's own functions by value)"
         ) from None
     with _ONE_RUN_PER_PROCESS, settings.applied():
-        runs.warm_up(label, seed)
-        return runs.run(label, seed)
+        fits.warm_up(label, seed)
+        return fits.fit(label, seed)
 
 
 @dataclasses.dataclass(frozen=True)
 class ProcessSettings:
-    """The calling process's settings that a run's numbers depend on: torch's thread
+    """The calling process's settings that a fit's numbers depend on: torch's thread
     count (floating-point sums are split by thread), default dtype, and Pyro's validation
-    (which refuses some runs)."""
+    (which refuses some fits)."""
 
     threads: int
     dtype: torch.dtype
@@ -225,20 +223,11 @@ def is_worker_lost(error: BaseException) -> bool:
 
 
 def lost_record(reason: str) -> Dict[str, Any]:
-    """A run lost with its worker twice: failed, with no figures, and marked ``lost`` so
+    """A fit lost with its worker twice: failed, with no figures, and marked ``lost`` so
     that the next call computes it again rather than reusing it."""
     return {"status": "failed", "reason": reason, "step": 0, "elbo": [], "checkpoints": [],
             "seconds": math.nan, "cpu seconds": math.nan, "evaluations": 0, "posterior": {}, "notes": [],
             "lost": True}
-
-
-def claim_or_reuse(key: Key, digests: Dict[Key, str], store: Any, records: dict, origin: dict) -> str:
-    """Claim a run for this process: ``"claimed"``; ``"stored"`` when another process
-    finished it meanwhile (now in ``records``); ``"held"`` when a live process computes it."""
-    claim = store.claim(digests[key])
-    if claim == "stored":
-        records[key], origin[key] = store.get(digests[key]), "reused"
-    return claim
 
 
 def _describe(error: BaseException) -> str:
@@ -246,12 +235,11 @@ def _describe(error: BaseException) -> str:
 
 
 class _Tasks:
-    """The claimed runs on the executor; each result stored as it arrives."""
+    """The claimed fits on the executor; each result stored as it arrives."""
 
-    def __init__(self, executor: cf.Executor, payload: bytes, digests: Dict[Key, str], store: Any,
-                 records: dict, stored: Callable[[Key, Dict[str, Any]], None]):
-        self.executor, self.payload, self.digests, self.store = executor, payload, digests, store
-        self.records, self.stored = records, stored
+    def __init__(self, executor: cf.Executor, payload: bytes, ledger: Ledger,
+                 stored: Callable[[Key, Dict[str, Any]], None]):
+        self.executor, self.payload, self.ledger, self.stored = executor, payload, ledger, stored
         self.settings = ProcessSettings.here()
         self.keys: List[Key] = []
         self.submitted = False  # a task of this call has been sent
@@ -264,11 +252,11 @@ class _Tasks:
             self._store(key, lost_record(f"its worker died twice ({lost[key]}; then {reason})"))
 
     def _alone(self, keys: List[Key]) -> Dict[Key, str]:
-        """The second try: each run alone, one after another, so that a worker's death is
-        charged to the run it ran (an executor fails every task its dead worker held, and
+        """The second try: each fit alone, one after another, so that a worker's death is
+        charged to the fit it ran (an executor fails every task its dead worker held, and
         a process pool every task it held). A process pool breaks for good when a process
         dies, so these go to a one-process pool of its own, replaced when it breaks.
-        Returns the runs whose worker died again, and why."""
+        Returns the fits whose worker died again, and why."""
         own = isinstance(self.executor, cf.ProcessPoolExecutor)
         # Started as the executor's processes are: start method (fork, spawn), initializer.
         like = {"mp_context": getattr(self.executor, "_mp_context", None),
@@ -290,12 +278,12 @@ class _Tasks:
         return again
 
     def _round(self, pool: cf.Executor, keys: List[Key], attempt: int) -> Dict[Key, str]:
-        """Run ``keys`` on ``pool``; returns the keys lost with their worker, and why."""
+        """Fit ``keys`` on ``pool``; returns the keys lost with their worker, and why."""
         futures: Dict[cf.Future, Key] = {}
         lost: Dict[Key, str] = {}
         for key in keys:
             try:
-                futures[pool.submit(run_task, self.payload, *key, self.settings, attempt)] = key
+                futures[pool.submit(fit_task, self.payload, *key, self.settings, attempt)] = key
                 self.submitted = True
             except cf.BrokenExecutor as error:
                 if not self.submitted:
@@ -321,11 +309,11 @@ class _Tasks:
                                 f"a worker cannot run the task ({_describe(error)}): install pyro-grad, the "
                                 "same version as here, on every worker")
                         elif failure is None:
-                            failure = error  # a mistake in the configuration: every run would make it
+                            failure = error  # a mistake in the configuration: every fit would make it
                         continue
                     self._store(key, record)
                 if time.monotonic() - self.beat > HEARTBEAT_SECONDS:  # every claim still to store, queued too
-                    self.store.heartbeat(*(self.digests[k] for k in self.keys if k not in self.records))
+                    self.ledger.heartbeat(k for k in self.keys if k not in self.ledger.records)
                     self.beat = time.monotonic()
         finally:
             for future in futures:
@@ -335,47 +323,43 @@ class _Tasks:
         return lost
 
     def _store(self, key: Key, record: Dict[str, Any]) -> None:
-        self.store.put(self.digests[key], *key, record)
-        self.records[key] = record
+        self.ledger.put(key, record)
         self.stored(key, record)
 
 
-def run_on_executor(executor: Any, runs: Any, pending: List[Key], digests: Dict[Key, str], store: Any,
-                    records: dict, origin: dict) -> None:
-    """Compute the ``pending`` runs as tasks on ``executor``, storing each as it arrives,
-    with a progress bar over tasks; runs another process holds are waited for."""
+def fit_on_executor(executor: Any, fits: Any, ledger: Ledger) -> None:
+    """Compute the ledger's pending fits as tasks on ``executor``, storing each as it
+    arrives, with a progress bar over tasks; fits another process holds are waited for."""
+    pending = ledger.pending()
     if not pending:
         return
     from tqdm.auto import tqdm
 
-    payload = pack(runs)
-    progress = tqdm(total=len(pending), disable=not sys.stderr.isatty(), desc="compare", unit="run")
-    log = RunLog(len(pending))
+    payload = pack(fits)
+    progress = tqdm(total=len(pending), disable=not sys.stderr.isatty(), desc="compare", unit="fit")
+    log = FitLog(len(pending))
 
     def stored(key: Key, record: Dict[str, Any]) -> None:
         progress.update(1)
         log.stored(key, record)
 
-    tasks = _Tasks(executor, payload, digests, store, records, stored)
+    tasks = _Tasks(executor, payload, ledger, stored)
     claimed: List[Key] = []
     try:
         waiting = pending
         while True:
             held = []
             for key in waiting:
-                claim = claim_or_reuse(key, digests, store, records, origin)
+                claim = ledger.claim(key)
                 if claim == "claimed":
                     claimed.append(key)
                 elif claim == "held":
                     held.append(key)
-            tasks.run([key for key in claimed if key not in records])
+            tasks.run([key for key in claimed if key not in ledger.records])
             if not held:
                 break
-            time.sleep(POLL_SECONDS)  # runs other processes hold: wait, or take over a dead one's
+            time.sleep(POLL_SECONDS)  # fits other processes hold: wait, or take over a dead one's
             waiting = held
     finally:
         progress.close()
-        for key in claimed:
-            if key not in records:
-                with contextlib.suppress(EstimatorError):  # the store may be what failed
-                    store.release(digests[key])
+        ledger.release(claimed)

@@ -1,7 +1,7 @@
-"""A run's identity: a digest of everything that determines its result.
+"""A fit's identity: a digest of everything that determines its result.
 
-Two runs with the same digest are the same computation (same program source, data,
-estimators, settings, seed and versions), so a stored run is reused only when its digest
+Two fits with the same digest are the same computation (same program source, data,
+estimators, settings, seed and versions), so a stored fit is reused only when its digest
 matches. The digest is built from a deterministic description of each ingredient:
 tensors by their bytes; functions by their qualified name, source, bytecode, captured
 variables and the module globals they read (constants and helper functions, followed
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 #: Bump when the meaning of a stored record changes.
-FORMAT = "pyro_grad run 2"
+FORMAT = "pyro_grad fit 2"
 
 
 def _tokens(obj: Any, seen: set) -> Iterator[str]:
@@ -166,7 +166,7 @@ def _source(obj: Any) -> Iterator[str]:
 
 
 def versions() -> str:
-    """The versions that can change a run's numbers."""
+    """The versions that can change a fit's numbers."""
     found = []
     for package in ("pyro-grad", "pyro-ppl", "torch"):
         try:
@@ -176,8 +176,8 @@ def versions() -> str:
     return ",".join(found)
 
 
-class RunIdentity:
-    """The digest of the parts every run of one :func:`~pyro_grad.compare` call shares,
+class FitIdentity:
+    """The digest of the parts every fit of one :func:`~pyro_grad.compare` call shares,
     extended per (config, seed) by :meth:`digest`."""
 
     def __init__(self, **shared: Any):
@@ -187,7 +187,7 @@ class RunIdentity:
             self._hash.update(b"\0")
 
     def digest(self, config: Any, seed: int, schedule: Optional[Tuple[int, Optional[int]]] = None) -> str:
-        """The run's digest; ``schedule``: its own (steps, diagnose_every) where a budget
+        """The fit's digest; ``schedule``: its own (steps, diagnose_every) where a budget
         in evaluations gives each config its own."""
         h = self._hash.copy()
         extra = {} if schedule is None else {"schedule": schedule}

@@ -1,4 +1,4 @@
-"""``RunLog``: one log line per run a comparison stores, for logs and CI where no progress
+"""``FitLog``: one log line per fit a comparison stores, for logs and CI where no progress
 bar shows (``logging.getLogger("pyro_grad.harness.comparison")``, level INFO)."""
 
 import logging
@@ -7,8 +7,8 @@ from typing import Any, Dict, Tuple
 logger = logging.getLogger("pyro_grad.harness.comparison")
 
 
-class RunLog:
-    """Counts the runs stored out of ``total`` and logs each one."""
+class FitLog:
+    """Counts the fits stored out of ``total`` and logs each one."""
 
     def __init__(self, total: int):
         self.total, self.done = total, 0
@@ -20,4 +20,4 @@ class RunLog:
             outcome = f"finished in {record['seconds']:.1f} s"
         else:
             outcome = f"failed: {record['reason']}"
-        logger.info("run %d of %d: config %r, seed %d, %s", self.done, self.total, label, seed, outcome)
+        logger.info("fit %d of %d: config %r, seed %d, %s", self.done, self.total, label, seed, outcome)

@@ -1,4 +1,4 @@
-"""``Comparison``: the runs of :func:`~pyro_grad.compare`, as tables, figures and ArviZ data."""
+"""``Comparison``: the fits of :func:`~pyro_grad.compare`, as tables, figures and ArviZ data."""
 
 import math
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import arviz
     from matplotlib.figure import Figure
 
-#: The last fraction of steps averaged for a run's final ELBO.
+#: The last fraction of steps averaged for a fit's final ELBO.
 FINAL_FRACTION = 0.1
 
 
@@ -30,24 +30,24 @@ def _smoothed(elbo: list, window: int) -> np.ndarray:
 
 
 class Comparison:
-    """Runs keyed by (config label, seed); each a dict with ``status``, ``reason``,
+    """Fits keyed by (config label, seed); each a dict with ``status``, ``reason``,
     ``step``, ``elbo`` (per step), ``checkpoints`` (step, variance, snr), ``seconds``
     and ``cpu seconds`` (wall and CPU time, checkpoints excluded), ``evaluations``,
     ``posterior`` ({site: draws}, indexed by data point) and ``notes``.
 
-    ``origin[(label, seed)]`` says where each run came from: ``"reused"`` from the
-    store, ``"recomputed"`` (a run of this label and seed was stored under other
+    ``origin[(label, seed)]`` says where each fit came from: ``"reused"`` from the
+    store, ``"recomputed"`` (a fit of this label and seed was stored under other
     settings) or ``"new"``.
     """
 
-    def __init__(self, runs: Dict[Tuple[str, int], Dict[str, Any]], configs: Dict[str, str],
+    def __init__(self, fits: Dict[Tuple[str, int], Dict[str, Any]], configs: Dict[str, str],
                  origin: Optional[Dict[Tuple[str, int], str]] = None, objective: str = "ELBO",
                  unbiased: Optional[Dict[str, Optional[bool]]] = None):
-        self.runs = runs
+        self.fits = fits
         self.configs = configs
-        self.origin = origin if origin is not None else {key: "new" for key in runs}
+        self.origin = origin if origin is not None else {key: "new" for key in fits}
         self.reference: Dict[str, np.ndarray] = {}
-        #: What the runs maximized ("ELBO", or "bound" for pg.IWAE), as the tables name it.
+        #: What the fits maximized ("ELBO", or "bound" for pg.IWAE), as the tables name it.
         self.objective = objective
         #: Per config, whether every estimator it sets claims to be unbiased (None: a
         #: callable config, which may choose anything).
@@ -56,15 +56,15 @@ class Comparison:
         self.log_evidence: Optional[float] = None
 
     def provenance(self) -> str:
-        """One line: how many runs were reused from the store, recomputed, or new."""
+        """One line: how many fits were reused from the store, recomputed, or new."""
         counts = {kind: sum(o == kind for o in self.origin.values()) for kind in ("reused", "recomputed", "new")}
-        return (f"{counts['reused']} runs reused from the store, {counts['recomputed']} recomputed "
+        return (f"{counts['reused']} fits reused from the store, {counts['recomputed']} recomputed "
                 f"(stored under other settings), {counts['new']} new")
 
     @property
     def notes(self) -> List[str]:
-        """Notes from the runs (sites left out of the posterior draws), each once."""
-        return list(dict.fromkeys(note for r in self.runs.values() for note in r.get("notes", [])))
+        """Notes from the fits (sites left out of the posterior draws), each once."""
+        return list(dict.fromkeys(note for r in self.fits.values() for note in r.get("notes", [])))
 
     def add_nuts_reference(
         self, model: Any, *args: Any, num_samples: int = 300, warmup_steps: int = 200, seed: int = 0, **kwargs: Any
@@ -82,7 +82,7 @@ class Comparison:
 
     @property
     def labels(self):
-        return list(dict.fromkeys(label for label, _ in self.runs))
+        return list(dict.fromkeys(label for label, _ in self.fits))
 
     def target(self) -> float:
         """The default target ELBO: the lowest final ELBO (mean over seeds) of any
@@ -91,12 +91,12 @@ class Comparison:
         return float(finals.min())
 
     def to_target(self, target: Optional[float] = None) -> pd.DataFrame:
-        """Per finished run: the ``steps``, ``seconds`` and program ``evaluations`` it took
+        """Per finished fit: the ``steps``, ``seconds`` and program ``evaluations`` it took
         for its ELBO (smoothed over 5% of the steps) to reach ``target`` (the default
         :meth:`target`), NaN when it never did."""
         target = self.target() if target is None else target
         rows = []
-        for (label, seed), r in self.runs.items():
+        for (label, seed), r in self.fits.items():
             if r["status"] != "finished":
                 continue
             window = max(1, len(r["elbo"]) // 20)
@@ -111,19 +111,19 @@ class Comparison:
         """Per configuration, fastest first: the mean seconds (± sd over seeds) and program
         evaluations for the ELBO to reach ``target`` (smoothed over 5% of the steps; the
         default target is :meth:`target`), whether the config claims to be unbiased, the
-        final ELBO mean ± sd over seeds (finished runs), time per run, gradient variance
-        at the last checkpoint, failed runs. A config that missed the target in some seed
+        final ELBO mean ± sd over seeds (finished fits), time per fit, gradient variance
+        at the last checkpoint, failed fits. A config that missed the target in some seed
         has NaN there and sorts last."""
         target = self.target() if target is None else target
         hits = self.to_target(target) if target > float("-inf") else None
         rows = []
         for label in self.labels:
-            runs = [r for (l, _), r in self.runs.items() if l == label]
-            done = [r for r in runs if r["status"] == "finished"]
+            fits = [r for (l, _), r in self.fits.items() if l == label]
+            done = [r for r in fits if r["status"] == "finished"]
             finals = [_final(r["elbo"]) for r in done]
             reached = hits[hits["config"] == label] if hits is not None else pd.DataFrame()
-            # A failed run never reached the target: the config's figures need every seed.
-            every = len(reached) == len(runs) and bool(reached["seconds"].notna().all())
+            # A failed fit never reached the target: the config's figures need every seed.
+            every = len(reached) == len(fits) and bool(reached["seconds"].notna().all())
             variances = [r["checkpoints"][-1]["variance"] for r in done if r["checkpoints"]]
             rows.append({
                 "config": label,
@@ -134,23 +134,23 @@ class Comparison:
                 "evaluations to target": float(reached["evaluations"].mean()) if every else float("nan"),
                 f"final {self.objective}": float(np.mean(finals)) if finals else float("nan"),
                 "± sd": float(np.std(finals)) if finals else float("nan"),
-                # A run lost with its worker has no timings.
-                "seconds per run": float(np.mean(timed)) if (timed := [r["seconds"] for r in runs
+                # A fit lost with its worker has no timings.
+                "seconds per fit": float(np.mean(timed)) if (timed := [r["seconds"] for r in fits
                                                                        if not is_lost(r)]) else math.nan,
-                "CPU seconds per run": float(np.mean([r.get("cpu seconds", math.nan) for r in runs
+                "CPU seconds per fit": float(np.mean([r.get("cpu seconds", math.nan) for r in fits
                                                       if not is_lost(r)] or [math.nan])),
                 "gradient variance": float(np.mean(variances)) if variances else float("nan"),
-                "failed runs": sum(r["status"] != "finished" for r in runs),
-                "reused runs": sum(self.origin.get((label, s)) == "reused" for (l, s) in self.runs if l == label),
+                "failed fits": sum(r["status"] != "finished" for r in fits),
+                "reused fits": sum(self.origin.get((label, s)) == "reused" for (l, s) in self.fits if l == label),
             })
         table = pd.DataFrame(rows)
         return table.sort_values("seconds to target", kind="stable", na_position="last").reset_index(drop=True)
 
     def failures(self) -> pd.DataFrame:
-        """Runs that stopped early, with their reason and step."""
+        """Fits that stopped early, with their reason and step."""
         return pd.DataFrame([
             {"config": l, "seed": s, "step": r["step"], "reason": r["reason"]}
-            for (l, s), r in self.runs.items() if r["status"] != "finished"
+            for (l, s), r in self.fits.items() if r["status"] != "finished"
         ])
 
     def plot_elbo(self) -> "Figure":
@@ -158,7 +158,7 @@ class Comparison:
         target of :meth:`summary` and, where known, the exact log p(x) as lines."""
         curves = {}
         for label in self.labels:
-            traces = [r["elbo"] for (l, _), r in self.runs.items() if l == label and r["elbo"]]
+            traces = [r["elbo"] for (l, _), r in self.fits.items() if l == label and r["elbo"]]
             if traces:
                 n = min(len(t) for t in traces)
                 window = max(1, n // 20)
@@ -174,7 +174,7 @@ class Comparison:
         series = {}
         for label in self.labels:
             points: Dict[int, list] = {}
-            for (l, _), r in self.runs.items():
+            for (l, _), r in self.fits.items():
                 if l == label:
                     for c in r["checkpoints"]:
                         points.setdefault(c["step"], []).append(c["variance"])
@@ -191,9 +191,9 @@ class Comparison:
 
         posterior = {f"{site}[NUTS]": draws[None] for site, draws in self.reference.items()}
         for label in self.labels:
-            runs = sorted(((s, r) for (l, s), r in self.runs.items() if l == label and r["posterior"]))
-            if not runs:
+            fits = sorted(((s, r) for (l, s), r in self.fits.items() if l == label and r["posterior"]))
+            if not fits:
                 continue
-            for site in runs[0][1]["posterior"]:
-                posterior[f"{site}[{label}]"] = np.stack([np.asarray(r["posterior"][site]) for _, r in runs])
+            for site in fits[0][1]["posterior"]:
+                posterior[f"{site}[{label}]"] = np.stack([np.asarray(r["posterior"][site]) for _, r in fits])
         return az.from_dict(posterior=posterior)

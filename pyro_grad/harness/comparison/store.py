@@ -1,11 +1,11 @@
-"""``RunStore``: SVI runs in ``out/runs.sqlite``, keyed by their identity digest.
+"""``FitStore``: SVI fits in ``out/fits.sqlite``, keyed by their identity digest.
 
-* Each run is committed in its own transaction the moment it ends, so a process killed
-  mid-way loses only the runs in progress.
-* A run is found by its digest (:mod:`~pyro_grad.harness.comparison.identity`): a run stored
+* Each fit is committed in its own transaction the moment it ends, so a process killed
+  mid-way loses only the fits in progress.
+* A fit is found by its digest (:mod:`~pyro_grad.harness.comparison.identity`): a fit stored
   under other settings is never returned, and stays stored.
-* Before computing a run, a process *claims* its digest. Another process on the same
-  ``out`` skips runs claimed by a live process and picks them up once stored. A claim
+* Before computing a fit, a process *claims* its digest. Another process on the same
+  ``out`` skips fits claimed by a live process and picks them up once stored. A claim
   whose process has died (same host: its pid is gone; any host: no heartbeat for
   :data:`CLAIM_TIMEOUT` seconds) has expired and can be taken over.
 
@@ -28,7 +28,7 @@ from pyro_grad.errors import EstimatorError
 CLAIM_TIMEOUT = 600.0
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
+CREATE TABLE IF NOT EXISTS fits (
     digest TEXT PRIMARY KEY,
     config TEXT NOT NULL,
     seed INTEGER NOT NULL,
@@ -55,13 +55,13 @@ def _alive(pid: int) -> bool:
 
 
 def is_lost(record: Dict[str, Any]) -> bool:
-    """Whether a run was lost with its worker (``executor.lost_record``): it has no figures,
+    """Whether a fit was lost with its worker (``executor.lost_record``): it has no figures,
     is never reused, and is computed again by the next call."""
     return bool(record.get("lost"))
 
 
 def _lost(text: str) -> bool:
-    """:func:`is_lost` of a stored record's JSON. A corrupt record is not: :meth:`RunStore.get`
+    """:func:`is_lost` of a stored record's JSON. A corrupt record is not: :meth:`FitStore.get`
     names it."""
     try:
         return is_lost(json.loads(text))
@@ -69,23 +69,23 @@ def _lost(text: str) -> bool:
         return False
 
 
-class RunStore:
-    """``out/runs.sqlite``; with ``out=None`` nothing is stored and nothing claimed."""
+class FitStore:
+    """``out/fits.sqlite``; with ``out=None`` nothing is stored and nothing claimed."""
 
     def __init__(self, out: Optional[str]):
-        self.path = None if out is None else Path(out) / "runs.sqlite"
+        self.path = None if out is None else Path(out) / "fits.sqlite"
         self.host, self.pid = socket.gethostname(), os.getpid()
         if self.path is None:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise EstimatorError(f"cannot write runs to {self.path.parent}: {error.strerror}") from None
+            raise EstimatorError(f"cannot write fits to {self.path.parent}: {error.strerror}") from None
         with self._transaction() as db:
-            columns = [row[1] for row in db.execute("PRAGMA table_info(runs)")]
+            columns = [row[1] for row in db.execute("PRAGMA table_info(fits)")]
             if columns and "digest" not in columns:
-                # A store from before run digests: kept aside, never reused.
-                db.execute("ALTER TABLE runs RENAME TO runs_without_digests")
+                # A store from before fit digests: kept aside, never reused.
+                db.execute("ALTER TABLE fits RENAME TO fits_without_digests")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -96,8 +96,8 @@ class RunStore:
         elif isinstance(error, sqlite3.OperationalError) and ("disk" in str(error) or "full" in str(error)):
             advice = "free some disk space, or choose another out directory"
         else:
-            advice = "move the file aside (its finished runs are not reused) or choose another out directory"
-        return EstimatorError(f"run store {self.path} cannot be used ({error}): {advice}")
+            advice = "move the file aside (its finished fits are not reused) or choose another out directory"
+        return EstimatorError(f"fit store {self.path} cannot be used ({error}): {advice}")
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
@@ -124,51 +124,51 @@ class RunStore:
         if self.path is None:
             return None
         with self._connection() as db:
-            row = db.execute("SELECT config, seed, record FROM runs WHERE digest = ?", (digest,)).fetchone()
+            row = db.execute("SELECT config, seed, record FROM fits WHERE digest = ?", (digest,)).fetchone()
         if row is None:
             return None
         try:
             return json.loads(row[2])
         except json.JSONDecodeError as error:
             raise EstimatorError(
-                f"run store {self.path}: the stored run of config {row[0]!r}, seed {row[1]} is corrupt "
+                f"fit store {self.path}: the stored fit of config {row[0]!r}, seed {row[1]} is corrupt "
                 f"({error.msg} at character {error.pos}); delete that row or move the file aside"
             ) from None
 
     def holds_other_settings(self, config: str, seed: int, digest: str) -> bool:
-        """Whether a run of this label and seed is stored under other settings (a digest
+        """Whether a fit of this label and seed is stored under other settings (a digest
         that no longer matches, so it is recomputed rather than reused)."""
         if self.path is None:
             return False
         with self._connection() as db:
             row = db.execute(
-                "SELECT 1 FROM runs WHERE config = ? AND seed = ? AND digest != ?", (config, seed, digest)
+                "SELECT 1 FROM fits WHERE config = ? AND seed = ? AND digest != ?", (config, seed, digest)
             ).fetchone()
         return row is not None
 
     def put(self, digest: str, config: str, seed: int, record: Dict[str, Any]) -> None:
-        """Store a finished (or failed) run and release this process's claim, in one transaction."""
+        """Store a finished (or failed) fit and release this process's claim, in one transaction."""
         if self.path is None:
             return
         with self._transaction() as db:
-            row = db.execute("SELECT record FROM runs WHERE digest = ?", (digest,)).fetchone()
-            # A run lost with its worker here never replaces one another process finished.
+            row = db.execute("SELECT record FROM fits WHERE digest = ?", (digest,)).fetchone()
+            # A fit lost with its worker here never replaces one another process finished.
             if not (is_lost(record) and row is not None and not _lost(row[0])):
                 db.execute(
-                    "INSERT OR REPLACE INTO runs (digest, config, seed, record, stored_at) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO fits (digest, config, seed, record, stored_at) VALUES (?, ?, ?, ?, ?)",
                     (digest, config, seed, json.dumps(record), time.time()),
                 )
             # Only this process's claim: one that expired and was taken over stays its new owner's.
             db.execute("DELETE FROM claims WHERE digest = ? AND host = ? AND pid = ?", (digest, self.host, self.pid))
 
     def claim(self, digest: str) -> str:
-        """Claim a run for this process, in one transaction with the check that it is not
+        """Claim a fit for this process, in one transaction with the check that it is not
         stored yet (or stored only as lost with its worker): ``"claimed"``, ``"stored"`` (another process finished it), or
         ``"held"`` (a live process is computing it)."""
         if self.path is None:
             return "claimed"
         with self._transaction() as db:
-            row = db.execute("SELECT record FROM runs WHERE digest = ?", (digest,)).fetchone()
+            row = db.execute("SELECT record FROM fits WHERE digest = ?", (digest,)).fetchone()
             if row is not None and not _lost(row[0]):
                 return "stored"
             row = db.execute("SELECT host, pid, heartbeat FROM claims WHERE digest = ?", (digest,)).fetchone()
@@ -186,7 +186,7 @@ class RunStore:
         return _alive(pid) if host == self.host else True
 
     def heartbeat(self, *digests: str) -> None:
-        """Keep this process's claims fresh during long runs."""
+        """Keep this process's claims fresh during long fits."""
         if self.path is None:
             return
         with self._transaction() as db:
@@ -196,7 +196,7 @@ class RunStore:
             )
 
     def release(self, digest: str) -> None:
-        """Give up this process's claim (a run that raised)."""
+        """Give up this process's claim (a fit that raised)."""
         if self.path is None:
             return
         with self._transaction() as db:

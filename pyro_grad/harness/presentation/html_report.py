@@ -112,8 +112,8 @@ def sections(obj: Any, bias: Optional[Mapping[str, str]] = None) -> List[Tuple[s
             ("Estimator configurations", pd.DataFrame(list(obj.configs.items()), columns=["config", "estimators"])),
         ]
         if len(obj.failures()):
-            parts.append(("Runs stopped early", obj.failures()))
-        parts.append(("Runs", f"{obj.provenance()}."))
+            parts.append(("Fits stopped early", obj.failures()))
+        parts.append(("Fits", f"{obj.provenance()}."))
         for note in obj.notes:
             parts.append(("Note", note))
         return parts + _posterior(obj)

@@ -13,7 +13,8 @@ import pyro
 
 from pyro_grad.harness.comparison import compare
 from pyro_grad.harness.comparison.executor import local_pool
-from pyro_grad.harness.comparison.svi_runs import CHECKPOINT_DRAWS, ConfigFailed, claims_unbiased
+from pyro_grad.harness.comparison.svi_compare import ConfigFailed, claims_unbiased
+from pyro_grad.harness.comparison.svi_fit import CHECKPOINT_DRAWS
 from pyro_grad.diagnostics import EstimatorComparison, diagnose
 from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.harness.presentation.html_report import machine, report, table_html, templates, write_file
@@ -109,7 +110,7 @@ def _build_page(bench: Any, name: str, out_dir: Path, num_steps: int, num_sample
                 checkpoint_samples=min(num_samples, CHECKPOINT_DRAWS), budget="evaluations",
             )
         except ConfigFailed as failure:
-            # The page shows the failed runs and their reasons beside the others.
+            # The page shows the failed fits and their reasons beside the others.
             result = failure.comparison
         if bench.log_evidence is not None:
             result.log_evidence = bench.log_evidence()

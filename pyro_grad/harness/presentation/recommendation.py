@@ -4,7 +4,7 @@ much worse it is, and the biased candidates named as such with their measured bi
 * Gradient draws (``E[f]``): the unbiased candidate (claimed, and not flagged against the
   exact reference) with the lowest work-normalized variance: Σ over parameters of the
   total gradient variance × program evaluations per draw.
-* SVI runs: the unbiased configuration that reaches the target ELBO fastest, in mean
+* SVI fits: the unbiased configuration that reaches the target ELBO fastest, in mean
   seconds over seeds (with their spread), among those that reach it in every seed.
 * A :class:`~pyro_grad.tuning.tune.Tuning`: its choice at each site, and each site's
   runner-up in the last round.
@@ -86,7 +86,7 @@ def _ratio(value: float, best: float) -> str:
     return "equal to" if value == 0 else "infinitely many times"
 
 
-def for_svi_runs(comparison: Comparison, bias: Optional[Mapping[str, str]] = None) -> Recommendation:
+def for_svi_fits(comparison: Comparison, bias: Optional[Mapping[str, str]] = None) -> Recommendation:
     """Recommend among SVI configurations: the fastest to the target ELBO, in seconds
     (mean ± sd over seeds), of those that claim to be unbiased and reach it in every
     seed. ``bias``: a measured bias in words per biased configuration."""
@@ -95,12 +95,12 @@ def for_svi_runs(comparison: Comparison, bias: Optional[Mapping[str, str]] = Non
     lines, candidates = [], []
     for label in comparison.labels:
         claimed = comparison.unbiased.get(label)
-        runs = hits[hits["config"] == label]
-        seeds = sum(1 for key in comparison.runs if key[0] == label)
-        # A failed run never reached the target: only configs that reached it in every seed.
-        if claimed and len(runs) == seeds and runs["seconds"].notna().all():
-            candidates.append((float(runs["seconds"].mean()), float(runs["seconds"].std(ddof=0)),
-                               float(runs["evaluations"].mean()), label, len(runs)))
+        fits = hits[hits["config"] == label]
+        seeds = sum(1 for key in comparison.fits if key[0] == label)
+        # A failed fit never reached the target: only configs that reached it in every seed.
+        if claimed and len(fits) == seeds and fits["seconds"].notna().all():
+            candidates.append((float(fits["seconds"].mean()), float(fits["seconds"].std(ddof=0)),
+                               float(fits["evaluations"].mean()), label, len(fits)))
     candidates.sort()
     best = None
     if candidates:
@@ -147,7 +147,7 @@ def for_tuning(tuning: Tuning) -> Recommendation:
 def recommend(obj: Any, bias: Optional[Mapping[str, str]] = None) -> Recommendation:
     """The recommendation for whatever a report shows (see the module's docstring)."""
     if isinstance(obj, Comparison):
-        return for_svi_runs(obj, bias)
+        return for_svi_fits(obj, bias)
     if isinstance(obj, EstimatorComparison):
         return for_gradient_draws(obj.reports)
     if isinstance(obj, GradientReport):

@@ -12,7 +12,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 import pyro.distributions as dist
 
-from pyro_grad.harness.comparison.svi_runs import claims_unbiased
+from pyro_grad.harness.comparison.svi_compare import claims_unbiased
 from pyro_grad.diagnostics import GradientReport, diagnose
 from pyro_grad.distributions import leaf_distribution, parameter_provenance
 from pyro_grad.engine.control_flow import READ
