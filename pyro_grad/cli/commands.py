@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--steps", type=positive_int, default=200, help="SVI steps per fit")
     report.add_argument("--samples", type=positive_int, default=2000, help="gradient draws per estimator")
     report.add_argument("--workers", type=positive_int, default=None, metavar="N",
-                        help="build N pages at a time, each in a local process (None: one after another)")
+                        help="build N pages at a time, each in a local process (default: one per usable core; "
+                             "1: one after another, in this process)")
     report.add_argument("--models", default=None, metavar="NAME,...",
                         help="only these built-in models (default: every one)")
     table = sub.add_parser("table", help="the seed programs' gradients under each applicable estimator",
@@ -155,10 +156,13 @@ def _run(ns: argparse.Namespace) -> int:
         if ns.command == "report":
             from pyro_grad.harness.presentation.main_job import build_reports
 
+            from pyro_grad.harness.comparison.executor import usable_cores
+
             models = [m for m in ns.models.split(",") if m] if ns.models is not None else None
+            workers = ns.workers if ns.workers is not None else usable_cores()
             index = build_reports(str(writable_directory(ns.out)), num_steps=ns.steps, num_samples=ns.samples,
                                   log=lambda line: print(line, file=sys.stderr, flush=True), models=models,
-                                  workers=ns.workers)
+                                  workers=None if workers == 1 else workers)
             print(f"wrote {index}")
             return 0
         if ns.command == "table":
