@@ -4,7 +4,8 @@
 Layers, lowest first: the ``engine``'s tracing primitives (particles, provenance,
 jumps, runs; with ``errors`` and ``distributions``), the estimators
 (``gradient_estimators``, with ``baselines`` and ``pyro_infer``), the engine's
-``surrogate`` (which assembles the estimators' terms) and the ``handler``, the
+``surrogate`` (which assembles the estimators' terms) and ``importance`` (which
+scores a guide and its model as the estimators ask), the ``handler``, the
 ``objectives``; ``diagnostics`` above them; ``tuning`` above diagnostics; the
 ``harness`` (comparisons, reports, benchmark programs) above the core; the ``cli`` on
 top. The graph is read from the source (every ``import``, function-local ones too, so
@@ -24,7 +25,7 @@ MODELS = pathlib.Path(__file__).resolve().parents[1] / "models"
 #: Layer of each top-level part of the package; a module may import its own layer and lower.
 LAYERS = {
     "errors": 0, "distributions": 0, "engine": 0, "baselines": 1, "pyro_infer": 1, "gradient_estimators": 1,
-    "engine.surrogate": 2, "handler": 2, "objectives": 3, "diagnostics": 4, "tuning": 5, "harness": 6, "cli": 7,
+    "engine.surrogate": 2, "engine.importance": 2, "handler": 2, "objectives": 3, "diagnostics": 4, "tuning": 5, "harness": 6, "cli": 7,
     "__init__": 7,
 }
 

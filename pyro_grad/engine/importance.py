@@ -31,6 +31,7 @@ from pyro_grad.distributions import describe, detached_parameters, parameter_pro
 from pyro_grad.errors import EstimatorError
 from pyro_grad.errors import float_index, float_index_error, is_index_dtype_error
 from pyro_grad.engine.control_flow import watched
+from pyro_grad.gradient_estimators.base import drops_score_of_q
 
 #: A site's cached log-densities, recomputed when its value changes.
 _DENSITY_KEYS = ("log_prob", "unscaled_log_prob", "log_prob_sum", "score_parts", "packed")
@@ -107,7 +108,7 @@ def compute_densities(trace: Trace, scores: bool, guide: bool = False) -> None:
         upstream = parameter_provenance(fn) | provenance_of(value)
         fn = without_provenance(fn)
         estimator = site["infer"].get("estimator")
-        if guide and estimator is not None and estimator.drops_score_of_q and not site["is_observed"]:
+        if guide and drops_score_of_q(estimator) and not site["is_observed"]:
             fn = detached_parameters_of_site(name, estimator, fn, plain(value))
         try:
             parts = (fn.score_parts if scores else fn.log_prob)(plain(value), *site["args"], **site["kwargs"])

@@ -1,14 +1,18 @@
-"""Assembling the score-function terms of a surrogate objective from per-particle blocks.
+"""Assembling a surrogate objective from per-particle pieces, dispatched on each site's
+estimator kind.
 
 Both objectives reduce a run to *blocks*: a block covers ``k`` particles (all K when
-vectorized, one when looped) and maps each score-path site to ``(estimator, score,
-f)``, tensors with the particle axis first. Here the blocks are joined into
-``(K, ...)`` tensors, so that baselines can look across particles (leave-one-out),
-and each site's estimator turns them into its surrogate term.
+vectorized, one when looped) and maps each score-path site (a
+:class:`~pyro_grad.gradient_estimators.ScoreEstimator`'s) to a :class:`ScorePart`, tensors with
+the particle axis first. Here the blocks are joined into ``(G, K, ...)`` tensors, so
+that baselines can look across particles (leave-one-out), and each site's estimator
+turns them into its surrogate term (:class:`~pyro_grad.gradient_estimators.ScoreSite` in,
+terms out). The difference estimators' sites are re-run and their terms taken here too
+(:func:`difference_terms`); pathwise sites need nothing after the draw.
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import pyro.distributions as dist
 import torch
@@ -20,12 +24,43 @@ from pyro_grad.distributions import describe
 from pyro_grad.engine.control_flow import READ
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
 from pyro_grad.distributions import leaf_distribution, logits_of, probs_of
-from pyro_grad.gradient_estimators import CoupledRuns, Estimator, Site, SiteDraw
-from pyro_grad.gradient_estimators.base import ValueGradient
+from pyro_grad.gradient_estimators import (
+    CoupledRuns,
+    DifferenceEstimator,
+    Estimator,
+    ScoreEstimator,
+    ScoreSite,
+    Site,
+    SiteDraw,
+    ValueGradient,
+    ValueGradientEstimator,
+)
 
-#: site → (estimator, score, downstream f, the choosing handler's baseline state, and
-#: for estimators that use it the site's :class:`ValueGradient`, else None)
-Block = Dict[str, Tuple[Estimator, torch.Tensor, torch.Tensor, RunningAverages, Optional[ValueGradient]]]
+
+class ScorePart(NamedTuple):
+    """One block's share of a score-path site: its ``estimator``, ``score`` and
+    downstream ``f`` (particles first), the choosing handler's baseline state
+    (``averages``), and for a :class:`~pyro_grad.gradient_estimators.ValueGradientEstimator`
+    the site's :class:`ValueGradient` (``draw``), else None."""
+
+    estimator: ScoreEstimator
+    score: torch.Tensor
+    f: torch.Tensor
+    averages: Optional[RunningAverages]
+    draw: Optional[ValueGradient]
+
+
+#: site → its :class:`ScorePart`, for one block of particles.
+Block = Dict[str, ScorePart]
+
+
+def score_part(estimator: Estimator, site: dict, score: torch.Tensor, f: torch.Tensor, f_at_value: torch.Tensor,
+               layout: ParticleLayout, averages: Optional[RunningAverages]) -> ScorePart:
+    """A score-path site's :class:`ScorePart`: ``score`` and ``f`` as the block holds them
+    (particles first), and for a value-gradient estimator ∇_value of ``f_at_value``
+    (f as traced, which reaches the value)."""
+    draw = value_gradient(site, f_at_value, layout) if isinstance(estimator, ValueGradientEstimator) else None
+    return ScorePart(estimator, score, f, averages, draw)
 
 
 #: The value-gradient families (ValueGradient.family) of the distributions that have one.
@@ -121,27 +156,27 @@ def score_terms(
     names = list(dict.fromkeys(name for block in blocks for name in block))
     terms, aux, resolved = {}, torch.zeros(num_samples), {}
     for name in names:
-        estimator, averages = next((block[name][0], block[name][3]) for block in blocks if name in block)
+        first = next(block[name] for block in blocks if name in block)
         scores, f_blocks, draws = [], [], []
         for block in blocks:
             if name in block:
-                scores.append(block[name][1])
-                f_blocks.append(block[name][2])
-                draws.append(block[name][4])
+                scores.append(block[name].score)
+                f_blocks.append(block[name].f)
+                draws.append(block[name].draw)
             else:  # a site absent from some particles contributes nothing for them
-                k = next(iter(block.values()))[1].shape[0] if block else 1
+                k = next(iter(block.values())).score.shape[0] if block else 1
                 scores.append(torch.zeros(k))
                 f_blocks.append(torch.zeros(k))
                 draws.append(ValueGradient(*(torch.zeros(k),) * 4))
         score = group(concat_particles(scores), num_samples)
         f = group(concat_particles(f_blocks), num_samples)
-        estimator = estimator.resolve(score.shape[1])
-        extra = {}
-        if estimator.uses_value_gradient:
-            family = next(block[name][4].family for block in blocks if name in block)
-            tensors = zip(*(draw[:4] for draw in draws))
-            extra["draw"] = ValueGradient(*(group(concat_particles(parts), num_samples) for parts in tensors), family)
-        terms[name], loss = estimator.surrogate(name, score, f, args, kwargs, averages, **extra)
+        estimator = first.estimator.resolve(score.shape[1])
+        draw = None
+        if first.draw is not None:
+            tensors = zip(*(d[:4] for d in draws))
+            draw = ValueGradient(*(group(concat_particles(parts), num_samples) for parts in tensors), first.draw.family)
+        site = ScoreSite(name, score, f, first.averages, args, kwargs, draw)
+        terms[name], loss = estimator.surrogate(site)
         aux = aux + loss
         resolved[name] = estimator
     return terms, aux, resolved
@@ -177,7 +212,7 @@ def difference_terms(
     terms, losses = {}, {}
     for name, site in trace.nodes.items():
         estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
-        if estimator is None or not estimator.uses_alternatives or site["is_observed"]:
+        if not isinstance(estimator, DifferenceEstimator) or site["is_observed"]:
             continue
         if sites is not None and name not in sites:
             continue

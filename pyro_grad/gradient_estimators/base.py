@@ -1,26 +1,31 @@
-"""What every gradient estimator is: a small immutable choice of gradient path for one site.
+"""What every gradient estimator is: a small immutable choice of gradient path for one
+site, of one of three kinds.
 
-An estimator has two jobs, one before and one after the draw:
+Before the draw, every estimator says whether it can differentiate the site
+(``applies_to(site)``, ``refusal(site)``: its distribution, plates and event shape, a
+:class:`Site`; the handler refuses the site with one clear error otherwise), and
+``prepare(msg)`` switches the site's sampling path (a score-function site must not be
+drawn by ``rsample``). ``evaluations(site)`` is its cost: program evaluations per
+particle at the site. ``objectives`` names the objectives whose gradient it is derived
+for (``"expectation"``, ``"elbo"``, ``"iwae"``); each objective refuses the others at
+the site (:class:`~pyro_grad.objectives.objective_check.ObjectiveCheck`).
 
-* ``applies_to(site)`` says, before the draw, whether it can differentiate the site
-  (its distribution, plates and event shape: a :class:`Site`); the handler refuses
-  the site with one clear error otherwise. ``prepare(msg)`` then switches the site's
-  sampling path (for example, a score-function site must not be drawn by ``rsample``).
-* Difference estimators (``uses_alternatives``) instead name alternative values for the
-  site (``alternatives``); the objective re-runs the program at each, coupled to the
-  first run (:class:`~pyro_grad.engine.alternative_run.AlternativeRun`), and
-  ``alternative_terms`` turns the per-particle values of f into per-particle terms.
-* Score-path estimators (``uses_score``) implement ``surrogate(name, score, f, args,
-  kwargs, averages) -> (terms, auxiliary losses)``, turning per-particle values into the
-  site's term of a surrogate objective: ``score`` holds ``log q(z_{g,k})`` for particle ``k`` of
-  independent sample ``g`` (shape ``(G, K, ...)``) and ``f`` the values of f downstream
-  of the site, broadcastable to it. Per-sample values in, per-sample terms ``(G,)``
-  out: this is what makes variance diagnostics free.
+After the draw, the engine dispatches on the estimator's kind:
 
-``runs(site)`` is the estimator's cost: program evaluations per particle at the site.
-``objectives`` names the objectives whose gradient the estimator is derived for
-(``"expectation"``, ``"elbo"``, ``"iwae"``); each objective refuses the others at the
-site, before the draw (:class:`~pyro_grad.objectives.objective_check.ObjectiveCheck`).
+* :class:`PathwiseEstimator`: the gradient flows through the drawn value (``rsample``);
+  nothing is computed after the draw. (:class:`Relaxation` is the biased cousin: the
+  value drawn is relaxed, and the gradient flows through the relaxation.)
+* :class:`ScoreEstimator`: ``surrogate(site: ScoreSite) -> (terms, auxiliary losses)``
+  turns per-particle values into the site's term of a surrogate objective: the site's
+  ``score``, ``log q(z_{g,k})`` for particle ``k`` of independent sample ``g`` (shape
+  ``(G, K, ...)``), and ``f``, the values of f downstream of the site, broadcastable to
+  it. Per-sample values in, per-sample terms ``(G,)`` out: this is what makes variance
+  diagnostics free. A :class:`ValueGradientEstimator` also reads ∇_value f (``site.draw``).
+* :class:`DifferenceEstimator`: ``alternatives(draw: SiteDraw)`` names values to re-run
+  the program at; the objective re-runs it at each, coupled to the first run
+  (:class:`~pyro_grad.engine.alternative_run.AlternativeRun`), and
+  ``alternative_terms(runs: CoupledRuns)`` turns the per-particle values of f into
+  per-particle terms.
 """
 
 import math
@@ -123,6 +128,28 @@ class ValueGradient(NamedTuple):
     family: str = "bernoulli"
 
 
+class ScoreSite(NamedTuple):
+    """A score-path site as its estimator's ``surrogate`` sees it: its ``name``, its
+    ``score`` ``log q(z_{g,k})`` (``(G, K, batch...)``, differentiable in the
+    distribution's parameters), ``f`` the values of f downstream of it (detached;
+    broadcastable to ``score``), the decaying-average state of the handler that chose it
+    (``averages``, a :class:`~pyro_grad.baselines.RunningAverages`; None: start afresh),
+    the program's ``args`` and ``kwargs`` (a learned baseline's inputs), and for a
+    :class:`ValueGradientEstimator` its ``draw`` (a :class:`ValueGradient`)."""
+
+    name: str
+    score: torch.Tensor
+    f: torch.Tensor
+    averages: Any = None
+    args: tuple = ()
+    kwargs: dict = {}
+    draw: Optional[ValueGradient] = None
+
+    @property
+    def num_particles(self) -> int:
+        return self.score.shape[1]
+
+
 class Example(NamedTuple):
     """A default instance for listings and the benchmark suite: its label, the
     estimator, and the particles it needs (a leave-one-out baseline needs two)."""
@@ -138,21 +165,11 @@ class Estimator:
 
     #: True when the estimator's expectation is the exact gradient.
     unbiased: ClassVar[bool] = True
-    #: Whether the estimator has a score-function term (it implements ``surrogate``).
-    uses_score: ClassVar[bool] = False
-    #: Whether the estimator differentiates by re-running the program at other values.
-    uses_alternatives: ClassVar[bool] = False
-    #: Whether ``surrogate`` also takes ``draw=``, a :class:`ValueGradient`: the value,
-    #: probabilities and ∇_value f of its site (the draw is then a leaf that requires grad).
-    uses_value_gradient: ClassVar[bool] = False
     #: Particles the estimator needs (a leave-one-out baseline needs two).
     min_particles: ClassVar[int] = 1
     #: The objectives this estimator's gradient is derived for: ``"expectation"``
     #: (``pg.expectation``), ``"elbo"`` (``pg.ELBO``) and ``"iwae"`` (``pg.IWAE``).
     objectives: ClassVar[FrozenSet[str]] = frozenset({"expectation", "elbo"})
-    #: Whether the site's ``log q`` is scored at its parameters detached, so that only
-    #: the path through the value differentiates it (sticking the landing: STL, DReG).
-    drops_score_of_q: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         # Only the fields that differ from their defaults: Score(baseline='loo').
@@ -229,11 +246,58 @@ class PathwiseEstimator(Estimator):
 
     jumps: str = "raise"
 
+    #: Whether the site's ``log q`` is scored at its parameters detached, so that only
+    #: the path through the value differentiates it (sticking the landing: STL, DReG).
+    drops_score_of_q: ClassVar[bool] = False
+
     def __post_init__(self) -> None:
         if self.jumps not in JUMP_POLICIES:
             raise EstimatorError(
                 f"{type(self).__name__}(jumps={self.jumps!r}): jumps must be one of {list(JUMP_POLICIES)}"
             )
+
+
+def drops_score_of_q(estimator: Optional[Estimator]) -> bool:
+    """Whether a site's ``log q`` is scored at its parameters detached (STL's, DReG's)."""
+    return isinstance(estimator, PathwiseEstimator) and estimator.drops_score_of_q
+
+
+class Relaxation(Estimator):
+    """Base of the estimators that draw a relaxed value and differentiate through it:
+    Gumbel-softmax, straight-through, ReinMax. ``prepare`` is their whole work; every
+    one is biased."""
+
+    unbiased = False
+
+
+class ScoreEstimator(Estimator):
+    """Base of the score-function estimators: ``surrogate`` turns a site's per-particle
+    scores and values of f into its surrogate term (:class:`ScoreSite` in, ``(G,)``
+    terms out). Its draw is detached from the parameters (``prepare``): the gradient
+    comes through the score alone."""
+
+    def prepare(self, msg: dict) -> None:
+        msg["fn"] = DetachedSample(msg["fn"])
+
+    def surrogate(self, site: ScoreSite) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The site's per-sample surrogate terms ``(G,)``, zero in value, whose gradient
+        is the estimate; and per-sample auxiliary losses ``(G,)`` to minimize (a learned
+        baseline's or control variate's fit; zeros when there is none)."""
+        raise NotImplementedError(f"{type(self).__name__} has no surrogate term outside pg.IWAE")
+
+    def importance_signal(self, name: str, log_weights: torch.Tensor) -> torch.Tensor:
+        """In :class:`~pyro_grad.IWAE`: each particle's learning signal from the
+        log-weights ``(G, K, ...)`` (particles on axis 1), shaped like them."""
+        raise EstimatorError(f"{self!r} at site '{name}' is not derived for the IWAE bound")
+
+
+class ValueGradientEstimator(ScoreEstimator):
+    """Base of the score-function estimators that also read ∇_value f: ``surrogate``'s
+    ``site.draw`` is the site's :class:`ValueGradient` (the draw is then a leaf that
+    requires grad, detached from the parameters)."""
+
+    def prepare(self, msg: dict) -> None:
+        msg["fn"] = DetachedSample(msg["fn"], differentiable_value=True)
 
 
 class DifferenceEstimator(Estimator):
@@ -250,7 +314,6 @@ class DifferenceEstimator(Estimator):
     (zero in value in the surrogate; a control variate's training loss, as RELAX's).
     """
 
-    uses_alternatives = True
     keeps_alternative_gradients: ClassVar[bool] = False
     #: Whether the alternative values are relaxations, outside the discrete support: the
     #: re-runs then skip support checks, and refuse what would make f jump in the value.

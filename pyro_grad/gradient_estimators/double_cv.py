@@ -25,13 +25,13 @@ needs K ≥ 2 particles.
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import pyro
 import torch
 
-from pyro_grad.baselines import RunningAverages, leave_one_out
-from pyro_grad.gradient_estimators.base import ValueGradient
+from pyro_grad.baselines import leave_one_out
+from pyro_grad.gradient_estimators.base import ScoreSite
 from pyro_grad.gradient_estimators.value_gradient import LeaveOneOutWithGradients, per_unit_f
 
 #: Param-store prefix of the Taylor term's coefficient, followed by the site's name.
@@ -44,17 +44,9 @@ class DoubleCV(LeaveOneOutWithGradients):
     ``α ḡ_{−k}·(b_k − θ)`` and its expectation subtracted, α learned (module docs).
     Unbiased. Cost: 1 evaluation per particle; K ≥ 2."""
 
-    def surrogate(
-        self,
-        name: str,
-        score: torch.Tensor,
-        f: torch.Tensor,
-        args: tuple = (),
-        kwargs: dict = None,
-        averages: Optional[RunningAverages] = None,
-        draw: Optional[ValueGradient] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        num_particles = score.shape[1]
+    def surrogate(self, site: ScoreSite) -> Tuple[torch.Tensor, torch.Tensor]:
+        name, score, f, draw = site.name, site.score, site.f, site.draw
+        num_particles = site.num_particles
         self.check_particles(name, num_particles)
         alpha = pyro.param(PREFIX + name + ".alpha", lambda: torch.zeros(()))
         probs = draw.probs

@@ -33,7 +33,7 @@ Cost: 3 evaluations per particle (f at ``b``, at ``σ_λ(z)`` and at ``σ_λ(z̃
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pyro
 import pyro.distributions as dist

@@ -19,7 +19,7 @@ from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
 from pyro_grad.errors import EstimatorError
-from pyro_grad.gradient_estimators.base import Estimator, Example, Site
+from pyro_grad.gradient_estimators.base import Example, Relaxation, Site
 from pyro_grad.distributions import leaf_distribution, logits_of
 
 RELAXABLE = (dist.Bernoulli, dist.Categorical, dist.OneHotCategorical)
@@ -134,7 +134,7 @@ class RelaxedSample(TorchDistribution):
 
 
 @dataclass(frozen=True, repr=False)
-class GumbelSoftmax(Estimator):
+class GumbelSoftmax(Relaxation):
     """Concrete relaxation: ``y = softmax((logits + g)/τ)``, ``g`` Gumbel noise (for a
     Bernoulli, ``y = σ((logit + logistic noise)/τ)``); gradients flow through ``y``.
     ``hard=True`` is straight-through Gumbel: the exact discrete value forward,
@@ -184,7 +184,7 @@ class GumbelSoftmax(Estimator):
 
 
 @dataclass(frozen=True, repr=False)
-class StraightThrough(Estimator):
+class StraightThrough(Relaxation):
     """Straight-through: the exact discrete draw forward, ``b + p − sg(p)``, so backward
     takes ``∂b/∂p = 1`` (one-hot ``h + π − sg(π)`` for a Categorical). Biased.
     Applies to Bernoulli, Categorical and OneHotCategorical. Cost: 1 evaluation.
@@ -201,7 +201,7 @@ class StraightThrough(Estimator):
 
 
 @dataclass(frozen=True, repr=False)
-class ReinMax(Estimator):
+class ReinMax(Relaxation):
     """ReinMax (Liu, Zhang, Gao, Wang, Chen & Han, NeurIPS 2023): straight-through with
     second-order accuracy. The exact one-hot draw ``D`` forward; backward the gradient of
     ``π₂ = 2π₁ − ½π₀``, ``π₀ = softmax(θ)``, ``π₁ = softmax(sg(log ½(D + softmax(θ/τ)) − θ) + θ)``

@@ -45,14 +45,14 @@ the network at ``K·(1 + D·(C − 1))`` points per unit; needs K ≥ 2 particle
 """
 
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Tuple
 
 import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_grad.baselines import RunningAverages, leave_one_out
-from pyro_grad.gradient_estimators.base import ValueGradient
+from pyro_grad.baselines import leave_one_out
+from pyro_grad.gradient_estimators.base import ScoreSite, ValueGradient
 from pyro_grad.gradient_estimators.value_gradient import LeaveOneOutWithGradients, per_unit_f, units
 
 PREFIX = "_pyro_grad_rodeo_"
@@ -117,21 +117,13 @@ class RODEO(LeaveOneOutWithGradients):
 
     families = (dist.Bernoulli, dist.Categorical, dist.OneHotCategorical)
 
-    def surrogate(
-        self,
-        name: str,
-        score: torch.Tensor,
-        f: torch.Tensor,
-        args: tuple = (),
-        kwargs: dict = None,
-        averages: Optional[RunningAverages] = None,
-        draw: Optional[ValueGradient] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        num_particles = score.shape[1]
+    def surrogate(self, site: ScoreSite) -> Tuple[torch.Tensor, torch.Tensor]:
+        name, score, f, draw = site.name, site.score, site.f, site.draw
+        num_particles = site.num_particles
         self.check_particles(name, num_particles)
         alpha, beta, weights = self._parameters(name)
-        site = OneHot.of(draw, f)
-        x, pi, f_units = site.x, site.pi, site.f
+        one_hot = OneHot.of(draw, f)
+        x, pi, f_units = one_hot.x, one_hot.pi, one_hot.f
         dimension, categories = x.shape[-2:]
         centered = x - pi  # ∇_logits log q(x)
         # The neighbours y⁽ⁱᶜ⁾ of x: every other category c = x_i + 1, …, x_i + C − 1 (mod C)
@@ -139,9 +131,9 @@ class RODEO(LeaveOneOutWithGradients):
         other = (x.argmax(-1, keepdim=True) + torch.arange(1, categories)) % categories
         w = pi.gather(-1, other)  # π_{i,c}
         # s_k at x_k and at its neighbours, and c_k: the network's two inputs.
-        slope = leave_one_out(site.g)  # (G, K, U, D, C)
+        slope = leave_one_out(one_hot.g)  # (G, K, U, D, C)
         own_slope = (slope * x).sum(-1, keepdim=True)  # at each coordinate's own category
-        s_at_x = own_slope.sum(-2) - leave_one_out((site.g * x).sum((-2, -1)).unsqueeze(-1))
+        s_at_x = own_slope.sum(-2) - leave_one_out((one_hot.g * x).sum((-2, -1)).unsqueeze(-1))
         s_at_y = s_at_x.unsqueeze(-1) + slope.gather(-1, other) - own_slope
         s = torch.cat([s_at_x, s_at_y.flatten(-2)], -1)  # (G, K, U, 1 + D·(C − 1))
         c = leave_one_out(f_units).expand(s.shape)
@@ -156,21 +148,21 @@ class RODEO(LeaveOneOutWithGradients):
             spread = (w * (h1_y - h1_x)).sum((-2, -1))[..., None, None]
             moved = torch.zeros_like(x).scatter(-1, other, w * h1_y)  # π_{d,c} h¹(y⁽ᵈᶜ⁾) at category c
             stein_gradient = (centered * spread + moved - x * moved.sum(-1, keepdim=True)) / dimension
-            return f_units - leave_one_out(f_units + a * stein_baseline), bt * site.on_logits(stein_gradient)
+            return f_units - leave_one_out(f_units + a * stein_baseline), bt * one_hot.on_logits(stein_gradient)
 
         def per_group(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(score.shape[0], -1).sum(1)
 
         advantage, stein_gradient = estimate(alpha.detach(), beta.detach(), h.detach())
-        per_element = advantage.reshape(site.f_shape).reshape(site.f_shape[: score.dim()])
+        per_element = advantage.reshape(one_hot.f_shape).reshape(one_hot.f_shape[: score.dim()])
         term = per_group((score - score.detach()) * per_element)
-        term = term + per_group((site.logits - site.logits.detach()) * stein_gradient)
+        term = term + per_group((one_hot.logits - one_hot.logits.detach()) * stein_gradient)
         term = term / num_particles
         # The variance of ĝ on the logits, differentiable in α, β and the network alone.
         advantage, stein_gradient = estimate(alpha, beta, h)
-        if not site.binary:  # a category axis on the logits
+        if not one_hot.binary:  # a category axis on the logits
             advantage = advantage.unsqueeze(-1)
-        on_logits = advantage * site.on_logits(centered) + stein_gradient
+        on_logits = advantage * one_hot.on_logits(centered) + stein_gradient
         return term, on_logits.mean(1).pow(2).reshape(score.shape[0], -1).sum(1)
 
     @staticmethod

@@ -11,8 +11,7 @@ from pyro_grad import baselines
 from pyro_grad.baselines import RunningAverages
 from pyro_grad.engine.importance_weights import log_mean_exp
 from pyro_grad.errors import EstimatorError
-from pyro_grad.gradient_estimators.base import Estimator, Example, Site
-from pyro_grad.gradient_estimators.detached import DetachedSample
+from pyro_grad.gradient_estimators.base import Example, ScoreEstimator, ScoreSite, Site
 from pyro_grad.distributions import leaf_distribution, support_moves
 
 BaselineSpec = Union[None, str, float, Callable]
@@ -20,7 +19,7 @@ _NAMED = ("auto", "loo", "decay", "pooled")
 
 
 @dataclass(frozen=True, repr=False)
-class Score(Estimator):
+class Score(ScoreEstimator):
     """Score function: ``∇θ E[f] = E[(f_down − b) ∇θ log q_θ(z)]`` plus the pathwise part of f.
 
     Rao-Blackwellized: the site's score multiplies only ``f_down``, the terms of f whose value
@@ -53,7 +52,6 @@ class Score(Estimator):
     beta: float = 0.9
 
     unbiased = True
-    uses_score = True
     objectives = frozenset({"expectation", "elbo", "iwae"})
 
     def __post_init__(self) -> None:
@@ -94,28 +92,19 @@ class Score(Estimator):
         # The plain score function, and beside it the leave-one-out baseline it needs.
         return [Example("Score", cls(), 1), Example("Score(loo), K=4", cls("loo"), 4)]
 
-    def prepare(self, msg: dict) -> None:
-        msg["fn"] = DetachedSample(msg["fn"])
-
     def resolve(self, num_particles: int) -> "Score":
         if self.baseline == "auto":
             return Score("loo" if num_particles >= 2 else "pooled", beta=self.beta)
         return self
 
-    def surrogate(
-        self,
-        name: str,
-        score: torch.Tensor,
-        f: torch.Tensor,
-        args: tuple = (),
-        kwargs: dict = None,
-        averages: Optional[RunningAverages] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        baseline, aux_loss = self._baseline(name, f, args, kwargs or {}, averages)
-        advantage = (f - baseline).detach()
+    def surrogate(self, site: ScoreSite) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(1/K) Σ_k (s_k − sg(s_k)) · sg(f_k − b_k)``, per sample: zero in value, with
+        gradient ``(1/K) Σ_k ∇log q(z_k) (f_k − b_k)``."""
+        baseline, aux_loss = self._baseline(site.name, site.f, site.args, site.kwargs, site.averages)
+        advantage = (site.f - baseline).detach()
         # (s − s.detach()) keeps the surrogate's value equal to the plain estimate.
-        term = (score - score.detach()) * advantage
-        return term.reshape(term.shape[0], -1).sum(1) / score.shape[1], aux_loss
+        term = (site.score - site.score.detach()) * advantage
+        return term.reshape(term.shape[0], -1).sum(1) / site.num_particles, aux_loss
 
     def importance_signal(self, name: str, log_weights: torch.Tensor) -> torch.Tensor:
         """Each particle's learning signal in the IWAE gradient, ``L − b``, from the

@@ -17,16 +17,13 @@ import torch
 
 from pyro_grad.distributions import leaf_distribution
 from pyro_grad.errors import EstimatorError
-from pyro_grad.gradient_estimators.base import Estimator, Example, Site
-from pyro_grad.gradient_estimators.detached import DetachedSample
+from pyro_grad.gradient_estimators.base import Example, Site, ValueGradientEstimator
 
 
-class LeaveOneOutWithGradients(Estimator):
+class LeaveOneOutWithGradients(ValueGradientEstimator):
     """Base of the score-function estimators that need K ≥ 2 particles and ∇_b f."""
 
     unbiased = True
-    uses_score = True
-    uses_value_gradient = True
     min_particles = 2
     #: The distributions it applies to (unmasked, possibly batched or ``to_event``).
     families: ClassVar[Tuple[type, ...]] = (dist.Bernoulli,)
@@ -39,9 +36,6 @@ class LeaveOneOutWithGradients(Estimator):
     @classmethod
     def examples_for(cls, site: Site, exact_value: bool = False) -> List[Example]:
         return [Example(f"{cls.__name__}, K=4", cls(), 4)]
-
-    def prepare(self, msg: dict) -> None:
-        msg["fn"] = DetachedSample(msg["fn"], differentiable_value=True)
 
     def check_particles(self, name: str, num_particles: int) -> None:
         if num_particles < 2:

@@ -10,8 +10,7 @@ import torch
 
 from pyro_grad.distributions import leaf_distribution
 from pyro_grad.engine.importance_weights import log_mean_exp
-from pyro_grad.gradient_estimators.base import Estimator, Example, Site
-from pyro_grad.gradient_estimators.detached import DetachedSample
+from pyro_grad.gradient_estimators.base import Example, ScoreEstimator, Site
 
 
 def leave_one_out_bounds(log_weights: torch.Tensor) -> torch.Tensor:
@@ -29,7 +28,7 @@ def leave_one_out_bounds(log_weights: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True, repr=False)
-class VIMCO(Estimator):
+class VIMCO(ScoreEstimator):
     """VIMCO (Mnih & Rezende, ICML 2016): the IWAE bound's score-function gradient with a
     per-particle baseline.
 
@@ -44,7 +43,6 @@ class VIMCO(Estimator):
     """
 
     unbiased = True
-    uses_score = True
     min_particles = 2
     objectives = frozenset({"iwae"})
 
@@ -55,9 +53,6 @@ class VIMCO(Estimator):
     @classmethod
     def examples_for(cls, site: Site, exact_value: bool = False) -> List[Example]:
         return [Example("VIMCO, K=4", cls(), 4)]
-
-    def prepare(self, msg: dict) -> None:
-        msg["fn"] = DetachedSample(msg["fn"])
 
     def importance_signal(self, name: str, log_weights: torch.Tensor) -> torch.Tensor:
         """``L − L^{-k}`` for every particle, from the log-weights ``(G, K, ...)``."""

@@ -21,6 +21,7 @@ from pyro_grad.handler import EstimatorMessenger
 from pyro_grad.engine.alternative_run import AlternativeRun
 from pyro_grad.engine.importance import ImportanceRun, changed_last_site, importance_run
 from pyro_grad.errors import EstimatorError
+from pyro_grad.gradient_estimators import ScoreEstimator
 from pyro_grad.objectives.jump_policy import (
     JumpGuard,
     SameDraws,
@@ -40,7 +41,7 @@ from pyro_grad.engine.surrogate import (
     difference_terms,
     evaluations,
     group,
-    value_gradient,
+    score_part,
 )
 from pyro_grad.engine.particles import (
     ParticleLayout,
@@ -470,11 +471,10 @@ def _particle_terms(model_trace, guide_trace, layout: ParticleLayout) -> PairTer
     for name, downstream_terms in downstream.items():
         site = guide_trace.nodes.get(name)
         estimator = site["infer"].get("estimator") if site else None
-        if estimator is None or not estimator.uses_score:
+        if not isinstance(estimator, ScoreEstimator):
             continue
         score = layout.first(plain(site["score_parts"].score_function))
-        f = downstream_terms.sum_to(() if name in read else site["cond_indep_stack"])
-        draw = value_gradient(site, torch.as_tensor(f), layout) if estimator.uses_value_gradient else None
-        f = layout.first(f)
-        block[name] = (estimator, score, match_dims(f, score.dim()), baselines.state_of(site), draw)
+        traced = torch.as_tensor(downstream_terms.sum_to(() if name in read else site["cond_indep_stack"]))
+        f = match_dims(layout.first(traced), score.dim())
+        block[name] = score_part(estimator, site, score, f, traced, layout, baselines.state_of(site))
     return PairTerms(elbo, surrogate, block, by_plates, dict(downstream), read)

@@ -39,10 +39,10 @@ from pyro.poutine.trace_struct import Trace
 from pyro_grad.distributions import describe
 from pyro_grad.engine.particles import PARTICLE_PLATES, ParticleLayout, match_dims
 from pyro_grad.engine.provenance import plain
-from pyro_grad.engine.surrogate import Block
+from pyro_grad.engine.surrogate import Block, ScorePart
 from pyro_grad import baselines
 from pyro_grad.errors import EstimatorError
-from pyro_grad.gradient_estimators import Enumerate
+from pyro_grad.gradient_estimators import DifferenceEstimator, Enumerate, ScoreEstimator, ValueGradientEstimator
 from pyro_grad.pyro_infer import ENUMERATION_KEYS, InferKeys
 
 #: Key of a site's ``infer`` that Pyro's enumeration sets (``EnumMessenger``).
@@ -202,9 +202,8 @@ def _check_guide_enumeration_is_as_local(enumerated: Dict[frozenset, list], guid
 def _refuse_difference_estimators(guide_trace: Trace) -> None:
     for name, site in guide_trace.nodes.items():
         estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
-        if estimator is not None and not site["is_observed"] and (
-            estimator.uses_alternatives or estimator.uses_value_gradient
-        ) and site["infer"].get(ENUMERATE_DIM) is None:
+        if isinstance(estimator, (DifferenceEstimator, ValueGradientEstimator)) and not site["is_observed"] \
+                and site["infer"].get(ENUMERATE_DIM) is None:
             raise EstimatorError(
                 f"{estimator!r} at site '{name}' ({describe(site['fn'])}): this program sums sites out "
                 "(enumeration, as TraceEnum_ELBO), and pg does not yet combine enumeration with estimators "
@@ -227,8 +226,8 @@ def _pack(trace: Trace, plate_to_symbol: Optional[Dict[str, str]] = None) -> Non
 
 def _uses_score(site: dict) -> bool:
     estimator = site["infer"].get("estimator")
-    return (site["type"] == "sample" and not site["is_observed"] and estimator is not None
-            and estimator.uses_score and site["infer"].get(ENUMERATE_DIM) is None)
+    return (site["type"] == "sample" and not site["is_observed"] and isinstance(estimator, ScoreEstimator)
+            and site["infer"].get(ENUMERATE_DIM) is None)
 
 
 def enumerated_terms(
@@ -277,8 +276,9 @@ def enumerated_terms(
             site = guide_trace.nodes[name]
             score = layout.first(plain(site["score_parts"].score_function))
             f = torch.zeros(probe.shape) if f is None else f.detach()
-            block[name] = (site["infer"]["estimator"], score, match_dims(layout.first(f), score.dim()),
-                           baselines.state_of(site), None)
+            # Value-gradient estimators are refused beside enumeration: no draw to read.
+            block[name] = ScorePart(site["infer"]["estimator"], score, match_dims(layout.first(f), score.dim()),
+                                    baselines.state_of(site), None)
     if num_samples == 1:
         return (total / layout.num).expand(layout.num), block
     return _group_means(dice, costs, layout, num_samples, guide_trace), block

@@ -27,9 +27,10 @@ from pyro_grad.engine.surrogate import (
     assemble,
     check_num_particles,
     difference_terms,
-    value_gradient,
+    score_part,
 )
 from pyro_grad.errors import EstimatorError
+from pyro_grad.gradient_estimators import ScoreEstimator
 from pyro_grad.handler import estimators
 from pyro_grad.objectives.jump_policy import JumpGuard, choice_reasons, found_jumps, is_pathwise, latent_nodes
 from pyro_grad.objectives.objective_check import ObjectiveCheck
@@ -303,12 +304,12 @@ def expectation_estimates(
         block: Block = {}
         for name, site in trace.nodes.items():
             estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
-            if estimator is None or not estimator.uses_score or name not in upstream:
+            if not isinstance(estimator, ScoreEstimator) or name not in upstream:
                 continue
             # Only score-path sites need a log-density (a soft relaxed value has none).
             score = layout.first(plain(site_score(name, site, dim is not None)))
-            draw = value_gradient(site, f, layout) if estimator.uses_value_gradient else None
-            block[name] = (estimator, score, match_dims(f, score.dim()), baselines.state_of(site), draw)
+            block[name] = score_part(estimator, site, score, match_dims(f, score.dim()), f, layout,
+                                     baselines.state_of(site))
         values.append(f)
         blocks.append(block)
         difference_blocks.append(

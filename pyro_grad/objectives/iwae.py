@@ -18,7 +18,8 @@ from pyro_grad.engine.surrogate import Estimates, evaluations, group, site_estim
 from pyro_grad.errors import EstimatorError
 from pyro_grad.objectives.elbo import ELBO, elbo_terms
 from pyro_grad.objectives.jump_policy import choice_reasons
-from pyro_grad.gradient_estimators import Estimator, Score, VIMCO
+from pyro_grad.gradient_estimators import DifferenceEstimator, Estimator, Score, ScoreEstimator, VIMCO
+from pyro_grad.gradient_estimators.base import drops_score_of_q
 
 
 class IWAE(ELBO):
@@ -173,7 +174,7 @@ def weigh(run: ImportanceRun, layout: ParticleLayout, differentiate: bool, num_p
     scores, reweighted = {}, {}
     for name, site in guide_trace.nodes.items():
         estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
-        if estimator is not None and estimator.uses_score and not site["is_observed"]:
+        if isinstance(estimator, ScoreEstimator) and not site["is_observed"]:
             scores[name] = (estimator, in_elements(plain(site["score_parts"].score_function), keep, layout))
     if differentiate:
         reweighted = reweighted_paths(guide_trace, model_trace, keep, layout, num_particles)
@@ -255,7 +256,7 @@ def reweighted_paths(
     ``∂log w/∂z`` is taken with every site's ``log q`` at its full parameters, since a
     later site's law may depend on ``z``."""
     dreg = {n: s for n, s in guide_trace.nodes.items()
-            if s["type"] == "sample" and getattr(s["infer"].get("estimator"), "drops_score_of_q", False)
+            if s["type"] == "sample" and drops_score_of_q(s["infer"].get("estimator"))
             and plain(s["value"]).requires_grad}
     if not dreg:
         return {}
@@ -298,7 +299,7 @@ def check_reweighting(guide_trace, dreg: Dict[str, dict], num_particles: int) ->
         for later in names[names.index(name) + 1:]:
             other = guide_trace.nodes[later]
             chosen = other["infer"].get("estimator") if other["type"] == "sample" else None
-            if chosen is None or other["is_observed"] or not (chosen.uses_score or chosen.uses_alternatives):
+            if not isinstance(chosen, (ScoreEstimator, DifferenceEstimator)) or other["is_observed"]:
                 continue
             parameters = [p for p in given_parameters(leaf_distribution(other["fn"])).values()
                           if torch.is_tensor(p) and p.requires_grad]
@@ -307,7 +308,7 @@ def check_reweighting(guide_trace, dreg: Dict[str, dict], num_particles: int) ->
             moved = torch.autograd.grad(sum(plain(p).sum() for p in parameters), z, retain_graph=True,
                                         allow_unused=True)[0]
             if moved is not None:
-                chosen = for_the_bound(later, chosen, num_particles) if chosen.uses_score else chosen
+                chosen = for_the_bound(later, chosen, num_particles) if isinstance(chosen, ScoreEstimator) else chosen
                 raise EstimatorError(
                     f"{estimator!r} at site '{name}' ({describe(site['fn'])}): guide site '{later}' "
                     f"({describe(other['fn'])}, {chosen!r}) depends on its value and is not reparameterized, "
