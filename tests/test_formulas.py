@@ -793,6 +793,32 @@ def test_measure_valued_exponential_and_uniform_weak_derivatives():
     assert_close(g_low, [(smooth_float(x) - smooth_float(a)) / w for x, a, w in zip(value.tolist(), low.tolist(), width)])
 
 
+@covers(MeasureValued)
+def test_measure_valued_gamma_rate_and_log_normal_loc_weak_derivatives():
+    """MeasureValued, Mohamed et al. (2020) Table 1, f = sin x + x²/2, per particle:
+    Gamma(α, β) in its rate: X⁻ = X + E/β, ∂β = (α/β)(f(X) − f(X⁻)); LogNormal(μ, σ) in
+    its loc: the Normal's on log X, mapped by exp: exp(μ ± σR), ∂μ = (f(e^{μ+σR}) −
+    f(e^{μ−σR}))/(σ√(2π))."""
+    concentration = torch.tensor([2.0, 0.5])
+    rate = torch.tensor([1.5, 3.0], requires_grad=True)
+    value = torch.tensor([0.8, 0.1])
+    terms, _, (minus,) = run(MeasureValued(), dist.Gamma(concentration, rate), value, ParticleLayout(-1, 2), smooth)
+    assert bool((minus > value).all())
+    (g,) = grad(terms, rate)
+    assert_close(g, [a / b * (smooth_float(x) - smooth_float(y))
+                     for a, b, x, y in zip(concentration.tolist(), rate.tolist(), value.tolist(), minus.tolist())])
+
+    loc = torch.tensor([0.0, -0.5], requires_grad=True)
+    scale = torch.tensor([0.5, 1.0])
+    value = torch.tensor([1.2, 0.4])
+    terms, _, (plus, minus) = run(MeasureValued(), dist.LogNormal(loc, scale), value, ParticleLayout(-1, 2), smooth)
+    log_plus, log_minus = plus.double().log(), minus.double().log()
+    assert_close(log_plus + log_minus, 2 * loc.detach().double(), atol=1e-5)  # mirrored on the log scale
+    (g,) = grad(terms, loc)
+    assert_close(g, [(smooth_float(a) - smooth_float(b)) / (s * math.sqrt(2 * math.pi))
+                     for a, b, s in zip(plus.tolist(), minus.tolist(), scale.tolist())])
+
+
 #: A Bernoulli site for the antithetic estimators: K = 6 particles of one element, or
 #: K = 3 particles of a plate of N = 4 elements sharing one f per particle.
 ANTITHETIC = [("particles", (6,), ParticleLayout(-1, 6)), ("plate", (3, 4), ParticleLayout(-2, 3))]
@@ -917,6 +943,63 @@ def test_indecater_categorical_sums_each_coordinate(num_coordinates):
     assert_close(g, expected)
 
 
+def local_event_case():
+    """K = 2 particles of a plate of N = 3 elements, each a Bernoulli(p) event of E = 2
+    coordinates whose terms of f stay in its element (local): f_{k,n}(x) = (x·w − 0.3)²,
+    w = (1, −2); and, by hand, f_{k,n}(x^{e←1}) − f_{k,n}(x^{e←0}) for every coordinate."""
+    p = torch.tensor([[[0.2, 0.7], [0.5, 0.5], [0.9, 0.1]], [[0.3, 0.3], [0.6, 0.4], [0.8, 0.2]]], requires_grad=True)
+    value = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]], [[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]])
+    w = [1.0, -2.0]
+
+    def f_of(x):
+        return (sum(a * b for a, b in zip(x, w)) - 0.3) ** 2
+
+    def f(x):  # one f per plate element: (K, N)
+        return torch.tensor([[f_of(e) for e in row] for row in x.tolist()])
+
+    differences = []
+    for row in value.tolist():
+        out = []
+        for element in row:
+            moves = []
+            for e in range(2):
+                up, down = list(element), list(element)
+                up[e], down[e] = 1.0, 0.0
+                moves.append(f_of(up) - f_of(down))
+            out.append(moves)
+        differences.append(out)
+    return p, value, f, torch.tensor(differences, dtype=torch.float64)
+
+
+@covers(IndeCateR)
+def test_indecater_local_plate_elements_share_their_runs():
+    """IndeCateR on a plate of Bernoulli events with local terms: one run per coordinate
+    of the event moves that coordinate in every element at once, and ∂p_{k,n,e} =
+    f_{k,n}(x^{e←1}) − f_{k,n}(x^{e←0}), each element seeing only its own f."""
+    p, value, f, differences = local_event_case()
+    fn = dist.Bernoulli(probs=p).to_event(1)
+    terms, _, alternatives = run(IndeCateR(), fn, value, ParticleLayout(-2, 2), f, local=True)
+    assert len(alternatives) == 2  # one per coordinate of the event, not per element
+    assert terms.shape == (2,)
+    (g,) = grad(terms, p)
+    assert_close(g, differences)
+
+
+@covers(MeasureValued)
+def test_measure_valued_local_plate_moves_one_coordinate_per_element():
+    """MeasureValued on the same plate of Bernoulli events with local terms: every
+    element flips one coordinate e* of its event in the same run, weighted by E = 2:
+    ∂p_{k,n,e} = 2·1[e = e*]·(f_{k,n}(x^{e←1}) − f_{k,n}(x^{e←0}))."""
+    p, value, f, differences = local_event_case()
+    fn = dist.Bernoulli(probs=p).to_event(1)
+    terms, runs, (moved,) = run(MeasureValued(), fn, value, ParticleLayout(-2, 2), f, local=True)
+    mask, count = runs.state
+    assert mask.sum(-1).eq(1).all() and count.eq(2).all()
+    assert moved.tolist() == torch.where(mask, 1 - value, value).tolist()
+    (g,) = grad(terms, p)
+    assert_close(g, 2 * mask.double() * differences)
+
+
 # ------------------------------------------------------------------------------------
 # RELAX and REBAR: a control variate on the relaxed sample
 # ------------------------------------------------------------------------------------
@@ -997,6 +1080,55 @@ def test_relax_with_a_linear_network():
     z, z_tilde = (t.detach() for t in runs.state["z"])
     expected, _ = rebar_hand(value.tolist(), phi.tolist(), z.tolist(), z_tilde.tolist(), f, df, a=0.7, c=-0.2)
     (g,) = grad(terms, phi)
+    assert_close(g, expected)
+
+
+@covers(REBAR, RELAX)
+@pytest.mark.parametrize("estimator", [REBAR(), RELAX()])
+def test_rebar_on_a_one_hot_categorical(estimator):
+    """REBAR (and RELAX at its initial network) on OneHotCategorical(logits=θ), K = 3
+    particles of C = 4 categories, f(y) = (y·a − 0.3)², η = 1, λ = 0.5, by hand:
+    z = log π + g with argmax z = argmax z̃ = b, ∂z_i/∂θ_m = δ_im − π_m; z̃ drawn given b
+    (Tucker et al. 2017): z̃_b = −log(−log v_b) does not move, z̃_j = −log(−log v_j/π_j −
+    log v_b), so ∂z̃_j/∂log π_j = 1 − exp(z̃_j − z̃_b) for j ≠ b. With
+    ∂f(σ_λ(z))/∂z_i = y_i (∂f/∂y_i − y·∂f/∂y)/λ, y = softmax(z/λ):
+
+        ĝ_m = [f(b) − f(ỹ)] (b_m − π_m) + ∂θ_m f(σ_λ(z)) − ∂θ_m f(σ_λ(z̃))."""
+    a = [1.0, -1.0, 2.0, 0.5]
+    logits = torch.tensor([[0.2, -0.5, 1.0, 0.0], [1.5, 0.0, -1.0, 0.3], [0.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    index = [2, 0, 3]
+    value = torch.nn.functional.one_hot(torch.tensor(index), 4).float()
+
+    def f(y):
+        return ((y * torch.tensor(a)).sum(-1) - 0.3) ** 2
+
+    terms, runs, _ = run(estimator, dist.OneHotCategorical(logits=logits), value, ParticleLayout(-1, 3), f)
+    z, z_tilde = (t.detach() for t in runs.state["z"])
+    assert z.argmax(-1).tolist() == index and z_tilde.argmax(-1).tolist() == index
+    tau = 0.5
+
+    def relaxed_and_slope(zz):
+        """y = softmax(z/λ), f(y) and ∂f(y)/∂z."""
+        top = max(v / tau for v in zz)
+        e = [math.exp(v / tau - top) for v in zz]
+        y = [v / sum(e) for v in e]
+        fy = (sum(yi * ai for yi, ai in zip(y, a)) - 0.3) ** 2
+        dfdy = [2 * (sum(yi * ai for yi, ai in zip(y, a)) - 0.3) * ai for ai in a]
+        dot = sum(yi * di for yi, di in zip(y, dfdy))
+        return fy, [yi * (di - dot) / tau for yi, di in zip(y, dfdy)]
+
+    expected = []
+    for row, b, zz, zt in zip(logits.tolist(), index, z.tolist(), z_tilde.tolist()):
+        total = sum(math.exp(v) for v in row)
+        pi = [math.exp(v) / total for v in row]
+        fb = (a[b] - 0.3) ** 2
+        _, dz = relaxed_and_slope(zz)
+        f_tilde, dzt = relaxed_and_slope(zt)
+        moved = [0.0 if j == b else dzt[j] * (1 - math.exp(zt[j] - zt[b])) for j in range(4)]  # ∂f/∂log π_j
+        expected.append([(fb - f_tilde) * ((m == b) - pi[m])
+                         + (dz[m] - pi[m] * sum(dz)) - (moved[m] - pi[m] * sum(moved)) for m in range(4)])
+    assert_close(terms, torch.zeros(3))
+    (g,) = grad(terms, logits)
     assert_close(g, expected)
 
 

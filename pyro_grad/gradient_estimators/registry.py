@@ -49,7 +49,7 @@ REGISTRY: Tuple[Type[Estimator], ...] = (
 )
 
 
-__all__ = ["REGISTRY", "applicable", "not_applicable", "registered_names", *(cls.__name__ for cls in REGISTRY)]
+__all__ = ["REGISTRY", "applicable", "derived_for", "not_applicable", "registered_names", *(cls.__name__ for cls in REGISTRY)]
 
 
 def registered_names() -> Dict[str, Type[Estimator]]:
@@ -73,6 +73,14 @@ def applicable(site: Union[Site, Any], objective: Optional[str] = None) -> List[
         cls.example_for(site) for cls in REGISTRY
         if cls.applies_to(site) and (objective is None or objective in cls.objectives)
     ]
+
+
+def derived_for(objective: str) -> List[Type[Estimator]]:
+    """The registered estimator classes derived for ``objective`` (``"expectation"``,
+    ``"elbo"`` or ``"iwae"``), in registry order."""
+    if objective not in OBJECTIVES:
+        raise EstimatorError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+    return [cls for cls in REGISTRY if objective in cls.objectives]
 
 
 def not_applicable(estimator: Estimator, site: Site, reason: str = "", objective: Optional[str] = None) -> EstimatorError:

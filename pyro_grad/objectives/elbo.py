@@ -22,6 +22,7 @@ from pyro_grad.engine.alternative_run import AlternativeRun
 from pyro_grad.engine.importance import ImportanceRun, changed_last_site, importance_run
 from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators import ScoreEstimator
+from pyro_grad.gradient_estimators.registry import derived_for
 from pyro_grad.objectives.jump_policy import (
     JumpGuard,
     SameDraws,
@@ -142,6 +143,11 @@ class ELBO(pyro.infer.ELBO):
 
     def programs(self, model: Callable, guide: Optional[Callable]) -> List[Callable]:
         return [model, guide]
+
+    @classmethod
+    def derived_estimators(cls) -> List[type]:
+        """The registered estimator classes derived for this objective."""
+        return derived_for(cls.name)
 
     def chosen_program(self, model: Callable, guide: Optional[Callable]) -> Callable:
         return guide

@@ -31,6 +31,7 @@ from pyro_grad.engine.surrogate import (
 )
 from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators import ScoreEstimator
+from pyro_grad.gradient_estimators.registry import derived_for
 from pyro_grad.handler import estimators
 from pyro_grad.objectives.jump_policy import JumpGuard, choice_reasons, found_jumps, is_pathwise, latent_nodes
 from pyro_grad.objectives.objective_check import ObjectiveCheck
@@ -130,6 +131,11 @@ class Expectation:
 
     def programs(self, model: Callable, guide: Optional[Callable]) -> List[Callable]:
         return [model]
+
+    @classmethod
+    def derived_estimators(cls) -> List[type]:
+        """The registered estimator classes derived for this objective."""
+        return derived_for(cls.name)
 
     def chosen_program(self, model: Callable, guide: Optional[Callable]) -> Callable:
         return model

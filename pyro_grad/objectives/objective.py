@@ -18,6 +18,7 @@ import torch
 
 from pyro_grad.engine.surrogate import Estimates
 from pyro_grad.errors import EstimatorError
+from pyro_grad.gradient_estimators import Estimator
 from pyro_grad.objectives.elbo import ELBO
 from pyro_grad.objectives.expectation import Expectation
 
@@ -56,6 +57,11 @@ class Objective(Protocol):
     def exact(self, model: Callable, guide: Optional[Callable], args: tuple, kwargs: dict) -> torch.Tensor:
         """The objective itself, differentiably, with every latent site summed over its
         support; an :class:`~pyro_grad.errors.EstimatorError` where that is not its value."""
+
+    @classmethod
+    def derived_estimators(cls) -> List[Type[Estimator]]:
+        """The registered estimator classes whose gradient is derived for it, in registry
+        order (:func:`derived_for` of its ``name``)."""
 
 
 def objective_type(objective: Any, guide: Optional[Callable]) -> Type[Objective]:

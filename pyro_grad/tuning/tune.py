@@ -12,7 +12,7 @@ round a site re-measures only its contenders: the candidates within
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import pandas as pd
 import torch
@@ -23,7 +23,7 @@ from pyro_grad.diagnostics.statistics import disagreeing, paired_z
 from pyro_grad.distributions import describe
 from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import latent_sites
-from pyro_grad.objectives.objective import objective_type
+from pyro_grad.objectives.objective import Objective, objective_type
 from pyro_grad.gradient_estimators import Estimator, MeasureValued, Score, Site
 from pyro_grad.gradient_estimators.registry import REGISTRY, not_applicable
 
@@ -81,15 +81,17 @@ class Tuning:
         return last[last["chosen"]].reset_index(drop=True)
 
 
-def default_candidates(site: Site, objective: str, num_particles: int, allow_biased: bool) -> List[Estimator]:
-    """Every registered estimator (with each one's own variants, as the benchmark suite
-    runs them) that applies to ``site`` in ``objective`` at ``num_particles``; biased
-    ones only when ``allow_biased``."""
+def default_candidates(site: Site, objective: Type[Objective], num_particles: int,
+                       allow_biased: bool) -> List[Estimator]:
+    """Every registered estimator derived for ``objective`` (with each one's own
+    variants, as the benchmark suite runs them) that applies to ``site`` at
+    ``num_particles``; biased ones only when ``allow_biased``. A bound scores the
+    guide's draws by their density, so only exact values qualify there."""
     found = []
-    for cls in REGISTRY:
-        if objective not in cls.objectives or not cls.applies_to(site):
+    for cls in objective.derived_estimators():
+        if not cls.applies_to(site):
             continue
-        for example in cls.examples_for(site, exact_value=objective != "expectation"):
+        for example in cls.examples_for(site, exact_value=objective.takes_guide):
             estimator = example.estimator
             if (
                 estimator.refusal(site) is None
@@ -104,7 +106,7 @@ def default_candidates(site: Site, objective: str, num_particles: int, allow_bia
 def candidate_lists(
     sites: List[Tuple[Site, Optional[Estimator]]],
     candidates: Candidates,
-    objective: str,
+    objective: Type[Objective],
     num_particles: int,
     allow_biased: bool,
 ) -> Dict[str, List[Estimator]]:
@@ -140,10 +142,10 @@ def candidate_lists(
                 for e in given:
                     if not isinstance(e, Estimator):
                         raise EstimatorError(f"candidates[{site.name!r}] must hold estimators, got {e!r}")
-                options = [e for e in given if e.refusal(site) is None and objective in e.objectives]
+                options = [e for e in given if e.refusal(site) is None and objective.name in e.objectives]
                 refused = [e for e in given if e not in options]
                 if isinstance(candidates, Mapping) and refused:
-                    raise not_applicable(refused[0], site, objective=objective)
+                    raise not_applicable(refused[0], site, objective=objective.name)
                 used.update(options)
         if not options:
             fits = ", ".join(repr(e) for e in default_candidates(site, objective, num_particles, True)) or "none"
@@ -304,7 +306,7 @@ def _search(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tuni
     if not sites:
         raise EstimatorError("the program has no latent sample site: there is no estimator to tune")
     fixed = {site.name: estimator for site, estimator in sites if estimator is not None}
-    options = candidate_lists(sites, settings.candidates, objective.name, settings.num_particles,
+    options = candidate_lists(sites, settings.candidates, objective, settings.num_particles,
                               settings.allow_biased)
     by_name = {site.name: site for site, _ in sites}
     kind = objective.name
