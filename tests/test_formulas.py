@@ -291,6 +291,7 @@ def test_score_learned_baseline_and_its_squared_error():
     assert_close(aux, [sum(float(fd[gi, k, n] - b[n]) ** 2 for k in range(3) for n in range(4)) / 3 for gi in range(2)])
     g_w, g_u = grad(aux, (module.w, u))
     assert g_u is None  # the program's inputs are detached: the baseline never sees a draw
+    assert grad(aux, theta)[0] is None  # the squared error trains the baseline alone
     assert_close(g_w, sum(-2 * float(fd[gi, k, n] - b[n]) * u.tolist()[n]
                           for gi in range(2) for k in range(3) for n in range(4)) / 3)
     assert LEARNED_PREFIX + "z$$$w" in pyro.get_param_store().keys()
@@ -329,6 +330,16 @@ def test_vimco_signal_is_the_bound_minus_its_leave_one_out_bound():
                 signal.append(bound - math.log(replaced / k))
             expected.append(signal)
         assert_close(VIMCO().importance_signal("z", log_weights), expected)
+    # A plate of N = 2 elements, (G=1, K=3, N=2): each element's column on its own.
+    columns = [[1.0, 0.0, -4.0], [0.2, -0.7, 0.9]]
+    expected = []
+    for column in columns:
+        bound = math.log(sum(math.exp(v) for v in column) / 3)
+        expected.append([bound - math.log((sum(math.exp(v) for j, v in enumerate(column) if j != i)
+                                           + math.exp(sum(v for j, v in enumerate(column) if j != i) / 2)) / 3)
+                         for i in range(3)])
+    signal = VIMCO().importance_signal("z", torch.tensor(columns).T.unsqueeze(0))
+    assert_close(signal, torch.tensor(expected, dtype=torch.float64).T.unsqueeze(0))
     # Equal log-weights: every L^{−k} = L, no signal.
     assert_close(VIMCO().importance_signal("z", torch.full((1, 3), 0.2)), torch.zeros(1, 3))
 
@@ -346,11 +357,12 @@ def test_vimco_has_no_surrogate_outside_the_importance_weighted_bound():
 # ------------------------------------------------------------------------------------
 
 #: How f meets a Bernoulli site of G samples × K particles: one element per particle
-#: ("scalar"), a plate of N elements each with its own f ("plate"), or an event of N
-#: coordinates sharing one f ("event": one unit, the Taylor term a dot product); and a
-#: plate whose probabilities differ by particle ("plate, θ per particle": θ depends on
+#: ("scalar"), a plate of N elements each with its own f ("plate"), an event of N
+#: coordinates sharing one f ("event": one unit, the Taylor term a dot product), a plate
+#: whose elements share one f (G, K, 1) ("plate, one f": pg.expectation's); and a plate
+#: whose probabilities differ by particle ("plate, θ per particle": θ depends on
 #: earlier draws).
-LAYOUTS = ["scalar", "plate", "event", "plate, θ per particle"]
+LAYOUTS = ["scalar", "plate", "event", "plate, one f", "plate, θ per particle"]
 
 
 def bernoulli_value_gradient_site(layout, g=2, k=3, n=4, name="z"):
@@ -362,7 +374,7 @@ def bernoulli_value_gradient_site(layout, g=2, k=3, n=4, name="z"):
     phi = seeded(value_shape if per_particle else (g, 1) + value_shape[2:], 5).mul(0.8).requires_grad_()
     b = seeded(value_shape, 6, "bits")
     gradient = seeded(value_shape, 7)
-    f = seeded(value_shape if layout != "event" else (g, k), 8)
+    f = seeded({"event": (g, k), "plate, one f": (g, k, 1)}.get(layout, value_shape), 8)
     logits = phi.expand(value_shape)
     probs = torch.sigmoid(logits)
     log_q = b * torch.nn.functional.logsigmoid(logits) + (1 - b) * torch.nn.functional.logsigmoid(-logits)
@@ -385,14 +397,16 @@ def hand_double_cv(site, alpha):
     b, theta, gv = (t.double() for t in (draw.value, draw.probs.detach(), draw.gradient))
     f = site.f.double()
     if b.dim() == 2:  # one coordinate per particle
-        b, theta, gv, f = b.unsqueeze(-1), theta.unsqueeze(-1), gv.unsqueeze(-1), f.unsqueeze(-1)
-    shared = f.dim() == 2  # the event: one f for every coordinate
+        b, theta, gv = b.unsqueeze(-1), theta.unsqueeze(-1), gv.unsqueeze(-1)
+    if f.dim() == 2:
+        f = f.unsqueeze(-1)
+    shared = f.shape[-1] == 1  # one f for every coordinate (an event, or a plate sharing f)
     G, K, D = b.shape
     estimate, slope_in_alpha = torch.zeros(G, K, D, dtype=torch.float64), torch.zeros(G, K, D, dtype=torch.float64)
     for s in range(G):
         units = [list(range(D))] if shared else [[d] for d in range(D)]
         for unit in units:
-            fk = [float(f[s, k]) if shared else float(f[s, k, unit[0]]) for k in range(K)]
+            fk = [float(f[s, k, 0 if shared else unit[0]]) for k in range(K)]
 
             def gbar(k, d):
                 return sum(float(gv[s, j, d]) for j in range(K) if j != k) / (K - 1)
@@ -445,6 +459,7 @@ def test_double_cv_starts_as_rloo(layout):
     assert_close(expected.reshape(rloo.shape), rloo, atol=1e-12)
     assert_close(g, on_leaf(expected, phi))
     assert_close(aux, squared_norm_on_logits(expected))
+    assert grad(aux, phi)[0] is None  # the auxiliary loss reaches α alone
     (g_alpha,) = grad(aux, alpha)
     assert_close(g_alpha, 2 * (expected.sum(1) * in_alpha.sum(1)).sum())
 
@@ -462,6 +477,7 @@ def test_double_cv_taylor_term_and_its_expectation(layout):
     expected, in_alpha = hand_double_cv(site, 0.7)
     assert_close(g, on_leaf(expected, phi))
     assert_close(aux, squared_norm_on_logits(expected))
+    assert grad(aux, phi)[0] is None  # the auxiliary loss reaches α alone
     (g_alpha,) = grad(aux, pyro.param("_pyro_grad_doublecv_z.alpha"))
     assert_close(g_alpha, 2 * (expected.sum(1) * in_alpha.sum(1)).sum())
 
@@ -483,7 +499,7 @@ def enumerated_pairs(p, f, df):
 @pytest.mark.parametrize("estimator, params", [
     (DoubleCV(), {"_pyro_grad_doublecv_z.alpha": 0.7}),
     (RODEO(), {"_pyro_grad_rodeo_z.alpha": 0.6, "_pyro_grad_rodeo_z.beta": -0.9}),
-])
+], ids=["DoubleCV", "RODEO"])
 def test_value_gradient_estimators_are_unbiased_over_every_joint_draw(estimator, params):
     """For f(b) = (b₁ + 2b₂ − 0.5)² of two Bernoulli coordinates (an event) and K = 2
     particles, the probability-weighted sum of the per-sample estimates over all 16
@@ -513,6 +529,45 @@ def test_value_gradient_estimators_are_unbiased_over_every_joint_draw(estimator,
     points = list(itertools.product((0.0, 1.0), repeat=2))
     exact = [sum(math.prod(pi if x else 1 - pi for pi, x in zip(p, point)) * (point[d] - p[d]) * f(point)
                  for point in points) for d in range(2)]
+    assert_close(mean, exact)
+
+
+@covers(RODEO)
+def test_rodeo_on_one_hot_coordinates_is_unbiased_over_every_joint_draw():
+    """RODEO's Gibbs-Stein control variates for categories (α = 0.6, β = −0.9, its network
+    at its seeded initial weights): D = 2 one-hot coordinates of C = 3 categories, K = 2
+    particles, f(x) = (Σ a⊙x − 0.3)² with ∇_x f = 2(Σ a⊙x − 0.3)·a; the probability-weighted
+    sum of the per-sample estimates over all 81 joint draws is the exact gradient
+    ∂l_{d,c} E[f] = Σ_x q(x)(x_{d,c} − π_{d,c}) f(x)."""
+    pyro.param("_pyro_grad_rodeo_z.alpha", torch.tensor(0.6))
+    pyro.param("_pyro_grad_rodeo_z.beta", torch.tensor(-0.9))
+    l0 = [[0.3, -0.4, 0.8], [0.1, 0.5, -0.2]]
+    a = [[1.0, -1.0, 2.0], [0.5, 1.5, -1.0]]
+    pi = [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in l0]
+
+    def f_of(point):
+        return (sum(a[d][c] for d, c in enumerate(point)) - 0.3) ** 2
+
+    def df_of(point):
+        s = 2 * (sum(a[d][c] for d, c in enumerate(point)) - 0.3)
+        return [[s * v for v in row] for row in a]
+
+    points = list(itertools.product(range(3), repeat=2))
+    pairs = list(itertools.product(points, repeat=2))
+    one_hot = torch.nn.functional.one_hot(torch.tensor(pairs), 3).float()  # (81, 2, D, C)
+    weight = torch.tensor([math.prod(pi[d][c] for point in pair for d, c in enumerate(point)) for pair in pairs],
+                          dtype=torch.float64)
+    f = torch.tensor([[f_of(point) for point in pair] for pair in pairs])
+    gradient = torch.tensor([[df_of(point) for point in pair] for pair in pairs])
+    leaf = torch.tensor(l0).expand(len(pairs), 1, 2, 3).clone().requires_grad_()
+    logits = leaf.expand(one_hot.shape)
+    score = (one_hot * logits.log_softmax(-1)).sum((-2, -1))
+    site = ScoreSite("z", score, f, draw=ValueGradient(one_hot, logits.softmax(-1), logits, gradient, "one_hot"))
+    terms, _ = RODEO().surrogate(site)
+    (g,) = grad(terms, leaf)
+    mean = (weight.reshape(-1, 1, 1) * g.reshape(-1, 2, 3).double()).sum(0)
+    exact = [[sum(math.prod(pi[e][x] for e, x in enumerate(point)) * ((point[d] == c) - pi[d][c]) * f_of(point)
+                  for point in points) for c in range(3)] for d in range(2)]
     assert_close(mean, exact)
 
 
@@ -552,6 +607,7 @@ def test_rodeo_starts_as_rloo_on_a_bernoulli(layout):
     shares = rloo if rloo.dim() == 3 else rloo.unsqueeze(-1)
     assert_close(g, on_leaf(shares, phi))
     assert_close(aux, squared_norm_on_logits(shares))
+    assert grad(aux, phi)[0] is None  # the auxiliary loss reaches RODEO's own parameters alone
 
 
 @covers(RODEO)
@@ -839,7 +895,7 @@ def antithetic_case(shape):
 
 @covers(ARM, DisARM)
 @pytest.mark.parametrize("label, shape, layout", ANTITHETIC)
-@pytest.mark.parametrize("estimator", [ARM(), DisARM()])
+@pytest.mark.parametrize("estimator", [ARM(), DisARM()], ids=["ARM", "DisARM"])
 def test_antithetic_pair_formulas(estimator, label, shape, layout):
     """ARM (Yin & Zhou 2019) and DisARM (Dong, Mnih & Tucker 2020) on Bernoulli(σ(φ)),
     from the state's u and twin: b = 1[u < σ(φ)], b̃ = 1[1 − u < σ(φ)], and per element
@@ -1028,7 +1084,8 @@ def rebar_hand(value, phi, z, z_tilde, f, df, eta=1.0, temperature=0.5, a=0.0, c
 
 
 @covers(REBAR, RELAX)
-@pytest.mark.parametrize("estimator, prefix", [(REBAR(), "_pyro_grad_rebar_z"), (RELAX(), "_pyro_grad_relax_z")])
+@pytest.mark.parametrize("estimator, prefix", [(REBAR(), "_pyro_grad_rebar_z"), (RELAX(), "_pyro_grad_relax_z")],
+                         ids=["REBAR", "RELAX"])
 def test_rebar_and_relax_at_their_initial_control_variate(estimator, prefix):
     """REBAR, and RELAX whose network's output layer starts at zero, with η = 1 and
     λ = 0.5 (initial values), on Bernoulli(σ(φ)), K = 6 particles, f(y) = (y − 0.4)²:
@@ -1084,7 +1141,7 @@ def test_relax_with_a_linear_network():
 
 
 @covers(REBAR, RELAX)
-@pytest.mark.parametrize("estimator", [REBAR(), RELAX()])
+@pytest.mark.parametrize("estimator", [REBAR(), RELAX()], ids=["REBAR", "RELAX"])
 def test_rebar_on_a_one_hot_categorical(estimator):
     """REBAR (and RELAX at its initial network) on OneHotCategorical(logits=θ), K = 3
     particles of C = 4 categories, f(y) = (y·a − 0.3)², η = 1, λ = 0.5, by hand:
@@ -1277,7 +1334,7 @@ def test_reinmax_bernoulli_gradient():
 
 
 @covers(Reparam, STL, DReG)
-@pytest.mark.parametrize("estimator", [Reparam(), STL(), DReG()])
+@pytest.mark.parametrize("estimator", [Reparam(), STL(), DReG()], ids=["Reparam", "STL", "DReG"])
 def test_pathwise_estimators_draw_by_rsample(estimator):
     """Reparam, STL and DReG leave the site's distribution as it is (rsample): for
     z = μ + σε from Normal(μ, σ), ∂z²/∂μ = 2z and ∂z²/∂σ = 2zε, ε = (z − μ)/σ."""
