@@ -845,8 +845,10 @@ def test_measure_valued_exponential_and_uniform_weak_derivatives():
     assert at_high.tolist() == below.tolist() and at_low.tolist() == low.tolist()
     g_low, g_high = grad(terms, (low, high))
     width = [b - a for a, b in zip(low.tolist(), high.tolist())]
-    assert_close(g_high, [(smooth_float(b) - smooth_float(x)) / w for b, x, w in zip(below.tolist(), value.tolist(), width)])
-    assert_close(g_low, [(smooth_float(x) - smooth_float(a)) / w for x, a, w in zip(value.tolist(), low.tolist(), width)])
+    assert_close(g_high, [(smooth_float(b) - smooth_float(x)) / w
+                          for b, x, w in zip(below.tolist(), value.tolist(), width)])
+    assert_close(g_low, [(smooth_float(x) - smooth_float(a)) / w
+                         for x, a, w in zip(value.tolist(), low.tolist(), width)])
 
 
 @covers(MeasureValued)
@@ -1309,7 +1311,8 @@ def test_reinmax_one_hot_gradient(temperature):
         pi0 = [math.exp(a) / z0 for a in row]
         zt = sum(math.exp(a / temperature) for a in row)
         pi1 = [(di + math.exp(a / temperature) / zt) / 2 for di, a in zip(d, row)]
-        expected.append([2 * a - 0.5 * b for a, b in zip(softmax_jacobian_times(pi1, w), softmax_jacobian_times(pi0, w))])
+        first, zeroth = softmax_jacobian_times(pi1, w), softmax_jacobian_times(pi0, w)
+        expected.append([2 * a - 0.5 * b for a, b in zip(first, zeroth)])
     assert_close(g, expected)
 
 

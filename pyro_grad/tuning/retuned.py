@@ -20,7 +20,6 @@ from pyro_grad.gradient_estimators import Estimator
 from pyro_grad.handler import EstimatorMessenger, WrappedProgram
 from pyro_grad.objectives.elbo import ELBO
 from pyro_grad.objectives.expectation import expectation
-from pyro_grad.objectives.objective import objective_type
 from pyro_grad.tuning.tune import Settings, Tuning, tune_with
 
 logger = logging.getLogger("pyro_grad.tuning")
@@ -128,7 +127,6 @@ class Retuned:
 
     def _expectation(self, fn: Callable, *args: Any, num_particles: int = 1, vectorize: bool = True,
                      max_plate_nesting: Optional[int] = None, **kwargs: Any) -> torch.Tensor:
-        objective_type(self.objective, None)  # pg.expectation names its class
         program = self._before_call(fn, fn, args, kwargs, Settings(
             num_particles=num_particles, vectorize=vectorize, objective=self.objective, **self.tune_options))
         return expectation(program, *args, num_particles=num_particles, vectorize=vectorize,
