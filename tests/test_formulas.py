@@ -350,6 +350,9 @@ def test_vimco_has_no_surrogate_outside_the_importance_weighted_bound():
     with pytest.raises(NotImplementedError):
         VIMCO().surrogate(site)
     assert VIMCO.objectives == frozenset({"iwae"})
+    # At K = 1 there are no other particles to form L^{−k} from: one clear error, not NaN.
+    with pytest.raises(EstimatorError, match=r"VIMCO\(\) at site 'z' needs num_particles >= 2"):
+        VIMCO().importance_signal("z", torch.zeros(1, 1))
 
 
 # ------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ class ScoreSite(NamedTuple):
     distribution's parameters), ``f`` the values of f downstream of it (detached;
     broadcastable to ``score``), the decaying-average state of the handler that chose it
     (``averages``, a :class:`~pyro_grad.baselines.RunningAverages`; None: start afresh),
-    the program's ``args`` and ``kwargs`` (a learned baseline's inputs), and for a
+    the program's ``args`` and ``kwargs`` (a learned baseline's inputs; None: none), and for a
     :class:`ValueGradientEstimator` its ``draw`` (a :class:`ValueGradient`)."""
 
     name: str
@@ -142,7 +142,7 @@ class ScoreSite(NamedTuple):
     f: torch.Tensor
     averages: Any = None
     args: tuple = ()
-    kwargs: dict = {}
+    kwargs: Optional[dict] = None
     draw: Optional[ValueGradient] = None
 
     @property

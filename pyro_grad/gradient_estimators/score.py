@@ -100,7 +100,7 @@ class Score(ScoreEstimator):
     def surrogate(self, site: ScoreSite) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(1/K) Σ_k (s_k − sg(s_k)) · sg(f_k − b_k)``, per sample: zero in value, with
         gradient ``(1/K) Σ_k ∇log q(z_k) (f_k − b_k)``."""
-        baseline, aux_loss = self._baseline(site.name, site.f, site.args, site.kwargs, site.averages)
+        baseline, aux_loss = self._baseline(site.name, site.f, site.args, site.kwargs or {}, site.averages)
         advantage = (site.f - baseline).detach()
         # (s − s.detach()) keeps the surrogate's value equal to the plain estimate.
         term = (site.score - site.score.detach()) * advantage

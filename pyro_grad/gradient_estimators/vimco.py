@@ -10,6 +10,7 @@ import torch
 
 from pyro_grad.distributions import leaf_distribution
 from pyro_grad.engine.importance_weights import log_mean_exp
+from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators.base import Example, ScoreEstimator, Site
 
 
@@ -56,4 +57,9 @@ class VIMCO(ScoreEstimator):
 
     def importance_signal(self, name: str, log_weights: torch.Tensor) -> torch.Tensor:
         """``L − L^{-k}`` for every particle, from the log-weights ``(G, K, ...)``."""
+        if log_weights.shape[1] < 2:
+            raise EstimatorError(
+                f"VIMCO() at site '{name}' needs num_particles >= 2 for its leave-one-out bounds, got "
+                f"{log_weights.shape[1]}; use Score() at one particle"
+            )
         return log_mean_exp(log_weights, 1).unsqueeze(1) - leave_one_out_bounds(log_weights)
