@@ -19,7 +19,7 @@ import torch
 
 from pyro_grad.engine.provenance import plain
 from pyro_grad.baselines import RunningAverages
-from pyro_grad.errors import EstimatorError
+from pyro_grad.errors import EstimatorError, float_index_error, is_index_dtype_error
 from pyro_grad.distributions import describe
 from pyro_grad.engine.control_flow import READ
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
@@ -225,7 +225,16 @@ def difference_terms(
         draw = SiteDraw(name, density(site["fn"]), plain(site["value"]).detach(), layout, local(name), scored)
         alternatives, state = estimator.alternatives(draw)
         keep, relaxed = estimator.keeps_alternative_gradients, estimator.relaxes
-        alternative_f = [run_alternative(name, alternative, keep, relaxed) for alternative in alternatives]
+        try:
+            alternative_f = [run_alternative(name, alternative, keep, relaxed) for alternative in alternatives]
+        except (IndexError, RuntimeError) as error:
+            # A relaxed value of a Categorical is a fractional index: torch's message names
+            # neither the site nor the estimator.
+            if relaxed and is_index_dtype_error(error):
+                raise float_index_error(
+                    [f"{estimator!r} re-runs the program at relaxed values of site '{name}' "
+                     f"({describe(site['fn'])}), fractional indices"], error) from error
+            raise
         runs = CoupledRuns(draw, f_at(name), alternative_f, state)
         terms[name] = estimator.alternative_terms(runs)
         loss = estimator.alternative_loss(runs)

@@ -49,7 +49,7 @@ REGISTRY: Tuple[Type[Estimator], ...] = (
 )
 
 
-__all__ = ["REGISTRY", "applicable", "derived_for", "not_applicable", "registered_names", *(cls.__name__ for cls in REGISTRY)]
+__all__ = ["NotApplicable", "REGISTRY", "applicable", "derived_for", "not_applicable", "registered_names", *(cls.__name__ for cls in REGISTRY)]
 
 
 def registered_names() -> Dict[str, Type[Estimator]]:
@@ -63,16 +63,20 @@ OBJECTIVES = {"expectation": "pg.expectation", "elbo": "pg.ELBO", "iwae": "pg.IW
 
 def applicable(site: Union[Site, Any], objective: Optional[str] = None) -> List[Estimator]:
     """Default instances of every registered estimator that applies to ``site`` (a
-    :class:`Site`, or a bare distribution, whose batch is one particle's); with
-    ``objective`` (``"expectation"``, ``"elbo"`` or ``"iwae"``), only those derived for it."""
+    :class:`Site`, or a bare distribution, whose batch is one particle's) and would not
+    refuse it there; with ``objective`` (``"expectation"``, ``"elbo"`` or ``"iwae"``),
+    only those derived for it."""
     if objective is not None and objective not in OBJECTIVES:
         raise EstimatorError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
     if not isinstance(site, Site):
         site = Site.of_distribution(site)
-    return [
-        cls.example_for(site) for cls in REGISTRY
-        if cls.applies_to(site) and (objective is None or objective in cls.objectives)
-    ]
+    found = []
+    for cls in derived_for(objective) if objective is not None else REGISTRY:
+        if cls.applies_to(site):
+            example = cls.example_for(site)
+            if example.refusal(site) is None:
+                found.append(example)
+    return found
 
 
 def derived_for(objective: str) -> List[Type[Estimator]]:
@@ -83,12 +87,43 @@ def derived_for(objective: str) -> List[Type[Estimator]]:
     return [cls for cls in REGISTRY if objective in cls.objectives]
 
 
-def not_applicable(estimator: Estimator, site: Site, reason: str = "", objective: Optional[str] = None) -> EstimatorError:
+class NotApplicable(EstimatorError):
+    """An estimator that does not apply at a site (:func:`not_applicable` builds it). The
+    message lists what does apply: in ``objective`` when known, else in each objective.
+    An objective that meets one raised without it (by a handler, which cannot know the
+    objective) raises it again for itself (:meth:`for_objective`). Pyro re-raises an
+    error from inside a trace with its message alone, so every field but the message
+    may be None."""
+
+    def __init__(self, message: str, estimator: Optional[Estimator] = None, site: Optional[Site] = None,
+                 reason: str = "", objective: Optional[str] = None):
+        super().__init__(message)
+        self.estimator, self.site, self.reason, self.objective = estimator, site, reason, objective
+
+    def for_objective(self, objective: str) -> "NotApplicable":
+        return not_applicable(self.estimator, self.site, self.reason, objective)
+
+
+def _options(site: Site, objective: Optional[str]) -> str:
+    """``": A(), B()"`` in ``objective``; without one, those of every objective, then
+    those derived only for some (named by the objectives they are derived for)."""
+    if objective is not None:
+        return ": " + (", ".join(repr(e) for e in applicable(site, objective)) or "none")
+    everywhere = [e for e in applicable(site) if e.objectives >= set(OBJECTIVES) - {"iwae"}]
+    some = [e for e in applicable(site) if e not in everywhere]
+    text = ": " + (", ".join(repr(e) for e in everywhere) or "none")
+    if some:
+        named = ", ".join(f"{e!r} ({' and '.join(OBJECTIVES[o] for o in sorted(e.objectives))} only)" for e in some)
+        text += f"; and {named}"
+    return text
+
+
+def not_applicable(estimator: Estimator, site: Site, reason: str = "", objective: Optional[str] = None) -> NotApplicable:
     """The error for ``estimator`` at a site it does not apply to: the site, its
     distribution, why (when known), and what does apply (in ``objective``, if given)."""
-    options = ", ".join(repr(e) for e in applicable(site, objective)) or "none"
     why = f": {reason}" if reason else ""
-    return EstimatorError(
+    return NotApplicable(
         f"{estimator!r} does not apply to site '{site.name}' ({describe(site.fn)}){why}; "
-        f"estimators that apply: {options}"
+        f"estimators that apply{_options(site, objective)}",
+        estimator, site, reason, objective,
     )

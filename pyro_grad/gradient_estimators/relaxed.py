@@ -59,6 +59,12 @@ class RelaxedSample(TorchDistribution):
     def support(self):
         return self.base_dist.support
 
+    @property
+    def draws_float_index(self) -> bool:
+        """Whether the draw is a Categorical's index handed to the program as a float
+        (``Σ_k k·y_k``, so that the relaxed gradient reaches it)."""
+        return isinstance(leaf_distribution(self.base_dist), dist.Categorical)
+
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         return self.rsample(sample_shape).detach()
 

@@ -6,7 +6,7 @@ from pyro.poutine.messenger import Messenger
 
 from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators import Site
-from pyro_grad.gradient_estimators.registry import OBJECTIVES, not_applicable
+from pyro_grad.gradient_estimators.registry import OBJECTIVES, NotApplicable, not_applicable
 from pyro_grad.pyro_infer import InferKeys
 
 
@@ -22,6 +22,14 @@ class ObjectiveCheck(Messenger):
         self.objective = objective
         # An objective that lives across steps passes its own, so that a warning comes once.
         self.infer_keys = infer_keys or InferKeys(OBJECTIVES[objective])
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        result = super().__exit__(exc_type, exc_value, traceback)
+        # A handler inside refused a site without knowing the objective: what applies is
+        # what applies in this one.
+        if isinstance(exc_value, NotApplicable) and exc_value.estimator is not None and exc_value.objective is None:
+            raise exc_value.for_objective(self.objective) from None
+        return result
 
     def _pyro_sample(self, msg: dict) -> None:
         # Before the draw, for the estimators chosen inside; after it (below), for a
