@@ -259,6 +259,17 @@ def test_compare_prints_the_summary_and_writes_the_page(tmp_path, capsys):
     assert (tmp_path / "report.html").exists() and (tmp_path / "fits.sqlite").exists()
 
 
+def test_report_passes_steps_and_samples_to_every_page_and_leaves_them_to_the_defaults_otherwise(monkeypatch, tmp_path):
+    import pyro_grad.harness.presentation.main_job as main_job
+
+    asked = []
+    monkeypatch.setattr(main_job, "build_reports", lambda out, **kw: asked.append(kw) or tmp_path / "index.html")
+    assert main(["report", "--steps", "300", "--samples", "7", "--out", str(tmp_path)]) == 0
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    assert (asked[0]["num_steps"], asked[0]["num_samples"]) == (300, 7)
+    assert (asked[1]["num_steps"], asked[1]["num_samples"]) == (None, None)
+
+
 def test_report_builds_only_the_models_named(tmp_path, capsys):
     # `pyro-grad report --models coin`: one page, linked from the index with its recommendation.
     # --workers 2: the page is built in a process of its own (1 builds it in this one).

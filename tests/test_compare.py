@@ -378,6 +378,14 @@ def test_the_main_job_writes_an_index_linking_a_page_per_model_each_opening_with
         text = (tmp_path / f"{name}.html").read_text()
         assert decoded_images(text), name
         assert text.index("<h2>Recommendation</h2>") < text.index("<h2>", text.index("<h2>Recommendation</h2>") + 1)
+    # Every page says what was run: an SVI page its budget rule (the cheapest config's 4
+    # steps, at equal evaluations), particles and seeds; an E[f] page its draws.
+    for name in names:
+        text = (tmp_path / f"{name}.html").read_text()
+        assert "<h2>What was run</h2>" in text, name
+    assert "equal program evaluations: each configuration gets the evaluations of 4 steps" in (
+        tmp_path / "coin.html").read_text()
+    assert "<th>gradient draws</th>" in two_bernoullis_page(tmp_path)
     # The sites table is filled on an expectation's page; bias flags say how they are decided.
     two_bernoullis = (tmp_path / "two_bernoullis.html").read_text()
     assert re.search(r"<h2>Sample sites</h2>\s*<table", two_bernoullis) and "Holm" in two_bernoullis
@@ -385,6 +393,19 @@ def test_the_main_job_writes_an_index_linking_a_page_per_model_each_opening_with
     assert "Biased (unbiased=False): StraightThrough: at the start, flagged on" in (tmp_path / "mixture.html").read_text()
     with pytest.raises(pg.EstimatorError, match=r"no built-in model named \['nope'\]"):
         build_reports(str(tmp_path), models=["nope"])
+
+
+def two_bernoullis_page(out) -> str:
+    return (out / "two_bernoullis.html").read_text()
+
+
+def test_a_budget_given_is_used_for_every_page_and_the_caps_hold_only_the_defaults():
+    from pyro_grad.harness.presentation.main_job import DEFAULT_STEPS, STEPS, page_budget
+
+    assert page_budget("mnist_vae").steps == STEPS["mnist_vae"] < DEFAULT_STEPS
+    assert page_budget("coin").steps == DEFAULT_STEPS
+    assert page_budget("mnist_vae", num_steps=300).steps == 300 and page_budget("sir", num_samples=7).draws == 7
+    assert page_budget("mnist_vae", num_samples=9).bias_draws == 9
 
 
 def test_a_large_posterior_is_summarized_only_as_far_as_the_page_shows_it():

@@ -83,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="the main job: compare every built-in model, write reports/index.html",
                             formatter_class=formatter)
     report.add_argument("--out", default="reports", help="directory for the pages")
-    report.add_argument("--steps", type=positive_int, default=200, help="SVI steps per fit")
-    report.add_argument("--samples", type=positive_int, default=2000, help="gradient draws per estimator")
+    report.add_argument("--steps", type=positive_int, default=None,
+                        help="SVI steps per fit, for every page (default: 200, fewer for the costly models, to keep "
+                             "the main job within 5 minutes)")
+    report.add_argument("--samples", type=positive_int, default=None,
+                        help="gradient draws per estimator, for every page (default: 2000, fewer for the costly "
+                             "models)")
     report.add_argument("--workers", type=positive_int, default=None, metavar="N",
                         help="build N pages at a time, each in a local process (default: one per usable core; "
                              "1: one after another, in this process)")

@@ -42,6 +42,8 @@ def _build_report(
     seconds: float,
     label: str,
     unbiased: bool,
+    num_particles: int = 1,
+    seed: int = 0,
 ) -> GradientReport:
     num_samples = next(iter(draws.samples.values())).shape[0]
     shares = {site: _site_share(draws, targets, site) for site in draws.estimators}
@@ -85,6 +87,8 @@ def _build_report(
         site_evaluations=dict(draws.site_evaluations),
         estimators=dict(draws.estimators),
         reasons=dict(draws.reasons),
+        num_particles=num_particles,
+        seed=seed,
     )
 
 
@@ -197,5 +201,6 @@ def compare_estimators(
             seconds = time.perf_counter() - start
             cost = num_particles * draws.evaluations
             unbiased = all(e.unbiased for e in draws.estimators.values())
-        reports[label] = _build_report(draws, targets, references, cost, seconds, str(label), unbiased)
+        reports[label] = _build_report(draws, targets, references, cost, seconds, str(label), unbiased,
+                                       num_particles, seed)
     return EstimatorComparison(reports)

@@ -33,6 +33,7 @@ class GradientReport:
     * ``samples``: ``{name: (num_samples, *shape) tensor}``, the raw draws (parameters,
       and sites as ``"site.param"``).
     * ``mode``: ``"vectorized"`` or ``"loop"``, how the draws were made.
+    * ``num_particles``: particles per draw; ``seed``: the seed the draws replayed.
     * ``shares``: each latent site's share of the total parameter-gradient variance (NaN
       for a pathwise site, whose part cannot be separated), with or without ``sites``;
       ``site_evaluations``: each site's program evaluations per particle; ``estimators``: each
@@ -49,6 +50,19 @@ class GradientReport:
     site_evaluations: Dict[str, int] = field(default_factory=dict)
     estimators: Dict[str, Any] = field(default_factory=dict)
     reasons: Dict[str, str] = field(default_factory=dict)
+    #: Particles per gradient draw, and the seed the draws replayed.
+    num_particles: int = 1
+    seed: int = 0
+
+    def what_was_run(self) -> pd.DataFrame:
+        """One row: the gradient draws, particles per draw, program evaluations per draw,
+        how the draws were made and the seed."""
+        return pd.DataFrame([{
+            "candidate": self.label, "gradient draws": next(iter(self.samples.values())).shape[0] if self.samples else 0,
+            "particles per draw": self.num_particles,
+            "evaluations per draw": int(self.params["cost"].iloc[0]) if len(self.params) else None,
+            "draws made": self.mode, "seed": self.seed,
+        }])
 
     def to_markdown(self) -> str:
         return "\n\n".join(
@@ -97,6 +111,10 @@ class EstimatorComparison:
     @property
     def params(self) -> pd.DataFrame:
         return _side_by_side({k: r.params for k, r in self.reports.items()})
+
+    def what_was_run(self) -> pd.DataFrame:
+        """One row per candidate (:meth:`GradientReport.what_was_run`)."""
+        return pd.concat([r.what_was_run() for r in self.reports.values()], ignore_index=True)
 
     @property
     def sites(self) -> pd.DataFrame:

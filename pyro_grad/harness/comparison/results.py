@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 #: The last fraction of steps averaged for a fit's final ELBO.
 FINAL_FRACTION = 0.1
+#: The target ELBO is the start plus this fraction of the best configuration's
+#: improvement from it: where the configurations separate, not at the start.
+TARGET_FRACTION = 0.8
 
 
 def _final(elbo: list) -> float:
@@ -42,7 +45,7 @@ class Comparison:
 
     def __init__(self, fits: Dict[Tuple[str, int], Dict[str, Any]], configs: Dict[str, str],
                  origin: Optional[Dict[Tuple[str, int], str]] = None, objective: str = "ELBO",
-                 unbiased: Optional[Dict[str, Optional[bool]]] = None):
+                 unbiased: Optional[Dict[str, Optional[bool]]] = None, settings: Optional[Dict[str, Any]] = None):
         self.fits = fits
         self.configs = configs
         self.origin = origin if origin is not None else {key: "new" for key in fits}
@@ -54,6 +57,44 @@ class Comparison:
         self.unbiased: Dict[str, Optional[bool]] = dict(unbiased or {})
         #: log p(x) where it is known (the ELBO's maximum), drawn in :meth:`plot_elbo`.
         self.log_evidence: Optional[float] = None
+        #: How :func:`~pyro_grad.compare` was asked to train: ``num_steps``,
+        #: ``num_particles``, ``seeds``, ``budget``, ``diagnose_every``,
+        #: ``checkpoint_samples`` and ``batch`` (what each step sees of the data).
+        self.settings: Dict[str, Any] = dict(settings or {})
+
+    def what_was_run(self) -> pd.DataFrame:
+        """Per configuration, what its fits did: SVI steps (the range over seeds, where a
+        fit stopped early or the budget gave it fewer), program evaluations per fit,
+        particles per step, seeds, the data each step saw, and the budget rule."""
+        rows = []
+        for label in self.labels:
+            fits = [r for (l, _), r in self.fits.items() if l == label]
+            steps = sorted({len(r["elbo"]) for r in fits})
+            evaluations = [r.get("evaluations", math.nan) for r in fits]
+            rows.append({
+                "config": label,
+                "steps": f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}–{steps[-1]}",
+                "evaluations per fit": float(np.mean(evaluations)) if evaluations else math.nan,
+                "particles": self.settings.get("num_particles"),
+                "seeds": len(fits),
+                "data per step": self.settings.get("batch", ""),
+            })
+        return pd.DataFrame(rows)
+
+    def budget_rule(self) -> str:
+        """The budget every configuration was given, in words."""
+        s = self.settings
+        if not s:
+            return ""
+        seeds = ", ".join(map(str, s.get("seeds", ())))
+        if s.get("budget") == "evaluations":
+            rule = (f"equal program evaluations: each configuration gets the evaluations of {s['num_steps']} steps "
+                    "of the cheapest, so a costlier one trains for fewer steps")
+        else:
+            rule = f"{s['num_steps']} SVI steps for every configuration"
+        checkpoints = (f"; gradient variance measured every {s['diagnose_every']} steps from "
+                       f"{s['checkpoint_samples']} draws" if s.get("diagnose_every") else "")
+        return f"Budget: {rule}, {s['num_particles']} particles per step, seeds {seeds}{checkpoints}."
 
     def provenance(self) -> str:
         """One line: how many fits were reused from the store, recomputed, or new."""
@@ -85,10 +126,20 @@ class Comparison:
         return list(dict.fromkeys(label for label, _ in self.fits))
 
     def target(self) -> float:
-        """The default target ELBO: the lowest final ELBO (mean over seeds) of any
-        configuration, so that every configuration can reach it."""
-        finals = self.summary(target=float("-inf"))[f"final {self.objective}"]
-        return float(finals.min())
+        """The default target ELBO: the start (the mean first smoothed ELBO of every
+        finished fit) plus :data:`TARGET_FRACTION` of the improvement the best
+        configuration made from it (its final ELBO, mean over seeds; among those that
+        claim to be unbiased, when any finished). A configuration reaches it only by
+        training, not by starting."""
+        finals = self.summary(target=float("-inf")).set_index("config")[f"final {self.objective}"]
+        unbiased = [label for label in finals.index if self.unbiased.get(label) and math.isfinite(finals[label])]
+        best = float(finals[unbiased].max()) if unbiased else float(finals.max())
+        starts = [_smoothed(r["elbo"], max(1, len(r["elbo"]) // 20))[0] for r in self.fits.values()
+                  if r["status"] == "finished" and r["elbo"]]
+        if not starts or not math.isfinite(best):
+            return best
+        start = float(np.mean(starts))
+        return start + TARGET_FRACTION * (best - start)
 
     def to_target(self, target: Optional[float] = None) -> pd.DataFrame:
         """Per finished fit: the ``steps``, ``seconds`` and program ``evaluations`` it took

@@ -11,6 +11,8 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import pyro
+import pyro.poutine as poutine
+import torch
 from pyro.util import get_rng_state, set_rng_state
 
 from pyro_grad.errors import EstimatorError
@@ -129,9 +131,13 @@ def _compare(model, guide, args, kwargs, configs, num_steps, num_particles, seed
     finally:
         modules.restore()
     ordered = ledger.ordered()
+    settings = {"num_steps": num_steps, "num_particles": num_particles, "seeds": tuple(seeds), "budget": budget,
+                "diagnose_every": diagnose_every, "checkpoint_samples": checkpoint_samples,
+                "batch": data_per_step(model, args, kwargs)}
     comparison = Comparison(ordered, {label: repr(config) for label, config in configs.items()},
                             origin=ledger.origin, objective="ELBO" if objective.averages_particles else "bound",
-                            unbiased={label: claims_unbiased(config) for label, config in configs.items()})
+                            unbiased={label: claims_unbiased(config) for label, config in configs.items()},
+                            settings=settings)
     for label in configs:
         label_fits = [(seed, ordered[(label, seed)]) for seed in seeds]
         if all(r["status"] != "finished" for _, r in label_fits):
@@ -142,6 +148,19 @@ def _compare(model, guide, args, kwargs, configs, num_steps, num_particles, seed
                 comparison,
             )
     return comparison
+
+
+def data_per_step(model: Callable, args: tuple, kwargs: dict) -> str:
+    """What one step of the model sees of its data: each subsampled plate's minibatch
+    ("plate 'data': 10 of 40"), else the whole data."""
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    minibatches = {}
+    for site in trace.nodes.values():
+        for frame in site.get("cond_indep_stack", ()):
+            if frame.vectorized and frame.size is not None and frame.full_size not in (None, frame.size):
+                minibatches[frame.name] = f"plate '{frame.name}': {frame.size} of {frame.full_size}"
+    return "; ".join(minibatches.values()) or "the whole data"
 
 
 def _fit_here(fits: Fits, ledger: Ledger) -> None:

@@ -86,6 +86,8 @@ def _draw_sections(reports: Mapping[str, GradientReport], obj: Any) -> List[Tupl
     note = flags_note(reports) if with_reference else "No exact reference: bias is not measured."
     return [
         ("Recommendation", recommend(obj)),
+        ("What was run", Noted(obj.what_was_run(), "Every candidate's draws replay the same seed, so candidates "
+                                                   "meet the same random numbers where they draw alike.")),
         ("Parameters (aggregated over elements)", Noted(by_parameter, note)),
         ("Parameters, per element", ElementRows(obj.params, "elements")),
         ("Sample sites", obj.sites if len(obj.sites) else Noted(
@@ -105,6 +107,7 @@ def sections(obj: Any, bias: Optional[Mapping[str, str]] = None) -> List[Tuple[s
     if isinstance(obj, Comparison):
         parts = [
             ("Recommendation", recommend(obj, bias)),
+            ("What was run", Noted(obj.what_was_run(), obj.budget_rule())),
             ("Summary", Noted(obj.summary(), "Target: the lowest final ELBO of any configuration; times and "
                                              "evaluations are means over seeds, ± their standard deviation.")),
             ("ELBO during training", obj.plot_elbo()),

@@ -6,7 +6,7 @@ import html
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import pandas as pd
 import pyro
@@ -21,9 +21,13 @@ from pyro_grad.harness.presentation.html_report import machine, report, table_ht
 from pyro_grad.harness.presentation.recommendation import measured_bias, recommend
 from pyro_grad.harness.presentation.suite import diagnose_each, svi_configs
 
-#: Gradient draws per estimator for the expectation programs (fewer for the costly ones).
+#: The default budgets: SVI steps per fit and gradient draws per estimator.
+DEFAULT_STEPS, DEFAULT_SAMPLES, DEFAULT_CHECKPOINTS = 200, 2000, 2
+#: Caps on the *default* budgets that keep the main job within 5 minutes on 2 cores; a
+#: budget the user gives is used for every page. Gradient draws per estimator for the
+#: costly expectation programs:
 DRAWS = {"conv_net": 100, "sir": 500}
-#: SVI steps and variance checkpoints per run for the costly SVI models: the mnist_vae
+#: SVI steps and variance checkpoints per fit for the costly SVI models: the mnist_vae
 #: page at a short budget (``benchmarks/bench_vae.py`` trains it for longer). Its
 #: checkpoint is the costly part: a diagnosis over 314,000 parameter elements. The
 #: mixture page trains 8 configs (RODEO's network among them) for 100 steps.
@@ -38,11 +42,38 @@ BIAS_DRAWS = {"mnist_vae": 50}
 DEFAULT_BIAS_DRAWS = 500
 
 
-def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int = 2000, seeds=(0, 1),
-                  checkpoints: int = 2, log: Optional[Callable[[str], None]] = None,
+class PageBudget(NamedTuple):
+    """What one page runs: SVI ``steps`` per fit (the cheapest config's, under equal
+    evaluations), gradient ``draws`` per estimator, variance ``checkpoints`` per fit,
+    and the draws measuring a biased config's bias (``bias_draws``)."""
+
+    steps: int
+    draws: int
+    checkpoints: int
+    bias_draws: int
+
+
+def page_budget(name: str, num_steps: Optional[int] = None, num_samples: Optional[int] = None,
+                checkpoints: Optional[int] = None) -> PageBudget:
+    """The budget of model ``name``'s page: what the user gave, for every page; where
+    they gave nothing, the defaults, capped for the costly models (:data:`STEPS`,
+    :data:`DRAWS`, :data:`CHECKPOINTS`, :data:`BIAS_DRAWS`)."""
+    steps = num_steps if num_steps is not None else min(STEPS.get(name, DEFAULT_STEPS), DEFAULT_STEPS)
+    draws = num_samples if num_samples is not None else min(DRAWS.get(name, DEFAULT_SAMPLES), DEFAULT_SAMPLES)
+    given = checkpoints if checkpoints is not None else min(CHECKPOINTS.get(name, DEFAULT_CHECKPOINTS),
+                                                            DEFAULT_CHECKPOINTS)
+    bias = num_samples if num_samples is not None else min(BIAS_DRAWS.get(name, DEFAULT_BIAS_DRAWS), DEFAULT_SAMPLES)
+    return PageBudget(steps, draws, given, bias)
+
+
+def build_reports(out: str = "reports", num_steps: Optional[int] = None, num_samples: Optional[int] = None,
+                  seeds=(0, 1), checkpoints: Optional[int] = None, log: Optional[Callable[[str], None]] = None,
                   models: Optional[Sequence[str]] = None, workers: Optional[int] = None) -> Path:
     """Write ``out/<model>.html`` for every built-in model and ``out/index.html``; each
-    SVI run's gradient variance is measured at ``checkpoints`` evenly spaced steps.
+    SVI fit's gradient variance is measured at ``checkpoints`` evenly spaced steps.
+    ``num_steps`` (SVI steps), ``num_samples`` (gradient draws) and ``checkpoints``
+    given are used for every page; left None, each page takes the defaults, capped
+    for the costly models (:func:`page_budget`).
     ``log`` receives one line per model as it finishes (the CLI writes them to stderr,
     so long work shows in logs and CI). ``models``: only these (by name), else every one.
     ``workers``: build that many pages at a time, each in its own local process.
@@ -79,42 +110,40 @@ def build_reports(out: str = "reports", num_steps: int = 200, num_samples: int =
     return _write_index(out_dir, [rows[name] for name in names])
 
 
-def build_page(name: str, out: str, num_steps: int, num_samples: int, seeds: Any,
-               checkpoints: int) -> Dict[str, Any]:
+def build_page(name: str, out: str, num_steps: Optional[int], num_samples: Optional[int], seeds: Any,
+               checkpoints: Optional[int]) -> Dict[str, Any]:
     """One built-in model's page, ``out/<name>.html``, and its row of the index."""
     from pyro_grad.harness.models import registry
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _build_page(registry()[name], name, Path(out), num_steps, num_samples, seeds, checkpoints)
+        budget = page_budget(name, num_steps, num_samples, checkpoints)
+        return _build_page(registry()[name], name, Path(out), budget, seeds)
 
 
-def _build_page(bench: Any, name: str, out_dir: Path, num_steps: int, num_samples: int, seeds: Any,
-                checkpoints: int) -> Dict[str, Any]:
+def _build_page(bench: Any, name: str, out_dir: Path, budget: PageBudget, seeds: Any) -> Dict[str, Any]:
     start = time.perf_counter()
     pyro.clear_param_store()
     bias = None
     if bench.guide is None:
-        counts = {name: min(DRAWS.get(name, num_samples), num_samples)}
-        result = EstimatorComparison(diagnose_each(bench, num_samples, counts))
+        result = EstimatorComparison(diagnose_each(bench, budget.draws, {name: budget.draws}))
         kind = "gradient estimators"
     else:
         configs = svi_configs(bench)
         try:
-            steps = min(STEPS.get(name, num_steps), num_steps)
-            every = max(1, steps // min(CHECKPOINTS.get(name, checkpoints), checkpoints))
+            every = max(1, budget.steps // budget.checkpoints)
             result = compare(
                 bench.program, bench.guide, *bench.arguments(), configs=configs,
-                num_steps=steps, seeds=seeds, diagnose_every=every,
-                out=str(out_dir / "runs" / name), reset=bench.reset,
-                checkpoint_samples=min(num_samples, CHECKPOINT_DRAWS), budget="evaluations",
+                num_steps=budget.steps, seeds=seeds, diagnose_every=every,
+                out=str(out_dir / "fits" / name), reset=bench.reset,
+                checkpoint_samples=min(budget.draws, CHECKPOINT_DRAWS), budget="evaluations",
             )
         except ConfigFailed as failure:
             # The page shows the failed fits and their reasons beside the others.
             result = failure.comparison
         if bench.log_evidence is not None:
             result.log_evidence = bench.log_evidence()
-        bias = biased_configs_bias(bench, configs, min(num_samples, BIAS_DRAWS.get(name, DEFAULT_BIAS_DRAWS)))
+        bias = biased_configs_bias(bench, configs, max(2, budget.bias_draws))
         kind = "SVI"
     page = report(result, out_dir / f"{name}.html", title=f"{name}: {kind}", bias=bias)
     return {"model": name, "comparison": kind, "recommended": recommend(result, bias).best or "none",

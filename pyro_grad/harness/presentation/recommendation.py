@@ -1,33 +1,54 @@
 """The verdict a report opens with: which configuration to use, the runner-up and how
 much worse it is, and the biased candidates named as such with their measured bias.
 
+Every verdict rests on evidence and is deterministic: identical numbers give identical
+recommendations, and where the data cannot tell the leaders apart the verdict says so
+and names the cheaper one.
+
 * Gradient draws (``E[f]``): the unbiased candidate (claimed, and not flagged against the
   exact reference) with the lowest work-normalized variance: Σ over parameters of the
-  total gradient variance × program evaluations per draw.
-* SVI fits: the unbiased configuration that reaches the target ELBO fastest, in mean
-  seconds over seeds (with their spread), among those that reach it in every seed.
+  total gradient variance × program evaluations per draw. Two candidates whose ratio
+  is within :data:`SEPARATION_Z` standard errors of 1 (on the log scale, for
+  near-Gaussian draws: a variance from N draws has relative standard error √(2/(N−1)))
+  are indistinguishable.
+* SVI fits: the unbiased configuration that reaches the target ELBO (where the
+  configurations separate: :meth:`~pyro_grad.harness.comparison.results.Comparison.target`)
+  in the fewest program evaluations, the budget's unit, mean over seeds, among those
+  that reach it in every seed. Seconds are shown, never ranked: they vary from run to
+  run. A configuration with fewer than :data:`MIN_RACE_STEPS` steps in its budget is
+  left out of the race with a note. Leaders whose mean evaluations differ by less
+  than :data:`SEPARATION_Z` standard errors (over seeds) are indistinguishable.
 * A :class:`~pyro_grad.tuning.tune.Tuning`: its choice at each site, and each site's
   runner-up in the last round.
 """
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping, NamedTuple, Optional
 
+import numpy as np
 import pandas as pd
 
-from pyro_grad.harness.comparison.results import Comparison
+from pyro_grad.harness.comparison.results import TARGET_FRACTION, Comparison
 from pyro_grad.diagnostics.report import EstimatorComparison, GradientReport
 from pyro_grad.tuning.tune import Tuning
+
+
+#: An SVI configuration needs this many steps for its curve to count in the race.
+MIN_RACE_STEPS = 10
+#: Leaders are told apart when their difference exceeds this many standard errors.
+SEPARATION_Z = 2.0
 
 
 @dataclass
 class Recommendation:
     """``best`` (a label, or None when nothing qualifies), ``lines``: the verdict in
-    sentences, first the recommendation, then the runner-up, then the biased ones."""
+    sentences, first the recommendation, then the runner-up, then the biased ones;
+    ``tied``: the labels the data cannot tell apart from ``best`` (``best`` first)."""
 
     best: Optional[str]
     lines: List[str] = field(default_factory=list)
+    tied: List[str] = field(default_factory=list)
 
 
 def _figure(value: float) -> str:
@@ -53,21 +74,35 @@ def for_gradient_draws(reports: Mapping[str, GradientReport]) -> Recommendation:
         params = report.params
         claimed = bool(params["unbiased (claimed)"].all()) if len(params) else False
         flagged = bool(params["flagged"].any()) if "flagged" in params else False
-        rows.append({"label": label, "claimed": claimed, "flagged": flagged,
+        draws = next(iter(report.samples.values())).shape[0] if report.samples else 0
+        cost = float(params["cost"].iloc[0]) if len(params) else math.nan
+        rows.append({"label": label, "claimed": claimed, "flagged": flagged, "draws": draws, "cost": cost,
                      "variance": report.work_normalized_variance(), "bias": measured_bias(report)})
     table = pd.DataFrame(rows)
-    unbiased = table[table["claimed"] & ~table["flagged"]].sort_values("variance", kind="stable")
-    lines = []
+    unbiased = table[table["claimed"] & ~table["flagged"]].sort_values(["variance", "cost", "label"], kind="stable")
+    lines, tied = [], []
     best = None
     if len(unbiased):
-        best = unbiased.iloc[0]["label"]
-        lines.append(f"Recommended: {best}, the lowest work-normalized variance "
-                     f"({_figure(unbiased.iloc[0]['variance'])}: total gradient variance × program evaluations "
-                     f"per draw) among the {len(unbiased)} unbiased candidates.")
-        if len(unbiased) > 1:
-            runner = unbiased.iloc[1]
-            lines.append(f"Runner-up: {runner['label']}, {_ratio(runner['variance'], unbiased.iloc[0]['variance'])} "
-                         "the recommended work-normalized variance.")
+        first = unbiased.iloc[0]
+        tied = [r["label"] for _, r in unbiased.iterrows() if not _variances_differ(r, first)]
+        leaders = unbiased[unbiased["label"].isin(tied)].sort_values(["cost", "variance", "label"], kind="stable")
+        best = leaders.iloc[0]["label"]
+        chosen = leaders.iloc[0]
+        if len(tied) > 1:
+            lines.append(f"Recommended: {best}, the cheapest ({_figure(chosen['cost'])} program evaluations per "
+                         f"draw) of {_names(tied)}, whose work-normalized variances the {int(first['draws'])} draws "
+                         f"cannot tell apart (ratios within {SEPARATION_Z:g} standard errors of 1); more draws "
+                         "would separate them.")
+        else:
+            lines.append(f"Recommended: {best}, the lowest work-normalized variance "
+                         f"({_figure(chosen['variance'])}: total gradient variance × program evaluations "
+                         f"per draw) among the {len(unbiased)} unbiased candidates.")
+        others = unbiased[~unbiased["label"].isin(tied)]
+        if len(others):
+            runner = others.iloc[0]
+            lines.append(f"Runner-up: {runner['label']}, {_ratio(runner['variance'], chosen['variance'])} "
+                         f"the recommended work-normalized variance ({_log_ratio_z(runner, chosen):.1f} standard "
+                         "errors apart).")
     else:
         lines.append("No candidate is unbiased (claimed and not flagged): nothing to recommend.")
     for _, row in table[table["claimed"] & table["flagged"]].iterrows():
@@ -75,7 +110,24 @@ def for_gradient_draws(reports: Mapping[str, GradientReport]) -> Recommendation:
     for _, row in table[~table["claimed"]].iterrows():
         bias = row["bias"] or "no exact reference to measure it against"
         lines.append(f"Biased (unbiased=False): {row['label']}: {bias}.")
-    return Recommendation(best, lines)
+    return Recommendation(best, lines, tied)
+
+
+def _log_ratio_z(a: Any, b: Any) -> float:
+    """How many standard errors apart two variance estimates are on the log scale
+    (relative standard error √(2/(N−1)) each, as for near-Gaussian draws)."""
+    if not (a["variance"] > 0 and b["variance"] > 0 and a["draws"] > 1 and b["draws"] > 1):
+        return 0.0 if a["variance"] == b["variance"] else math.inf
+    se = math.sqrt(2 / (a["draws"] - 1) + 2 / (b["draws"] - 1))
+    return abs(math.log(a["variance"] / b["variance"])) / se
+
+
+def _variances_differ(a: Any, b: Any) -> bool:
+    return _log_ratio_z(a, b) >= SEPARATION_Z
+
+
+def _names(labels: List[str]) -> str:
+    return ", ".join(labels[:-1]) + f" and {labels[-1]}" if len(labels) > 1 else labels[0]
 
 
 def _ratio(value: float, best: float) -> str:
@@ -86,41 +138,92 @@ def _ratio(value: float, best: float) -> str:
     return "equal to" if value == 0 else "infinitely many times"
 
 
+class Racer(NamedTuple):
+    """A configuration in the race to the target: its program evaluations to the target
+    per seed (mean and standard error), evaluations per step, and mean seconds (shown,
+    never ranked)."""
+
+    label: str
+    mean: float
+    se: float
+    seeds: int
+    per_step: float
+    seconds: float
+
+
+def _differ(a: Racer, b: Racer) -> bool:
+    """Whether two racers' mean evaluations differ by at least SEPARATION_Z standard
+    errors; at one seed there is no standard error, and nothing tells them apart."""
+    if a.seeds < 2 or b.seeds < 2:
+        return False
+    spread = math.sqrt(a.se ** 2 + b.se ** 2)
+    return abs(a.mean - b.mean) >= SEPARATION_Z * spread and a.mean != b.mean
+
+
 def for_svi_fits(comparison: Comparison, bias: Optional[Mapping[str, str]] = None) -> Recommendation:
-    """Recommend among SVI configurations: the fastest to the target ELBO, in seconds
-    (mean ± sd over seeds), of those that claim to be unbiased and reach it in every
-    seed. ``bias``: a measured bias in words per biased configuration."""
+    """Recommend among SVI configurations (see the module's docstring). ``bias``: a
+    measured bias in words per biased configuration."""
     target = comparison.target()
     hits = comparison.to_target(target)
-    lines, candidates = [], []
+    lines, notes, racers = [], [], []
     for label in comparison.labels:
-        claimed = comparison.unbiased.get(label)
-        fits = hits[hits["config"] == label]
-        seeds = sum(1 for key in comparison.fits if key[0] == label)
-        # A failed fit never reached the target: only configs that reached it in every seed.
-        if claimed and len(fits) == seeds and fits["seconds"].notna().all():
-            candidates.append((float(fits["seconds"].mean()), float(fits["seconds"].std(ddof=0)),
-                               float(fits["evaluations"].mean()), label, len(fits)))
-    candidates.sort()
-    best = None
-    if candidates:
-        seconds, spread, evaluations, best, seeds = candidates[0]
-        lines.append(f"Recommended: {best}, the fastest unbiased configuration to the target ELBO "
-                     f"{_figure(target)} (the lowest final ELBO of any configuration): {_figure(seconds)} ± "
-                     f"{_figure(spread)} s over {seeds} seed(s), {_figure(evaluations)} program evaluations.")
-        if len(candidates) > 1:
-            runner_seconds, runner_spread, _, runner, _ = candidates[1]
-            lines.append(f"Runner-up: {runner}, {_figure(runner_seconds)} ± {_figure(runner_spread)} s, "
-                         f"{_ratio(runner_seconds, seconds)} the recommended time.")
+        if not comparison.unbiased.get(label):
+            continue
+        fits = [r for (l, _), r in comparison.fits.items() if l == label]
+        done = [r for r in fits if r["status"] == "finished" and r["elbo"]]
+        if len(done) < len(fits):
+            notes.append(f"Out of the race: {label}, {len(fits) - len(done)} of {len(fits)} fit(s) failed.")
+            continue
+        steps = min(len(r["elbo"]) for r in done)
+        per_step = float(np.mean([r["evaluations"] / len(r["elbo"]) for r in done]))
+        if steps < MIN_RACE_STEPS:
+            notes.append(f"Out of the race: {label}, only {steps} SVI step(s) in its budget ({_figure(per_step)} "
+                         f"program evaluations per step), too few for its curve to mean anything; a larger "
+                         "--steps gives it more.")
+            continue
+        reached = hits[hits["config"] == label]
+        evaluations = reached["evaluations"].to_numpy(dtype=float)
+        if len(evaluations) < len(fits) or not np.isfinite(evaluations).all():
+            missed = len(fits) - int(np.isfinite(evaluations).sum())
+            notes.append(f"Out of the race: {label}, did not reach the target in {missed} of {len(fits)} seed(s).")
+            continue
+        se = float(np.std(evaluations, ddof=1) / math.sqrt(len(evaluations))) if len(evaluations) > 1 else math.nan
+        racers.append(Racer(label, float(evaluations.mean()), se, len(evaluations), per_step,
+                            float(reached["seconds"].mean())))
+    racers.sort(key=lambda r: (r.mean, r.per_step, r.label))  # deterministic: never by seconds
+    best, tied = None, []
+    improvement = f"{TARGET_FRACTION:.0%} of the best configuration's improvement from the start"
+    if racers:
+        tied = [r.label for r in racers if not _differ(racers[0], r)]
+        leaders = sorted((r for r in racers if r.label in tied), key=lambda r: (r.per_step, r.mean, r.label))
+        chosen = leaders[0]
+        best = chosen.label
+        spread = "" if math.isnan(chosen.se) else f" ± {_figure(chosen.se)} (standard error)"
+        if len(tied) > 1:
+            lines.append(f"Recommended: {best}, the cheapest per step ({_figure(chosen.per_step)} program "
+                         f"evaluations) of {_names(tied)}, which {racers[0].seeds} seed(s) cannot tell apart in "
+                         f"program evaluations to the target ELBO {_figure(target)} ({improvement}); more seeds "
+                         "would separate them.")
+        else:
+            lines.append(f"Recommended: {best}, the fewest program evaluations to the target ELBO {_figure(target)} "
+                         f"({improvement}): {_figure(chosen.mean)}{spread} over {chosen.seeds} seeds, "
+                         f"{_figure(chosen.seconds)} s.")
+        others = [r for r in racers if r.label not in tied]
+        if others:
+            runner = others[0]
+            lines.append(f"Runner-up: {runner.label}, {_figure(runner.mean)} program evaluations, "
+                         f"{_ratio(runner.mean, chosen.mean)} the recommended.")
     else:
-        lines.append("No unbiased configuration reached the target ELBO in every seed: nothing to recommend.")
+        lines.append("No unbiased configuration reached the target ELBO in every seed with enough steps: nothing "
+                     "to recommend.")
+    lines += notes
     for label in comparison.labels:
         if comparison.unbiased.get(label) is False:
             measured = (bias or {}).get(label, "bias not measured")
             lines.append(f"Biased (unbiased=False): {label}: {measured}.")
         elif comparison.unbiased.get(label) is None:
             lines.append(f"Unknown whether unbiased (a callable config): {label}.")
-    return Recommendation(best, lines)
+    return Recommendation(best, lines, tied)
 
 
 def for_tuning(tuning: Tuning) -> Recommendation:

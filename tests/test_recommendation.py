@@ -1,0 +1,106 @@
+"""The verdict a page opens with rests on evidence: comparisons built by construction
+(ELBO curves written by hand, so the right answer is known) and the verdict they get.
+
+Curves rise linearly from −100 to −10 over their steps, then stay: a configuration
+reaches the target (the start plus 80% of the best improvement, −28) at 80% of its
+rise. Program evaluations per step are set per configuration, so evaluations to the
+target are known exactly.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from pyro_grad.harness.comparison.results import Comparison
+from pyro_grad.harness.presentation.recommendation import MIN_RACE_STEPS, recommend
+
+STEPS = 100
+
+
+def curve(rise: int, steps: int = STEPS, top: float = -10.0) -> list:
+    """−100 rising linearly to ``top`` over ``rise`` steps, then flat."""
+    return [float(v) for v in np.concatenate([np.linspace(-100.0, top, rise), np.full(steps - rise, top)])]
+
+
+def fit(elbo: list, per_step: float, seconds: float = 1.0) -> dict:
+    return {"status": "finished", "reason": "", "step": len(elbo), "elbo": elbo, "checkpoints": [],
+            "seconds": seconds, "cpu seconds": seconds, "evaluations": per_step * len(elbo), "posterior": {},
+            "notes": []}
+
+
+def comparison(fits: dict, unbiased=None) -> Comparison:
+    labels = list(dict.fromkeys(label for label, _ in fits))
+    return Comparison(fits, {label: label for label in labels},
+                      unbiased=unbiased or {label: True for label in labels},
+                      settings={"num_steps": STEPS, "num_particles": 4, "seeds": (0, 1), "budget": "evaluations"})
+
+
+def test_a_configuration_better_by_construction_is_recommended():
+    # Fast reaches the target in ~half the evaluations of Slow, in both seeds (with a
+    # little spread, so there is a standard error).
+    result = comparison({
+        ("fast", 0): fit(curve(40), 4), ("fast", 1): fit(curve(42), 4),
+        ("slow", 0): fit(curve(80), 4), ("slow", 1): fit(curve(84), 4),
+    })
+    verdict = recommend(result)
+    assert verdict.best == "fast" and verdict.tied == ["fast"]
+    assert verdict.lines[0].startswith("Recommended: fast, the fewest program evaluations to the target ELBO")
+    assert verdict.lines[1].startswith("Runner-up: slow")
+
+
+def test_two_configurations_equal_by_construction_are_a_tie_and_the_cheaper_per_step_is_named():
+    # The same curves in evaluations: B costs twice as much per step and rises in half
+    # the steps. No seed tells them apart; A is cheaper per step.
+    result = comparison({
+        ("A", 0): fit(curve(80), 2), ("A", 1): fit(curve(82), 2),
+        ("B", 0): fit(curve(40, 50), 4), ("B", 1): fit(curve(41, 50), 4),
+    })
+    verdict = recommend(result)
+    assert sorted(verdict.tied) == ["A", "B"] and verdict.best == "A"
+    assert "cannot tell apart" in verdict.lines[0] and "more seeds" in verdict.lines[0]
+
+
+def test_the_verdict_depends_on_the_curves_not_on_the_seconds_they_took():
+    # Two runs of one page: bit-identical ELBOs, different timings.
+    def run(seconds: float) -> Comparison:
+        return comparison({
+            ("fast", 0): fit(curve(40), 4, seconds), ("fast", 1): fit(curve(43), 4, seconds),
+            ("slow", 0): fit(curve(80), 4, 1.0), ("slow", 1): fit(curve(85), 4, 1.0),
+        })
+
+    assert recommend(run(0.5)).best == recommend(run(50.0)).best == "fast"
+    assert recommend(run(0.5)).tied == recommend(run(50.0)).tied
+
+
+def test_a_configuration_with_too_few_steps_is_left_out_of_the_race_with_a_note():
+    # Under equal evaluations a costly config got 3 steps: its curve means nothing.
+    result = comparison({
+        ("cheap", 0): fit(curve(40), 4), ("cheap", 1): fit(curve(44), 4),
+        ("costly", 0): fit(curve(2, 3), 400), ("costly", 1): fit(curve(2, 3), 400),
+    })
+    verdict = recommend(result)
+    assert verdict.best == "cheap"
+    assert any(line.startswith(f"Out of the race: costly, only 3 SVI step(s)") for line in verdict.lines)
+    assert MIN_RACE_STEPS > 3
+
+
+def test_the_target_is_where_the_configurations_separate_not_the_start():
+    # Best final −10; the start is the mean first value of the curves smoothed over 5%
+    # of their steps (5 steps): a's −100 + 2 · 90/39, b's −100 + 2 · 50/79. The target
+    # is the start plus 80% of the way to −10.
+    result = comparison({("a", 0): fit(curve(40), 1), ("b", 0): fit(curve(80, top=-50.0), 1)})
+    start = np.mean([-100 + 2 * 90 / 39, -100 + 2 * 50 / 79])
+    assert result.target() == pytest.approx(start + 0.8 * (-10 - start), abs=1e-6)
+    verdict = recommend(result)
+    assert verdict.best == "a"  # b never reaches −28
+    assert any("did not reach the target in 1 of 1" in line for line in verdict.lines)
+
+
+def test_a_biased_configuration_is_never_recommended_and_is_named():
+    result = comparison({("biased", 0): fit(curve(10), 1), ("unbiased", 0): fit(curve(60), 1)},
+                        unbiased={"biased": False, "unbiased": True})
+    verdict = recommend(result, {"biased": "flagged on 2 of 2 elements"})
+    assert verdict.best == "unbiased"
+    assert "Biased (unbiased=False): biased: flagged on 2 of 2 elements." in verdict.lines
+    assert math.isfinite(result.target())
