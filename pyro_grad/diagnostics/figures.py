@@ -15,6 +15,16 @@ if TYPE_CHECKING:
 
 #: The most panels one figure of gradient draws shows.
 MAX_PANELS = 12
+#: Markers cycled against matplotlib's 10 default colours: 7 is prime to 10, so the
+#: first 70 series each get their own colour and marker.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def style(i: int) -> Dict[str, Any]:
+    """Series ``i``'s colour, marker and line style: distinct for every series of a figure
+    (70 pairs of colour and marker; beyond, the line style changes too)."""
+    return {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": ("-", "--", ":")[(i // 70) % 3]}
 
 
 def subplots(rows: int = 1, columns: int = 1, figsize: Tuple[float, float] = (7, 4), **kwargs: Any) -> Tuple["Figure", Any]:
@@ -58,11 +68,14 @@ def plot_draws(
         }
         if kind == "box":
             ax.boxplot(list(draws.values()), showmeans=True, showfliers=False)
-            ax.set_xticks(range(1, len(draws) + 1), list(draws), rotation=20)
+            ax.set_xticks(range(1, len(draws) + 1), list(draws), rotation=40, ha="right", fontsize="small")
+            ax.set_ylabel("gradient draw")
         else:
             for i, (label, x) in enumerate(draws.items()):
-                ax.hist(x, bins=100, alpha=0.35, density=True, color=f"C{i}", label=label)
-                ax.axvline(x.mean(), color=f"C{i}", linewidth=1)
+                ax.hist(x, bins=100, alpha=0.35, density=True, color=style(i)["color"], label=label)
+                ax.axvline(x.mean(), color=style(i)["color"], linewidth=1)
+            ax.set_xlabel("gradient draw (vertical lines: means)")
+            ax.set_ylabel("density")
         if name in references:
             ref = float(torch.as_tensor(references[name]).reshape(-1)[j])
             line = ax.axhline if kind == "box" else ax.axvline
@@ -79,10 +92,11 @@ def band_figure(curves: Dict[str, Tuple[Sequence[float], Sequence[float], Sequen
                 xlabel: str, ylabel: str, levels: Optional[Dict[str, float]] = None) -> "Figure":
     """One line per label, ``(x, middle, low, high)``, with the low–high range as a band;
     ``levels``: horizontal reference lines by label (an exact value, a target)."""
-    fig, ax = subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(8, 4.5))
     for i, (label, (x, middle, low, high)) in enumerate(curves.items()):
-        ax.plot(x, middle, color=f"C{i}", label=label)
-        ax.fill_between(x, low, high, color=f"C{i}", alpha=0.2)
+        look = style(i)
+        ax.plot(x, middle, label=label, markevery=max(1, len(x) // 8), markersize=4, **look)
+        ax.fill_between(x, low, high, color=look["color"], alpha=0.15)
     for j, (label, level) in enumerate((levels or {}).items()):
         ax.axhline(level, color="black", linestyle=("dashed", "dotted")[j % 2], linewidth=1, label=label)
     return _labelled(fig, ax, xlabel, ylabel)
@@ -91,9 +105,9 @@ def band_figure(curves: Dict[str, Tuple[Sequence[float], Sequence[float], Sequen
 def points_figure(series: Dict[str, Tuple[List[float], List[float]]], xlabel: str, ylabel: str,
                   log: bool = False) -> "Figure":
     """One marked line per label, ``(x, y)``; ``log`` for a log-scaled y axis."""
-    fig, ax = subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(8, 4.5))
     for i, (label, (x, y)) in enumerate(series.items()):
-        ax.plot(x, y, "o-", color=f"C{i}", label=label)
+        ax.plot(x, y, label=label, **style(i))
     if log:
         ax.set_yscale("log")
     return _labelled(fig, ax, xlabel, ylabel)
@@ -103,6 +117,7 @@ def _labelled(fig: "Figure", ax: Any, xlabel: str, ylabel: str) -> "Figure":
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
+        # Beside the axes, so that no curve hides behind it, at any count.
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig

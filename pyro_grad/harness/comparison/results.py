@@ -204,9 +204,16 @@ class Comparison:
             for (l, s), r in self.fits.items() if r["status"] != "finished"
         ])
 
+    def evaluations_per_step(self, label: str) -> float:
+        """A configuration's program evaluations per SVI step (mean over its fits)."""
+        per_step = [r["evaluations"] / len(r["elbo"]) for (l, _), r in self.fits.items()
+                    if l == label and r["elbo"] and r.get("evaluations")]
+        return float(np.mean(per_step)) if per_step else 1.0
+
     def plot_elbo(self) -> "Figure":
-        """Smoothed ELBO per step: the mean over seeds, with the range as a band; the
-        target of :meth:`summary` and, where known, the exact log p(x) as lines."""
+        """Smoothed ELBO against program evaluations (the budget's unit: configurations
+        ran different numbers of steps): the mean over seeds, with the range as a band;
+        the target of :meth:`summary` and, where known, the exact log p(x) as lines."""
         curves = {}
         for label in self.labels:
             traces = [r["elbo"] for (l, _), r in self.fits.items() if l == label and r["elbo"]]
@@ -214,11 +221,16 @@ class Comparison:
                 n = min(len(t) for t in traces)
                 window = max(1, n // 20)
                 smooth = np.stack([_smoothed(t[:n], window) for t in traces])
-                curves[label] = (np.arange(smooth.shape[1]) + window, smooth.mean(0), smooth.min(0), smooth.max(0))
-        levels = {f"target {self.objective}": self.target()} if curves else {}
+                steps = np.arange(smooth.shape[1]) + window
+                curves[label] = (steps * self.evaluations_per_step(label), smooth.mean(0), smooth.min(0),
+                                 smooth.max(0))
+        levels = {}
+        if curves:
+            levels[f"target (start + {TARGET_FRACTION:.0%} of best gain)"] = self.target()
         if self.log_evidence is not None:
-            levels["log p(x), exact"] = self.log_evidence
-        return band_figure(curves, "step", f"{self.objective} (smoothed)", levels)
+            levels["exact log p(x), the ELBO's maximum"] = self.log_evidence
+        return band_figure(curves, "program evaluations", f"{self.objective} (smoothed over 5% of the steps)",
+                           levels)
 
     def plot_variance(self) -> "Figure":
         """Total gradient variance at the checkpoints (log scale), mean over seeds."""
@@ -231,8 +243,9 @@ class Comparison:
                         points.setdefault(c["step"], []).append(c["variance"])
             if points:
                 steps = sorted(points)
-                series[label] = (steps, [float(np.mean(points[s])) for s in steps])
-        return points_figure(series, "step", "total gradient variance", log=True)
+                per_step = self.evaluations_per_step(label)
+                series[label] = ([s * per_step for s in steps], [float(np.mean(points[s])) for s in steps])
+        return points_figure(series, "program evaluations", "total gradient variance (log scale)", log=True)
 
     def to_inference_data(self) -> "arviz.InferenceData":
         """The guides' posterior draws: one variable per (site, configuration), named

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 MAX_POSTERIOR_ROWS = 30
 #: Per-element rows shown in a page's collapsed block; the CSV beside it has them all.
 MAX_ELEMENT_ROWS = 500
+#: A table longer than this (a program with many sites) is collapsed below the verdict.
+MAX_SHOWN_ROWS = 20
 
 
 class Noted(NamedTuple):
@@ -69,7 +71,8 @@ def templates() -> "Environment":
 
 def _png(fig: Any) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
+    # "tight": the legend beside the axes is part of the image.
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     return buffer.getvalue()
 
 
@@ -90,7 +93,8 @@ def _draw_sections(reports: Mapping[str, GradientReport], obj: Any) -> List[Tupl
                                                    "meet the same random numbers where they draw alike.")),
         ("Parameters (aggregated over elements)", Noted(by_parameter, note)),
         ("Parameters, per element", ElementRows(obj.params, "elements")),
-        ("Sample sites", obj.sites if len(obj.sites) else Noted(
+        ("Sample sites", ElementRows(obj.sites, "sites", "One row per site and distribution parameter.")
+         if len(obj.sites) > MAX_SHOWN_ROWS else obj.sites if len(obj.sites) else Noted(
             obj.site_summary(), "Each site's estimator and why, evaluations per particle and share of the total "
                                 "parameter-gradient variance (NaN for a pathwise site, whose part cannot be "
                                 "separated); pg.diagnose(sites=True) adds the derivative along each site's own "
@@ -108,9 +112,18 @@ def sections(obj: Any, bias: Optional[Mapping[str, str]] = None) -> List[Tuple[s
         parts = [
             ("Recommendation", recommend(obj, bias)),
             ("What was run", Noted(obj.what_was_run(), obj.budget_rule())),
-            ("Summary", Noted(obj.summary(), "Target: the lowest final ELBO of any configuration; times and "
-                                             "evaluations are means over seeds, ± their standard deviation.")),
+            ("Summary", Noted(obj.summary(), "Target: the start plus 80% of the best unbiased configuration's "
+                                             "improvement from it; times and evaluations are means over seeds, ± "
+                                             "their standard deviation. This page measures training to the "
+                                             "target; pg.tune measures the gradient's variance per evaluation at "
+                                             "the start, so the two can differ: the quietest gradient at the start "
+                                             "does not always train fastest.")),
             ("ELBO during training", obj.plot_elbo()),
+            ("About the ELBO figure", "Each curve is the mean over seeds of the ELBO estimate, smoothed over 5% "
+                                      "of the steps, against program evaluations (the budget's unit); the band "
+                                      "spans the seeds. The dashed line is the target; the dotted one, where "
+                                      "known, the exact log p(x), the ELBO's maximum: a step's estimate is "
+                                      "noisy, so a smoothed curve of few particles can sit above it."),
             ("Gradient variance at checkpoints", obj.plot_variance()),
             ("Estimator configurations", pd.DataFrame(list(obj.configs.items()), columns=["config", "estimators"])),
         ]
@@ -152,7 +165,9 @@ def _posterior(obj: Comparison) -> List[Tuple[str, Any]]:
                    "elements numbered in row-major order)")
     else:
         heading = "Posterior (ArviZ summary)"
-    return [(heading, posterior)]
+    return [(heading, ElementRows(posterior, "posterior", "Posterior draws of each configuration (one chain per "
+                                                         "seed), for reference: they do not decide the "
+                                                         "recommendation."))]
 
 
 def first_elements(posterior: Any, limit: int) -> Tuple[Any, int]:
@@ -203,8 +218,11 @@ def write_file(path: Path, data: bytes) -> None:
 
 
 def table_html(table: pd.DataFrame) -> str:
+    """The table in a box that scrolls sideways when it is wider than the page: cells
+    wrap only between words, never mid-word or mid-number."""
     # A blank, not "NaN", where a value does not apply (a tensor parameter's mean).
-    return table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, na_rep="")
+    html = table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, na_rep="")
+    return f'<div class="scroll">{html}</div>'
 
 
 def table_markdown(table: pd.DataFrame) -> str:
