@@ -104,3 +104,13 @@ def test_a_biased_configuration_is_never_recommended_and_is_named():
     assert verdict.best == "unbiased"
     assert "Biased (unbiased=False): biased: flagged on 2 of 2 elements." in verdict.lines
     assert math.isfinite(result.target())
+
+
+def test_a_difference_the_smoothing_cannot_resolve_is_a_tie_even_with_no_spread_over_seeds():
+    # Both seeds alike (standard error 0), the two configs 2 steps apart: less than the
+    # 5-step window the curves are smoothed over, so nothing tells them apart.
+    result = comparison({
+        ("A", 0): fit(curve(60), 4), ("A", 1): fit(curve(60), 4),
+        ("B", 0): fit(curve(62), 4), ("B", 1): fit(curve(62), 4),
+    })
+    assert sorted(recommend(result).tied) == ["A", "B"]

@@ -17,7 +17,8 @@ and names the cheaper one.
   that reach it in every seed. Seconds are shown, never ranked: they vary from run to
   run. A configuration with fewer than :data:`MIN_RACE_STEPS` steps in its budget is
   left out of the race with a note. Leaders whose mean evaluations differ by less
-  than :data:`SEPARATION_Z` standard errors (over seeds) are indistinguishable.
+  than :data:`SEPARATION_Z` standard errors (over seeds), or by less than the curves'
+  smoothing window resolves, are indistinguishable.
 * A :class:`~pyro_grad.tuning.tune.Tuning`: its choice at each site, and each site's
   runner-up in the last round.
 """
@@ -149,12 +150,15 @@ class Racer(NamedTuple):
     seeds: int
     per_step: float
     seconds: float
+    #: The evaluations of one smoothing window: the curves are smoothed over 5% of the
+    #: steps, so a smaller difference in when they reach the target is not resolved.
+    resolution: float = 0.0
 
 
 def _differ(a: Racer, b: Racer) -> bool:
     """Whether two racers' mean evaluations differ by at least SEPARATION_Z standard
     errors; at one seed there is no standard error, and nothing tells them apart."""
-    if a.seeds < 2 or b.seeds < 2:
+    if a.seeds < 2 or b.seeds < 2 or abs(a.mean - b.mean) < max(a.resolution, b.resolution):
         return False
     spread = math.sqrt(a.se ** 2 + b.se ** 2)
     return abs(a.mean - b.mean) >= SEPARATION_Z * spread and a.mean != b.mean
@@ -188,8 +192,9 @@ def for_svi_fits(comparison: Comparison, bias: Optional[Mapping[str, str]] = Non
             notes.append(f"Out of the race: {label}, did not reach the target in {missed} of {len(fits)} seed(s).")
             continue
         se = float(np.std(evaluations, ddof=1) / math.sqrt(len(evaluations))) if len(evaluations) > 1 else math.nan
+        window = max(1, steps // 20)  # as Comparison.to_target smooths
         racers.append(Racer(label, float(evaluations.mean()), se, len(evaluations), per_step,
-                            float(reached["seconds"].mean())))
+                            float(reached["seconds"].mean()), window * per_step))
     racers.sort(key=lambda r: (r.mean, r.per_step, r.label))  # deterministic: never by seconds
     best, tied = None, []
     improvement = f"{TARGET_FRACTION:.0%} of the best configuration's improvement from the start"
