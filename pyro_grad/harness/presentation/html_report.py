@@ -93,14 +93,22 @@ def _draw_sections(reports: Mapping[str, GradientReport], obj: Any) -> List[Tupl
                                                    "meet the same random numbers where they draw alike.")),
         ("Parameters (aggregated over elements)", Noted(by_parameter, note)),
         ("Parameters, per element", ElementRows(obj.params, "elements")),
-        ("Sample sites", ElementRows(obj.sites, "sites", "One row per site and distribution parameter.")
-         if len(obj.sites) > MAX_SHOWN_ROWS else obj.sites if len(obj.sites) else Noted(
-            obj.site_summary(), "Each site's estimator and why, evaluations per particle and share of the total "
-                                "parameter-gradient variance (NaN for a pathwise site, whose part cannot be "
-                                "separated); pg.diagnose(sites=True) adds the derivative along each site's own "
-                                "distribution parameters.")),
+        ("Sample sites", _sites_section(obj)),
         ("Gradient draws", obj.plot()),
     ]
+
+
+def _sites_section(obj: Any) -> Any:
+    """The sites table: the per-parameter rows when ``pg.diagnose(sites=True)`` made them,
+    else each site's estimator and share; collapsed below the verdict when long."""
+    if len(obj.sites):
+        table, note = obj.sites, "One row per site and distribution parameter."
+    else:
+        table = obj.site_summary()
+        note = ("Each site's estimator and why, evaluations per particle and share of the total parameter-gradient "
+                "variance (NaN for a pathwise site, whose part cannot be separated); pg.diagnose(sites=True) adds "
+                "the derivative along each site's own distribution parameters.")
+    return ElementRows(table, "sites", note) if len(table) > MAX_SHOWN_ROWS else Noted(table, note)
 
 
 def sections(obj: Any, bias: Optional[Mapping[str, str]] = None) -> List[Tuple[str, Any]]:

@@ -79,14 +79,16 @@ def for_gradient_draws(reports: Mapping[str, GradientReport]) -> Recommendation:
         cost = float(params["cost"].iloc[0]) if len(params) else math.nan
         rows.append({"label": label, "claimed": claimed, "flagged": flagged, "draws": draws, "cost": cost,
                      "variance": report.work_normalized_variance(), "bias": measured_bias(report)})
-    table = pd.DataFrame(rows)
-    unbiased = table[table["claimed"] & ~table["flagged"]].sort_values(["variance", "cost", "label"], kind="stable")
+    # Ties break by the candidates' order (the registry's: the simpler first), never by chance.
+    table = pd.DataFrame(rows).assign(position=range(len(rows)))
+    unbiased = table[table["claimed"] & ~table["flagged"]].sort_values(["variance", "cost", "position"],
+                                                                         kind="stable")
     lines, tied = [], []
     best = None
     if len(unbiased):
         first = unbiased.iloc[0]
         tied = [r["label"] for _, r in unbiased.iterrows() if not _variances_differ(r, first)]
-        leaders = unbiased[unbiased["label"].isin(tied)].sort_values(["cost", "variance", "label"], kind="stable")
+        leaders = unbiased[unbiased["label"].isin(tied)].sort_values(["cost", "variance", "position"], kind="stable")
         best = leaders.iloc[0]["label"]
         chosen = leaders.iloc[0]
         if len(tied) > 1:
@@ -195,12 +197,14 @@ def for_svi_fits(comparison: Comparison, bias: Optional[Mapping[str, str]] = Non
         window = max(1, steps // 20)  # as Comparison.to_target smooths
         racers.append(Racer(label, float(evaluations.mean()), se, len(evaluations), per_step,
                             float(reached["seconds"].mean()), window * per_step))
-    racers.sort(key=lambda r: (r.mean, r.per_step, r.label))  # deterministic: never by seconds
+    # Deterministic, never by seconds; last, the configurations' order (the simpler first).
+    order = {label: i for i, label in enumerate(comparison.labels)}
+    racers.sort(key=lambda r: (r.mean, r.per_step, order[r.label]))
     best, tied = None, []
     improvement = f"{TARGET_FRACTION:.0%} of the best configuration's improvement from the start"
     if racers:
         tied = [r.label for r in racers if not _differ(racers[0], r)]
-        leaders = sorted((r for r in racers if r.label in tied), key=lambda r: (r.per_step, r.mean, r.label))
+        leaders = sorted((r for r in racers if r.label in tied), key=lambda r: (r.per_step, r.mean, order[r.label]))
         chosen = leaders[0]
         best = chosen.label
         spread = "" if math.isnan(chosen.se) else f" ± {_figure(chosen.se)} (standard error)"
