@@ -114,3 +114,30 @@ def test_a_difference_the_smoothing_cannot_resolve_is_a_tie_even_with_no_spread_
         ("B", 0): fit(curve(62), 4), ("B", 1): fit(curve(62), 4),
     })
     assert sorted(recommend(result).tied) == ["A", "B"]
+
+
+def test_gradient_draw_verdicts_name_ties_and_exact_estimators():
+    # f = 2·Bern(3θ) + Bern(θ): MeasureValued's gradient is 7 on every draw (variance 0);
+    # Score's is not. And z ~ N(1, 2), f = θ²(z + 4): the noise does not depend on θ, so
+    # Reparam and Score draw the same gradient: a tie, the candidates' order breaks it.
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    import pyro_grad as pg
+
+    def two_bernoullis(theta):
+        return 2 * pyro.sample("a", dist.Bernoulli(3 * theta)) + pyro.sample("b", dist.Bernoulli(theta))
+
+    def fixed_noise(theta):
+        return theta ** 2 * (pyro.sample("z", dist.Normal(1.0, 2.0)) + 4)
+
+    theta = torch.tensor(0.1, requires_grad=True)
+    exact = recommend(pg.compare_estimators(two_bernoullis, theta, num_samples=200,
+                                            candidates={"MeasureValued": pg.MeasureValued(), "Score": pg.Score()}))
+    assert exact.best == "MeasureValued" and exact.tied == ["MeasureValued"]
+    assert exact.lines[1].startswith("Runner-up: Score, work-normalized variance") and "exact gradient" in exact.lines[1]
+    theta = torch.tensor(2.0, requires_grad=True)
+    tie = recommend(pg.compare_estimators(fixed_noise, theta, num_samples=200,
+                                          candidates={"Reparam": pg.Reparam(), "Score": pg.Score()}))
+    assert tie.tied == ["Reparam", "Score"] and tie.best == "Reparam" and "cannot tell apart" in tie.lines[0]

@@ -103,9 +103,13 @@ def for_gradient_draws(reports: Mapping[str, GradientReport]) -> Recommendation:
         others = unbiased[~unbiased["label"].isin(tied)]
         if len(others):
             runner = others.iloc[0]
-            lines.append(f"Runner-up: {runner['label']}, {_ratio(runner['variance'], chosen['variance'])} "
-                         f"the recommended work-normalized variance ({_log_ratio_z(runner, chosen):.1f} standard "
-                         "errors apart).")
+            if chosen["variance"] == 0:
+                lines.append(f"Runner-up: {runner['label']}, work-normalized variance {_figure(runner['variance'])} "
+                             "against the recommended's 0 (an exact gradient on every draw).")
+            else:
+                lines.append(f"Runner-up: {runner['label']}, {_ratio(runner['variance'], chosen['variance'])} "
+                             f"the recommended work-normalized variance ({_log_ratio_z(runner, chosen):.1f} "
+                             "standard errors apart).")
     else:
         lines.append("No candidate is unbiased (claimed and not flagged): nothing to recommend.")
     for _, row in table[table["claimed"] & table["flagged"]].iterrows():
