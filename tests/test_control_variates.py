@@ -465,7 +465,7 @@ def test_relaxed_control_variates_refuse_what_would_make_them_biased():
     def categorical_guide():
         pyro.sample("k", dist.Categorical(logits=pyro.param("l", torch.zeros(3))))
 
-    with pytest.raises(pg.EstimatorError, match=r"REBAR\(\) at site 'k'.*use a OneHotCategorical"):
+    with pytest.raises(pg.EstimatorError, match=r"REBAR\(\) does not apply to site 'k'.*a OneHotCategorical site takes it"):
         pg.ELBO().differentiable_loss(categorical_model, pg.estimators(categorical_guide, pg.REBAR()))
     with pytest.raises(pg.EstimatorError, match=r"RELAX\(network='x'\): network must be None or a torch.nn.Module"):
         pg.RELAX(network="x")

@@ -40,12 +40,13 @@ def test_what_applies_is_exactly_what_would_run(name, objective):
     listed = applicable(site, objective)
     for estimator in listed:
         assert type(estimator).applies_to(site) and estimator.refusal(site) is None, estimator
-        assert objective is None or objective in estimator.objectives, estimator
+        assert objective is None or (objective in estimator.objectives
+                                     and estimator.objective_refusal(site, objective) is None), estimator
     # And nothing that would run is left out: each class's own instance for the site.
     for cls in REGISTRY:
         example = cls.example_for(site) if cls.applies_to(site) else None
         runs = example is not None and example.refusal(site) is None and (
-            objective is None or objective in cls.objectives)
+            objective is None or (objective in cls.objectives and example.objective_refusal(site, objective) is None))
         assert runs == any(type(e) is cls for e in listed), cls
 
 
@@ -114,8 +115,13 @@ def test_indexing_with_a_float_categorical_draw_is_one_error_in_the_expectation(
 @pytest.mark.parametrize("vectorize", [True, False])
 @pytest.mark.parametrize("estimator", FLOAT_INDEX, ids=repr)
 def test_indexing_with_a_float_categorical_draw_is_one_error_in_the_elbo(estimator, vectorize):
-    # REBAR and RELAX are refused first: an ELBO scores the Categorical's mass at an index.
+    # REBAR and RELAX are refused first, as not applying there: an ELBO scores the
+    # Categorical's mass at an index, which a relaxed index does not have.
     pyro.clear_param_store()
-    with pytest.raises(pg.EstimatorError, match=r"site 'z' \(Categorical\)"):
+    with pytest.raises(pg.EstimatorError, match=r"site 'z' \(Categorical\)") as raised:
         pg.ELBO(num_particles=2, vectorize_particles=vectorize).differentiable_loss(
             model, pg.estimators(guide, {"z": estimator}), torch.tensor(2.0))
+    if isinstance(estimator, (pg.REBAR, pg.RELAX)):
+        assert "does not apply" in str(raised.value) and "REBAR" not in str(raised.value).split("apply: ")[1]
+        assert not any(isinstance(e, (pg.REBAR, pg.RELAX))
+                       for e in applicable(Site.of_distribution(dist.Categorical(logits=torch.zeros(3))), "elbo"))

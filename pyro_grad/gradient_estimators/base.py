@@ -191,6 +191,13 @@ class Estimator:
         """Whether this estimator can differentiate through a draw at ``site``."""
         return True
 
+    def objective_refusal(self, site: Site, objective: str) -> Optional[str]:
+        """None when this instance can differentiate ``site`` in ``objective``
+        (``"expectation"``, ``"elbo"`` or ``"iwae"``) as far as :meth:`refusal` lets it;
+        else why not (a bound scores the draw by its density, which not every estimator
+        can meet). Each objective asks before the draw is scored."""
+        return None
+
     def refusal(self, site: Site) -> Optional[str]:
         """None when this instance, with its settings, applies to ``site``; else why not
         (empty when ``applies_to`` says no and there is nothing more to say)."""

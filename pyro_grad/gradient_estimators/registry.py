@@ -74,7 +74,8 @@ def applicable(site: Union[Site, Any], objective: Optional[str] = None) -> List[
     for cls in derived_for(objective) if objective is not None else REGISTRY:
         if cls.applies_to(site):
             example = cls.example_for(site)
-            if example.refusal(site) is None:
+            if example.refusal(site) is None and (objective is None or
+                                                  example.objective_refusal(site, objective) is None):
                 found.append(example)
     return found
 

@@ -40,7 +40,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from pyro_grad.distributions import describe, leaf_distribution, logits_of, uniform_given_bernoulli
+from pyro_grad.distributions import leaf_distribution, logits_of, uniform_given_bernoulli
 from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
 
@@ -106,14 +106,14 @@ class RelaxedControlVariate(DifferenceEstimator):
     def evaluations(self, site: Site) -> int:
         return 3
 
+    def objective_refusal(self, site: Site, objective: str) -> Optional[str]:
+        if objective != "expectation" and isinstance(leaf_distribution(site.fn), dist.Categorical):
+            return ("a bound scores a Categorical by its log-mass, which is not continuous in a relaxed index "
+                    "(a OneHotCategorical site takes it)")
+        return None
+
     def alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
         leaf = leaf_distribution(draw.fn)
-        if draw.scored and isinstance(leaf, dist.Categorical):
-            raise EstimatorError(
-                f"{self!r} at site '{draw.name}' ({describe(draw.fn)}): an ELBO scores a Categorical by "
-                "its log-mass, which is not continuous in a relaxed index; use a OneHotCategorical "
-                "site, or IndeCateR(), DisARM() or Score('loo')"
-            )
         eta, temperature = self._scalars(draw.name)
         index = draw.value
         if isinstance(leaf, dist.OneHotCategorical):

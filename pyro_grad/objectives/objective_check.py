@@ -47,6 +47,10 @@ class ObjectiveCheck(Messenger):
             raise not_applicable(
                 estimator, Site.of(msg), f"it is derived for {derived}, not {OBJECTIVES[self.objective]}", self.objective
             )
+        site = Site.of(msg)
+        reason = estimator.objective_refusal(site, self.objective)
+        if reason is not None:
+            raise not_applicable(estimator, site, reason, self.objective)
         if not estimator.exact_value and self.objective != "expectation":
             raise EstimatorError(
                 f"{estimator!r} at guide site '{msg['name']}': a soft relaxed sample is not in "
