@@ -141,3 +141,28 @@ def test_gradient_draw_verdicts_name_ties_and_exact_estimators():
     tie = recommend(pg.compare_estimators(fixed_noise, theta, num_samples=200,
                                           candidates={"Reparam": pg.Reparam(), "Score": pg.Score()}))
     assert tie.tied == ["Reparam", "Score"] and tie.best == "Reparam" and "cannot tell apart" in tie.lines[0]
+
+
+def test_the_page_says_how_pg_tune_compares_with_its_verdict():
+    # pg.tune's choice is the verdict, one of its tied leaders, or out of the race: each
+    # said as such, and a difference explained.
+    import pandas as pd
+
+    import pyro_grad as pg
+    from pyro_grad.harness.presentation.recommendation import beside_tuning
+
+    result = comparison({
+        ("Reparam()", 0): fit(curve(40), 4), ("Reparam()", 1): fit(curve(42), 4),
+        ("Score()", 0): fit(curve(80), 4), ("Score()", 1): fit(curve(84), 4),
+        ("MeasureValued()", 0): fit(curve(2, 3), 400), ("MeasureValued()", 1): fit(curve(2, 3), 400),
+    })
+    verdict = recommend(result)
+
+    def tuned(estimator):
+        return beside_tuning(result, verdict, pg.Tuning({"z": estimator}, pd.DataFrame()), 50)
+
+    assert tuned(pg.Reparam()).endswith("chooses z: Reparam(): the same as this page's verdict.")
+    different = tuned(pg.MeasureValued())
+    assert "verdict, from training to the target at equal evaluations, is Reparam()" in different
+    assert "(MeasureValued(): only 3 SVI step(s) in its budget" in different and "measure different things" in different
+    assert "which is not among this page's configurations" in tuned(pg.DisARM())

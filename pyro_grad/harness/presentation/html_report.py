@@ -200,13 +200,16 @@ def first_elements(posterior: Any, limit: int) -> Tuple[Any, int]:
 
 
 def report(obj: Any, path: Union[str, Path], title: str = "pyro_grad report",
-           bias: Optional[Mapping[str, str]] = None) -> Path:
+           bias: Optional[Mapping[str, str]] = None, beside: Optional[str] = None) -> Path:
     """Write ``path`` (HTML, figures embedded as PNG), its markdown twin (``.md``, with
     the figures as PNG files beside it) and the CSVs of its per-element rows. Returns the
     HTML path. ``obj`` is a :class:`~pyro_grad.Comparison`, :class:`~pyro_grad.GradientReport`,
-    :class:`~pyro_grad.EstimatorComparison` or :class:`~pyro_grad.Tuning`."""
+    :class:`~pyro_grad.EstimatorComparison` or :class:`~pyro_grad.Tuning`. ``beside``: what
+    ``pg.tune`` said of the same program, shown under the verdict (the main job's SVI pages)."""
     path = Path(path)
     parts = sections(obj, bias)
+    if beside is not None:
+        parts.insert(1, ("pg.tune at the start", beside))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -18,7 +18,8 @@ from pyro_grad.harness.comparison.svi_fit import CHECKPOINT_DRAWS
 from pyro_grad.diagnostics import EstimatorComparison, diagnose
 from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.harness.presentation.html_report import machine, report, table_html, templates, write_file
-from pyro_grad.harness.presentation.recommendation import measured_bias, recommend
+from pyro_grad.harness.presentation.recommendation import beside_tuning, measured_bias, recommend
+from pyro_grad.tuning.tune import tune
 from pyro_grad.harness.presentation.suite import diagnose_each, svi_configs
 
 #: The default budgets: SVI steps per fit and gradient draws per estimator.
@@ -124,7 +125,7 @@ def build_page(name: str, out: str, num_steps: Optional[int], num_samples: Optio
 def _build_page(bench: Any, name: str, out_dir: Path, budget: PageBudget, seeds: Any) -> Dict[str, Any]:
     start = time.perf_counter()
     pyro.clear_param_store()
-    bias = None
+    bias, beside = None, None
     if bench.guide is None:
         result = EstimatorComparison(diagnose_each(bench, budget.draws, {name: budget.draws}))
         kind = "gradient estimators"
@@ -144,8 +145,9 @@ def _build_page(bench: Any, name: str, out_dir: Path, budget: PageBudget, seeds:
         if bench.log_evidence is not None:
             result.log_evidence = bench.log_evidence()
         bias = biased_configs_bias(bench, configs, max(2, budget.bias_draws))
+        beside = tuned_beside(bench, result, bias)
         kind = "SVI"
-    page = report(result, out_dir / f"{name}.html", title=f"{name}: {kind}", bias=bias)
+    page = report(result, out_dir / f"{name}.html", title=f"{name}: {kind}", bias=bias, beside=beside)
     return {"model": name, "comparison": kind, "recommended": recommend(result, bias).best or "none",
             "seconds": time.perf_counter() - start, "description": bench.description, "page": page.name}
 
@@ -172,6 +174,26 @@ def _write_index(out_dir: Path, rows: List[Dict[str, Any]]) -> Path:
         table=markdown.drop(columns="page").to_markdown(index=False, floatfmt=".1f"),
     ).encode("utf-8"))
     return index
+
+
+#: Gradient draws per candidate of the pg.tune run beside an SVI page's verdict.
+TUNE_DRAWS = 50
+
+
+def tuned_beside(bench: Any, result: Any, bias: Dict[str, str]) -> str:
+    """What ``pg.tune`` chooses for the page's program at the start (one round of
+    :data:`TUNE_DRAWS` draws per candidate, the page's particles), beside its verdict."""
+    pyro.clear_param_store()
+    if bench.reset is not None:
+        bench.reset()
+    try:
+        tuning = tune(bench.program, *bench.arguments(), guide=bench.guide,
+                      num_particles=result.settings.get("num_particles", 4), num_samples=TUNE_DRAWS, max_rounds=1)
+    except EstimatorError as error:
+        return f"pg.tune could not measure this program: {first_line(error)}"
+    finally:
+        pyro.clear_param_store()
+    return beside_tuning(result, recommend(result, bias), tuning, TUNE_DRAWS)
 
 
 def biased_configs_bias(bench: Any, configs: Dict[str, Any], num_samples: int) -> Dict[str, str]:

@@ -239,6 +239,39 @@ def for_svi_fits(comparison: Comparison, bias: Optional[Mapping[str, str]] = Non
     return Recommendation(best, lines, tied)
 
 
+def label_of(comparison: Comparison, estimators: Mapping[str, Any]) -> Optional[str]:
+    """The comparison's label whose config is ``estimators`` (site → estimator, as a
+    :class:`~pyro_grad.Tuning` chooses), or None when no config is."""
+    for label, config in comparison.configs.items():
+        chosen = set(estimators.values())
+        if config in (repr(estimators), *(repr(e) for e in chosen if len(chosen) == 1)):
+            return label
+    return None
+
+
+def beside_tuning(comparison: Comparison, verdict: Recommendation, tuning: Tuning, draws: int) -> str:
+    """How ``pg.tune``'s choice at the start (from ``draws`` gradient draws per
+    candidate) compares with this page's verdict, in words: the same, one of the tied
+    leaders, or different, with what became of the tuned configuration in training and
+    why the two can differ."""
+    chosen = ", ".join(f"{site}: {estimator!r}" for site, estimator in tuning.config.items())
+    measured = (f"pg.tune, measuring the gradient's variance per program evaluation at the start ({draws} "
+                f"draws per candidate), chooses {chosen}")
+    label = label_of(comparison, tuning.config)
+    if label is not None and label == verdict.best:
+        return f"{measured}: the same as this page's verdict."
+    if label is not None and label in verdict.tied:
+        return f"{measured}: one of the leaders this page cannot tell apart ({_names(verdict.tied)})."
+    fate = "which is not among this page's configurations" if label is None else next(
+        (line.split(f"{label}, ", 1)[1].rstrip(".") for line in verdict.lines
+         if line.startswith(f"Out of the race: {label},")),
+        None) or f"configuration {label}"
+    return (f"{measured}; this page's verdict, from training to the target at equal evaluations, is "
+            f"{verdict.best or 'none'} ({label or 'the tuned choice'}: {fate}). They measure different things: "
+            "the variance per evaluation at the starting point, and the progress of training to the target; a "
+            "quiet gradient at the start does not always train fastest, nor does a costly one fit the budget.")
+
+
 def for_tuning(tuning: Tuning) -> Recommendation:
     """The tuned config, and at each site the runner-up of the last round."""
     metric = "work-normalized variance" if tuning.metric == "evaluations" else "time-normalized variance"
