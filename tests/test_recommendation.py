@@ -81,7 +81,7 @@ def test_a_configuration_with_too_few_steps_is_left_out_of_the_race_with_a_note(
     })
     verdict = recommend(result)
     assert verdict.best == "cheap"
-    assert any(line.startswith(f"Out of the race: costly, only 3 SVI step(s)") for line in verdict.lines)
+    assert any(line.startswith("Out of the race: costly, only 3 SVI step(s)") for line in verdict.lines)
     assert MIN_RACE_STEPS > 3
 
 

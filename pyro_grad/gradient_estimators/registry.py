@@ -110,8 +110,9 @@ def _options(site: Site, objective: Optional[str]) -> str:
     those derived only for some (named by the objectives they are derived for)."""
     if objective is not None:
         return ": " + (", ".join(repr(e) for e in applicable(site, objective)) or "none")
-    everywhere = [e for e in applicable(site) if e.objectives >= set(OBJECTIVES) - {"iwae"}]
-    some = [e for e in applicable(site) if e not in everywhere]
+    found = applicable(site)
+    everywhere = [e for e in found if e.objectives >= set(OBJECTIVES) - {"iwae"}]
+    some = [e for e in found if e not in everywhere]
     text = ": " + (", ".join(repr(e) for e in everywhere) or "none")
     if some:
         named = ", ".join(f"{e!r} ({' and '.join(OBJECTIVES[o] for o in sorted(e.objectives))} only)" for e in some)

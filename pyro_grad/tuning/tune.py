@@ -25,7 +25,7 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import latent_sites
 from pyro_grad.objectives.objective import Objective, objective_type
 from pyro_grad.gradient_estimators import Estimator, MeasureValued, Score, Site
-from pyro_grad.gradient_estimators.registry import REGISTRY, not_applicable
+from pyro_grad.gradient_estimators.registry import not_applicable
 
 #: After the first round, a site re-measures only the candidates within this factor of
 #: its best (re-measuring every candidate of every site would multiply the cost by the

@@ -11,8 +11,7 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import pyro
-import pyro.poutine as poutine
-import torch
+from pyro.poutine import Trace
 from pyro.util import get_rng_state, set_rng_state
 
 from pyro_grad.errors import EstimatorError
@@ -100,8 +99,8 @@ def compare(
 
 def _compare(model, guide, args, kwargs, configs, num_steps, num_particles, seeds, optim, diagnose_every, out,
              reset, objective, checkpoint_samples, budget, executor) -> Comparison:
-    check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every, checkpoint_samples,
-                   budget, objective)
+    model_trace = check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every,
+                                 checkpoint_samples, budget, objective)
     optim = optim if optim is not None else (lambda: pyro.optim.Adam({"lr": 0.01}))
     # Every fit (the warm-up too) starts from the state identified here: reset's, and
     # the configs' baseline networks as given (restored before each fit, and at the end).
@@ -133,7 +132,7 @@ def _compare(model, guide, args, kwargs, configs, num_steps, num_particles, seed
     ordered = ledger.ordered()
     settings = {"num_steps": num_steps, "num_particles": num_particles, "seeds": tuple(seeds), "budget": budget,
                 "diagnose_every": diagnose_every, "checkpoint_samples": checkpoint_samples,
-                "batch": data_per_step(model, args, kwargs)}
+                "batch": data_per_step(model_trace)}
     comparison = Comparison(ordered, {label: repr(config) for label, config in configs.items()},
                             origin=ledger.origin, objective="ELBO" if objective.averages_particles else "bound",
                             unbiased={label: claims_unbiased(config) for label, config in configs.items()},
@@ -150,11 +149,9 @@ def _compare(model, guide, args, kwargs, configs, num_steps, num_particles, seed
     return comparison
 
 
-def data_per_step(model: Callable, args: tuple, kwargs: dict) -> str:
-    """What one step of the model sees of its data: each subsampled plate's minibatch
-    ("plate 'data': 10 of 40"), else the whole data."""
-    with poutine.block(), torch.no_grad(), torch.random.fork_rng():
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
+def data_per_step(trace: Trace) -> str:
+    """What one step of the model (its ``trace``) sees of its data: each subsampled
+    plate's minibatch ("plate 'data': 10 of 40"), else the whole data."""
     minibatches = {}
     for site in trace.nodes.values():
         for frame in site.get("cond_indep_stack", ()):

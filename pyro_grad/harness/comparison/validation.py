@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from typing import Sequence
 
 import pyro.poutine as poutine
+from pyro.poutine import Trace
 import torch
 
 from pyro_grad.errors import EstimatorError
@@ -12,8 +13,9 @@ from pyro_grad.objectives.elbo import ELBO
 
 
 def check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds, diagnose_every, checkpoint_samples,
-                   budget, objective) -> None:
-    """Refuse settings that cannot give a comparison, before anything runs."""
+                   budget, objective) -> Trace:
+    """Refuse settings that cannot give a comparison, before anything runs; returns the
+    model's trace of the one run that checks it (what its data plates hold)."""
     if not isinstance(configs, Mapping) or not configs:
         raise EstimatorError("configs must be a non-empty dict of label -> estimators config")
     for name, value in (("num_steps", num_steps), ("num_particles", num_particles)):
@@ -44,3 +46,4 @@ def check_settings(model, args, kwargs, configs, num_steps, num_particles, seeds
             f"compare trains by SVI, which needs an ELBO: objective must be an ELBO class such as "
             f"pg.ELBO, got {objective!r}"
         )
+    return trace

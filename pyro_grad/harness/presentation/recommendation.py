@@ -185,7 +185,7 @@ def for_svi_fits(comparison: Comparison, bias: Optional[Mapping[str, str]] = Non
             notes.append(f"Out of the race: {label}, {len(fits) - len(done)} of {len(fits)} fit(s) failed.")
             continue
         steps = min(len(r["elbo"]) for r in done)
-        per_step = float(np.mean([r["evaluations"] / len(r["elbo"]) for r in done]))
+        per_step = comparison.evaluations_per_step(label)
         if steps < MIN_RACE_STEPS:
             notes.append(f"Out of the race: {label}, only {steps} SVI step(s) in its budget ({_figure(per_step)} "
                          f"program evaluations per step), too few for its curve to mean anything; a larger "
