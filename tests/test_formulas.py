@@ -102,6 +102,13 @@ def grad(output, inputs):
     return torch.autograd.grad(output.sum(), inputs, retain_graph=True, allow_unused=True)
 
 
+def flip_difference(f_of, point: list, d: int) -> float:
+    """f at ``point`` with coordinate ``d`` set to 1, minus f with it set to 0."""
+    up, down = list(point), list(point)
+    up[d], down[d] = 1.0, 0.0
+    return f_of(up) - f_of(down)
+
+
 def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
@@ -749,9 +756,7 @@ def test_measure_valued_moves_one_element_of_a_plate_weighted_by_their_number():
     for row, chosen in zip(value.tolist(), mask.tolist()):
         out = []
         for n, picked in enumerate(chosen):
-            up, down = list(row), list(row)
-            up[n], down[n] = 1.0, 0.0
-            out.append(4 * (f_of(up) - f_of(down)) if picked else 0.0)
+            out.append(4 * flip_difference(f_of, row, n) if picked else 0.0)
         expected.append(out)
     assert_close(g, expected)
 
@@ -947,14 +952,7 @@ def test_indecater_bernoulli_sums_each_coordinate():
     assert len(alternatives) == 4
     assert_close(terms, torch.zeros(2))
     (g,) = grad(terms, p)
-    expected = []
-    for row in value.tolist():
-        out = []
-        for d in range(4):
-            up, down = list(row), list(row)
-            up[d], down[d] = 1.0, 0.0
-            out.append(f_of(up) - f_of(down))
-        expected.append(out)
+    expected = [[flip_difference(f_of, row, d) for d in range(4)] for row in value.tolist()]
     assert_close(g, expected)
 
 
@@ -1018,17 +1016,8 @@ def local_event_case():
     def f(x):  # one f per plate element: (K, N)
         return torch.tensor([[f_of(e) for e in row] for row in x.tolist()])
 
-    differences = []
-    for row in value.tolist():
-        out = []
-        for element in row:
-            moves = []
-            for e in range(2):
-                up, down = list(element), list(element)
-                up[e], down[e] = 1.0, 0.0
-                moves.append(f_of(up) - f_of(down))
-            out.append(moves)
-        differences.append(out)
+    differences = [[[flip_difference(f_of, element, e) for e in range(2)] for element in row]
+                   for row in value.tolist()]
     return p, value, f, torch.tensor(differences, dtype=torch.float64)
 
 
