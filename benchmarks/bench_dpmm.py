@@ -6,8 +6,10 @@ at one particle, as Pyro's ``dirichlet_process_mixture`` tutorial trains it. For
 configuration and seed it prints the final −ELBO (mean loss of the last 50 steps) and
 seconds, side by side in one run:
 
-* ``pg.ELBO()`` with its default at ``z`` (``Score("auto")``: at K = 1 the pooled,
-  bias-corrected decaying average, β = 0.9);
+* ``pg.ELBO()`` with its default at ``z`` (``"auto"`` sums ``z`` out, as TraceEnum_ELBO
+  would: its values stay in the data plate; see ``pyro_grad.objectives.auto_enumeration``);
+* ``pg.Score("auto")`` at ``z`` (at K = 1 the pooled, bias-corrected decaying average,
+  β = 0.9: the default before ``"auto"`` summed such sites out);
 * Pyro's ``Trace_ELBO`` and ``TraceGraph_ELBO`` (no baseline);
 * ``pg.Score()`` (no baseline), ``pg.Score("decay")`` (one average per datum, β = 0.9:
   the former default and TraceGraph_ELBO's decaying baseline), ``pg.Score("decay",
@@ -76,6 +78,7 @@ CONFIGS: Dict[str, Callable[[], Tuple[object, Callable]]] = {
     "pg.ELBO() default": lambda: (pg.ELBO(), guide),
     "Trace_ELBO": lambda: (Trace_ELBO(), guide),
     "TraceGraph_ELBO": lambda: (TraceGraph_ELBO(), guide),
+    "pg Score(auto)": lambda: (pg.ELBO(), pg.estimators(guide, {"z": pg.Score("auto")})),
     "pg Score()": lambda: (pg.ELBO(), pg.estimators(guide, {"z": pg.Score()})),
     "pg Score(decay)": lambda: (pg.ELBO(), pg.estimators(guide, {"z": pg.Score("decay")})),
     "pg Score(decay, 0.99)": lambda: (pg.ELBO(), pg.estimators(guide, {"z": pg.Score("decay", beta=0.99)})),

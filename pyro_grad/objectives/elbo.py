@@ -1,6 +1,7 @@
 """``ELBO``: Pyro's evidence lower bound, with each guide site's gradient path chosen per site."""
 
 import copy
+import warnings
 from collections import defaultdict
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -31,6 +32,7 @@ from pyro_grad.objectives.jump_policy import (
     is_pathwise,
     latent_nodes,
 )
+from pyro_grad.objectives.auto_enumeration import AutoEnumeration
 from pyro_grad.objectives.enumeration import enumerated_terms, enumerating, is_enumerated
 from pyro_grad.objectives.objective_check import ObjectiveCheck
 from pyro_grad.pyro_infer import InferKeys
@@ -75,7 +77,10 @@ class ELBO(pyro.infer.ELBO):
     Sites marked for enumeration (``config_enumerate``, ``infer={"enumerate":
     "parallel"}``, ``pg.Enumerate()``), in the model or the guide, are summed out as
     ``TraceEnum_ELBO`` sums them (:mod:`pyro_grad.objectives.enumeration`); the other
-    guide sites keep their estimators. As there, ``max_plate_nesting`` is guessed, when
+    guide sites keep their estimators. Where ``"auto"`` would give a guide site the score
+    function and the site can be summed out (a finite support whose values stay in the
+    site's plates), ``"auto"`` sums it out instead
+    (:mod:`pyro_grad.objectives.auto_enumeration`). As there, ``max_plate_nesting`` is guessed, when
     not given, by one run of model and guide before the first step (hidden from outer
     handlers; the random state is restored after it).
 
@@ -131,6 +136,9 @@ class ELBO(pyro.infer.ELBO):
         self.jump_guard = JumpGuard(self.name)
         self.watch_jumps = True
         self._watching = False
+        # Which guide sites "auto" sums out (as TraceEnum_ELBO would), decided before the
+        # first step for this model and guide.
+        self.auto_enumeration = AutoEnumeration()
         self._programs: Optional[Tuple[Callable, Callable]] = None
         self._seen_sites: FrozenSet[str] = frozenset()
         self._unwatched_steps = 0
@@ -222,6 +230,18 @@ class ELBO(pyro.infer.ELBO):
         self._seen_sites |= names
         return runs
 
+    def _step_runs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, watch: bool) -> List[ImportanceRun]:
+        """One step's runs (:meth:`_runs`). Where a handler around the call chose another
+        estimator at a site ``"auto"`` sums out, the sites are sampled after all and the
+        runs redone from the same random state (so the draws are those the step makes
+        without the decision)."""
+        state = get_rng_state() if self.auto_enumeration.sites else None
+        runs = self._runs(model, guide, args, kwargs, watch)
+        if state is not None and self.auto_enumeration.chosen_around(run.guide_trace for run in runs):
+            set_rng_state(state)
+            runs = self._runs(model, guide, args, kwargs, watch)
+        return runs
+
     @staticmethod
     def _watched_again(run: ImportanceRun, redo: Callable[[], ImportanceRun]) -> ImportanceRun:
         with SameDraws(run.guide_full):
@@ -233,10 +253,49 @@ class ELBO(pyro.infer.ELBO):
         one model and guide: another pair starts afresh."""
         if self._programs is not None and (self._programs[0] is not model or self._programs[1] is not guide):
             self.jump_guard = JumpGuard(self.name)
+            self.auto_enumeration = AutoEnumeration()
             self._seen_sites = frozenset()
             self.watch_jumps = True
         self._programs = (model, guide)
-        return ObjectiveCheck(self.name, self._infer_keys)(self.jump_guard(self.estimators(guide)))
+        return ObjectiveCheck(self.name, self._infer_keys)(
+            self.auto_enumeration(self.jump_guard(self.estimators(guide))))
+
+    def _choose_sums(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
+        """Which guide sites ``"auto"`` sums out (:class:`AutoEnumeration`), decided on
+        hidden runs of the checked ``guide`` from a saved random state, as the plate-nesting
+        guess: a sampled run shows which sites' values stay in their plates, and a run
+        with them summed out shows that the program broadcasts the enumerated dims."""
+        state = get_rng_state()
+        try:
+            with poutine.block(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the step itself gives Pyro's warnings
+                try:
+                    with watched_reads(False) as reads:
+                        run = importance_run(model, guide, args, kwargs, self.max_plate_nesting)
+                    mark_reads(run.guide_trace, reads.sites)
+                    terms = _particle_terms(run.model_trace, run.guide_trace, ParticleLayout(None, 1))
+                except Exception:  # the step raises it again, where it belongs
+                    self.auto_enumeration.decided = True
+                    return
+                self.auto_enumeration.decide(latent_nodes([run.guide_trace]), lambda node: stays_in_plates(terms, node),
+                                             lambda: self._runs_summed(model, guide, args, kwargs))
+        finally:
+            set_rng_state(state)
+
+    def _runs_summed(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Optional[Exception]:
+        """What one step's run raises with ``"auto"``'s chosen sites summed out, or None."""
+        try:
+            with torch.enable_grad():
+                if self.vectorize_particles and self.num_particles > 1:
+                    run = self._get_vectorized_trace(model, guide, args, kwargs)
+                else:
+                    run = self._get_trace(model, guide, args, kwargs)
+                dim = self._particle_dim()
+                layout = ParticleLayout(dim, self.num_particles if dim is not None else 1)
+                enumerated_terms(run.model_trace, run.guide_trace, layout, 1, surrogate=True)
+        except Exception as error:  # reported as the reason 'auto' did not sum the sites out
+            return error
+        return None
 
     def _guess_plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         """Enumeration takes the dims left of the plates: as TraceEnum_ELBO, one run
@@ -273,6 +332,8 @@ class ELBO(pyro.infer.ELBO):
         if self.enumerates and self.max_plate_nesting == float("inf"):
             self._guess_plate_nesting(model, guide, args, kwargs)
         guide = self._checked_guide(model, guide)
+        if self.enumerates and not self.auto_enumeration.decided:
+            self._choose_sums(model, guide, args, kwargs)
 
         def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool,
                             relaxed: bool):
@@ -297,7 +358,7 @@ class ELBO(pyro.infer.ELBO):
 
         elbos, surrogates, blocks, differences = [], [], [], []
         guide_trace = None
-        for run in self._runs(model, guide, args, kwargs, watch=surrogate and self.watch_jumps):
+        for run in self._step_runs(model, guide, args, kwargs, watch=surrogate and self.watch_jumps):
             model_trace, guide_trace = run.model_trace, run.guide_trace
             # Known only once the first traces guessed max_plate_nesting.
             dim = self._particle_dim()
@@ -331,7 +392,7 @@ class ELBO(pyro.infer.ELBO):
             return elbo, Estimates(elbo, evaluations=evaluations(guide_trace))
         # The ELBO is maximized, so auxiliary losses enter with a minus sign.
         estimates = assemble(surrogates, blocks, differences, num_samples, guide_trace, args, kwargs, loss_sign=-1.0)
-        estimates.reasons = choice_reasons(guide_trace, self.jump_guard)
+        estimates.reasons = choice_reasons(guide_trace, self.jump_guard, self.auto_enumeration)
         return elbo, estimates
 
     def estimates(

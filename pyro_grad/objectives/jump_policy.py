@@ -234,9 +234,11 @@ CHOSEN_BY = {
 }
 
 
-def choice_reasons(trace, guard: JumpGuard) -> Dict[str, str]:
+def choice_reasons(trace, guard: JumpGuard, *explainers: Any) -> Dict[str, str]:
     """Why each latent site of ``trace`` has its estimator: who chose it, and for
-    ``"auto"`` why (a smooth pathwise value, no ``rsample``, or a jump)."""
+    ``"auto"`` why (a smooth pathwise value, no ``rsample``, a jump, or what ``explainers``
+    say: each has ``reason(name)``, as an ELBO's
+    :class:`~pyro_grad.objectives.auto_enumeration.AutoEnumeration`)."""
     reasons = {}
     for name, node in trace.nodes.items():
         if node["type"] != "sample" or node["is_observed"] or "estimator" not in node["infer"]:
@@ -249,7 +251,7 @@ def choice_reasons(trace, guard: JumpGuard) -> Dict[str, str]:
                 chosen_by = "the site's infer={'enumerate': 'parallel'} (config_enumerate's)"
         if node["infer"].get("_enumerate_dim") is not None:
             chosen_by += ": summed out, as TraceEnum_ELBO does"
-        why = guard.reason(name)
+        why = next((r for r in (x.reason(name) for x in (guard, *explainers)) if r is not None), None)
         if why is None and choice is not None and choice.strength == AUTO:
             why = ("the distribution has rsample and f is smooth in the value where watched" if is_pathwise(node)
                    else "the distribution has no rsample")

@@ -3,22 +3,19 @@
 
 from typing import Dict, Optional, Tuple
 
-import pyro.poutine as poutine
-import torch
-
 from pyro_grad.handler import with_config
 from pyro_grad.harness.comparison.autoguide import AutoGuide
 from pyro_grad.harness.comparison.svi_fit import evaluations_per_particle
 
 
 def equal_evaluations(model, guide, args, kwargs, configs, num_steps, num_particles,
-                      diagnose_every) -> Dict[str, Tuple[int, Optional[int]]]:
+                      diagnose_every, objective) -> Dict[str, Tuple[int, Optional[int]]]:
     """Per config, (steps, diagnose_every) that spend the evaluations of ``num_steps``
     steps of the cheapest config."""
     base = guide if guide is not None else AutoGuide(model)
-    with poutine.block(), torch.random.fork_rng():
-        costs = {label: num_particles * evaluations_per_particle(with_config(base, config), args, kwargs)
-                 for label, config in configs.items()}
+    costs = {label: num_particles * evaluations_per_particle(model, with_config(base, config), args, kwargs,
+                                                             objective, num_particles)
+             for label, config in configs.items()}
     budget = num_steps * min(costs.values())
     schedules = {}
     for label, cost in costs.items():

@@ -114,7 +114,8 @@ def _compare(model, guide, args, kwargs, configs, num_steps, num_particles, seed
         draws=(POSTERIOR_DRAWS, checkpoint_samples),
     )
     if budget == "evaluations":
-        schedules = equal_evaluations(model, guide, args, kwargs, configs, num_steps, num_particles, diagnose_every)
+        schedules = equal_evaluations(model, guide, args, kwargs, configs, num_steps, num_particles, diagnose_every,
+                                      objective)
     else:
         schedules = {label: (num_steps, diagnose_every) for label in configs}
     fits = Fits(model, guide, args, kwargs, configs, schedules, num_particles, optim, reset, objective,

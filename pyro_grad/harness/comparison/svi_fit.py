@@ -13,7 +13,6 @@ import torch
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_grad.diagnostics import diagnose
-from pyro_grad.engine.surrogate import evaluations
 from pyro_grad.errors import EstimatorError, first_line
 from pyro_grad.handler import with_config
 from pyro_grad.harness.comparison.autoguide import AutoGuide, subsampled_frames
@@ -40,12 +39,18 @@ def fresh_optimizer(optim: Any) -> Any:
     raise EstimatorError(f"optim must be a Pyro optimizer or a factory of one, got {type(optim).__name__}")
 
 
-def evaluations_per_particle(guide: Callable, args: tuple, kwargs: dict) -> int:
-    """Program evaluations per particle and step: 1, plus the extra runs of the
-    difference estimators the config chose (``evaluations(site)`` of each guide site)."""
-    # In a scratch param store: the fit's own params are created by its first step.
-    with torch.no_grad(), poutine.block(), pyro.get_param_store().scope():
-        return evaluations(poutine.trace(guide).get_trace(*args, **kwargs))
+def evaluations_per_particle(model: Callable, guide: Callable, args: tuple, kwargs: dict,
+                             objective: Any = ELBO, num_particles: int = 1) -> int:
+    """Program evaluations per particle and step, as ``objective`` (of ``num_particles``
+    particles, as the fit's) counts them in one run of it: 1, plus the extra runs of the difference estimators the config chose (an
+    ``Enumerate()`` that an ELBO sums out is one run of support-wide tensors, as in
+    ``TraceEnum_ELBO``, not one run per value). ``guide`` should be a fresh wrapper: this
+    run moves its baselines' running averages."""
+    # In a scratch param store and random stream: the fit's own params are created by its
+    # first step, and its draws start from its seed.
+    with poutine.block(), pyro.get_param_store().scope(), torch.random.fork_rng():
+        loss = objective(num_particles=num_particles, vectorize_particles=True)
+        return loss.estimates(model, guide, args, kwargs).evaluations
 
 
 def _posterior(guide: Callable, base: Callable, args: tuple, kwargs: dict) -> Tuple[Dict[str, list], List[str]]:
@@ -87,9 +92,10 @@ def fit_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
         reset()
     pyro.set_rng_seed(seed)
     base = guide if guide is not None else AutoGuide(model)
+    per_particle = evaluations_per_particle(model, with_config(base, config), args, kwargs, objective,
+                                            num_particles)
+    pyro.set_rng_seed(seed)  # as if the count had not drawn anything (a program may draw from numpy)
     wrapped = with_config(base, config)
-    per_particle = evaluations_per_particle(wrapped, args, kwargs)
-    pyro.set_rng_seed(seed)  # as if the count had not drawn anything
     loss = objective(num_particles=num_particles, vectorize_particles=True)
     svi = pyro.infer.SVI(model, wrapped, fresh_optimizer(optim), loss=loss)
     record = {"status": "finished", "reason": "", "step": num_steps, "elbo": [], "checkpoints": []}
