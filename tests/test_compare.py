@@ -2,13 +2,9 @@
 
 import base64
 import io
-import json
 import math
 import os
 import re
-import sqlite3
-import subprocess
-import sys
 import textwrap
 import time
 

@@ -16,7 +16,7 @@ from pyro.infer import TraceGraph_ELBO
 import pyro_grad as pg
 from pyro_grad.objectives.expectation import expectation_estimates
 
-from conftest import Z, assert_mean, assert_variance
+from conftest import assert_mean, assert_variance
 from draws import elbo_draws, expectation_draws
 
 

@@ -286,19 +286,20 @@ def enumerated_terms(
 
 def _group_means(dice: Dice, costs: Dict[frozenset, list], layout: ParticleLayout, num_samples: int,
                  guide_trace: Trace) -> torch.Tensor:
-    """Each particle's entry: its group's expected ELBO over the group's particles (one
-    contraction per group, its costs masked to the group's particles)."""
+    """Each particle's entry: its group's expected ELBO over the group's particles. The
+    expectation is linear in the costs, so with each particle's costs weighted by a
+    ``w_i = 1``, ``∂E/∂w_i`` is particle i's share of it: one contraction and one backward
+    pass for every group (differentiable in the parameters where gradients are on)."""
     # The model's plates joined the guide's symbols when the model was packed.
     symbol = next(guide_trace.plate_to_symbol[name] for name in PARTICLE_PLATES if name in guide_trace.plate_to_symbol)
+    differentiable = torch.is_grad_enabled()
+    with torch.enable_grad():
+        weights = torch.ones(layout.num, requires_grad=True)
+        weights._pyro_dims = symbol
+        weighted = OrderedDict((t, [_masked(c, weights) for c in terms]) for t, terms in costs.items())
+        (shares,) = torch.autograd.grad(dice.compute_expectation(weighted), weights, create_graph=differentiable)
     per_group = layout.num // num_samples
-    means = []
-    for g in range(num_samples):
-        mask = torch.zeros(layout.num)
-        mask[g * per_group:(g + 1) * per_group] = 1.0
-        mask._pyro_dims = symbol
-        masked = OrderedDict((t, [_masked(c, mask) for c in terms]) for t, terms in costs.items())
-        means.append((dice.compute_expectation(masked) / per_group).expand(per_group))
-    return torch.cat(means)
+    return shares.reshape(num_samples, per_group).mean(1).repeat_interleave(per_group)
 
 
 def _masked(cost, mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,118 @@
+"""The one-run engine against the re-run engine and the score function, on StochasticAD.jl's
+random walk: cost per gradient draw, one sample's spread, and work-normalized variance.
+
+The walk (Arya et al., NeurIPS 2022, and StochasticAD.jl's docs): X_0 = 0, n steps of ±1,
++1 with probability exp(−X/p) (so X ≥ 0), f = X². Its exact ∂p E[f] comes from the
+dynamic program over X (:func:`exact_derivative`). For each n and estimator this prints,
+side by side in one run (one thread):
+
+* seconds per call of ``pg.expectation`` + backward at ``--particles`` particles;
+* one sample's standard deviation, from the spread of ``--reps`` means (× √particles);
+* the mean's distance from the exact derivative, in standard errors;
+* work-normalized variance (variance × seconds per call), relative to ``Score("loo")``'s.
+
+Estimators: ``Score("loo")``, ``MeasureValued()`` (the re-run engine: one re-run per step)
+and ``MeasureValued(engine="one-run")`` (one alternative run, perturbations pruned).
+
+Run: ``.venv/bin/python benchmarks/bench_one_run.py [--n 25,50,100,200,400] [--p-per-n 2]
+[--particles 200] [--reps 30] [--rerun-max-n 100]`` (the re-run engine's cost grows as n²:
+above ``--rerun-max-n`` it is left out). StochasticAD.jl's figure for one sample's
+standard deviation at n = 100, p = 200 is about 6.5 (their docs).
+"""
+
+import argparse
+import math
+import statistics
+import time
+from typing import Callable, Dict, List, Tuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+import pyro_grad as pg
+
+STOCHASTIC_AD_STD = 6.5  # one sample's standard deviation at n = 100, p = 200 (their docs)
+
+
+def walk(p: torch.Tensor, n: int) -> torch.Tensor:
+    """X_0 = 0; X_t = X_{t−1} ± 1, +1 with probability exp(−X_{t−1}/p); f = X_n²."""
+    x = torch.zeros(())
+    for t in range(n):
+        up = pyro.sample(f"step_{t}", dist.Bernoulli(torch.exp(-x / p).clamp(max=1.0)))
+        x = x + 2 * up - 1
+    return x**2
+
+
+def exact_derivative(p: float, n: int) -> float:
+    """∂p E[X_n²] by the forward dynamic program over X ∈ {0, ..., n}, differentiated by autograd."""
+    p_ = torch.tensor(float(p), dtype=torch.float64, requires_grad=True)
+    x = torch.arange(n + 2, dtype=torch.float64)
+    probs = torch.zeros(n + 2, dtype=torch.float64)
+    probs[0] = 1.0
+    for _ in range(n):
+        up = torch.exp(-x / p_).clamp(max=1.0)
+        moved_up = torch.cat([torch.zeros(1, dtype=torch.float64), (probs * up)[:-1]])
+        moved_down = torch.cat([(probs * (1 - up))[1:], torch.zeros(1, dtype=torch.float64)])
+        probs = moved_up + moved_down
+    (gradient,) = torch.autograd.grad((probs * x**2).sum(), p_)
+    return float(gradient)
+
+
+ESTIMATORS: Dict[str, Callable[[], pg.Estimator]] = {
+    "Score(loo)": lambda: pg.Score("loo"),
+    "MeasureValued, re-run": lambda: pg.MeasureValued(),
+    "MeasureValued, one-run": lambda: pg.MeasureValued(engine="one-run"),
+}
+
+
+def draws(name: str, n: int, p: float, particles: int, reps: int) -> Tuple[List[float], float]:
+    """``reps`` gradient means of ``particles`` particles, and seconds per call."""
+    program = pg.estimators(lambda q: walk(q, n), default=ESTIMATORS[name]())
+    means, seconds = [], 0.0
+    for rep in range(reps):
+        pyro.set_rng_seed(rep)
+        q = torch.tensor(float(p), requires_grad=True)
+        start = time.perf_counter()
+        pg.expectation(program, q, num_particles=particles).backward()
+        seconds += time.perf_counter() - start
+        means.append(float(q.grad))
+    return means, seconds / reps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", default="25,50,100,200,400")
+    parser.add_argument("--p-per-n", type=float, default=2.0, help="p = this × n (StochasticAD's setup: 2)")
+    parser.add_argument("--particles", type=int, default=200)
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--rerun-max-n", type=int, default=100)
+    parser.add_argument("--only", default="", help="comma-separated estimator names")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    names = [e for e in ESTIMATORS if not args.only or e in args.only.split(",")]
+    print(f"walk: n steps, p = {args.p_per_n:g}·n, f = X²; {args.particles} particles per call, {args.reps} calls")
+    print(f"{'n':>4s} {'estimator':24s} {'s/call':>8s} {'sample std':>11s} {'mean−exact (SE)':>16s} "
+          f"{'work-norm. var ÷ Score(loo)':>28s}")
+    for n in [int(v) for v in args.n.split(",")]:
+        p = args.p_per_n * n
+        exact = exact_derivative(p, n)
+        rows = {}
+        for name in names:
+            if "re-run" in name and n > args.rerun_max_n:
+                continue
+            means, seconds = draws(name, n, p, args.particles, args.reps)
+            spread = statistics.stdev(means)
+            rows[name] = (seconds, spread * math.sqrt(args.particles),
+                          (statistics.mean(means) - exact) / (spread / math.sqrt(args.reps)), spread**2 * seconds)
+        base = rows.get("Score(loo)", (None, None, None, None))[3]
+        for name, (seconds, std, z, work) in rows.items():
+            relative = f"{work / base:.3g}" if base else "—"
+            print(f"{n:4d} {name:24s} {seconds:8.3f} {std:11.2f} {z:16.1f} {relative:>28s}")
+        if n == 100 and args.p_per_n == 2:
+            print(f"     StochasticAD.jl's stochastic triples (their docs): sample std ≈ {STOCHASTIC_AD_STD}")
+        print(f"     exact ∂p E[f] = {exact:.4f}")
+
+
+if __name__ == "__main__":
+    main()
