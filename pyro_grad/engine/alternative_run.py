@@ -26,6 +26,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro_grad.engine.provenance import plain
 from pyro_grad.distributions import (
     describe,
+    given_parameters,
     leaf_distribution,
     probs_of,
     same_distribution,
@@ -50,6 +51,30 @@ def coupled_draw(old_fn: Any, old_value: torch.Tensor, new_fn: Any) -> Any:
         return None
 
 
+def unchanged_elements(old_fn: Any, new_fn: Any, value: torch.Tensor) -> Optional[torch.Tensor]:
+    """Which elements of ``value`` (a mask shaped like it) have the same distribution under
+    ``old_fn`` and ``new_fn``: the same family with equal parameters there; None when the
+    families differ."""
+    old_leaf, new_leaf = leaf_distribution(old_fn), leaf_distribution(new_fn)
+    if type(old_leaf) is not type(new_leaf):
+        return None
+    old_params, new_params = given_parameters(old_leaf), given_parameters(new_leaf)
+    if old_params.keys() != new_params.keys():
+        return None
+    event_dim = len(new_fn.event_shape)
+    batch = value.shape[: value.dim() - event_dim]
+    same = torch.ones(batch, dtype=torch.bool)
+    for name in old_params:
+        x, y = torch.broadcast_tensors(plain(old_params[name]).detach(), plain(new_params[name]).detach())
+        equal = x == y
+        # A parameter's own event dims (a Categorical's probabilities) count as one element.
+        own = getattr(old_leaf.arg_constraints.get(name), "event_dim", 0)
+        if own:
+            equal = equal.reshape(equal.shape[: equal.dim() - own] + (-1,)).all(-1)
+        same = same & equal
+    return same.reshape(same.shape + (1,) * event_dim).expand(value.shape)
+
+
 class AlternativeRun(Messenger):
     """Replays ``trace`` except at the sites of ``changes``, which take their values
     there (see module docs). ``trace`` must be unpruned, so that its subsample indices
@@ -64,21 +89,38 @@ class AlternativeRun(Messenger):
     """
 
     def __init__(
-        self, trace: Trace, changes: Dict[str, torch.Tensor], model_trace: Optional[Trace] = None, relaxed: bool = False
+        self, trace: Trace, changes: Dict[str, torch.Tensor], model_trace: Optional[Trace] = None, relaxed: bool = False,
+        picked: Optional[Dict[str, torch.Tensor]] = None,
     ):
         super().__init__()
         self.trace = trace
         self.changes = changes
         self.model_trace = model_trace
         self.relaxed = relaxed
+        #: site → a mask of the particles whose value is the change; the others take the
+        #: site as an unchanged site would (replayed, or redrawn where a change upstream
+        #: reached its distribution): the one-run engine's per-particle perturbations.
+        self.picked = picked or {}
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["value"] is not None:
             return
         name = msg["name"]
-        if name in self.changes:
+        if name in self.changes and name not in self.picked:
             msg["value"] = self.changes[name]
             return
+        if name in self.changes:
+            self._redraw(msg)
+            if msg["value"] is None:
+                msg["value"] = msg["fn"].sample()
+            msg["value"] = torch.where(self.picked[name], self.changes[name], msg["value"])
+            return
+        self._redraw(msg)
+
+    def _redraw(self, msg: dict) -> None:
+        """Set an unchanged site's value: replayed where its distribution is the first
+        run's, element by element; elsewhere drawn on common random numbers (None: anew)."""
+        name = msg["name"]
         first = self.trace.nodes.get(name)
         if first is None and self.model_trace is not None:
             first = self.model_trace.nodes.get(name)
@@ -87,6 +129,7 @@ class AlternativeRun(Messenger):
         old_value = plain(first["value"])
         if isinstance(msg["fn"], _Subsample) or same_distribution(first["fn"], msg["fn"]):
             msg["value"] = old_value
+            return
         elif self.relaxed and leaf_distribution(msg["fn"]).support.is_discrete:
             changed = ", ".join(f"'{n}'" for n in self.changes)
             raise EstimatorError(
@@ -95,5 +138,11 @@ class AlternativeRun(Messenger):
                 "relaxed control variate (RELAX, REBAR) would be biased there; use DisARM(), "
                 "IndeCateR() or Score('loo') at that site"
             )
-        else:
-            msg["value"] = coupled_draw(first["fn"], old_value, msg["fn"])  # None: draw anew
+        redrawn = coupled_draw(first["fn"], old_value, msg["fn"])  # None: draw anew
+        if self.picked:
+            # Per-particle changes reach some elements only: the others keep their value.
+            same = unchanged_elements(first["fn"], msg["fn"], old_value)
+            if same is not None:
+                redrawn = msg["fn"].sample() if redrawn is None else redrawn
+                redrawn = torch.where(same, old_value, redrawn.to(old_value.dtype))
+        msg["value"] = redrawn

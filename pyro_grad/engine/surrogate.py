@@ -22,6 +22,7 @@ from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError, float_index_error, is_index_dtype_error
 from pyro_grad.distributions import describe
 from pyro_grad.engine.control_flow import READ
+from pyro_grad.engine.one_run import pruned_terms
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
 from pyro_grad.distributions import leaf_distribution, logits_of, probs_of
 from pyro_grad.gradient_estimators import (
@@ -140,8 +141,10 @@ def site_evaluations(trace) -> Dict[str, int]:
 
 
 def evaluations(trace) -> int:
-    """Program evaluations per particle: the first run, plus every site's extra runs."""
-    return 1 + sum(runs - 1 for runs in site_evaluations(trace).values())
+    """Program evaluations per particle: the first run, plus every site's extra runs, plus
+    the one alternative run that every one-run site shares."""
+    shared = any(isinstance(e, DifferenceEstimator) and e.one_run for e in site_estimators(trace).values())
+    return 1 + sum(runs - 1 for runs in site_evaluations(trace).values()) + shared
 
 
 def score_terms(
@@ -212,7 +215,7 @@ def difference_terms(
     terms, losses = {}, {}
     for name, site in trace.nodes.items():
         estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
-        if not isinstance(estimator, DifferenceEstimator) or site["is_observed"]:
+        if not isinstance(estimator, DifferenceEstimator) or estimator.one_run or site["is_observed"]:
             continue
         if sites is not None and name not in sites:
             continue
@@ -241,6 +244,34 @@ def difference_terms(
         if loss is not None:
             losses[name] = loss
     return terms, losses
+
+
+def one_run_terms(
+    trace,
+    layout: ParticleLayout,
+    f: torch.Tensor,
+    run_changes: Callable[[Dict[str, Tuple[torch.Tensor, torch.Tensor]]], torch.Tensor],
+    sites=None,
+    density: Callable = lambda fn: fn,
+) -> Terms:
+    """Per-particle ``(k,)`` terms of every one-run site of one trace (a difference
+    estimator with ``one_run``), from their pruned perturbations and one alternative run
+    (:func:`pyro_grad.engine.one_run.pruned_terms`: ``f`` is the first run's ``(k,)``,
+    ``run_changes`` runs the program with per-particle changes). ``sites`` and ``density``
+    as in :func:`difference_terms`."""
+    perturbations = {}
+    for name, site in trace.nodes.items():
+        estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
+        if not (isinstance(estimator, DifferenceEstimator) and estimator.one_run) or site["is_observed"]:
+            continue
+        if sites is not None and name not in sites:
+            continue
+        fn = density(site["fn"])
+        draw = SiteDraw(name, fn, plain(site["value"]).detach(), layout, False, False)
+        perturbations[name] = (estimator.perturbation(draw), draw.value, len(fn.event_shape))
+    if not perturbations:
+        return {}
+    return pruned_terms(perturbations, layout, f.detach().reshape(layout.num), run_changes)
 
 
 def joined_terms(blocks: List[Terms], num_samples: int) -> Dict[str, torch.Tensor]:

@@ -322,6 +322,10 @@ class DifferenceEstimator(Estimator):
     """
 
     keeps_alternative_gradients: ClassVar[bool] = False
+    #: Whether the site shares the program's one alternative run, its perturbation pruned
+    #: with the other such sites' (:mod:`pyro_grad.engine.one_run`), instead of
+    #: ``alternatives``' re-runs; it then gives its proposal by ``perturbation(draw)``.
+    one_run: ClassVar[bool] = False
     #: Whether the alternative values are relaxations, outside the discrete support: the
     #: re-runs then skip support checks, and refuse what would make f jump in the value.
     relaxes: ClassVar[bool] = False

@@ -56,6 +56,13 @@ be missed. Masked distributions are refused.
 Cost, evaluations per particle: 2 for a discrete site (1 + the number of categories for
 a Categorical); for a continuous one 1 + the runs of the parameters that move (4 for a
 Normal whose loc and scale both move, 2 for an Exponential).
+
+``engine="one-run"`` (discrete sites, ``pg.expectation``): instead of a re-run per site,
+each site proposes one jump per particle (:meth:`MeasureValued.perturbation`: an element
+chosen with probability ``|c|/Σ|c|``, ``c`` its coefficient in the first table), the
+proposals of all such sites are pruned to one per particle and the program runs once more
+(:mod:`pyro_grad.engine.one_run`): 2 evaluations per particle in all, whatever the
+number of sites (Arya et al., NeurIPS 2022).
 """
 
 from dataclasses import dataclass
@@ -68,7 +75,11 @@ from pyro_grad.distributions import describe, given_parameters, leaf_distributio
 from pyro_grad.engine.provenance import plain
 from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators import weak_derivatives as weak
+from pyro_grad.engine.one_run import Perturbation
 from pyro_grad.gradient_estimators.base import CoupledRuns, DifferenceEstimator, Example, Site, SiteDraw
+
+#: The engines of the difference runs: one re-run per site, or one for all (pruned).
+ENGINES = ("rerun", "one-run")
 
 #: The continuous sites the tuner offers MeasureValued at: at most this many coordinates.
 FEW_COORDINATES = 4
@@ -126,6 +137,54 @@ def chosen_elements(draw: SiteDraw, active: torch.Tensor) -> Tuple[torch.Tensor,
     return choose_elements(draw.value, active, draw.layout, event_dim)
 
 
+def _jumped(leaf: Any, value: torch.Tensor) -> torch.Tensor:
+    """Every element of ``value`` after its coupled jump (first table of the module docs)."""
+    if isinstance(leaf, dist.Bernoulli):
+        return 1 - value
+    if isinstance(leaf, dist.Geometric):
+        return (value - 1).clamp(min=0)
+    if isinstance(leaf, dist.Binomial):
+        return torch.minimum(value + 1, leaf.total_count.expand(value.shape).to(value.dtype))
+    return value + 1  # Poisson
+
+
+def jump_coefficients(leaf: Any, value: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every element's jumped value, the parameter ``η`` its difference of f is the
+    derivative in (differentiable, shaped like the value) and its coefficient ``c``
+    (detached): ``∂η E[f] = E[c · (f(jumped) − f(X))]`` element by element (first table
+    of the module docs; a Categorical jumps to one other category, uniformly, with
+    ``c = K − 1`` and ``η = π_jumped``: ``Σ_k ∂π_k f(k) = Σ_{k≠X} ∂π_k (f(k) − f(X))``, as
+    the probabilities sum to one)."""
+    if isinstance(leaf, dist.Categorical):
+        probs = probs_of(leaf)
+        categories = probs.shape[-1]
+        moved = torch.remainder(value + torch.randint(1, max(2, categories), value.shape), categories).to(value.dtype)
+        eta = probs.expand(value.shape + (categories,)).gather(-1, moved.long().unsqueeze(-1)).squeeze(-1)
+        return moved, eta, torch.full(value.shape, float(categories - 1))
+    if isinstance(leaf, dist.Poisson):
+        return value + 1, leaf.rate.expand(value.shape), torch.ones(value.shape)
+    p = probs_of(leaf).expand(value.shape)
+    q = p.detach()
+    if isinstance(leaf, dist.Bernoulli):
+        # Both sides jump (c = ±1): a lone site's difference is then f(1) − f(0) exactly.
+        # (StochasticAD.jl jumps only 0 → 1, with c = 1/(1 − p): no better on its walk.)
+        return 1 - value, p, 1 - 2 * value
+    if isinstance(leaf, dist.Binomial):
+        return _jumped(leaf, value), p, (leaf.total_count - value) / (1 - q)
+    return _jumped(leaf, value), p, value / (q * (1 - q))  # Geometric
+
+
+def choose_in_proportion(weights: torch.Tensor, layout: Any, event_dim: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A mask picking, per particle, one element of ``weights`` (≥ 0) with probability in
+    proportion to it, and their sum per particle ``(P,)`` (0: nothing picked)."""
+    shape = layout.first(weights, event_dim).shape
+    first = layout.first(weights, event_dim).reshape(shape[0], -1)
+    total = first.sum(1)
+    index = torch.multinomial(first + (total == 0).to(first.dtype).unsqueeze(1), 1).squeeze(1)
+    mask = torch.nn.functional.one_hot(index, first.shape[1]).bool() & (first > 0)
+    return layout.natural(mask.reshape(shape), weights, event_dim), total
+
+
 def discrete(fn: Any) -> bool:
     """Whether ``fn`` is one of the discrete distributions (jumps, the first table)."""
     return isinstance(leaf_distribution(fn), SUPPORTED)
@@ -137,9 +196,25 @@ class MeasureValued(DifferenceEstimator):
     of a discrete site; weak derivatives of a Normal, LogNormal, Exponential, Gamma
     (rate) or Uniform site (Mohamed et al. 2020, §6). Unbiased; cost 2 evaluations per
     particle for a discrete site (a Categorical: one per category, plus 1), 1 + the
-    runs of the moving parameters for a continuous one (a Normal: loc 2, scale 1)."""
+    runs of the moving parameters for a continuous one (a Normal: loc 2, scale 1).
+    With ``engine="one-run"`` every such discrete site shares one alternative run, its
+    jump pruned with theirs (2 evaluations per particle in all; module docs)."""
 
     unbiased = True
+    #: ``"rerun"``: one alternative run per site (and per category, or per moving
+    #: parameter of a continuous site); ``"one-run"``: one alternative run for every
+    #: one-run site of the program together, their perturbations pruned to one per
+    #: particle (:mod:`pyro_grad.engine.one_run`; discrete sites, ``pg.expectation``).
+    engine: str = "rerun"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise EstimatorError(f"MeasureValued(engine={self.engine!r}): engine must be one of {list(ENGINES)}")
+
+    @property
+    def one_run(self) -> bool:
+        """Whether this site's perturbation shares the program's one alternative run."""
+        return self.engine == "one-run"
 
     @classmethod
     def applies_to(cls, site: Site) -> bool:
@@ -160,6 +235,9 @@ class MeasureValued(DifferenceEstimator):
         return []
 
     def refusal(self, site: Site) -> Optional[str]:
+        if self.one_run and self.applies_to(site) and not discrete(site.fn):
+            return ("engine='one-run' is built for discrete sites (Bernoulli, Binomial, Poisson, Geometric, "
+                    "Categorical); at a continuous site MeasureValued() re-runs the program (engine='rerun')")
         found = weak.family_of(site.fn) if self.applies_to(site) and not discrete(site.fn) else None
         if found is not None:
             reason = self._refused(*found)
@@ -173,7 +251,15 @@ class MeasureValued(DifferenceEstimator):
         moving = weak.moving_parameters(leaf)
         return next((why for name, why in family.refused.items() if name in moving), None)
 
+    def objective_refusal(self, site: Site, objective: str) -> Optional[str]:
+        if self.one_run and objective != "expectation":
+            return ("engine='one-run' is built for pg.expectation so far; in a bound MeasureValued() re-runs the "
+                    "program per site (engine='rerun')")
+        return super().objective_refusal(site, objective)
+
     def evaluations(self, site: Site) -> int:
+        if self.one_run:  # the program's one alternative run is counted once, by the objective
+            return 1
         if discrete(site.fn):
             leaf = leaf_distribution(site.fn)
             return 1 + probs_of(leaf).shape[-1] if isinstance(leaf, dist.Categorical) else 2
@@ -204,15 +290,7 @@ class MeasureValued(DifferenceEstimator):
             categories = leaf.probs.shape[-1]
             alts = [torch.where(mask, torch.full_like(value, k), value) for k in range(categories)]
             return alts, (mask, elements)
-        if isinstance(leaf, dist.Bernoulli):
-            moved = 1 - value
-        elif isinstance(leaf, dist.Geometric):
-            moved = (value - 1).clamp(min=0)
-        elif isinstance(leaf, dist.Binomial):
-            moved = torch.minimum(value + 1, leaf.total_count.expand(value.shape).to(value.dtype))
-        else:  # Poisson
-            moved = value + 1
-        return [torch.where(mask, moved, value)], (mask, elements)
+        return [torch.where(mask, _jumped(leaf, value), value)], (mask, elements)
 
     def _jump_terms(self, runs: CoupledRuns) -> torch.Tensor:
         fn, value, layout = runs.draw.fn, runs.draw.value, runs.draw.layout
@@ -237,6 +315,22 @@ class MeasureValued(DifferenceEstimator):
                 d = value / (p.detach() * (1 - p.detach())) * delta
         eta = eta.expand(value.shape)
         return layout.reduce((eta - eta.detach()) * d.detach(), e)
+
+    def perturbation(self, draw: SiteDraw) -> Perturbation:
+        """The one-run engine's proposal at a discrete site (:mod:`pyro_grad.engine.one_run`):
+        every element's coupled jump and the coefficient ``c`` of its difference of f
+        (:meth:`jump_coefficients`); per particle one element is moved, chosen with
+        probability ``|c| / Σ|c|``, and its coefficient becomes ``sign(c)·Σ|c|``, so that
+        the proposal's mean is ``Σ_elements c·Δf``, the re-run engine's."""
+        fn, value, layout = draw.fn, draw.value, draw.layout
+        leaf = leaf_distribution(fn)
+        event_dim = len(fn.event_shape)
+        moved, eta, coefficient = jump_coefficients(leaf, value)
+        coefficient = torch.where(active_elements(leaf, value), coefficient, torch.zeros_like(coefficient))
+        mask, magnitude = choose_in_proportion(coefficient.abs(), layout, event_dim)
+        kept = torch.where(mask, coefficient.sign() * layout.align(magnitude, event_dim), torch.zeros_like(coefficient))
+        lever = (eta - eta.detach()) * kept
+        return Perturbation(torch.where(mask, moved, value), mask, lever, magnitude)
 
     # Continuous sites: weak derivatives.
 

@@ -27,6 +27,7 @@ from pyro_grad.engine.surrogate import (
     assemble,
     check_num_particles,
     difference_terms,
+    one_run_terms,
     score_part,
 )
 from pyro_grad.errors import EstimatorError
@@ -294,6 +295,15 @@ def expectation_estimates(
         f = plain(check_f(alternative[0].nodes["_RETURN"]["value"], k, dim is not None))
         return layout.align(f if keep_gradients else f.detach())
 
+    def run_changes(trace, changes):
+        # The one-run engine's alternative run: each site's value at the particles that
+        # kept its perturbation (pyro_grad.engine.one_run).
+        values = {name: value for name, (value, _) in changes.items()}
+        picked = {name: mask for name, (_, mask) in changes.items()}
+        with AlternativeRun(trace, values, picked=picked), torch.no_grad():
+            alternative, _ = particle_traces(program, args, kwargs, k, dim is not None, nesting, watched=False)
+        return plain(check_f(alternative[0].nodes["_RETURN"]["value"], k, dim is not None)).detach()
+
     def rerun():
         with poutine.block():
             return poutine.trace(program).get_trace(*args, **kwargs).nodes["_RETURN"]["value"]
@@ -318,13 +328,14 @@ def expectation_estimates(
                                      baselines.state_of(site))
         values.append(f)
         blocks.append(block)
-        difference_blocks.append(
-            difference_terms(
-                trace, layout, lambda _, c=layout.align(f.detach()): c,
-                lambda s, v, keep, relaxed, t=full: run_alternative(t, s, v, keep, relaxed), sites=upstream,
-                density=unmasked,
-            )
+        terms, losses = difference_terms(
+            trace, layout, lambda _, c=layout.align(f.detach()): c,
+            lambda s, v, keep, relaxed, t=full: run_alternative(t, s, v, keep, relaxed), sites=upstream,
+            density=unmasked,
         )
+        terms.update(one_run_terms(trace, layout, f, lambda changes, t=full: run_changes(t, changes), sites=upstream,
+                                   density=unmasked))
+        difference_blocks.append((terms, losses))
     estimates = assemble(values, blocks, difference_blocks, num_samples, traces[0], args, kwargs, loss_sign=1.0)
     estimates.reasons = choice_reasons(traces[0], guard)
     return estimates

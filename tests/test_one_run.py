@@ -1,0 +1,161 @@
+"""``MeasureValued(engine="one-run")``: one alternative run for every discrete site, the
+sites' perturbations pruned to one per particle (:mod:`pyro_grad.engine.one_run`).
+
+Each program's exact gradient comes from a closed form or a dynamic program; the
+one-run engine's mean over independent draws must lie within Z = 4 standard errors of
+it (``assert_mean``), and its cost must not grow with the number of sites.
+"""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyro_grad as pg
+from pyro_grad.harness.models import discrete
+from pyro_grad.objectives.expectation import expectation_estimates
+
+from conftest import assert_mean
+from draws import expectation_draws
+
+ONE_RUN = pg.MeasureValued(engine="one-run")
+
+
+def walk(p: torch.Tensor, n: int) -> torch.Tensor:
+    """StochasticAD.jl's walk: X_0 = 0, ±1 steps, +1 with probability exp(−X/p); f = X²."""
+    x = torch.zeros(())
+    for t in range(n):
+        up = pyro.sample(f"step_{t}", dist.Bernoulli(torch.exp(-x / p).clamp(max=1.0)))
+        x = x + 2 * up - 1
+    return x**2
+
+
+def walk_derivative(p: float, n: int) -> float:
+    """∂p E[X_n²] by the forward dynamic program over X ∈ {0, ..., n}, differentiated by autograd."""
+    p_ = torch.tensor(p, dtype=torch.float64, requires_grad=True)
+    x = torch.arange(n + 2, dtype=torch.float64)
+    probs = torch.zeros(n + 2, dtype=torch.float64)
+    probs[0] = 1.0
+    for _ in range(n):
+        up = torch.exp(-x / p_).clamp(max=1.0)
+        probs = torch.cat([probs.new_zeros(1), (probs * up)[:-1]]) + torch.cat([(probs * (1 - up))[1:], probs.new_zeros(1)])
+    (gradient,) = torch.autograd.grad((probs * x**2).sum(), p_)
+    return float(gradient)
+
+
+def test_the_state_dependent_walk_has_the_dynamic_programs_derivative():
+    # Every step's probability depends on the state the earlier steps left: a perturbed
+    # step moves every later probability, whose draws follow on common random numbers.
+    n, p = 30, 15.0
+    exact = walk_derivative(p, n)
+    draws = expectation_draws(pg.estimators(lambda q: walk(q, n), default=ONE_RUN), torch.tensor(p, requires_grad=True),
+                              num_samples=4000)
+    assert_mean(draws["q"], exact)
+
+
+def test_one_alternative_run_serves_every_site():
+    # Program evaluations per particle: the first run and one alternative run, at 30 sites
+    # as at 3 (the re-run engine: 1 + one per site).
+    for n in (3, 30):
+        pyro.set_rng_seed(0)
+        p = torch.tensor(15.0, requires_grad=True)
+        ours = expectation_estimates(pg.estimators(lambda q: walk(q, n), default=ONE_RUN), (p,), {}, 8, 1, True)
+        rerun = expectation_estimates(pg.estimators(lambda q: walk(q, n), default=pg.MeasureValued()), (p,), {}, 8, 1,
+                                      True)
+        assert ours.evaluations == 2
+        assert rerun.evaluations == 1 + n
+
+
+def chain(theta: torch.Tensor) -> torch.Tensor:
+    """z ~ Categorical(softmax(θ)), x | z ~ Poisson(1 + z + θ_0²), y | x ~ Bernoulli(σ(x − 2)); f = (x + y)²."""
+    z = pyro.sample("z", dist.Categorical(logits=theta))
+    x = pyro.sample("x", dist.Poisson(1.0 + z.to(theta.dtype) + theta[0] ** 2))
+    y = pyro.sample("y", dist.Bernoulli(torch.sigmoid(x - 2)))
+    return (x + y) ** 2
+
+
+def chain_gradient(theta: torch.Tensor) -> torch.Tensor:
+    """∇θ E[f] summed over z, x ∈ {0, ..., 60} and y exactly, in float64."""
+    theta = theta.double().detach().requires_grad_()
+    x = torch.arange(61, dtype=torch.float64)
+    total = 0.0
+    for z, weight in enumerate(torch.softmax(theta, -1)):
+        px = dist.Poisson(1.0 + z + theta[0] ** 2).log_prob(x).exp()
+        py = torch.sigmoid(x - 2)
+        total = total + weight * (px * (py * (x + 1) ** 2 + (1 - py) * x**2)).sum()
+    (gradient,) = torch.autograd.grad(total, theta)
+    return gradient
+
+
+def test_a_categorical_poisson_bernoulli_chain_is_unbiased():
+    # A perturbed category moves the Poisson's rate (redrawn, no common uniform there)
+    # and through it the Bernoulli's probability (coupled by its uniform).
+    theta = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
+    exact = chain_gradient(theta)
+    samples = expectation_draws(pg.estimators(chain, default=ONE_RUN), theta, num_samples=6000)["theta"]
+    for i in range(3):
+        assert_mean(samples[:, i], float(exact[i]))
+
+
+@pytest.mark.parametrize("benchmark", discrete.BENCHMARKS, ids=[b.name for b in discrete.BENCHMARKS])
+def test_each_held_out_discrete_program_has_its_exact_gradient(benchmark):
+    # One site: the pruned perturbation is that site's, with its whole weight.
+    args = benchmark.arguments()
+    draws = expectation_draws(pg.estimators(benchmark.program, default=ONE_RUN), *args, num_samples=4000)
+    exact = benchmark.reference_gradient(*args)
+    for name, gradient in exact.items():
+        assert_mean(draws[name], float(gradient))
+
+
+def test_where_the_one_run_engine_does_not_apply_it_says_what_does():
+    with pytest.raises(pg.EstimatorError, match="engine must be one of"):
+        pg.MeasureValued(engine="once")
+
+    def normal(theta):
+        return pyro.sample("z", dist.Normal(theta, 1.0)) ** 2
+
+    with pytest.raises(pg.EstimatorError, match="engine='one-run' is built for discrete sites"):
+        pg.expectation(pg.estimators(normal, default=ONE_RUN), torch.tensor(0.5, requires_grad=True))
+
+    def model():
+        pyro.sample("b", dist.Bernoulli(0.5))
+
+    def guide():
+        pyro.sample("b", dist.Bernoulli(pyro.param("q", torch.tensor(0.3), constraint=dist.constraints.unit_interval)))
+
+    with pytest.raises(pg.EstimatorError, match="engine='one-run' is built for pg.expectation"):
+        pg.ELBO().differentiable_loss(model, pg.estimators(guide, {"b": ONE_RUN}))
+
+
+def test_independent_steps_give_the_exact_gradient_on_every_draw():
+    # Ten independent ±1 steps, +1 with probability θ: f = Σ_t (2u_t − 1), ∇θ E[f] = 20.
+    # Every step can move (|c| = 1 each, W = 10); whichever is kept, its flip changes f
+    # by 2(1 − 2u) and its coefficient is (1 − 2u): W·(1 − 2u)·2(1 − 2u) = 20 exactly.
+    def steps(theta):
+        with pyro.plate("steps", 10):
+            up = pyro.sample("up", dist.Bernoulli(theta))
+        return (2 * up - 1).sum(-1)
+
+    samples = expectation_draws(pg.estimators(steps, default=ONE_RUN), torch.tensor(0.3, requires_grad=True),
+                                num_samples=200)["theta"]
+    assert torch.allclose(samples, torch.full_like(samples, 20.0))
+
+
+def test_per_particle_changes_redraw_only_the_elements_they_reach():
+    # b_i ~ Bernoulli(½), x_i ~ Poisson(1 + b_i) in a plate of 8; b flipped at the picked
+    # elements only: x keeps its first value wherever its rate did not change.
+    from pyro_grad.engine.alternative_run import AlternativeRun
+
+    def program():
+        with pyro.plate("n", 8):
+            b = pyro.sample("b", dist.Bernoulli(0.5))
+            return pyro.sample("x", dist.Poisson(1.0 + b))
+
+    pyro.set_rng_seed(1)
+    first = pyro.poutine.trace(program).get_trace()
+    b, x = first.nodes["b"]["value"], first.nodes["x"]["value"]
+    picked = torch.tensor([True, False] * 4)
+    with AlternativeRun(first, {"b": 1 - b}, picked={"b": picked}):
+        again = pyro.poutine.trace(program).get_trace()
+    assert torch.equal(again.nodes["b"]["value"], torch.where(picked, 1 - b, b))
+    assert torch.equal(again.nodes["x"]["value"][~picked], x[~picked])
