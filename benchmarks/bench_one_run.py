@@ -61,8 +61,8 @@ def exact_derivative(p: float, n: int) -> float:
 
 ESTIMATORS: Dict[str, Callable[[], pg.Estimator]] = {
     "Score(loo)": lambda: pg.Score("loo"),
-    "MeasureValued, re-run": lambda: pg.MeasureValued(),
-    "MeasureValued, one-run": lambda: pg.MeasureValued(engine="one-run"),
+    "MeasureValued (re-run)": lambda: pg.MeasureValued(),
+    "MeasureValued (one-run)": lambda: pg.MeasureValued(engine="one-run"),
 }
 
 
