@@ -159,3 +159,18 @@ def test_per_particle_changes_redraw_only_the_elements_they_reach():
         again = pyro.poutine.trace(program).get_trace()
     assert torch.equal(again.nodes["b"]["value"], torch.where(picked, 1 - b, b))
     assert torch.equal(again.nodes["x"]["value"][~picked], x[~picked])
+
+
+def test_a_program_that_branches_on_a_draw_follows_its_own_branch_in_the_alternative_run():
+    # b ~ Bernoulli(p); only when b = 1 is c ~ Bernoulli(p) drawn, and f = 3c + 1 (else 0):
+    # E[f] = p(3p + 1), ∂p E[f] = 6p + 1 = 3.4 at p = 0.4. A particle that keeps b's jump
+    # runs the other branch (drawing c anew, or not at all); looped, one particle per run.
+    def branchy(p):
+        b = pyro.sample("b", dist.Bernoulli(p))
+        if b.item() == 1:
+            return 3 * pyro.sample("c", dist.Bernoulli(p)) + 1
+        return torch.tensor(0.0)
+
+    samples = expectation_draws(pg.estimators(branchy, default=ONE_RUN), torch.tensor(0.4, requires_grad=True),
+                                num_samples=1500, mode="loop", vectorize=False)["p"]
+    assert_mean(samples, 3.4)
