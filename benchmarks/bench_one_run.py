@@ -2,9 +2,10 @@
 random walk: cost per gradient draw, one sample's spread, and work-normalized variance.
 
 The walk (Arya et al., NeurIPS 2022, and StochasticAD.jl's docs): X_0 = 0, n steps of ±1,
-+1 with probability exp(−X/p) (so X ≥ 0), f = X². Its exact ∂p E[f] comes from the
-dynamic program over X (:func:`exact_derivative`). For each n and estimator this prints,
-side by side in one run (one thread):
++1 with probability exp(−X/p) (so X ≥ 0), f = X²; it and its exact ∂p E[f], by the
+dynamic program over X, are ``state_walk`` and ``state_walk_derivative`` in
+``pyro_grad.harness.models.discrete``. For each n and estimator this prints, side by side
+in one run (one thread):
 
 * seconds per call of ``pg.expectation`` + backward at ``--particles`` particles;
 * one sample's standard deviation, from the spread of ``--reps`` means (× √particles);
@@ -27,36 +28,13 @@ import time
 from typing import Callable, Dict, List, Tuple
 
 import pyro
-import pyro.distributions as dist
 import torch
 
 import pyro_grad as pg
+from pyro_grad.harness.models.discrete import state_walk as walk
+from pyro_grad.harness.models.discrete import state_walk_derivative as exact_derivative
 
 STOCHASTIC_AD_STD = 6.5  # one sample's standard deviation at n = 100, p = 200 (their docs)
-
-
-def walk(p: torch.Tensor, n: int) -> torch.Tensor:
-    """X_0 = 0; X_t = X_{t−1} ± 1, +1 with probability exp(−X_{t−1}/p); f = X_n²."""
-    x = torch.zeros(())
-    for t in range(n):
-        up = pyro.sample(f"step_{t}", dist.Bernoulli(torch.exp(-x / p).clamp(max=1.0)))
-        x = x + 2 * up - 1
-    return x**2
-
-
-def exact_derivative(p: float, n: int) -> float:
-    """∂p E[X_n²] by the forward dynamic program over X ∈ {0, ..., n}, differentiated by autograd."""
-    p_ = torch.tensor(float(p), dtype=torch.float64, requires_grad=True)
-    x = torch.arange(n + 2, dtype=torch.float64)
-    probs = torch.zeros(n + 2, dtype=torch.float64)
-    probs[0] = 1.0
-    for _ in range(n):
-        up = torch.exp(-x / p_).clamp(max=1.0)
-        moved_up = torch.cat([torch.zeros(1, dtype=torch.float64), (probs * up)[:-1]])
-        moved_down = torch.cat([(probs * (1 - up))[1:], torch.zeros(1, dtype=torch.float64)])
-        probs = moved_up + moved_down
-    (gradient,) = torch.autograd.grad((probs * x**2).sum(), p_)
-    return float(gradient)
 
 
 ESTIMATORS: Dict[str, Callable[[], pg.Estimator]] = {

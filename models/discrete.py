@@ -66,6 +66,32 @@ def categorical_square_gradient(p) -> Dict[str, torch.Tensor]:
     return {"p": -10 * torch.as_tensor(p, dtype=torch.float)}
 
 
+def state_walk(p: torch.Tensor, n: int) -> torch.Tensor:
+    """StochasticAD.jl's walk (Arya et al., NeurIPS 2022): X_0 = 0, n steps of ±1, +1 with
+    probability exp(−X/p) (so X ≥ 0), one Bernoulli site per step; f = X_n²."""
+    x = torch.zeros(())
+    for t in range(n):
+        up = pyro.sample(f"step_{t}", dist.Bernoulli(torch.exp(-x / p).clamp(max=1.0)))
+        x = x + 2 * up - 1
+    return x**2
+
+
+def state_walk_derivative(p: float, n: int) -> float:
+    """∂p E[X_n²] of :func:`state_walk` by the forward dynamic program over X ∈ {0, ..., n},
+    differentiated by autograd (float64)."""
+    p_ = torch.tensor(float(p), dtype=torch.float64, requires_grad=True)
+    x = torch.arange(n + 2, dtype=torch.float64)
+    probs = torch.zeros(n + 2, dtype=torch.float64)
+    probs[0] = 1.0
+    for _ in range(n):
+        up = torch.exp(-x / p_).clamp(max=1.0)
+        moved_up = torch.cat([probs.new_zeros(1), (probs * up)[:-1]])
+        moved_down = torch.cat([(probs * (1 - up))[1:], probs.new_zeros(1)])
+        probs = moved_up + moved_down
+    (gradient,) = torch.autograd.grad((probs * x**2).sum(), p_)
+    return float(gradient)
+
+
 #: The discrete test bench as benchmarks (for ``benchmarks/discrete_table.py``); not in
 #: the registry, whose pages and tests cover the models a user would pick.
 BENCHMARKS = (

@@ -13,34 +13,14 @@ import torch
 
 import pyro_grad as pg
 from pyro_grad.harness.models import discrete
+from pyro_grad.harness.models.discrete import state_walk as walk
+from pyro_grad.harness.models.discrete import state_walk_derivative as walk_derivative
 from pyro_grad.objectives.expectation import expectation_estimates
 
 from conftest import assert_mean
 from draws import expectation_draws
 
 ONE_RUN = pg.MeasureValued(engine="one-run")
-
-
-def walk(p: torch.Tensor, n: int) -> torch.Tensor:
-    """StochasticAD.jl's walk: X_0 = 0, ±1 steps, +1 with probability exp(−X/p); f = X²."""
-    x = torch.zeros(())
-    for t in range(n):
-        up = pyro.sample(f"step_{t}", dist.Bernoulli(torch.exp(-x / p).clamp(max=1.0)))
-        x = x + 2 * up - 1
-    return x**2
-
-
-def walk_derivative(p: float, n: int) -> float:
-    """∂p E[X_n²] by the forward dynamic program over X ∈ {0, ..., n}, differentiated by autograd."""
-    p_ = torch.tensor(p, dtype=torch.float64, requires_grad=True)
-    x = torch.arange(n + 2, dtype=torch.float64)
-    probs = torch.zeros(n + 2, dtype=torch.float64)
-    probs[0] = 1.0
-    for _ in range(n):
-        up = torch.exp(-x / p_).clamp(max=1.0)
-        probs = torch.cat([probs.new_zeros(1), (probs * up)[:-1]]) + torch.cat([(probs * (1 - up))[1:], probs.new_zeros(1)])
-    (gradient,) = torch.autograd.grad((probs * x**2).sum(), p_)
-    return float(gradient)
 
 
 def test_the_state_dependent_walk_has_the_dynamic_programs_derivative():
@@ -174,3 +154,4 @@ def test_a_program_that_branches_on_a_draw_follows_its_own_branch_in_the_alterna
     samples = expectation_draws(pg.estimators(branchy, default=ONE_RUN), torch.tensor(0.4, requires_grad=True),
                                 num_samples=1500, mode="loop", vectorize=False)["p"]
     assert_mean(samples, 3.4)
+

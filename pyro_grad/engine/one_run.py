@@ -10,9 +10,10 @@ weights and reweighted, so that one extra evaluation gives an unbiased derivativ
 
 Here every site that asks for it (``MeasureValued(engine="one-run")``) proposes, per
 particle, one perturbation of its draw (:class:`Perturbation`): the coupled jump of one
-element, the element chosen uniformly among those that can move, with the signed
-coefficient ``c_s`` that the re-run engine would give that element's difference of f
-(so ``E[c_s · Δ_s f]`` is the site's share of the gradient). Pruning then keeps, per
+element, the element chosen with probability in proportion to the ``|c|`` of the
+coefficients the re-run engine gives the elements' differences of f, and its own
+coefficient ``c_s`` scaled to ``sign(c)·Σ|c|`` (so ``E[c_s · Δ_s f]`` is the site's share
+of the gradient). Pruning then keeps, per
 particle, one site ``s`` with probability ``|c_s| / W``, ``W = Σ_s |c_s|``, and weighs
 its difference by ``W / |c_s|``:
 
@@ -84,7 +85,7 @@ def pruned_terms(
     changes = {}
     for index, name in enumerate(names):
         perturbation, value, event_dim = perturbations[name]
-        picked = layout.align((kept == index) & (weight > 0), event_dim).bool()
+        picked = layout.align((kept == index) & (weight > 0), event_dim)
         changes[name] = (torch.where(picked & perturbation.moved, perturbation.value, value), picked)
     delta = (run_changes(changes) - f).detach()
     terms = {}

@@ -12,7 +12,7 @@ terms out). The difference estimators' sites are re-run and their terms taken he
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import pyro.distributions as dist
 import torch
@@ -189,6 +189,16 @@ def score_terms(
 Terms = Dict[str, torch.Tensor]
 
 
+def difference_sites(trace, sites, one_run: bool) -> Iterator[Tuple[str, dict, DifferenceEstimator]]:
+    """``(name, site, estimator)`` of each latent site of ``trace`` with a difference
+    estimator of the given engine (``one_run``), among ``sites`` when given."""
+    for name, site in trace.nodes.items():
+        estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
+        if (isinstance(estimator, DifferenceEstimator) and estimator.one_run == one_run and not site["is_observed"]
+                and (sites is None or name in sites)):
+            yield name, site, estimator
+
+
 def difference_terms(
     trace,
     layout: ParticleLayout,
@@ -213,12 +223,7 @@ def difference_terms(
     by their density (an ELBO).
     """
     terms, losses = {}, {}
-    for name, site in trace.nodes.items():
-        estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
-        if not isinstance(estimator, DifferenceEstimator) or estimator.one_run or site["is_observed"]:
-            continue
-        if sites is not None and name not in sites:
-            continue
+    for name, site, estimator in difference_sites(trace, sites, one_run=False):
         if estimator.relaxes and site["infer"].get(READ):
             raise EstimatorError(
                 f"{estimator!r} at site '{name}' ({describe(site['fn'])}): the program reads the site's "
@@ -260,12 +265,7 @@ def one_run_terms(
     ``run_changes`` runs the program with per-particle changes). ``sites`` and ``density``
     as in :func:`difference_terms`."""
     perturbations = {}
-    for name, site in trace.nodes.items():
-        estimator = site["infer"].get("estimator") if site["type"] == "sample" else None
-        if not (isinstance(estimator, DifferenceEstimator) and estimator.one_run) or site["is_observed"]:
-            continue
-        if sites is not None and name not in sites:
-            continue
+    for name, site, estimator in difference_sites(trace, sites, one_run=True):
         fn = density(site["fn"])
         draw = SiteDraw(name, fn, plain(site["value"]).detach(), layout, False, False)
         perturbations[name] = (estimator.perturbation(draw), draw.value, len(fn.event_shape))

@@ -45,7 +45,7 @@ class Enumerate(DifferenceEstimator):
         return site.summed_out or site.elements in (1, site.plated)
 
     @staticmethod
-    def _support_size(fn: Any) -> Optional[int]:
+    def support_size(fn: Any) -> Optional[int]:
         """The number of values in ``fn``'s support, or None when it has no finite one."""
         if not getattr(fn, "has_enumerate_support", False):
             return None
@@ -56,11 +56,11 @@ class Enumerate(DifferenceEstimator):
 
     @classmethod
     def _finite_support(cls, fn: Any) -> bool:
-        size = cls._support_size(fn)
+        size = cls.support_size(fn)
         return size is not None and size <= MAX_SUPPORT
 
     def refusal(self, site: Site) -> Optional[str]:
-        size = self._support_size(site.fn)
+        size = self.support_size(site.fn)
         if size is not None and size > MAX_SUPPORT:
             return f"its support has {size} values, more than the {MAX_SUPPORT} pg enumerates"
         if not self._one_per_plate_element(site) and self._finite_support(site.fn):

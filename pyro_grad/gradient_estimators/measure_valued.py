@@ -92,15 +92,8 @@ def choose_elements(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """A mask picking, per particle, one *active* element of ``value`` uniformly, and the
     number of active elements per particle (aligned to broadcast against ``value``)."""
-    active = active.expand(value.shape)
-    shape = layout.first(value, event_dim).shape
-    first = layout.first(active, event_dim).reshape(shape[0], -1).float()
-    count = first.sum(1)
-    if first.shape[1] == 1:
-        return active.clone(), layout.align(count, event_dim)
-    index = torch.multinomial(first + (count == 0).to(first.dtype).unsqueeze(1), 1).squeeze(1)
-    mask = torch.nn.functional.one_hot(index, first.shape[1]).bool() & first.bool()
-    return layout.natural(mask.reshape(shape), value, event_dim), layout.align(count, event_dim)
+    mask, count = choose_in_proportion(active.expand(value.shape).float(), layout, event_dim)
+    return mask, layout.align(count, event_dim)
 
 
 def choose_in_events(value: torch.Tensor, active: torch.Tensor, event_dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -161,25 +154,29 @@ def jump_coefficients(leaf: Any, value: torch.Tensor) -> Tuple[torch.Tensor, tor
         moved = torch.remainder(value + torch.randint(1, max(2, categories), value.shape), categories).to(value.dtype)
         eta = probs.expand(value.shape + (categories,)).gather(-1, moved.long().unsqueeze(-1)).squeeze(-1)
         return moved, eta, torch.full(value.shape, float(categories - 1))
+    moved = _jumped(leaf, value)
     if isinstance(leaf, dist.Poisson):
-        return value + 1, leaf.rate.expand(value.shape), torch.ones(value.shape)
+        return moved, leaf.rate.expand(value.shape), torch.ones(value.shape)
     p = probs_of(leaf).expand(value.shape)
     q = p.detach()
     if isinstance(leaf, dist.Bernoulli):
         # Both sides jump (c = ±1): a lone site's difference is then f(1) − f(0) exactly.
         # (StochasticAD.jl jumps only 0 → 1, with c = 1/(1 − p): no better on its walk.)
-        return 1 - value, p, 1 - 2 * value
+        return moved, p, 1 - 2 * value
     if isinstance(leaf, dist.Binomial):
-        return _jumped(leaf, value), p, (leaf.total_count - value) / (1 - q)
-    return _jumped(leaf, value), p, value / (q * (1 - q))  # Geometric
+        return moved, p, (leaf.total_count - value) / (1 - q)
+    return moved, p, value / (q * (1 - q))  # Geometric
 
 
 def choose_in_proportion(weights: torch.Tensor, layout: Any, event_dim: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """A mask picking, per particle, one element of ``weights`` (≥ 0) with probability in
-    proportion to it, and their sum per particle ``(P,)`` (0: nothing picked)."""
+    proportion to it, and their sum per particle ``(P,)`` (0: nothing picked). With one
+    element per particle no random number is drawn."""
     shape = layout.first(weights, event_dim).shape
     first = layout.first(weights, event_dim).reshape(shape[0], -1)
     total = first.sum(1)
+    if first.shape[1] == 1:
+        return weights > 0, total
     index = torch.multinomial(first + (total == 0).to(first.dtype).unsqueeze(1), 1).squeeze(1)
     mask = torch.nn.functional.one_hot(index, first.shape[1]).bool() & (first > 0)
     return layout.natural(mask.reshape(shape), weights, event_dim), total
@@ -303,23 +300,13 @@ class MeasureValued(DifferenceEstimator):
             f = torch.stack([runs.at_value(c) * weight for c in runs.alternative_f], -1)
             return layout.reduce(((probs - probs.detach()) * f.detach()).sum(-1), e)
         delta = runs.at_value(runs.alternative_f[0] - runs.f) * weight
-        if isinstance(leaf, dist.Poisson):
-            eta, d = leaf.rate, delta
-        else:
-            eta = p = probs_of(leaf)
-            if isinstance(leaf, dist.Bernoulli):
-                d = (1 - 2 * value) * delta
-            elif isinstance(leaf, dist.Binomial):
-                d = (leaf.total_count - value) / (1 - p.detach()) * delta
-            else:  # Geometric
-                d = value / (p.detach() * (1 - p.detach())) * delta
-        eta = eta.expand(value.shape)
-        return layout.reduce((eta - eta.detach()) * d.detach(), e)
+        _, eta, coefficient = jump_coefficients(leaf, value)
+        return layout.reduce((eta - eta.detach()) * (coefficient * delta).detach(), e)
 
     def perturbation(self, draw: SiteDraw) -> Perturbation:
         """The one-run engine's proposal at a discrete site (:mod:`pyro_grad.engine.one_run`):
         every element's coupled jump and the coefficient ``c`` of its difference of f
-        (:meth:`jump_coefficients`); per particle one element is moved, chosen with
+        (:func:`jump_coefficients`); per particle one element is moved, chosen with
         probability ``|c| / Σ|c|``, and its coefficient becomes ``sign(c)·Σ|c|``, so that
         the proposal's mean is ``Σ_elements c·Δf``, the re-run engine's."""
         fn, value, layout = draw.fn, draw.value, draw.layout

@@ -97,7 +97,7 @@ class AutoEnumeration(Messenger):
                 self.declined[name] = ("not summed out: its value reaches ELBO terms outside its plates or is read "
                                        "into Python, so an enumerated dim would not broadcast as TraceEnum's does")
                 continue
-            candidates[name] = Enumerate._support_size(site.fn)
+            candidates[name] = Enumerate.support_size(site.fn)
         if not candidates:
             return
         rerun = next((n for n, node in nodes.items()

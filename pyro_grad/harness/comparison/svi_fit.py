@@ -42,9 +42,9 @@ def fresh_optimizer(optim: Any) -> Any:
 def evaluations_per_particle(model: Callable, guide: Callable, args: tuple, kwargs: dict,
                              objective: Any = ELBO, num_particles: int = 1) -> int:
     """Program evaluations per particle and step, as ``objective`` (of ``num_particles``
-    particles, as the fit's) counts them in one run of it: 1, plus the extra runs of the difference estimators the config chose (an
-    ``Enumerate()`` that an ELBO sums out is one run of support-wide tensors, as in
-    ``TraceEnum_ELBO``, not one run per value). ``guide`` should be a fresh wrapper: this
+    particles, as the fit's) counts them in one run of it: 1, plus the extra runs of the
+    difference estimators the config chose (an ``Enumerate()`` that an ELBO sums out is
+    one run of support-wide tensors, as in ``TraceEnum_ELBO``, not one run per value). ``guide`` should be a fresh wrapper: this
     run moves its baselines' running averages."""
     # In a scratch param store and random stream: the fit's own params are created by its
     # first step, and its draws start from its seed.
