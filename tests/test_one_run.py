@@ -155,3 +155,29 @@ def test_a_program_that_branches_on_a_draw_follows_its_own_branch_in_the_alterna
                                 num_samples=1500, mode="loop", vectorize=False)["p"]
     assert_mean(samples, 3.4)
 
+
+@pytest.mark.parametrize("form", ["wrapper", "context", "infer"])
+def test_every_usage_form_gives_the_same_one_run_gradient(form):
+    # The walk (n = 8, p = 4) from one seed: pg.estimators(fn, ...), a with block around
+    # the call, and infer={"estimator": ...} at every site choose the same estimator, so
+    # the gradients are equal draw for draw.
+    def walk_infer(p, n=8):
+        x = torch.zeros(())
+        for t in range(n):
+            up = pyro.sample(f"step_{t}", dist.Bernoulli(torch.exp(-x / p).clamp(max=1.0)), infer={"estimator": ONE_RUN})
+            x = x + 2 * up - 1
+        return x**2
+
+    def gradient(which):
+        pyro.set_rng_seed(5)
+        p = torch.tensor(4.0, requires_grad=True)
+        if which == "context":
+            with pg.estimators(default=ONE_RUN):
+                pg.expectation(lambda q: walk(q, 8), p, num_particles=64).backward()
+        elif which == "infer":
+            pg.expectation(walk_infer, p, num_particles=64).backward()
+        else:
+            pg.expectation(pg.estimators(lambda q: walk(q, 8), default=ONE_RUN), p, num_particles=64).backward()
+        return p.grad
+
+    assert torch.equal(gradient(form), gradient("wrapper"))
