@@ -8,15 +8,23 @@ dynamic program over X, are ``state_walk`` and ``state_walk_derivative`` in
 in one run (one thread):
 
 * seconds per call of ``pg.expectation`` + backward at ``--particles`` particles;
-* one sample's standard deviation, from the spread of ``--reps`` means (× √particles);
+* one sample's standard deviation, from the spread of ``--reps`` means (× √particles;
+  the hand-written rows: of 1,000 means);
 * the mean's distance from the exact derivative, in standard errors;
 * work-normalized variance (variance × seconds per call), relative to ``Score("loo")``'s.
 
 Estimators: ``Score("loo")``, ``MeasureValued()`` (the re-run engine: one re-run per step)
-and ``MeasureValued(engine="one-run")`` (one alternative run, perturbations pruned).
+and ``MeasureValued(engine="one-run")`` (one alternative run, perturbations pruned),
+beside two hand-written vectorized torch versions (``state_walk_pruned_by_hand``): the
+one-run engine's own estimator (the limit of its speed, and its variance to match) and
+StochasticAD.jl's lazy pruning, which drops a perturbation whose path has rejoined the
+first run before it competes (the variance value-by-value triples reach).
+
+Last, seconds per call on the agent-based SIR at ``--sir-agents`` agents (its cost
+should grow linearly in the agents: the sites are vectorized over them).
 
 Run: ``.venv/bin/python benchmarks/bench_one_run.py [--n 25,50,100,200,400] [--p-per-n 2]
-[--particles 200] [--reps 30] [--rerun-max-n 100]`` (the re-run engine's cost grows as n²:
+[--particles 200] [--reps 30] [--rerun-max-n 100] [--sir-agents 1000,3000,10000]`` (the re-run engine's cost grows as n²:
 above ``--rerun-max-n`` it is left out). StochasticAD.jl's figure for one sample's
 standard deviation at n = 100, p = 200 is about 6.5 (their docs).
 """
@@ -33,6 +41,8 @@ import torch
 import pyro_grad as pg
 from pyro_grad.harness.models.discrete import state_walk as walk
 from pyro_grad.harness.models.discrete import state_walk_derivative as exact_derivative
+from pyro_grad.harness.models.discrete import state_walk_pruned_by_hand
+from pyro_grad.harness.models import sir
 
 STOCHASTIC_AD_STD = 6.5  # one sample's standard deviation at n = 100, p = 200 (their docs)
 
@@ -44,8 +54,24 @@ ESTIMATORS: Dict[str, Callable[[], pg.Estimator]] = {
 }
 
 
+#: Hand-written vectorized torch: name → lazy pruning or not.
+BY_HAND = {"by hand: one-run's estimator": False, "by hand: StochasticAD's lazy": True}
+#: Calls' means the hand-written rows' spread comes from (their draws cost little).
+HAND_CALLS = 1000
+
+
 def draws(name: str, n: int, p: float, particles: int, reps: int) -> Tuple[List[float], float]:
     """``reps`` gradient means of ``particles`` particles, and seconds per call."""
+    if name in BY_HAND:  # cheap: the spread from HAND_CALLS calls' means, the time from reps calls
+        seconds = 0.0
+        for rep in range(reps):
+            torch.manual_seed(rep)
+            start = time.perf_counter()
+            state_walk_pruned_by_hand(p, n, particles, lazy=BY_HAND[name])
+            seconds += time.perf_counter() - start
+        torch.manual_seed(reps)
+        sample = state_walk_pruned_by_hand(p, n, particles * HAND_CALLS, lazy=BY_HAND[name])
+        return sample.reshape(HAND_CALLS, particles).mean(1).tolist(), seconds / reps
     program = pg.estimators(lambda q: walk(q, n), default=ESTIMATORS[name]())
     means, seconds = [], 0.0
     for rep in range(reps):
@@ -58,6 +84,18 @@ def draws(name: str, n: int, p: float, particles: int, reps: int) -> Tuple[List[
     return means, seconds / reps
 
 
+def sir_seconds(name: str, agents: int, particles: int, reps: int) -> float:
+    """Seconds per call of ``pg.expectation`` + backward on the agent-based SIR (10 days,
+    1% infected at first, the gradient in β and γ) with ``agents`` agents."""
+    program = pg.estimators(sir.weighted_infections, default=ESTIMATORS[name]())
+    start = time.perf_counter()
+    for rep in range(reps):
+        pyro.set_rng_seed(rep)
+        beta, gamma = torch.tensor(0.6, requires_grad=True), torch.tensor(0.2, requires_grad=True)
+        pg.expectation(program, beta, gamma, agents, max(1, agents // 100), 10, num_particles=particles).backward()
+    return (time.perf_counter() - start) / reps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="25,50,100,200,400")
@@ -66,11 +104,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--rerun-max-n", type=int, default=100)
     parser.add_argument("--only", default="", help="comma-separated estimator names")
+    parser.add_argument("--sir-agents", default="1000,3000,10000",
+                        help="agents of the SIR cost table ('' to skip it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    names = [e for e in ESTIMATORS if not args.only or e in args.only.split(",")]
+    names = [e for e in [*ESTIMATORS, *BY_HAND] if not args.only or e in args.only.split(",")]
     print(f"walk: n steps, p = {args.p_per_n:g}·n, f = X²; {args.particles} particles per call, {args.reps} calls")
-    print(f"{'n':>4s} {'estimator':24s} {'s/call':>8s} {'sample std':>11s} {'mean−exact (SE)':>16s} "
+    print(f"{'n':>4s} {'estimator':32s} {'s/call':>8s} {'sample std':>11s} {'mean−exact (SE)':>16s} "
           f"{'work-norm. var ÷ Score(loo)':>28s}")
     for n in [int(v) for v in args.n.split(",")]:
         p = args.p_per_n * n
@@ -86,10 +126,21 @@ def main() -> None:
         base = rows.get("Score(loo)", (None, None, None, None))[3]
         for name, (seconds, std, z, work) in rows.items():
             relative = f"{work / base:.3g}" if base else "—"
-            print(f"{n:4d} {name:24s} {seconds:8.3f} {std:11.2f} {z:16.1f} {relative:>28s}")
+            print(f"{n:4d} {name:32s} {seconds:8.3f} {std:11.2f} {z:16.1f} {relative:>28s}")
         if n == 100 and args.p_per_n == 2:
             print(f"     StochasticAD.jl's stochastic triples (their docs): sample std ≈ {STOCHASTIC_AD_STD}")
         print(f"     exact ∂p E[f] = {exact:.4f}")
+    if args.sir_agents:
+        agents = [int(v) for v in args.sir_agents.split(",")]
+        print(f"\nagent-based SIR, 10 days, {args.particles // 10} particles: seconds per call (÷ agents × 1,000)")
+        for name in names:
+            if name in BY_HAND:
+                continue
+            cells = []
+            for count in agents:
+                seconds = sir_seconds(name, count, args.particles // 10, 3)
+                cells.append(f"{count}: {seconds:.3f} s ({seconds / count * 1000:.4f})")
+            print(f"     {name:28s} " + "   ".join(cells))
 
 
 if __name__ == "__main__":

@@ -92,6 +92,63 @@ def state_walk_derivative(p: float, n: int) -> float:
     return float(gradient)
 
 
+def state_walk_pruned_by_hand(p: float, n: int, num: int, lazy: bool = False) -> torch.Tensor:
+    """``num`` one-sample derivative estimates of ∂p E[X_n²] on :func:`state_walk`, written
+    by hand in vectorized torch: the reference the one-run engine is measured against.
+
+    Each step draws ``up = 1{U < q}``, ``q = exp(−X/p)`` (inverse-CDF coupling: every
+    alternative path reuses the step's U), and offers its flip with coefficient
+    ``c = 1 − 2·up`` on ``η = q``, ``∂p q = q·X/p²``.
+
+    * ``lazy=False`` is ``MeasureValued(engine="one-run")``'s estimator: after the first
+      run one step is kept with probability ``π = ½|c|/Σ|c| + ½|c|·|∂p q|/Σ|c|·|∂p q|``
+      and the path is re-run with it flipped; the estimate is ``c/π · ∂p q · (X'² − X²)``.
+    * ``lazy=True`` is StochasticAD.jl's pruning (Arya et al., NeurIPS 2022): the
+      alternative path runs beside the first, each new flip (weight ``∂p q/(1 − q)`` from
+      a down step, their one-sided rule) competes with the carried one in proportion to
+      the weights, and a carried one whose path has rejoined the first is dropped first.
+    """
+    x = torch.zeros(num, dtype=torch.float64)
+    if lazy:
+        alternative, weight = torch.zeros_like(x), torch.zeros_like(x)
+        for _ in range(n):
+            u = torch.rand(num, dtype=torch.float64)
+            q = torch.exp(-x / p).clamp(max=1.0)
+            up = (u < q).to(x.dtype)
+            new = torch.where(up == 0, q * x / p**2 / (1 - q).clamp(min=1e-300), torch.zeros_like(x))
+            alive = (weight > 0) & (alternative != x)
+            total = torch.where(alive, weight, torch.zeros_like(weight)) + new
+            take = torch.rand(num, dtype=torch.float64) * total.clamp(min=1e-300) < new
+            carried = alternative + 2 * (u < torch.exp(-alternative / p).clamp(max=1.0)).to(x.dtype) - 1
+            alternative = torch.where(take, x + 1, torch.where(alive, carried, x + 2 * up - 1))
+            weight = torch.where(take | alive, total, torch.zeros_like(total))
+            x = x + 2 * up - 1
+        return weight * (alternative**2 - x**2)
+    uniforms = torch.rand(n, num, dtype=torch.float64)
+    ups, rates = [], []
+    for t in range(n):
+        q = torch.exp(-x / p).clamp(max=1.0)
+        up = (uniforms[t] < q).to(x.dtype)
+        ups.append(up)
+        rates.append(torch.where((q > 0) & (q < 1), q * x / p**2, torch.zeros_like(q)))
+        x = x + 2 * up - 1
+    up, rate = torch.stack(ups), torch.stack(rates)
+    size = (rate != 0).to(x.dtype)  # |c| = 1 where the step can move
+    by_sensitivity = (size * rate.abs()).sum(0).clamp(min=1e-300)
+    prob = 0.5 * size / size.sum(0).clamp(min=1) + 0.5 * size * rate.abs() / by_sensitivity
+    movable = size.sum(0) > 0
+    kept = torch.multinomial((prob + (~movable).to(x.dtype)).T, 1).squeeze(1)
+    alternative = torch.zeros_like(x)
+    for t in range(n):
+        step = (uniforms[t] < torch.exp(-alternative / p).clamp(max=1.0)).to(x.dtype)
+        step = torch.where(kept == t, 1 - up[t], step)
+        alternative = alternative + 2 * step - 1
+    chosen = kept.unsqueeze(0)
+    c = (1 - 2 * up).gather(0, chosen).squeeze(0)
+    estimate = c / prob.gather(0, chosen).squeeze(0) * rate.gather(0, chosen).squeeze(0) * (alternative**2 - x**2)
+    return torch.where(movable, estimate, torch.zeros_like(estimate))
+
+
 #: The discrete test bench as benchmarks (for ``benchmarks/discrete_table.py``); not in
 #: the registry, whose pages and tests cover the models a user would pick.
 BENCHMARKS = (

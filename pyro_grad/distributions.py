@@ -118,8 +118,20 @@ def logits_of(fn: Any) -> torch.Tensor:
     return probs_to_logits(given["probs"], is_binary=_binary(fn))
 
 
+#: Parameters this close are the same: a re-run recomputes them from the same values and
+#: may round differently (a Categorical's normalized logits differ by an ulp or two).
+PARAMETER_TOLERANCE = 1e-6
+
+
+def equal_parameters(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Element by element, whether two broadcast parameter tensors are equal up to
+    :data:`PARAMETER_TOLERANCE` (relative and absolute)."""
+    return torch.isclose(x, y, rtol=PARAMETER_TOLERANCE, atol=PARAMETER_TOLERANCE)
+
+
 def same_distribution(a: Any, b: Any) -> bool:
-    """Whether two distributions are the same family with equal (broadcast) parameters."""
+    """Whether two distributions are the same family with equal (broadcast) parameters
+    (:func:`equal_parameters`)."""
     if type(leaf_distribution(a)) is not type(leaf_distribution(b)):
         return False
     pa, pb = given_parameters(leaf_distribution(a)), given_parameters(leaf_distribution(b))
@@ -131,7 +143,7 @@ def same_distribution(a: Any, b: Any) -> bool:
             x, y = torch.broadcast_tensors(x, y)
         except RuntimeError:
             return False
-        if not torch.equal(x, y):
+        if not bool(equal_parameters(x, y).all()):
             return False
     return True
 

@@ -35,6 +35,7 @@ from scipy.stats import norm
 
 import pyro_grad as pg
 from pyro_grad.gradient_estimators import Enumerate, Score
+from pyro_grad.gradient_estimators.base import EngineChoice
 
 from conftest import ROUNDING, Z, standard_error_of_mean
 from draws import expectation_draws
@@ -113,6 +114,10 @@ def unbiased_estimators(site: Site, num_particles: int, relaxable: bool = True) 
         options = [e for e in options if not isinstance(e, Enumerate)]
     if num_particles >= 2:
         options.append(Score("loo"))
+    if site.family != "normal":
+        # The one-run engine (discrete sites): every such site's jumps pruned into one
+        # alternative run, whatever the other sites take.
+        options += [type(e)(engine="one-run") for e in options if isinstance(e, EngineChoice)]
     if site.jump:  # the pathwise derivative misses the jump (refused there); "auto" (None) must not
         options = [e for e in options if not isinstance(e, pg.gradient_estimators.PathwiseEstimator)] + [None]
     return options

@@ -26,6 +26,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro_grad.engine.provenance import plain
 from pyro_grad.distributions import (
     describe,
+    equal_parameters,
     given_parameters,
     leaf_distribution,
     probs_of,
@@ -62,14 +63,17 @@ def unchanged_elements(old_fn: Any, new_fn: Any, value: torch.Tensor) -> Optiona
     if old_params.keys() != new_params.keys():
         return None
     event_dim = len(new_fn.event_shape)
+    # Dims .to_event() made event dims: batch dims of the parameters, one element here.
+    reinterpreted = event_dim - len(new_leaf.event_shape)
     batch = value.shape[: value.dim() - event_dim]
     same = torch.ones(batch, dtype=torch.bool)
     for name in old_params:
         x, y = torch.broadcast_tensors(plain(old_params[name]).detach(), plain(new_params[name]).detach())
-        equal = x == y
+        equal = equal_parameters(x, y)
         # A parameter's own event dims (a Categorical's probabilities) count as one element.
-        own = getattr(old_leaf.arg_constraints.get(name), "event_dim", 0)
+        own = getattr(old_leaf.arg_constraints.get(name), "event_dim", 0) + reinterpreted
         if own:
+            equal = equal.reshape((1,) * max(0, own - equal.dim()) + equal.shape)
             equal = equal.reshape(equal.shape[: equal.dim() - own] + (-1,)).all(-1)
         same = same & equal
     return same.reshape(same.shape + (1,) * event_dim).expand(value.shape)

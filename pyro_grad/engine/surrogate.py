@@ -12,7 +12,7 @@ terms out). The difference estimators' sites are re-run and their terms taken he
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import pyro.distributions as dist
 import torch
@@ -258,12 +258,14 @@ def one_run_terms(
     run_changes: Callable[[Dict[str, Tuple[torch.Tensor, torch.Tensor]]], torch.Tensor],
     sites=None,
     density: Callable = lambda fn: fn,
+    inputs: Sequence[torch.Tensor] = (),
 ) -> Terms:
     """Per-particle ``(k,)`` terms of every one-run site of one trace (a difference
     estimator with ``one_run``), from their pruned perturbations and one alternative run
     (:func:`pyro_grad.engine.one_run.pruned_terms`: ``f`` is the first run's ``(k,)``,
-    ``run_changes`` runs the program with per-particle changes). ``sites`` and ``density``
-    as in :func:`difference_terms`."""
+    ``run_changes`` runs the program with per-particle changes; ``inputs``, the tensors
+    the jumps' sensitivities are taken in). ``sites`` and ``density`` as in
+    :func:`difference_terms`."""
     perturbations = {}
     for name, site, estimator in difference_sites(trace, sites, one_run=True):
         fn = density(site["fn"])
@@ -271,7 +273,7 @@ def one_run_terms(
         perturbations[name] = (estimator.perturbation(draw), draw.value, len(fn.event_shape))
     if not perturbations:
         return {}
-    return pruned_terms(perturbations, layout, f.detach().reshape(layout.num), run_changes)
+    return pruned_terms(perturbations, layout, f.detach().reshape(layout.num), run_changes, inputs)
 
 
 def joined_terms(blocks: List[Terms], num_samples: int) -> Dict[str, torch.Tensor]:

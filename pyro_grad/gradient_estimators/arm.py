@@ -16,6 +16,14 @@ a data plate gets the papers' per-datum estimator, whose variance does not grow 
 the batch. ``u`` is drawn at derivative time
 given the sampled ``b`` (``u | b`` is uniform on the side of ``σ(φ)`` that ``b`` fell on),
 which has the same joint law as drawing it first. Cost: 2 evaluations per particle.
+
+``engine="one-run"`` (``pg.expectation``): every element is its own univariate pair
+instead (the others held at their draws, later sites redrawn on common random numbers),
+and offers its twin as a jump to the one-run engine (:mod:`pyro_grad.engine.one_run`),
+which keeps one element per particle among every one-run site's: the element's term is
+``c · (f(b̃) − f(b)) · ∂θ φ`` with ``c = u − ½`` (ARM) or ``c = −½ (−1)^b̃ σ(|φ|)``
+(DisARM), and ``c = 0`` where ``b̃ = b``, which changes nothing. 2 evaluations per
+particle in all, whatever the number of sites.
 """
 
 from dataclasses import dataclass
@@ -25,10 +33,12 @@ import pyro.distributions as dist
 import torch
 
 from pyro_grad.distributions import leaf_distribution, logits_of, probs_of, uniform_given_bernoulli
-from pyro_grad.gradient_estimators.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
+from pyro_grad.engine.one_run import Perturbation
+from pyro_grad.gradient_estimators.base import CoupledRuns, EngineChoice, Site, SiteDraw
 
 
-class _Antithetic(DifferenceEstimator):
+@dataclass(frozen=True, repr=False)
+class _Antithetic(EngineChoice):
     unbiased = True
 
     @classmethod
@@ -51,8 +61,20 @@ class _Antithetic(DifferenceEstimator):
                                 logits.detach())
         return layout.reduce((logits - logits.detach()) * g.detach(), len(fn.event_shape))
 
+    def perturbation(self, draw: SiteDraw) -> Perturbation:
+        """Each element's twin, its logit and ``c`` (the module docs' one-run form)."""
+        (twin,), (u, _) = self.alternatives(draw)
+        value = draw.value
+        logits = logits_of(leaf_distribution(draw.fn)).expand(value.shape)
+        c = self.twin_coefficient(value, u, twin, logits.detach()) * (twin != value).to(value.dtype)
+        return Perturbation(twin, logits, c)
+
     def logit_gradient(self, f, f_twin, b, u, twin, logits) -> torch.Tensor:
         """The per-element estimate of ∂f/∂φ from the pair's values (module docs)."""
+        raise NotImplementedError
+
+    def twin_coefficient(self, b, u, twin, logits) -> torch.Tensor:
+        """``c`` in ``∂f/∂φ = c · (f(b̃) − f(b))`` per element, where ``b̃ ≠ b``."""
         raise NotImplementedError
 
 
@@ -63,6 +85,9 @@ class ARM(_Antithetic):
     def logit_gradient(self, f, f_twin, b, u, twin, logits) -> torch.Tensor:
         return (f_twin - f) * (u - 0.5)
 
+    def twin_coefficient(self, b, u, twin, logits) -> torch.Tensor:
+        return u - 0.5
+
 
 @dataclass(frozen=True, repr=False)
 class DisARM(_Antithetic):
@@ -70,3 +95,6 @@ class DisARM(_Antithetic):
 
     def logit_gradient(self, f, f_twin, b, u, twin, logits) -> torch.Tensor:
         return 0.5 * (f - f_twin) * (1 - 2 * twin) * (b != twin).to(b.dtype) * torch.sigmoid(logits.abs())
+
+    def twin_coefficient(self, b, u, twin, logits) -> torch.Tensor:
+        return -0.5 * (1 - 2 * twin) * torch.sigmoid(logits.abs())

@@ -36,6 +36,7 @@ import torch
 
 from pyro_grad.distributions import without_path_switch
 from pyro_grad.errors import EstimatorError
+from pyro_grad.engine.one_run import Perturbation
 from pyro_grad.engine.particles import PARTICLE_PLATES
 from pyro_grad.gradient_estimators.detached import DetachedSample
 
@@ -347,3 +348,45 @@ class DifferenceEstimator(Estimator):
     def alternative_loss(self, runs: CoupledRuns) -> Optional[torch.Tensor]:
         """Per-particle auxiliary losses ``(P,)`` to minimize, or None (the default)."""
         return None
+
+
+
+#: The engines of a difference estimator's runs: its own re-runs, per site, or one
+#: alternative run for every one-run site of the program, perturbations pruned.
+ENGINES = ("rerun", "one-run")
+
+
+@dataclass(frozen=True, repr=False)
+class EngineChoice(DifferenceEstimator):
+    """A difference estimator that runs on either engine: ``engine="rerun"``, its own
+    re-runs (``alternatives``), or ``engine="one-run"``, one alternative run shared by
+    every one-run site of the program (:mod:`pyro_grad.engine.one_run`), for which
+    ``perturbation(draw)`` offers each element's jump; ``pg.expectation`` only, so far."""
+
+    engine: str = "rerun"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise EstimatorError(f"{type(self).__name__}(engine={self.engine!r}): engine must be one of {list(ENGINES)}")
+
+    @property
+    def one_run(self) -> bool:
+        """Whether this site's jumps share the program's one alternative run."""
+        return self.engine == "one-run"
+
+    def objective_refusal(self, site: Site, objective: str) -> Optional[str]:
+        if self.one_run and objective != "expectation":
+            return (f"engine='one-run' is built for pg.expectation so far; in a bound {type(self).__name__}() "
+                    "re-runs the program per site (engine='rerun')")
+        return super().objective_refusal(site, objective)
+
+    def evaluations(self, site: Site) -> int:
+        if self.one_run:  # the program's one alternative run is counted once, by the objective
+            return 1
+        return super().evaluations(site)
+
+    def perturbation(self, draw: SiteDraw) -> Perturbation:
+        """Every element's jump, the parameter its difference of f differentiates and its
+        coefficient ``c`` (0 where it cannot move): the re-run engine's term of the element
+        is ``c · (f(jumped) − f) · ∂θ η``."""
+        raise NotImplementedError

@@ -58,11 +58,11 @@ a Categorical); for a continuous one 1 + the runs of the parameters that move (4
 Normal whose loc and scale both move, 2 for an Exponential).
 
 ``engine="one-run"`` (discrete sites, ``pg.expectation``): instead of a re-run per site,
-each site proposes one jump per particle (:meth:`MeasureValued.perturbation`: an element
-chosen with probability ``|c|/Σ|c|``, ``c`` its coefficient in the first table), the
-proposals of all such sites are pruned to one per particle and the program runs once more
-(:mod:`pyro_grad.engine.one_run`): 2 evaluations per particle in all, whatever the
-number of sites (Arya et al., NeurIPS 2022).
+every element of every such site offers its jump (:meth:`MeasureValued.perturbation`), one
+per particle is kept, with probability in proportion to ``|c|`` (its coefficient in the
+first table) times its sensitivity to the parameters, and reweighted, and the program
+runs once more (:mod:`pyro_grad.engine.one_run`): 2 evaluations per particle in all,
+whatever the number of sites (Arya et al., NeurIPS 2022).
 """
 
 from dataclasses import dataclass
@@ -76,10 +76,7 @@ from pyro_grad.engine.provenance import plain
 from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators import weak_derivatives as weak
 from pyro_grad.engine.one_run import Perturbation
-from pyro_grad.gradient_estimators.base import CoupledRuns, DifferenceEstimator, Example, Site, SiteDraw
-
-#: The engines of the difference runs: one re-run per site, or one for all (pruned).
-ENGINES = ("rerun", "one-run")
+from pyro_grad.gradient_estimators.base import CoupledRuns, EngineChoice, Example, Site, SiteDraw
 
 #: The continuous sites the tuner offers MeasureValued at: at most this many coordinates.
 FEW_COORDINATES = 4
@@ -188,7 +185,7 @@ def discrete(fn: Any) -> bool:
 
 
 @dataclass(frozen=True, repr=False)
-class MeasureValued(DifferenceEstimator):
+class MeasureValued(EngineChoice):
     """Measure-valued derivative of a site (tables in the module docs): coupled jumps
     of a discrete site; weak derivatives of a Normal, LogNormal, Exponential, Gamma
     (rate) or Uniform site (Mohamed et al. 2020, §6). Unbiased; cost 2 evaluations per
@@ -198,20 +195,6 @@ class MeasureValued(DifferenceEstimator):
     jump pruned with theirs (2 evaluations per particle in all; module docs)."""
 
     unbiased = True
-    #: ``"rerun"``: one alternative run per site (and per category, or per moving
-    #: parameter of a continuous site); ``"one-run"``: one alternative run for every
-    #: one-run site of the program together, their perturbations pruned to one per
-    #: particle (:mod:`pyro_grad.engine.one_run`; discrete sites, ``pg.expectation``).
-    engine: str = "rerun"
-
-    def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise EstimatorError(f"MeasureValued(engine={self.engine!r}): engine must be one of {list(ENGINES)}")
-
-    @property
-    def one_run(self) -> bool:
-        """Whether this site's perturbation shares the program's one alternative run."""
-        return self.engine == "one-run"
 
     @classmethod
     def applies_to(cls, site: Site) -> bool:
@@ -226,7 +209,11 @@ class MeasureValued(DifferenceEstimator):
         # with the site's coordinates (a 16×8×8 image: ×1024) where the pathwise
         # gradient's does not: the tuner and the benchmark suite offer it only at sites
         # of a few coordinates, where f may jump and it is the quietest that needs no
-        # smoothness.
+        # smoothness. A discrete site in an expectation also offers the one-run engine,
+        # whose worth shows when every such site takes it (tune then tries them together).
+        if discrete(site.fn) and not exact_value:
+            return [*super().examples_for(site, exact_value),
+                    Example("MeasureValued(one-run)", cls(engine="one-run"), 1)]
         if discrete(site.fn) or site.elements * max(1, site.fn.event_shape.numel()) <= FEW_COORDINATES:
             return super().examples_for(site, exact_value)
         return []
@@ -247,12 +234,6 @@ class MeasureValued(DifferenceEstimator):
         """Why a continuous site whose parameters move is refused, or None."""
         moving = weak.moving_parameters(leaf)
         return next((why for name, why in family.refused.items() if name in moving), None)
-
-    def objective_refusal(self, site: Site, objective: str) -> Optional[str]:
-        if self.one_run and objective != "expectation":
-            return ("engine='one-run' is built for pg.expectation so far; in a bound MeasureValued() re-runs the "
-                    "program per site (engine='rerun')")
-        return super().objective_refusal(site, objective)
 
     def evaluations(self, site: Site) -> int:
         if self.one_run:  # the program's one alternative run is counted once, by the objective
@@ -304,20 +285,15 @@ class MeasureValued(DifferenceEstimator):
         return layout.reduce((eta - eta.detach()) * (coefficient * delta).detach(), e)
 
     def perturbation(self, draw: SiteDraw) -> Perturbation:
-        """The one-run engine's proposal at a discrete site (:mod:`pyro_grad.engine.one_run`):
-        every element's coupled jump and the coefficient ``c`` of its difference of f
-        (:func:`jump_coefficients`); per particle one element is moved, chosen with
-        probability ``|c| / Σ|c|``, and its coefficient becomes ``sign(c)·Σ|c|``, so that
-        the proposal's mean is ``Σ_elements c·Δf``, the re-run engine's."""
-        fn, value, layout = draw.fn, draw.value, draw.layout
-        leaf = leaf_distribution(fn)
-        event_dim = len(fn.event_shape)
-        moved, eta, coefficient = jump_coefficients(leaf, value)
-        coefficient = torch.where(active_elements(leaf, value), coefficient, torch.zeros_like(coefficient))
-        mask, magnitude = choose_in_proportion(coefficient.abs(), layout, event_dim)
-        kept = torch.where(mask, coefficient.sign() * layout.align(magnitude, event_dim), torch.zeros_like(coefficient))
-        lever = (eta - eta.detach()) * kept
-        return Perturbation(torch.where(mask, moved, value), mask, lever, magnitude)
+        """The one-run engine's jumps at a discrete site (:mod:`pyro_grad.engine.one_run`):
+        every element's coupled jump, the parameter its difference differentiates and its
+        coefficient ``c`` (:func:`jump_coefficients`; 0 where the element cannot move). The
+        engine keeps one element per particle among every one-run site's, in proportion to
+        ``|c|`` times its sensitivity to the parameters, and reweights it."""
+        leaf = leaf_distribution(draw.fn)
+        moved, eta, coefficient = jump_coefficients(leaf, draw.value)
+        coefficient = torch.where(active_elements(leaf, draw.value), coefficient, torch.zeros_like(coefficient))
+        return Perturbation(moved, eta, coefficient)
 
     # Continuous sites: weak derivatives.
 

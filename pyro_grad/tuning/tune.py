@@ -7,7 +7,11 @@ repeat until a round changes nothing (coordinate descent, at most ``max_rounds``
 Every measurement replays the same seed, so candidates are compared on common random
 numbers, and a configuration measured once is never measured again. After the first
 round a site re-measures only its contenders: the candidates within
-:data:`CONTENDER_FACTOR` of its best.
+:data:`CONTENDER_FACTOR` of its best. Last, in an expectation where two or more discrete
+sites are tuned, they are measured once more all on ``MeasureValued``'s one-run engine
+(which shares one alternative run among them, so one site alone gains nothing and the
+site-by-site descent cannot find it), and that is kept if it ranks better
+(:func:`one_engine`).
 """
 
 import math
@@ -25,6 +29,7 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.handler import latent_sites
 from pyro_grad.objectives.objective import Objective, objective_type
 from pyro_grad.gradient_estimators import Estimator, MeasureValued, Score, Site
+from pyro_grad.gradient_estimators.measure_valued import discrete
 from pyro_grad.gradient_estimators.registry import not_applicable
 
 #: After the first round, a site re-measures only the candidates within this factor of
@@ -345,6 +350,7 @@ def _search(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tuni
     except (EstimatorError, NotImplementedError):
         pass  # the program's own choices cannot run: the candidates' rows will say why
     current: Dict[str, Estimator] = {}
+    flagged_one_run: set = set()
     contenders: Dict[str, List[Estimator]] = {}
     rows: List[Dict[str, Any]] = []
     rounds = 0
@@ -361,6 +367,7 @@ def _search(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tuni
                 results.append((estimator, eligible, position, figures))
             # Every unbiased candidate's mean against an estimator that needs no smoothness.
             flags = disagree(name, results)
+            flagged_one_run |= {name for e, _, p, _ in results if flags.get(p) and _is_one_run(e)}
             results = [(e, eligible and not flags.get(position, False), position, figures)
                        for e, eligible, position, figures in results]
             runnable = [r for r in results if r[1] and not r[3]["refused"]]
@@ -386,8 +393,43 @@ def _search(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tuni
                 })
         if not changed or len(options) == 1:
             break
+    together = one_engine(current, by_name, kind, flagged_one_run)
+    if together is not None:
+        # A one-run site alone costs what a re-run does: the engine's worth shows only
+        # when the discrete sites share its one alternative run, so they are tried together.
+        before, after = measure(current), measure(together)
+        keep = not after["refused"] and _finite(after[ranking]) < _finite(before[ranking])
+        for name in (n for n in together if together[n] != current.get(n)):
+            for estimator, figures, chosen in ((current.get(name), before, not keep), (together[name], after, keep)):
+                rows.append({
+                    "round": rounds + 1, "site": name, "distribution": describe(by_name[name].fn),
+                    "estimator": repr(estimator), "unbiased": True, "eligible": not figures["refused"],
+                    **at_site(figures, name), "agrees with the reference": None, "refused": figures["refused"],
+                    "chosen": chosen,
+                })
+        if keep:
+            current, rounds = together, rounds + 1
     config = {site.name: current.get(site.name, fixed.get(site.name)) for site, _ in sites}
     return Tuning(config, pd.DataFrame(rows), settings.metric, rounds, fixed)
+
+
+def _is_one_run(estimator: Optional[Estimator]) -> bool:
+    return isinstance(estimator, MeasureValued) and estimator.one_run
+
+
+def one_engine(current: Dict[str, Estimator], sites: Mapping[str, Site], objective: str,
+               flagged: set) -> Optional[Dict[str, Estimator]]:
+    """``current`` with every tuned discrete site that ``MeasureValued`` takes on the
+    one-run engine, when there are two or more in an expectation, that moves one of them,
+    and none had the one-run engine's mean flagged; else None."""
+    if objective != "expectation":
+        return None
+    one_run = MeasureValued(engine="one-run")
+    names = [n for n in current if discrete(sites[n].fn) and one_run.applies_to(sites[n])
+             and one_run.refusal(sites[n]) is None]
+    if len(names) < 2 or flagged & set(names) or all(_is_one_run(current[n]) for n in names):
+        return None
+    return {**current, **{n: MeasureValued(engine="one-run") for n in names}}
 
 
 def _finite(value: float) -> float:
