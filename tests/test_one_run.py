@@ -6,6 +6,8 @@ one-run engine's mean over independent draws must lie within Z = 4 standard erro
 it (``assert_mean``), and its cost must not grow with the number of sites.
 """
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -124,11 +126,11 @@ def test_where_the_one_run_engine_does_not_apply_it_says_what_does():
     with pytest.raises(pg.EstimatorError, match="engine must be one of"):
         pg.MeasureValued(engine="once")
 
-    def normal(theta):
-        return pyro.sample("z", dist.Normal(theta, 1.0)) ** 2
+    def gamma(theta):  # its concentration has no weak derivative here
+        return pyro.sample("z", dist.Gamma(theta, 1.0)) ** 2
 
-    with pytest.raises(pg.EstimatorError, match="engine='one-run' is built for discrete sites"):
-        pg.expectation(pg.estimators(normal, default=ONE_RUN), torch.tensor(0.5, requires_grad=True))
+    with pytest.raises(pg.EstimatorError, match="concentration"):
+        pg.expectation(pg.estimators(gamma, default=ONE_RUN), torch.tensor(0.5, requires_grad=True))
 
     def model():
         pyro.sample("b", dist.Bernoulli(0.5))
@@ -138,6 +140,39 @@ def test_where_the_one_run_engine_does_not_apply_it_says_what_does():
 
     with pytest.raises(pg.EstimatorError, match="engine='one-run' is built for pg.expectation"):
         pg.ELBO().differentiable_loss(model, pg.estimators(guide, {"b": ONE_RUN}))
+
+
+def test_a_threshold_on_a_normal_whose_loc_and_scale_move_has_the_closed_form_gradient():
+    # x ~ Normal(θ, s), s = 1 + θ²/2; f = 1[x > ½] + x². E[f] = Φ((θ − ½)/s) + θ² + s², so
+    # ∂θ E[f] = φ((θ − ½)/s)·∂θ((θ − ½)/s) + 2θ + 2sθ. The pathwise gradient misses the
+    # threshold; the weak derivatives' jumps (loc: X ± sR; scale: X → θ + sM) do not.
+    def program(theta):
+        x = pyro.sample("x", dist.Normal(theta, 1 + theta**2 / 2))
+        return (x > 0.5).to(x.dtype) + x**2
+
+    theta = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    s = 1 + theta**2 / 2
+    expected = torch.distributions.Normal(0.0, 1.0).cdf((theta - 0.5) / s) + theta**2 + s**2
+    (exact,) = torch.autograd.grad(expected, theta)
+    draws = expectation_draws(pg.estimators(program, default=ONE_RUN), torch.tensor(0.3, requires_grad=True),
+                              num_samples=6000)["theta"]
+    assert_mean(draws, float(exact))
+
+
+def test_a_continuous_draw_feeding_a_discrete_one_shares_the_one_run():
+    # x ~ Exponential(θ), k | x ~ Poisson(x); f = k² + 1[x > 1]. E[k²] = E[x + x²] = 1/θ + 2/θ²
+    # and P(x > 1) = e^{−θ}: ∂θ E[f] = −1/θ² − 4/θ³ − e^{−θ}. x's jump (X → X + E/θ) moves the
+    # Poisson's rate, whose draw follows on common random numbers; k's jump is k + 1.
+    def program(theta):
+        x = pyro.sample("x", dist.Exponential(theta))
+        k = pyro.sample("k", dist.Poisson(x))
+        return k**2 + (x > 1).to(x.dtype)
+
+    theta = 1.5
+    exact = -1 / theta**2 - 4 / theta**3 - math.exp(-theta)
+    draws = expectation_draws(pg.estimators(program, default=ONE_RUN), torch.tensor(theta, requires_grad=True),
+                              num_samples=6000)["theta"]
+    assert_mean(draws, exact)
 
 
 def test_independent_steps_give_the_exact_gradient_on_every_draw():

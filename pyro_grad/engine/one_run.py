@@ -122,28 +122,30 @@ def choose(weights: torch.Tensor) -> torch.Tensor:
 
 
 def pruned_terms(
-    perturbations: Dict[str, Tuple[Perturbation, torch.Tensor, int]],
+    perturbations: Dict[str, Tuple[List[Perturbation], torch.Tensor, int]],
     layout: ParticleLayout,
     f: torch.Tensor,
     run_changes: Callable[[Dict[str, Tuple[torch.Tensor, torch.Tensor]]], torch.Tensor],
     inputs: Sequence[torch.Tensor] = (),
 ) -> Dict[str, torch.Tensor]:
     """Per-particle ``(P,)`` terms of each site of ``perturbations`` (site → its
-    :class:`Perturbation`, its first-run value and its event dims), from one alternative
-    run: ``run_changes({site: (value, picked)})`` runs the program with each site's
-    ``value`` at the particles ``picked`` (a mask shaped to broadcast against it) and
-    returns that run's f ``(P,)``; ``f`` is the first run's, ``(P,)``; ``inputs`` are the
-    tensors θ the sensitivities differentiate in (the module docs)."""
-    names = list(perturbations)
-    shaped = {n: (p.coefficient.expand(v.shape), p.eta.expand(v.shape)) for n, (p, v, _) in perturbations.items()}
-    tangents = dict(zip(names, sensitivities([shaped[n][1] for n in names], inputs)))
+    :class:`Perturbation` s, one per kind of jump its elements offer, its first-run value
+    and its event dims), from one alternative run: ``run_changes({site: (value,
+    picked)})`` runs the program with each site's ``value`` at the particles ``picked`` (a
+    mask shaped to broadcast against it) and returns that run's f ``(P,)``; ``f`` is the
+    first run's, ``(P,)``; ``inputs`` are the tensors θ the sensitivities differentiate in
+    (the module docs)."""
+    offers = [(name, offer) for name, (offered, _, _) in perturbations.items() for offer in offered]
+    shaped = [(offer.coefficient.expand(perturbations[name][1].shape), offer.eta.expand(perturbations[name][1].shape))
+              for name, offer in offers]
+    tangents = sensitivities([eta for _, eta in shaped], inputs)
 
     def flat(name: str, t: torch.Tensor) -> torch.Tensor:  # (P, elements of one particle)
         return layout.first(t.expand(perturbations[name][1].shape), perturbations[name][2]).reshape(layout.num, -1)
 
-    size = torch.cat([flat(n, shaped[n][0]) for n in names], 1).abs()  # |c|, (P, elements)
-    tangent = torch.cat([flat(n, tangents[n] if tangents[n] is not None else torch.zeros(()))
-                         for n in names], 1)
+    size = torch.cat([flat(name, c) for (name, _), (c, _) in zip(offers, shaped)], 1).abs()  # |c|, (P, jumps)
+    tangent = torch.cat([flat(name, t if t is not None else torch.zeros(()))
+                         for (name, _), t in zip(offers, tangents)], 1)
     tiny = torch.finfo(size.dtype).tiny
     by_size = size.sum(1, keepdim=True).clamp(min=tiny)
     by_sensitivity = (size * tangent).sum(1, keepdim=True)
@@ -154,22 +156,23 @@ def pruned_terms(
     kept = choose(size * share)
     # The kept element's c/π = sign(c) / share.
     scale = torch.where(kept.any(1), 1 / (share * kept).sum(1).clamp(min=tiny), torch.zeros(kept.shape[0]))
-    masks, changes, start = {}, {}, 0
-    for name in names:
-        perturbation, value, event_dim = perturbations[name]
+    masks, changes, start = [], {name: (value, None) for name, (_, value, _) in perturbations.items()}, 0
+    for name, offer in offers:
+        _, value, event_dim = perturbations[name]
         width = flat(name, value).shape[1]
         block = kept[:, start:start + width]
         start += width
-        like = layout.first(value, event_dim)
-        masks[name] = layout.natural(block.reshape(like.shape), value, event_dim)
-        picked = layout.align(block.any(1), event_dim)
-        changes[name] = (torch.where(masks[name], perturbation.value, value), picked)
+        mask = layout.natural(block.reshape(layout.first(value, event_dim).shape), value, event_dim)
+        masks.append(mask)
+        # At most one jump per particle is kept, so a site's offers never overlap.
+        moved, picked = changes[name]
+        here = layout.align(block.any(1), event_dim)
+        changes[name] = (torch.where(mask, offer.value.to(value.dtype), moved), here if picked is None else picked | here)
     delta = (run_changes(changes) - f).detach()
-    terms = {}
-    for name in names:
-        perturbation, _, event_dim = perturbations[name]
-        coefficient, eta = shaped[name]
-        sign = torch.where(masks[name], coefficient.sign(), torch.zeros_like(coefficient))
-        lever = (eta - eta.detach()) * sign * layout.align(scale * delta, event_dim)
-        terms[name] = layout.reduce(lever, event_dim)
+    terms: Dict[str, torch.Tensor] = {}
+    for (name, _), (coefficient, eta), mask in zip(offers, shaped, masks):
+        event_dim = perturbations[name][2]
+        sign = torch.where(mask, coefficient.sign(), torch.zeros_like(coefficient))
+        lever = layout.reduce((eta - eta.detach()) * sign * layout.align(scale * delta, event_dim), event_dim)
+        terms[name] = terms[name] + lever if name in terms else lever
     return terms

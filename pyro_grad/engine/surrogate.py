@@ -270,7 +270,7 @@ def one_run_terms(
     for name, site, estimator in difference_sites(trace, sites, one_run=True):
         fn = density(site["fn"])
         draw = SiteDraw(name, fn, plain(site["value"]).detach(), layout, False, False)
-        perturbations[name] = (estimator.perturbation(draw), draw.value, len(fn.event_shape))
+        perturbations[name] = (estimator.perturbations(draw), draw.value, len(fn.event_shape))
     if not perturbations:
         return {}
     return pruned_terms(perturbations, layout, f.detach().reshape(layout.num), run_changes, inputs)

@@ -61,13 +61,13 @@ class _Antithetic(EngineChoice):
                                 logits.detach())
         return layout.reduce((logits - logits.detach()) * g.detach(), len(fn.event_shape))
 
-    def perturbation(self, draw: SiteDraw) -> Perturbation:
+    def perturbations(self, draw: SiteDraw) -> List[Perturbation]:
         """Each element's twin, its logit and ``c`` (the module docs' one-run form)."""
         (twin,), (u, _) = self.alternatives(draw)
         value = draw.value
         logits = logits_of(leaf_distribution(draw.fn)).expand(value.shape)
         c = self.twin_coefficient(value, u, twin, logits.detach()) * (twin != value).to(value.dtype)
-        return Perturbation(twin, logits, c)
+        return [Perturbation(twin, logits, c)]
 
     def logit_gradient(self, f, f_twin, b, u, twin, logits) -> torch.Tensor:
         """The per-element estimate of ∂f/∂φ from the pair's values (module docs)."""

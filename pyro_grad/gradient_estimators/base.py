@@ -361,7 +361,7 @@ class EngineChoice(DifferenceEstimator):
     """A difference estimator that runs on either engine: ``engine="rerun"``, its own
     re-runs (``alternatives``), or ``engine="one-run"``, one alternative run shared by
     every one-run site of the program (:mod:`pyro_grad.engine.one_run`), for which
-    ``perturbation(draw)`` offers each element's jump; ``pg.expectation`` only, so far."""
+    ``perturbations(draw)`` offers each element's jumps; ``pg.expectation`` only, so far."""
 
     engine: str = "rerun"
 
@@ -385,8 +385,10 @@ class EngineChoice(DifferenceEstimator):
             return 1
         return super().evaluations(site)
 
-    def perturbation(self, draw: SiteDraw) -> Perturbation:
-        """Every element's jump, the parameter its difference of f differentiates and its
-        coefficient ``c`` (0 where it cannot move): the re-run engine's term of the element
-        is ``c · (f(jumped) − f) · ∂θ η``."""
+    def perturbations(self, draw: SiteDraw) -> List[Perturbation]:
+        """Each kind of jump the elements offer (one for a discrete site; one per
+        alternative of each moving parameter for a weak derivative): every element's
+        jumped value, the parameter its difference of f differentiates and its coefficient
+        ``c`` (0 where it cannot move), so that the re-run engine's sum is
+        ``Σ_jumps Σ_elements c · (f(jumped) − f) · ∂θ η``."""
         raise NotImplementedError

@@ -57,12 +57,14 @@ Cost, evaluations per particle: 2 for a discrete site (1 + the number of categor
 a Categorical); for a continuous one 1 + the runs of the parameters that move (4 for a
 Normal whose loc and scale both move, 2 for an Exponential).
 
-``engine="one-run"`` (discrete sites, ``pg.expectation``): instead of a re-run per site,
-every element of every such site offers its jump (:meth:`MeasureValued.perturbation`), one
-per particle is kept, with probability in proportion to ``|c|`` (its coefficient in the
-first table) times its sensitivity to the parameters, and reweighted, and the program
-runs once more (:mod:`pyro_grad.engine.one_run`): 2 evaluations per particle in all,
-whatever the number of sites (Arya et al., NeurIPS 2022).
+``engine="one-run"`` (``pg.expectation``): instead of a re-run per site and alternative,
+every element of every such site offers its jumps (:meth:`MeasureValued.perturbations`:
+a discrete element its coupled jump with coefficient ``c`` from the first table; a
+continuous one ``X⁺`` with ``+c`` and ``X⁻`` with ``−c`` for each moving parameter's weak
+derivative), one per particle is kept, drawn in proportion to ``|c|`` (and to its
+sensitivity to a scalar parameter), and reweighted, and the program runs once more
+(:mod:`pyro_grad.engine.one_run`): 2 evaluations per particle in all, whatever the
+number of sites (Arya et al., NeurIPS 2022).
 """
 
 from dataclasses import dataclass
@@ -191,8 +193,8 @@ class MeasureValued(EngineChoice):
     (rate) or Uniform site (Mohamed et al. 2020, §6). Unbiased; cost 2 evaluations per
     particle for a discrete site (a Categorical: one per category, plus 1), 1 + the
     runs of the moving parameters for a continuous one (a Normal: loc 2, scale 1).
-    With ``engine="one-run"`` every such discrete site shares one alternative run, its
-    jump pruned with theirs (2 evaluations per particle in all; module docs)."""
+    With ``engine="one-run"`` every such site shares one alternative run, its jumps
+    pruned with theirs (2 evaluations per particle in all; module docs)."""
 
     unbiased = True
 
@@ -219,9 +221,6 @@ class MeasureValued(EngineChoice):
         return []
 
     def refusal(self, site: Site) -> Optional[str]:
-        if self.one_run and self.applies_to(site) and not discrete(site.fn):
-            return ("engine='one-run' is built for discrete sites (Bernoulli, Binomial, Poisson, Geometric, "
-                    "Categorical); at a continuous site MeasureValued() re-runs the program (engine='rerun')")
         found = weak.family_of(site.fn) if self.applies_to(site) and not discrete(site.fn) else None
         if found is not None:
             reason = self._refused(*found)
@@ -284,18 +283,42 @@ class MeasureValued(EngineChoice):
         _, eta, coefficient = jump_coefficients(leaf, value)
         return layout.reduce((eta - eta.detach()) * (coefficient * delta).detach(), e)
 
-    def perturbation(self, draw: SiteDraw) -> Perturbation:
-        """The one-run engine's jumps at a discrete site (:mod:`pyro_grad.engine.one_run`):
-        every element's coupled jump, the parameter its difference differentiates and its
-        coefficient ``c`` (:func:`jump_coefficients`; 0 where the element cannot move). The
-        engine keeps one element per particle among every one-run site's, in proportion to
-        ``|c|`` times its sensitivity to the parameters, and reweights it."""
+    def perturbations(self, draw: SiteDraw) -> List[Perturbation]:
+        """The one-run engine's jumps (:mod:`pyro_grad.engine.one_run`). A discrete site
+        offers every element's coupled jump, the parameter its difference differentiates
+        and its coefficient ``c`` (:func:`jump_coefficients`; 0 where the element cannot
+        move). A continuous one offers, for each moving parameter's weak derivative
+        ``c·(f(X⁺) − f(X⁻))``, ``X⁺`` with ``+c`` and ``X⁻`` with ``−c`` (each a jump from the
+        site's own draw; one that is the draw itself is left out)."""
+        value = draw.value
         leaf = leaf_distribution(draw.fn)
-        moved, eta, coefficient = jump_coefficients(leaf, draw.value)
-        coefficient = torch.where(active_elements(leaf, draw.value), coefficient, torch.zeros_like(coefficient))
-        return Perturbation(moved, eta, coefficient)
+        if discrete(draw.fn):
+            moved, eta, coefficient = jump_coefficients(leaf, value)
+            coefficient = torch.where(active_elements(leaf, value), coefficient, torch.zeros_like(coefficient))
+            return [Perturbation(moved, eta, coefficient)]
+        family, leaf = weak.family_of(draw.fn)
+        self._check_still_applies(draw, family, leaf)
+        params = given_parameters(leaf)
+        offers = []
+        for d in weak.derivatives(family, leaf, value, weak.moving_parameters(leaf)):
+            eta = plain(params[d.parameter]).expand(value.shape)
+            for jumped, sign in ((d.plus, 1.0), (d.minus, -1.0)):
+                if jumped is not None:
+                    offers.append(Perturbation(jumped.to(value.dtype), eta, sign * d.constant.expand(value.shape)))
+        return offers
 
     # Continuous sites: weak derivatives.
+
+    def _check_still_applies(self, draw: SiteDraw, family: weak.Family, leaf: Any) -> None:
+        """Refuse a parameter shifted to move after the handler's check (a diagnostic's
+        shift of the site's own parameters)."""
+        reason = self._refused(family, leaf)
+        if reason is not None:
+            raise EstimatorError(
+                f"{self!r} does not apply to site '{draw.name}' ({describe(draw.fn)}): {reason}. The "
+                "parameter was shifted after the estimator was chosen, as pg.diagnose shifts each site's "
+                "own parameters: pass sites=False there to differentiate the arguments alone"
+            )
 
     def _weak_alternatives(self, draw: SiteDraw) -> Tuple[List[torch.Tensor], Any]:
         """One run per alternative value of the moving parameters' weak derivatives (the
@@ -304,13 +327,7 @@ class MeasureValued(EngineChoice):
         value = draw.value
         family, leaf = weak.family_of(draw.fn)
         moving = weak.moving_parameters(leaf)
-        reason = self._refused(family, leaf)
-        if reason is not None:  # moved after the handler's check: a diagnostic's shift of the site
-            raise EstimatorError(
-                f"{self!r} does not apply to site '{draw.name}' ({describe(draw.fn)}): {reason}. The "
-                "parameter was shifted after the estimator was chosen, as pg.diagnose shifts each site's "
-                "own parameters: pass sites=False there to differentiate the arguments alone"
-            )
+        self._check_still_applies(draw, family, leaf)
         mask, elements = chosen_elements(draw, torch.ones(value.shape, dtype=torch.bool))
         alternatives, plan = [], []
 
