@@ -331,3 +331,29 @@ def test_the_antithetic_one_run_engine_costs_two_evaluations_and_says_where_it_d
 
     with pytest.raises(pg.EstimatorError, match=r"engine='one-run' is built for pg.expectation so far; in a bound ARM\(\)"):
         pg.ELBO().differentiable_loss(model, pg.estimators(guide, {"b": pg.ARM(engine="one-run")}))
+
+
+def test_a_subsampled_plate_replays_its_minibatch_in_the_alternative_run():
+    # b_i ~ Bernoulli(θ·w_i) for a minibatch of 4 of 10 elements (scaled by 10/4), then
+    # k ~ Poisson(1 + t), t = 2.5·Σ_i b_i·w_i, and f = k + t: given the minibatch I,
+    # ∂θ E[f | I] = 2 · 2.5 · Σ_{i∈I} w_i². Every run of a call (the first and the
+    # alternative) must see the first run's minibatch; over 30 calls of 400 particles,
+    # each call's error from its own minibatch's gradient averages to 0 within Z SEs.
+    w = torch.linspace(0.1, 1.0, 10)
+    minibatches = []
+
+    def program(theta):
+        with pyro.plate("data", 10, subsample_size=4) as index:
+            minibatches.append(index.clone())
+            b = pyro.sample("b", dist.Bernoulli(theta * w[index]))
+        total = (b * w[index]).sum(-1, keepdim=True) * 10 / 4  # the particles lie left of the plate
+        return pyro.sample("k", dist.Poisson(1 + total)) + total
+
+    errors = []
+    for call in range(30):
+        minibatches.clear()
+        theta = torch.tensor(0.4, requires_grad=True)
+        pg.expectation(pg.estimators(program, default=ONE_RUN), theta, num_particles=400, max_plate_nesting=1).backward()
+        assert len(minibatches) >= 2 and all(torch.equal(m, minibatches[0]) for m in minibatches)
+        errors.append(float(theta.grad) - float(2 * 2.5 * (w[minibatches[0]] ** 2).sum()))
+    assert_mean(torch.tensor(errors), 0.0)
