@@ -44,7 +44,10 @@ element, as the re-run engine does. ``Δ f`` is that run's f minus the first run
 Cost: 2 evaluations per particle, whatever the number of sites (the re-run engine: 1 + 1
 per site), plus two backward passes over the parameters' graph for the sensitivities.
 Python control flow needs no special care: the alternative run follows its own branches,
-as a re-run does. Variance: one perturbation per particle where the re-run engine
+as a re-run does. In ``pg.ELBO`` f is the whole per-particle ELBO (the terms a jump does
+not reach are replayed, and cancel): the per-plate Rao-Blackwellization the re-run
+engine gives a site inside a data plate (every element moved, each differencing its own
+terms) is not built here yet. Variance: one perturbation per particle where the re-run engine
 differences every element, so more per draw; the work per draw is what falls
 (``benchmarks/bench_one_run.py`` measures where it wins). StochasticAD.jl prunes lazily,
 value by value, and drops a perturbation whose alternative has rejoined the first run
@@ -52,12 +55,13 @@ value by value, and drops a perturbation whose alternative has rejoined the firs
 this engine does not do (on the walk, by hand in torch: 6.5 lazily against 8.7 at once).
 """
 
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
 
 from pyro_grad.engine.particles import ParticleLayout
+from pyro_grad.engine.provenance import plain
 
 #: The share of the |c|-proportional proposal in the defensive mixture (module docs).
 DEFENSIVE = 0.5
@@ -76,6 +80,31 @@ class Perturbation(NamedTuple):
 def forward_tangent(t: torch.Tensor) -> Optional[torch.Tensor]:
     """The forward-mode tangent ``t`` carries at the current dual level, or None."""
     return fwAD.unpack_dual(t).tangent
+
+
+def differentiable_inputs(args: tuple, kwargs: dict, trace) -> List[torch.Tensor]:
+    """The tensors the caller's backward can reach that the call shows: arguments (and
+    those in a list, tuple or dict argument, and a module's parameters) and
+    ``pyro.param``/``pyro.module`` values, that require grad or carry a forward-mode
+    tangent. The one-run engine's sensitivities are taken in them (one left out only
+    makes its pruning weights less apt, never the estimate biased)."""
+    found = []
+
+    def add(value: Any) -> None:
+        if torch.is_tensor(value):
+            found.append(value)
+        elif isinstance(value, torch.nn.Module):
+            found.extend(value.parameters())
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if torch.is_tensor(v))
+        elif isinstance(value, dict):
+            found.extend(v for v in value.values() if torch.is_tensor(v))
+
+    for value in (*args, *kwargs.values()):
+        add(value)
+    found.extend(plain(site["value"]) for site in trace.nodes.values() if site["type"] == "param")
+    unique = {id(t): t for t in found if t.requires_grad or forward_tangent(t) is not None}
+    return list(unique.values())
 
 
 def sensitivities(etas: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> List[Optional[torch.Tensor]]:

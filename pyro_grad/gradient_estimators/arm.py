@@ -17,7 +17,7 @@ the batch. ``u`` is drawn at derivative time
 given the sampled ``b`` (``u | b`` is uniform on the side of ``σ(φ)`` that ``b`` fell on),
 which has the same joint law as drawing it first. Cost: 2 evaluations per particle.
 
-``engine="one-run"`` (``pg.expectation``): every element is its own univariate pair
+``engine="one-run"`` (``pg.expectation`` and ``pg.ELBO``): every element is its own univariate pair
 instead (the others held at their draws, later sites redrawn on common random numbers),
 and offers its twin as a jump to the one-run engine (:mod:`pyro_grad.engine.one_run`),
 which keeps one element per particle among every one-run site's: the element's term is

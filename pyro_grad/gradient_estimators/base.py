@@ -361,7 +361,8 @@ class EngineChoice(DifferenceEstimator):
     """A difference estimator that runs on either engine: ``engine="rerun"``, its own
     re-runs (``alternatives``), or ``engine="one-run"``, one alternative run shared by
     every one-run site of the program (:mod:`pyro_grad.engine.one_run`), for which
-    ``perturbations(draw)`` offers each element's jumps; ``pg.expectation`` only, so far."""
+    ``perturbations(draw)`` offers each element's jumps (in ``pg.expectation`` and
+    ``pg.ELBO``, the estimators' objectives)."""
 
     engine: str = "rerun"
 
@@ -373,12 +374,6 @@ class EngineChoice(DifferenceEstimator):
     def one_run(self) -> bool:
         """Whether this site's jumps share the program's one alternative run."""
         return self.engine == "one-run"
-
-    def objective_refusal(self, site: Site, objective: str) -> Optional[str]:
-        if self.one_run and objective != "expectation":
-            return (f"engine='one-run' is built for pg.expectation so far; in a bound {type(self).__name__}() "
-                    "re-runs the program per site (engine='rerun')")
-        return super().objective_refusal(site, objective)
 
     def evaluations(self, site: Site) -> int:
         if self.one_run:  # the program's one alternative run is counted once, by the objective

@@ -57,7 +57,7 @@ Cost, evaluations per particle: 2 for a discrete site (1 + the number of categor
 a Categorical); for a continuous one 1 + the runs of the parameters that move (4 for a
 Normal whose loc and scale both move, 2 for an Exponential).
 
-``engine="one-run"`` (``pg.expectation``): instead of a re-run per site and alternative,
+``engine="one-run"`` (``pg.expectation`` and ``pg.ELBO``): instead of a re-run per site and alternative,
 every element of every such site offers its jumps (:meth:`MeasureValued.perturbations`:
 a discrete element its coupled jump with coefficient ``c`` from the first table; a
 continuous one ``X⁺`` with ``+c`` and ``X⁻`` with ``−c`` for each moving parameter's weak

@@ -44,8 +44,10 @@ from pyro_grad.engine.surrogate import (
     difference_terms,
     evaluations,
     group,
+    one_run_terms,
     score_part,
 )
+from pyro_grad.engine.one_run import differentiable_inputs
 from pyro_grad.engine.particles import (
     ParticleLayout,
     concat_particles,
@@ -356,6 +358,20 @@ class ELBO(pyro.infer.ELBO):
             f = site_f(by_plates, elbo, run.guide_trace.nodes[site], layout, first.read)
             return f if keep_gradients else f.detach()
 
+        def run_changes(run: ImportanceRun, changes: Dict[str, Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+            # The one-run engine's alternative run (pyro_grad.engine.one_run): each site's
+            # jumped value at the particles that kept it; returns the per-particle ELBO.
+            alternative_model, alternative_guide = model, guide
+            if dim is not None:
+                alternative_model = self._vectorized_num_particles(model)
+                alternative_guide = self._vectorized_num_particles(guide)
+            values = {name: value for name, (value, _) in changes.items()}
+            picked = {name: mask for name, (_, mask) in changes.items()}
+            with AlternativeRun(run.guide_full, values, run.model_full, picked=picked), torch.no_grad():
+                again = importance_run(alternative_model, alternative_guide, args, kwargs, self.max_plate_nesting,
+                                       scores=False)
+            return terms_by_plates(again.model_trace, again.guide_trace, layout)[0]
+
         elbos, surrogates, blocks, differences = [], [], [], []
         guide_trace = None
         for run in self._step_runs(model, guide, args, kwargs, watch=surrogate and self.watch_jumps):
@@ -378,15 +394,20 @@ class ELBO(pyro.infer.ELBO):
             surrogates.append(terms.surrogate)
             blocks.append(terms.block)
             if surrogate:
-                differences.append(
-                    difference_terms(
-                        guide_trace, layout,
-                        lambda s, t=terms, g=guide_trace: site_f(t.by_plates, t.elbo, g.nodes[s], layout, t.read).detach(),
-                        lambda s, v, keep, relaxed, t=terms, r=run: run_alternative(r, t, s, v, keep, relaxed),
-                        local=lambda s, t=terms, g=guide_trace: stays_in_plates(t, g.nodes[s]),
-                        scored=True,
-                    )
+                rerun_terms, losses = difference_terms(
+                    guide_trace, layout,
+                    lambda s, t=terms, g=guide_trace: site_f(t.by_plates, t.elbo, g.nodes[s], layout, t.read).detach(),
+                    lambda s, v, keep, relaxed, t=terms, r=run: run_alternative(r, t, s, v, keep, relaxed),
+                    local=lambda s, t=terms, g=guide_trace: stays_in_plates(t, g.nodes[s]),
+                    scored=True,
                 )
+                # One-run sites difference the whole per-particle ELBO (the terms a jump does
+                # not reach are replayed, and cancel).
+                rerun_terms.update(one_run_terms(
+                    guide_trace, layout, terms.elbo, lambda changes, r=run: run_changes(r, changes),
+                    inputs=differentiable_inputs(args, kwargs, run.guide_full),
+                ))
+                differences.append((rerun_terms, losses))
         elbo = group(concat_particles(elbos), num_samples).mean(1)
         if not surrogate:
             return elbo, Estimates(elbo, evaluations=evaluations(guide_trace))

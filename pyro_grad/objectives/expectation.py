@@ -13,7 +13,7 @@ from pyro_grad.engine.provenance import plain, provenance_of
 from pyro_grad import baselines
 from pyro_grad.distributions import describe, parameter_provenance, unmasked
 from pyro_grad.engine.alternative_run import AlternativeRun
-from pyro_grad.engine.one_run import forward_tangent
+from pyro_grad.engine.one_run import differentiable_inputs
 from pyro_grad.engine.particles import (
     PARTICLES,
     ParticleLayout,
@@ -340,31 +340,6 @@ def expectation_estimates(
     estimates = assemble(values, blocks, difference_blocks, num_samples, traces[0], args, kwargs, loss_sign=1.0)
     estimates.reasons = choice_reasons(traces[0], guard)
     return estimates
-
-
-def differentiable_inputs(args: tuple, kwargs: dict, trace) -> List[torch.Tensor]:
-    """The tensors the caller's backward can reach that the call shows: arguments (and
-    those in a list, tuple or dict argument, and a module's parameters) and
-    ``pyro.param``/``pyro.module`` values, that require grad or carry a forward-mode
-    tangent. The one-run engine's sensitivities are taken in them (one left out only
-    makes its pruning weights less apt, never the estimate biased)."""
-    found = []
-
-    def add(value: Any) -> None:
-        if torch.is_tensor(value):
-            found.append(value)
-        elif isinstance(value, torch.nn.Module):
-            found.extend(value.parameters())
-        elif isinstance(value, (list, tuple)):
-            found.extend(v for v in value if torch.is_tensor(v))
-        elif isinstance(value, dict):
-            found.extend(v for v in value.values() if torch.is_tensor(v))
-
-    for value in (*args, *kwargs.values()):
-        add(value)
-    found.extend(plain(site["value"]) for site in trace.nodes.values() if site["type"] == "param")
-    unique = {id(t): t for t in found if t.requires_grad or forward_tangent(t) is not None}
-    return list(unique.values())
 
 
 def differentiated(traces) -> list:
