@@ -45,9 +45,11 @@ Cost: 2 evaluations per particle, whatever the number of sites (the re-run engin
 per site), plus two backward passes over the parameters' graph for the sensitivities.
 Python control flow needs no special care: the alternative run follows its own branches,
 as a re-run does. In ``pg.ELBO`` f is the whole per-particle ELBO (the terms a jump does
-not reach are replayed, and cancel): the per-plate Rao-Blackwellization the re-run
-engine gives a site inside a data plate (every element moved, each differencing its own
-terms) is not built here yet. Variance: one perturbation per particle where the re-run engine
+not reach are replayed, and cancel), or, when every one-run site lies in the same data
+plates and its terms stay there, each plate element keeps one jump of its own and
+differences its own terms (:class:`Rows`; the re-run engine's per-plate
+Rao-Blackwellization: elements are conditionally independent, so one alternative run
+serves them all). Variance: one perturbation per particle where the re-run engine
 differences every element, so more per draw; the work per draw is what falls
 (``benchmarks/bench_one_run.py`` measures where it wins). StochasticAD.jl prunes lazily,
 value by value, and drops a perturbation whose alternative has rejoined the first run
@@ -150,29 +152,60 @@ def choose(weights: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.one_hot(index, weights.shape[1]).bool() & movable & (weights > 0)
 
 
+class Rows:
+    """The groups the engine keeps one jump in: each particle, or with ``batch`` (the
+    natural batch shape every site shares) each particle's plate element, each keeping
+    one jump of its own and differencing its own terms of f (an ELBO's sites whose terms
+    stay in their plates: the per-plate Rao-Blackwellization)."""
+
+    def __init__(self, layout: ParticleLayout, batch: Optional[torch.Size] = None):
+        self.layout, self.batch = layout, batch
+        self.count = layout.num if batch is None else layout.first(torch.empty(batch)).numel()
+
+    def of(self, t: torch.Tensor, value: torch.Tensor, event_dim: int) -> torch.Tensor:
+        """``t`` (broadcast to ``value``) as ``(rows, elements of a row)``."""
+        return self.layout.first(t.expand(value.shape), event_dim).reshape(self.count, -1)
+
+    def f(self, f: torch.Tensor) -> torch.Tensor:
+        """f, per particle ``(P,)`` or broadcast to ``batch``, as ``(rows,)``."""
+        if self.batch is None:
+            return f.reshape(self.count)
+        return self.layout.first(f.expand(self.batch)).reshape(self.count)
+
+    def back(self, r: torch.Tensor, event_dim: int) -> torch.Tensor:
+        """A per-row ``(rows,)`` tensor shaped to broadcast against a site's value."""
+        if self.batch is None:
+            return self.layout.align(r, event_dim)
+        like = torch.empty(self.batch)
+        natural = self.layout.natural(r.reshape(self.layout.first(like).shape), like)
+        return natural.reshape(self.batch + (1,) * event_dim)
+
+
 def pruned_terms(
     perturbations: Dict[str, Tuple[List[Perturbation], torch.Tensor, int]],
     layout: ParticleLayout,
     f: torch.Tensor,
     run_changes: Callable[[Dict[str, Tuple[torch.Tensor, torch.Tensor]]], torch.Tensor],
     inputs: Sequence[torch.Tensor] = (),
+    batch: Optional[torch.Size] = None,
 ) -> Dict[str, torch.Tensor]:
     """Per-particle ``(P,)`` terms of each site of ``perturbations`` (site → its
     :class:`Perturbation` s, one per kind of jump its elements offer, its first-run value
     and its event dims), from one alternative run: ``run_changes({site: (value,
-    picked)})`` runs the program with each site's ``value`` at the particles ``picked`` (a
-    mask shaped to broadcast against it) and returns that run's f ``(P,)``; ``f`` is the
-    first run's, ``(P,)``; ``inputs`` are the tensors θ the sensitivities differentiate in
-    (the module docs)."""
+    picked)})`` runs the program with each site's ``value`` where ``picked`` (a mask shaped
+    to broadcast against it) and returns that run's f; ``f`` is the first run's, ``(P,)``,
+    or with ``batch`` (:class:`Rows`) each plate element's own, broadcast to ``batch``;
+    ``inputs`` are the tensors θ the sensitivities differentiate in (the module docs)."""
+    rows = Rows(layout, batch)
     offers = [(name, offer) for name, (offered, _, _) in perturbations.items() for offer in offered]
     shaped = [(offer.coefficient.expand(perturbations[name][1].shape), offer.eta.expand(perturbations[name][1].shape))
               for name, offer in offers]
     tangents = sensitivities([eta for _, eta in shaped], inputs)
 
-    def flat(name: str, t: torch.Tensor) -> torch.Tensor:  # (P, elements of one particle)
-        return layout.first(t.expand(perturbations[name][1].shape), perturbations[name][2]).reshape(layout.num, -1)
+    def flat(name: str, t: torch.Tensor) -> torch.Tensor:  # (rows, elements of a row)
+        return rows.of(t, perturbations[name][1], perturbations[name][2])
 
-    size = torch.cat([flat(name, c) for (name, _), (c, _) in zip(offers, shaped)], 1).abs()  # |c|, (P, jumps)
+    size = torch.cat([flat(name, c) for (name, _), (c, _) in zip(offers, shaped)], 1).abs()  # |c|, (rows, jumps)
     tangent = torch.cat([flat(name, t if t is not None else torch.zeros(()))
                          for (name, _), t in zip(offers, tangents)], 1)
     tiny = torch.finfo(size.dtype).tiny
@@ -193,15 +226,15 @@ def pruned_terms(
         start += width
         mask = layout.natural(block.reshape(layout.first(value, event_dim).shape), value, event_dim)
         masks.append(mask)
-        # At most one jump per particle is kept, so a site's offers never overlap.
+        # At most one jump per row is kept, so a site's offers never overlap.
         moved, picked = changes[name]
-        here = layout.align(block.any(1), event_dim)
+        here = rows.back(block.any(1), event_dim)
         changes[name] = (torch.where(mask, offer.value.to(value.dtype), moved), here if picked is None else picked | here)
-    delta = (run_changes(changes) - f).detach()
+    delta = (rows.f(run_changes(changes)) - rows.f(f)).detach()
     terms: Dict[str, torch.Tensor] = {}
     for (name, _), (coefficient, eta), mask in zip(offers, shaped, masks):
         event_dim = perturbations[name][2]
         sign = torch.where(mask, coefficient.sign(), torch.zeros_like(coefficient))
-        lever = layout.reduce((eta - eta.detach()) * sign * layout.align(scale * delta, event_dim), event_dim)
+        lever = layout.reduce((eta - eta.detach()) * sign * rows.back(scale * delta, event_dim), event_dim)
         terms[name] = terms[name] + lever if name in terms else lever
     return terms

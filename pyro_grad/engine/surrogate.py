@@ -259,13 +259,15 @@ def one_run_terms(
     sites=None,
     density: Callable = lambda fn: fn,
     inputs: Sequence[torch.Tensor] = (),
+    batch: Optional[torch.Size] = None,
 ) -> Terms:
     """Per-particle ``(k,)`` terms of every one-run site of one trace (a difference
     estimator with ``one_run``), from their pruned perturbations and one alternative run
     (:func:`pyro_grad.engine.one_run.pruned_terms`: ``f`` is the first run's ``(k,)``,
     ``run_changes`` runs the program with per-particle changes; ``inputs``, the tensors
     the jumps' sensitivities are taken in). ``sites`` and ``density`` as in
-    :func:`difference_terms`."""
+    :func:`difference_terms`. With ``batch`` every one-run site shares it and ``f`` is
+    each plate element's own (:class:`pyro_grad.engine.one_run.Rows`)."""
     perturbations = {}
     for name, site, estimator in difference_sites(trace, sites, one_run=True):
         fn = density(site["fn"])
@@ -273,7 +275,8 @@ def one_run_terms(
         perturbations[name] = (estimator.perturbations(draw), draw.value, len(fn.event_shape))
     if not perturbations:
         return {}
-    return pruned_terms(perturbations, layout, f.detach().reshape(layout.num), run_changes, inputs)
+    f = f.detach() if batch is not None else f.detach().reshape(layout.num)
+    return pruned_terms(perturbations, layout, f, run_changes, inputs, batch)
 
 
 def joined_terms(blocks: List[Terms], num_samples: int) -> Dict[str, torch.Tensor]:

@@ -41,6 +41,7 @@ from pyro_grad.engine.surrogate import (
     Estimates,
     assemble,
     check_num_particles,
+    difference_sites,
     difference_terms,
     evaluations,
     group,
@@ -358,9 +359,11 @@ class ELBO(pyro.infer.ELBO):
             f = site_f(by_plates, elbo, run.guide_trace.nodes[site], layout, first.read)
             return f if keep_gradients else f.detach()
 
-        def run_changes(run: ImportanceRun, changes: Dict[str, Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        def run_changes(run: ImportanceRun, changes: Dict[str, Tuple[torch.Tensor, torch.Tensor]],
+                        frames: Optional[tuple]) -> torch.Tensor:
             # The one-run engine's alternative run (pyro_grad.engine.one_run): each site's
-            # jumped value at the particles that kept it; returns the per-particle ELBO.
+            # jumped value where it was kept; returns the per-particle ELBO, or with the
+            # sites' plate ``frames`` each plate element's terms.
             alternative_model, alternative_guide = model, guide
             if dim is not None:
                 alternative_model = self._vectorized_num_particles(model)
@@ -370,7 +373,8 @@ class ELBO(pyro.infer.ELBO):
             with AlternativeRun(run.guide_full, values, run.model_full, picked=picked), torch.no_grad():
                 again = importance_run(alternative_model, alternative_guide, args, kwargs, self.max_plate_nesting,
                                        scores=False)
-            return terms_by_plates(again.model_trace, again.guide_trace, layout)[0]
+            elbo, by_plates = terms_by_plates(again.model_trace, again.guide_trace, layout)
+            return elbo if frames is None else torch.as_tensor(by_plates.sum_to(frames))
 
         elbos, surrogates, blocks, differences = [], [], [], []
         guide_trace = None
@@ -402,10 +406,12 @@ class ELBO(pyro.infer.ELBO):
                     scored=True,
                 )
                 # One-run sites difference the whole per-particle ELBO (the terms a jump does
-                # not reach are replayed, and cancel).
+                # not reach are replayed, and cancel), or each plate element its own terms.
+                frames, batch = plate_local(terms, guide_trace)
+                f = terms.elbo if frames is None else torch.as_tensor(terms.by_plates.sum_to(frames))
                 rerun_terms.update(one_run_terms(
-                    guide_trace, layout, terms.elbo, lambda changes, r=run: run_changes(r, changes),
-                    inputs=differentiable_inputs(args, kwargs, run.guide_full),
+                    guide_trace, layout, f, lambda changes, r=run, fr=frames: run_changes(r, changes, fr),
+                    inputs=differentiable_inputs(args, kwargs, run.guide_full), batch=batch,
                 ))
                 differences.append((rerun_terms, losses))
         elbo = group(concat_particles(elbos), num_samples).mean(1)
@@ -491,6 +497,29 @@ def site_f(
         except RuntimeError:
             pass  # terms with a batch dim no plate declares: only the total is safe
     return layout.align(elbo)
+
+
+def plate_local(terms: PairTerms, guide_trace) -> Tuple[Optional[tuple], Optional[torch.Size]]:
+    """The plate frames and batch shape the one-run sites of ``guide_trace`` share when
+    every one's terms stay in its plates (the same vectorized plates and batch for all,
+    and their terms summed to those plates shaped to broadcast against it), so that
+    each plate element keeps a jump of its own and differences its own terms (the
+    per-plate Rao-Blackwellization); else ``(None, None)``: one jump per particle."""
+    nodes = [site for _, site, _ in difference_sites(guide_trace, None, one_run=True)]
+    if not nodes or not all(stays_in_plates(terms, site) for site in nodes):
+        return None, None
+    plates = {frozenset(f for f in site["cond_indep_stack"] if f.vectorized) for site in nodes}
+    shapes = {site["fn"].batch_shape for site in nodes}
+    if len(plates) != 1 or not next(iter(plates)) or len(shapes) != 1:
+        return None, None
+    frames, batch = nodes[0]["cond_indep_stack"], next(iter(shapes))
+    own = torch.as_tensor(terms.by_plates.sum_to(frames))
+    try:
+        if own.dim() <= len(batch) and torch.broadcast_shapes(own.shape, batch) == batch:
+            return frames, batch
+    except RuntimeError:
+        pass  # terms with a batch dim no plate declares
+    return None, None
 
 
 def stays_in_plates(terms: PairTerms, site: dict) -> bool:
