@@ -118,15 +118,21 @@ def logits_of(fn: Any) -> torch.Tensor:
     return probs_to_logits(given["probs"], is_binary=_binary(fn))
 
 
-#: Parameters this close are the same: a re-run recomputes them from the same values and
-#: may round differently (a Categorical's normalized logits differ by an ulp or two).
+#: Parameters this close, relative to their size, are the same: a re-run recomputes them
+#: from the same values and may round differently (a Categorical's normalized logits
+#: differ by an ulp or two of the row's largest).
 PARAMETER_TOLERANCE = 1e-6
 
 
-def equal_parameters(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def equal_parameters(x: torch.Tensor, y: torch.Tensor, own_event_dims: int = 0) -> torch.Tensor:
     """Element by element, whether two broadcast parameter tensors are equal up to
-    :data:`PARAMETER_TOLERANCE` (relative and absolute)."""
-    return torch.isclose(x, y, rtol=PARAMETER_TOLERANCE, atol=PARAMETER_TOLERANCE)
+    :data:`PARAMETER_TOLERANCE` relative to their size (for a parameter with its own
+    event dims, as a Categorical's logits, to the largest in its event: the scale of
+    its normalization); parameters near 0 are compared at their own scale."""
+    scale = torch.maximum(x.abs(), y.abs())
+    if own_event_dims:
+        scale = scale.amax(dim=tuple(range(-own_event_dims, 0)), keepdim=True)
+    return (x == y) | ((x - y).abs() <= PARAMETER_TOLERANCE * scale)
 
 
 def same_distribution(a: Any, b: Any) -> bool:
@@ -143,7 +149,8 @@ def same_distribution(a: Any, b: Any) -> bool:
             x, y = torch.broadcast_tensors(x, y)
         except RuntimeError:
             return False
-        if not bool(equal_parameters(x, y).all()):
+        own = getattr(leaf_distribution(a).arg_constraints.get(name), "event_dim", 0)
+        if not bool(equal_parameters(x, y, own).all()):
             return False
     return True
 

@@ -456,3 +456,68 @@ def test_an_elbo_keeps_one_jump_per_plate_element_across_sequential_sites_in_the
     for name, gradient in zip(("phi", "psi"), exact):
         for i in range(4):
             assert_mean(draws[name][:, i], float(gradient[i]))
+
+
+@pytest.mark.parametrize("estimator", [pg.MeasureValued(), ONE_RUN], ids=repr)
+def test_a_site_whose_parameters_are_tiny_is_redrawn_when_they_change(estimator):
+    # b ~ Bernoulli(θ), y | b ~ Normal(10⁻⁷·b, 10⁻⁷), f = 1[y > 0]: b's jump moves y's loc
+    # from 0 to 10⁻⁷, a change far below any absolute tolerance, so y must be redrawn.
+    # ∂θ E[f] = P(y > 0 | b = 1) − P(y > 0 | b = 0) = Φ(1) − ½.
+    def program(theta):
+        b = pyro.sample("b", dist.Bernoulli(theta))
+        y = pyro.sample("y", dist.Normal(1e-7 * b, 1e-7))
+        return (y > 0).to(y.dtype)
+
+    draws = expectation_draws(pg.estimators(program, default=estimator), torch.tensor(0.3, requires_grad=True),
+                              num_samples=4000)["theta"]
+    assert_mean(draws, float(torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor(1.0))) - 0.5)
+
+
+@pytest.mark.parametrize("estimator", [pg.MeasureValued(), ONE_RUN], ids=repr)
+def test_a_batch_dim_no_plate_declares_is_not_taken_for_independent_elements(estimator):
+    # z of shape (2, 2) in a plate of 2 (dim −2): x_n ~ Normal(2·s_n², 1) with s_n = Σ_d z_{n,d}
+    # depends on both of z_n's elements, so they may not difference their terms apart.
+    # Exact by the sum over z_n's four values per datum.
+    x = torch.tensor([[0.7], [1.9]])
+    phi0 = torch.tensor([[0.2, -0.5], [0.4, 0.1]])
+
+    def model(x):
+        with pyro.plate("data", 2, dim=-2):
+            z = pyro.sample("z", dist.Bernoulli(0.4 * torch.ones(2, 2)))
+            s = z.sum(-1, keepdim=True)
+            pyro.sample("x", dist.Normal(2 * s * s, 1.0), obs=x)
+
+    def guide(x):
+        phi = pyro.param("phi", phi0.clone())
+        with pyro.plate("data", 2, dim=-2):
+            pyro.sample("z", dist.Bernoulli(logits=phi))
+
+    phi = phi0.double().clone().requires_grad_()
+    elbo = 0.0
+    for n in range(2):
+        for bits in ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)):
+            z = torch.tensor(bits, dtype=torch.float64)
+            log_q = dist.Bernoulli(logits=phi[n]).log_prob(z).sum()
+            log_p = (dist.Bernoulli(torch.tensor(0.4, dtype=torch.float64)).log_prob(z).sum()
+                     + dist.Normal(2 * z.sum() ** 2, 1.0).log_prob(x[n, 0].double()))
+            elbo = elbo + log_q.exp() * (log_p - log_q)
+    (exact,) = torch.autograd.grad(elbo, phi)
+    draws = elbo_draws(model, pg.estimators(guide, default=estimator), x, num_samples=4000, num_particles=2)["phi"]
+    for n in range(2):
+        for d in range(2):
+            assert_mean(draws[:, n, d], float(exact[n, d]))
+
+
+def test_jumps_whose_parameters_do_not_move_do_not_compete():
+    # f = 3b + Σ_k c_k with b ~ Bernoulli(θ) and eight c_k ~ Bernoulli(½), and a Normal
+    # whose parameters are constants: only b's jump has a term, so it is kept on every
+    # draw and every draw is ∂θ E[f] = 3 exactly.
+    def program(theta):
+        b = pyro.sample("b", dist.Bernoulli(theta))
+        noise = sum(pyro.sample(f"c_{k}", dist.Bernoulli(0.5)) for k in range(8))
+        y = pyro.sample("y", dist.Normal(0.0, 1.0))
+        return 3 * b + noise + (y > 0).to(y.dtype)
+
+    draws = expectation_draws(pg.estimators(program, default=ONE_RUN), torch.tensor(0.3, requires_grad=True),
+                              num_samples=200)["theta"]
+    assert torch.allclose(draws, torch.full_like(draws, 3.0))

@@ -69,9 +69,10 @@ def unchanged_elements(old_fn: Any, new_fn: Any, value: torch.Tensor) -> Optiona
     same = torch.ones(batch, dtype=torch.bool)
     for name in old_params:
         x, y = torch.broadcast_tensors(plain(old_params[name]).detach(), plain(new_params[name]).detach())
-        equal = equal_parameters(x, y)
+        parameter_event_dims = getattr(old_leaf.arg_constraints.get(name), "event_dim", 0)
+        equal = equal_parameters(x, y, parameter_event_dims)
         # A parameter's own event dims (a Categorical's probabilities) count as one element.
-        own = getattr(old_leaf.arg_constraints.get(name), "event_dim", 0) + reinterpreted
+        own = parameter_event_dims + reinterpreted
         if own:
             equal = equal.reshape((1,) * max(0, own - equal.dim()) + equal.shape)
             equal = equal.reshape(equal.shape[: equal.dim() - own] + (-1,)).all(-1)

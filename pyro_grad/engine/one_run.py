@@ -198,7 +198,11 @@ def pruned_terms(
     or with ``batch`` (:class:`Rows`) each plate element's own, broadcast to ``batch``;
     ``inputs`` are the tensors θ the sensitivities differentiate in (the module docs)."""
     rows = Rows(layout, batch)
-    offers = [(name, offer) for name, (offered, _, _) in perturbations.items() for offer in offered]
+    # A jump whose parameter does not move with θ has no term: it does not compete.
+    offers = [(name, offer) for name, (offered, _, _) in perturbations.items() for offer in offered
+              if offer.eta.requires_grad or forward_tangent(offer.eta) is not None]
+    if not offers:
+        return {}
     shaped = [(offer.coefficient.expand(perturbations[name][1].shape), offer.eta.expand(perturbations[name][1].shape))
               for name, offer in offers]
     tangents = sensitivities([eta for _, eta in shaped], inputs)
@@ -219,7 +223,7 @@ def pruned_terms(
     kept = choose(size * share)
     # The kept element's c/π = sign(c) / share.
     scale = torch.where(kept.any(1), 1 / (share * kept).sum(1).clamp(min=tiny), torch.zeros(kept.shape[0]))
-    masks, changes, start = [], {name: (value, None) for name, (_, value, _) in perturbations.items()}, 0
+    masks, changes, start = [], {name: (perturbations[name][1], None) for name, _ in offers}, 0
     for name, offer in offers:
         _, value, event_dim = perturbations[name]
         width = flat(name, value).shape[1]

@@ -528,6 +528,11 @@ def stays_in_plates(terms: PairTerms, site: dict) -> bool:
     if site["name"] in terms.read:
         return False
     own = frozenset(f for f in site["cond_indep_stack"] if f.vectorized)
+    # A batch dim no plate declares (z of shape (N, D) in a plate of N) is not independent:
+    # a term may depend on the whole of it (x_n on every z_{n, d}).
+    batch, declared = site["fn"].batch_shape, {f.dim for f in own}
+    if any(size > 1 and i - len(batch) not in declared for i, size in enumerate(batch)):
+        return False
     return all(own <= frames for frames in terms.downstream.get(site["name"], {}))
 
 

@@ -397,18 +397,20 @@ def _search(fn: Callable, args: tuple, kwargs: dict, settings: Settings) -> Tuni
     if together is not None:
         # A one-run site alone costs what a re-run does: the engine's worth shows only
         # when the discrete sites share its one alternative run, so they are tried together.
+        # This comparison is a round of its own, whichever configuration it keeps.
         before, after = measure(current), measure(together)
         keep = not after["refused"] and _finite(after[ranking]) < _finite(before[ranking])
+        rounds += 1
         for name in (n for n in together if together[n] != current.get(n)):
             for estimator, figures, chosen in ((current.get(name), before, not keep), (together[name], after, keep)):
                 rows.append({
-                    "round": rounds + 1, "site": name, "distribution": describe(by_name[name].fn),
+                    "round": rounds, "site": name, "distribution": describe(by_name[name].fn),
                     "estimator": repr(estimator), "unbiased": True, "eligible": not figures["refused"],
                     **at_site(figures, name), "agrees with the reference": None, "refused": figures["refused"],
                     "chosen": chosen,
                 })
         if keep:
-            current, rounds = together, rounds + 1
+            current = together
     config = {site.name: current.get(site.name, fixed.get(site.name)) for site, _ in sites}
     return Tuning(config, pd.DataFrame(rows), settings.metric, rounds, fixed)
 
