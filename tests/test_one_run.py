@@ -521,3 +521,19 @@ def test_jumps_whose_parameters_do_not_move_do_not_compete():
     draws = expectation_draws(pg.estimators(program, default=ONE_RUN), torch.tensor(0.3, requires_grad=True),
                               num_samples=200)["theta"]
     assert torch.allclose(draws, torch.full_like(draws, 3.0))
+
+
+@pytest.mark.parametrize("estimator", [pg.MeasureValued(), ONE_RUN], ids=repr)
+def test_a_site_whose_shape_follows_a_draw_is_drawn_anew_in_the_alternative_run(estimator):
+    # b ~ Bernoulli(θ), then 1 + b draws y_i ~ Normal(0, 1) (the count read into Python,
+    # looped particles); f = b + #{y_i > 0}. E[f] = θ + (1 + θ)/2, so ∂θ E[f] = 3/2. A jump
+    # of b changes y's shape: nothing to couple it with, so it is drawn anew.
+    def program(theta):
+        b = pyro.sample("b", dist.Bernoulli(theta))
+        with pyro.plate("ys", 1 + int(b.item())):
+            y = pyro.sample("y", dist.Normal(0.0, 1.0))
+        return b + (y > 0).to(y.dtype).sum(-1)
+
+    draws = expectation_draws(pg.estimators(program, default=estimator), torch.tensor(0.3, requires_grad=True),
+                              num_samples=1000, vectorize=False, mode="loop")["theta"]
+    assert_mean(draws, 1.5)

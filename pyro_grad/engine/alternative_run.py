@@ -10,9 +10,12 @@ so the alternative run shares the first run's randomness wherever it can:
   sites the change does not reach) replays its value from the first run;
 * a site whose distribution changed is drawn anew, coupled to its first value through
   a common uniform where the distribution allows (Bernoulli; any distribution with
-  ``cdf`` and ``icdf``), else independently.
+  ``cdf`` and ``icdf``), else independently;
+* a site whose shape control flow changed (a plate sized by a draw) is drawn anew: there
+  is nothing to couple it with element by element.
 
-Subsample sites count as sites: a re-run scores the first run's data points.
+Subsample sites count as sites: a re-run scores the first run's data points, unless
+control flow resized the plate.
 """
 
 from typing import Any, Dict, Optional
@@ -132,10 +135,20 @@ class AlternativeRun(Messenger):
         if first is None or first["type"] != "sample":
             return
         old_value = plain(first["value"])
-        if isinstance(msg["fn"], _Subsample) or same_distribution(first["fn"], msg["fn"]):
+        if isinstance(msg["fn"], _Subsample):
+            # The first run's minibatch, unless control flow resized the plate.
+            if (msg["fn"].size, msg["fn"].subsample_size) == (getattr(first["fn"], "size", None),
+                                                             getattr(first["fn"], "subsample_size", None)):
+                msg["value"] = old_value
+            return
+        if old_value.shape != msg["fn"].shape():
+            # Control flow changed the site's shape (a plate sized by a draw): there is
+            # nothing to replay or couple element by element, so it is drawn anew.
+            return
+        if same_distribution(first["fn"], msg["fn"]):
             msg["value"] = old_value
             return
-        elif self.relaxed and leaf_distribution(msg["fn"]).support.is_discrete:
+        if self.relaxed and leaf_distribution(msg["fn"]).support.is_discrete:
             changed = ", ".join(f"'{n}'" for n in self.changes)
             raise EstimatorError(
                 f"discrete site '{name}' ({describe(msg['fn'])}) depends on the relaxed value of site "
