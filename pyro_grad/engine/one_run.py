@@ -123,7 +123,7 @@ def sensitivities(etas: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) 
     if len(inputs) != 1 or inputs[0].numel() != 1:
         return found
     if forward_tangent(inputs[0]) is not None:
-        return [None if forward_tangent(eta) is None else forward_tangent(eta).abs() for eta in etas]
+        return [None if tangent is None else tangent.abs() for tangent in map(forward_tangent, etas)]
     wanted = [i for i, eta in enumerate(etas) if eta.requires_grad]
     if not inputs[0].requires_grad or not wanted:
         return found
@@ -166,6 +166,10 @@ class Rows:
     def of(self, t: torch.Tensor, value: torch.Tensor, event_dim: int) -> torch.Tensor:
         """``t`` (broadcast to ``value``) as ``(rows, elements of a row)``."""
         return self.layout.first(t.expand(value.shape), event_dim).reshape(self.count, -1)
+
+    def elements(self, block: torch.Tensor, value: torch.Tensor, event_dim: int) -> torch.Tensor:
+        """Undo :meth:`of`: a ``(rows, elements of a row)`` tensor shaped like ``value``."""
+        return self.layout.natural(block.reshape(self.layout.first(value, event_dim).shape), value, event_dim)
 
     def f(self, f: torch.Tensor) -> torch.Tensor:
         """f, per particle ``(P,)`` or broadcast to ``batch``, as ``(rows,)``."""
@@ -210,7 +214,8 @@ def pruned_terms(
     def flat(name: str, t: torch.Tensor) -> torch.Tensor:  # (rows, elements of a row)
         return rows.of(t, perturbations[name][1], perturbations[name][2])
 
-    size = torch.cat([flat(name, c) for (name, _), (c, _) in zip(offers, shaped)], 1).abs()  # |c|, (rows, jumps)
+    sizes = [flat(name, c).abs() for (name, _), (c, _) in zip(offers, shaped)]  # |c| of each offer
+    size = torch.cat(sizes, 1)  # (rows, jumps)
     tangent = torch.cat([flat(name, t if t is not None else torch.zeros(()))
                          for (name, _), t in zip(offers, tangents)], 1)
     tiny = torch.finfo(size.dtype).tiny
@@ -224,12 +229,11 @@ def pruned_terms(
     # The kept element's c/π = sign(c) / share.
     scale = torch.where(kept.any(1), 1 / (share * kept).sum(1).clamp(min=tiny), torch.zeros(kept.shape[0]))
     masks, changes, start = [], {name: (perturbations[name][1], None) for name, _ in offers}, 0
-    for name, offer in offers:
+    for (name, offer), offered in zip(offers, sizes):
         _, value, event_dim = perturbations[name]
-        width = flat(name, value).shape[1]
-        block = kept[:, start:start + width]
-        start += width
-        mask = layout.natural(block.reshape(layout.first(value, event_dim).shape), value, event_dim)
+        block = kept[:, start:start + offered.shape[1]]
+        start += offered.shape[1]
+        mask = rows.elements(block, value, event_dim)
         masks.append(mask)
         # At most one jump per row is kept, so a site's offers never overlap.
         moved, picked = changes[name]

@@ -275,8 +275,7 @@ def one_run_terms(
         perturbations[name] = (estimator.perturbations(draw), draw.value, len(fn.event_shape))
     if not perturbations:
         return {}
-    f = f.detach() if batch is not None else f.detach().reshape(layout.num)
-    return pruned_terms(perturbations, layout, f, run_changes, inputs, batch)
+    return pruned_terms(perturbations, layout, f.detach(), run_changes, inputs, batch)
 
 
 def joined_terms(blocks: List[Terms], num_samples: int) -> Dict[str, torch.Tensor]:

@@ -325,7 +325,7 @@ class DifferenceEstimator(Estimator):
     keeps_alternative_gradients: ClassVar[bool] = False
     #: Whether the site shares the program's one alternative run, its perturbation pruned
     #: with the other such sites' (:mod:`pyro_grad.engine.one_run`), instead of
-    #: ``alternatives``' re-runs; it then gives its proposal by ``perturbation(draw)``.
+    #: ``alternatives``' re-runs; it then offers its jumps by ``perturbations(draw)``.
     one_run: ClassVar[bool] = False
     #: Whether the alternative values are relaxations, outside the discrete support: the
     #: re-runs then skip support checks, and refuse what would make f jump in the value.
@@ -348,7 +348,6 @@ class DifferenceEstimator(Estimator):
     def alternative_loss(self, runs: CoupledRuns) -> Optional[torch.Tensor]:
         """Per-particle auxiliary losses ``(P,)`` to minimize, or None (the default)."""
         return None
-
 
 
 #: The engines of a difference estimator's runs: its own re-runs, per site, or one

@@ -77,7 +77,7 @@ from pyro_grad.distributions import describe, given_parameters, leaf_distributio
 from pyro_grad.engine.provenance import plain
 from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators import weak_derivatives as weak
-from pyro_grad.engine.one_run import Perturbation
+from pyro_grad.engine.one_run import Perturbation, choose
 from pyro_grad.gradient_estimators.base import CoupledRuns, EngineChoice, Example, Site, SiteDraw
 
 #: The continuous sites the tuner offers MeasureValued at: at most this many coordinates.
@@ -176,9 +176,7 @@ def choose_in_proportion(weights: torch.Tensor, layout: Any, event_dim: int = 0)
     total = first.sum(1)
     if first.shape[1] == 1:
         return weights > 0, total
-    index = torch.multinomial(first + (total == 0).to(first.dtype).unsqueeze(1), 1).squeeze(1)
-    mask = torch.nn.functional.one_hot(index, first.shape[1]).bool() & (first > 0)
-    return layout.natural(mask.reshape(shape), weights, event_dim), total
+    return layout.natural(choose(first).reshape(shape), weights, event_dim), total
 
 
 def discrete(fn: Any) -> bool:

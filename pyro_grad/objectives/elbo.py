@@ -338,16 +338,20 @@ class ELBO(pyro.infer.ELBO):
         if self.enumerates and not self.auto_enumeration.decided:
             self._choose_sums(model, guide, args, kwargs)
 
+        def particle_programs() -> Tuple[Callable, Callable]:
+            # The model and guide an alternative run traces: inside the particle plate
+            # when the particles are vectorized (``dim``, known once the first traces ran).
+            if dim is None:
+                return model, guide
+            return self._vectorized_num_particles(model), self._vectorized_num_particles(guide)
+
         def run_alternative(run: ImportanceRun, first: PairTerms, site: str, value, keep_gradients: bool,
                             relaxed: bool):
             # A re-run's only use is its value of f: no provenance, no read watch, no score
             # parts; and when the site is the guide's last, no guide run at all. A relaxed
             # value lies outside the discrete support: no support checks, and a fresh guide
             # run, since the first run's distributions check their values.
-            alternative_model, alternative_guide = model, guide
-            if dim is not None:
-                alternative_model = self._vectorized_num_particles(model)
-                alternative_guide = self._vectorized_num_particles(guide)
+            alternative_model, alternative_guide = particle_programs()
             with AlternativeRun(run.guide_full, {site: value}, run.model_full, relaxed), torch.set_grad_enabled(
                 keep_gradients and torch.is_grad_enabled()
             ), pyro.validation_enabled(is_validation_enabled() and not relaxed):
@@ -364,10 +368,7 @@ class ELBO(pyro.infer.ELBO):
             # The one-run engine's alternative run (pyro_grad.engine.one_run): each site's
             # jumped value where it was kept; returns the per-particle ELBO, or with the
             # sites' plate ``frames`` each plate element's terms.
-            alternative_model, alternative_guide = model, guide
-            if dim is not None:
-                alternative_model = self._vectorized_num_particles(model)
-                alternative_guide = self._vectorized_num_particles(guide)
+            alternative_model, alternative_guide = particle_programs()
             values = {name: value for name, (value, _) in changes.items()}
             picked = {name: mask for name, (_, mask) in changes.items()}
             with AlternativeRun(run.guide_full, values, run.model_full, picked=picked), torch.no_grad():
@@ -407,8 +408,7 @@ class ELBO(pyro.infer.ELBO):
                 )
                 # One-run sites difference the whole per-particle ELBO (the terms a jump does
                 # not reach are replayed, and cancel), or each plate element its own terms.
-                frames, batch = plate_local(terms, guide_trace)
-                f = terms.elbo if frames is None else torch.as_tensor(terms.by_plates.sum_to(frames))
+                frames, batch, f = plate_local(terms, guide_trace) or (None, None, terms.elbo)
                 rerun_terms.update(one_run_terms(
                     guide_trace, layout, f, lambda changes, r=run, fr=frames: run_changes(r, changes, fr),
                     inputs=differentiable_inputs(args, kwargs, run.guide_full), batch=batch,
@@ -488,38 +488,42 @@ def site_f(
     summed to its plates (what a difference estimator differences, per plate element),
     shaped to broadcast against its batch; the whole per-particle ``elbo (P,)`` for a
     site read into Python."""
-    batch = site["fn"].batch_shape
     if site["name"] not in read:
-        f = torch.as_tensor(by_plates.sum_to(site["cond_indep_stack"]))
-        try:
-            if f.dim() <= len(batch) and torch.broadcast_shapes(f.shape, batch) == batch:
-                return f
-        except RuntimeError:
-            pass  # terms with a batch dim no plate declares: only the total is safe
+        f = plate_terms(by_plates, site)
+        if f is not None:
+            return f
     return layout.align(elbo)
 
 
-def plate_local(terms: PairTerms, guide_trace) -> Tuple[Optional[tuple], Optional[torch.Size]]:
-    """The plate frames and batch shape the one-run sites of ``guide_trace`` share when
-    every one's terms stay in its plates (the same vectorized plates and batch for all,
-    and their terms summed to those plates shaped to broadcast against it), so that
-    each plate element keeps a jump of its own and differences its own terms (the
-    per-plate Rao-Blackwellization); else ``(None, None)``: one jump per particle."""
+def plate_terms(by_plates: MultiFrameTensor, site: dict) -> Optional[torch.Tensor]:
+    """The ELBO terms summed to the site's plates, when they broadcast against its batch
+    (each plate element's own); None where terms have a batch dim no plate declares,
+    where only the total is safe."""
+    batch = site["fn"].batch_shape
+    f = torch.as_tensor(by_plates.sum_to(site["cond_indep_stack"]))
+    try:
+        if f.dim() <= len(batch) and torch.broadcast_shapes(f.shape, batch) == batch:
+            return f
+    except RuntimeError:
+        pass
+    return None
+
+
+def plate_local(terms: PairTerms, guide_trace) -> Optional[Tuple[tuple, torch.Size, torch.Tensor]]:
+    """The plate frames and batch shape the one-run sites of ``guide_trace`` share, and
+    each plate element's terms (:func:`plate_terms`), when every one's terms stay in its
+    plates (the same vectorized plates and batch for all), so that each plate element
+    keeps a jump of its own and differences its own terms (the per-plate
+    Rao-Blackwellization); else None: one jump per particle."""
     nodes = [site for _, site, _ in difference_sites(guide_trace, None, one_run=True)]
     if not nodes or not all(stays_in_plates(terms, site) for site in nodes):
-        return None, None
+        return None
     plates = {frozenset(f for f in site["cond_indep_stack"] if f.vectorized) for site in nodes}
     shapes = {site["fn"].batch_shape for site in nodes}
     if len(plates) != 1 or not next(iter(plates)) or len(shapes) != 1:
-        return None, None
-    frames, batch = nodes[0]["cond_indep_stack"], next(iter(shapes))
-    own = torch.as_tensor(terms.by_plates.sum_to(frames))
-    try:
-        if own.dim() <= len(batch) and torch.broadcast_shapes(own.shape, batch) == batch:
-            return frames, batch
-    except RuntimeError:
-        pass  # terms with a batch dim no plate declares
-    return None, None
+        return None
+    own = plate_terms(terms.by_plates, nodes[0])
+    return None if own is None else (nodes[0]["cond_indep_stack"], next(iter(shapes)), own)
 
 
 def stays_in_plates(terms: PairTerms, site: dict) -> bool:
