@@ -537,3 +537,32 @@ def test_a_site_whose_shape_follows_a_draw_is_drawn_anew_in_the_alternative_run(
     draws = expectation_draws(pg.estimators(program, default=estimator), torch.tensor(0.3, requires_grad=True),
                               num_samples=1000, vectorize=False, mode="loop")["theta"]
     assert_mean(draws, 1.5)
+
+
+@pytest.mark.parametrize("form", ["wrapper", "context", "infer"])
+def test_every_usage_form_gives_the_same_one_run_elbo_gradient(form):
+    # The sequential guide under pg.ELBO in SVI's loss from one seed: pg.estimators(guide,
+    # ...), a with block around the step, and infer={"estimator": ...} at both guide sites
+    # choose the same estimator, so the parameters after one SVI step are equal.
+    def guide_infer(x):
+        phi = pyro.param("phi", torch.tensor([0.2, -0.4]))
+        z1 = pyro.sample("z1", dist.Bernoulli(logits=phi[0]), infer={"estimator": ONE_RUN})
+        pyro.sample("z2", dist.Bernoulli(logits=phi[1] + z1), infer={"estimator": ONE_RUN})
+
+    def step(which):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(3)
+        guide = {"wrapper": pg.estimators(sequential_guide, default=ONE_RUN), "context": sequential_guide,
+                 "infer": guide_infer}[which]
+        svi = pyro.infer.SVI(sequential_model, guide, pyro.optim.SGD({"lr": 0.1}),
+                             loss=pg.ELBO(num_particles=16, vectorize_particles=True))
+        if which == "context":
+            with pg.estimators(default=ONE_RUN):
+                svi.step(1.2)
+        else:
+            svi.step(1.2)
+        return pyro.param("phi").detach().clone()
+
+    reference = step("wrapper")
+    assert not torch.equal(reference, torch.tensor([0.2, -0.4]))  # the step moved phi
+    assert torch.equal(step(form), reference)
