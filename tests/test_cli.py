@@ -282,3 +282,17 @@ def test_report_builds_only_the_models_named(tmp_path, capsys):
     assert main(["report", "--models", "nope", "--out", str(tmp_path)]) == 2
     err = messages(capsys.readouterr().err)
     assert "no built-in model named ['nope']" in err and len(err.splitlines()) == 1, err
+
+
+def test_diagnose_takes_the_one_run_engine_as_an_estimators_argument(capsys):
+    # measurevalued:one-run and disarm:one-run name MeasureValued(engine="one-run") and
+    # DisARM(engine="one-run") at every site (two_bernoullis: exact ∂θ E[f] = 7).
+    for name, shown in (("measurevalued:one-run", "MeasureValued(engine='one-run')"),
+                        ("disarm:one-run", "DisARM(engine='one-run')")):
+        assert main(["diagnose", "pyro_grad.harness.models.seeds:two_bernoullis", "--samples", "400",
+                     "--estimator", name, "--reference", "exact"]) == 0
+        out = capsys.readouterr().out
+        assert shown in out
+    assert main(["diagnose", "pyro_grad.harness.models.seeds:two_bernoullis", "--samples", "10",
+                 "--estimator", "disarm:once"]) == 2
+    assert "engine must be one of ['rerun', 'one-run']" in messages(capsys.readouterr().err)
