@@ -6,12 +6,17 @@ absolute times drift but ratios hold. Targets: pg.ELBO no slower than TraceGraph
 ``pg.expectation(..., num_particles=10_000)`` at least 100× faster than a Python loop of
 10,000 single-particle calls. Last, ``pg.expectation``'s fixed per-call overhead: one
 call (value and backward) beside the hand-written vectorized torch of the same
-estimator, at 2 particles (nearly all overhead) and at 100 and 10,000.
+estimator, at 2 particles (nearly all overhead) and at 100 and 10,000. And ``compile=``:
+the same calls uncompiled, recorded (``{"backend": "trace"}``) and compiled (``True``)
+beside the hand-written torch at 100 particles, and pg.ELBO's SVI step on the coin beside
+Trace_ELBO, with the first calls' times and how many calls a recording takes to pay for
+itself (``--only compile`` runs this part alone).
 """
 
 import statistics
 import time
 import warnings
+from typing import Callable, Dict, List
 
 import pyro
 import pyro.distributions as dist
@@ -145,7 +150,89 @@ def overhead_benchmark(repeats: int = 200) -> None:
                   f"   {pg_ms / torch_ms:6.1f}×   overhead {pg_ms - torch_ms:6.3f} ms")
 
 
+def first_calls(call: Callable[[], None], calls: int = 3) -> List[float]:
+    """Seconds of each of the first ``calls`` calls (a compiled objective's first call
+    runs uncompiled, its second records, and its third compiles)."""
+    seconds = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def interleaved_medians(calls: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, float]:
+    """Median seconds per call of each, timed in turn, so drift falls on all alike."""
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def compile_benchmark(repeats: int = 200, num_particles: int = 100) -> None:
+    """``compile=``: pg.expectation at 100 particles and pg.ELBO on the coin, uncompiled,
+    recorded (``"trace"``) and compiled (``True``, inductor), beside hand-written torch;
+    the first calls' seconds and the calls a recording takes to pay for itself."""
+    print(f"\ncompile=: median call, interleaved ({repeats} rounds); first calls: uncompiled, recording, compiling")
+    trace = {"backend": "trace"}
+    cases = (
+        ("two_bernoullis, Score(loo)", two_bernoullis, pg.Score("loo"), handwritten_two_bernoullis_loo, 0.1),
+        ("parameterized_noise, Reparam", parameterized_noise, pg.Reparam(), handwritten_noise_reparam, 2.0),
+    )
+    for label, fn, estimator, handwritten, theta0 in cases:
+        theta = torch.tensor(theta0, requires_grad=True)
+        programs = {name: pg.estimators(fn, default=estimator) for name in ("uncompiled", "trace", "inductor")}
+        settings = {"uncompiled": False, "trace": trace, "inductor": True}
+
+        def call(name):
+            return lambda: pg.expectation(programs[name], theta, num_particles=num_particles, max_plate_nesting=0,
+                                          compile=settings[name]).backward()
+        first = {name: first_calls(call(name)) for name in settings}
+        calls = {name: call(name) for name in settings}
+        calls["hand-written torch"] = lambda: handwritten(theta, num_particles).backward()
+        medians = interleaved_medians(calls, repeats)
+        print(f"  pg.expectation, {label}, K={num_particles}")
+        report(medians, first, "hand-written torch")
+    elbo_cases = {
+        "coin, reparameterized guide, K=1": (coin_guide, {}),
+        "coin, score-function guide, Score(loo), K=8": (pg.estimators(coin_guide, {"f": pg.Score("loo")}),
+                                                       {"num_particles": 8, "vectorize_particles": True}),
+    }
+    for label, (guide, options) in elbo_cases.items():
+        pyro.clear_param_store()
+        losses = {name: pg.ELBO(max_plate_nesting=1, compile=settings[name], **options) for name in settings}
+        svis = {name: SVI(coin_model, guide, pyro.optim.Adam({"lr": 0.001}), loss=loss)
+                for name, loss in losses.items()}
+        first = {name: first_calls(lambda s=svi: s.step(DATA)) for name, svi in svis.items()}
+        calls = {name: (lambda s=svi: s.step(DATA)) for name, svi in svis.items()}
+        calls["Trace_ELBO"] = (lambda s=SVI(coin_model, coin_guide, pyro.optim.Adam({"lr": 0.001}),
+                                            loss=Trace_ELBO()): s.step(DATA))
+        medians = interleaved_medians(calls, repeats)
+        print(f"  pg.ELBO in SVI, {label}")
+        report(medians, first, "uncompiled")
+
+
+def report(medians: Dict[str, float], first: Dict[str, List[float]], against: str) -> None:
+    for name, t in medians.items():
+        line = f"    {name:20s} {t * 1e3:8.3f} ms   {t / medians[against]:5.2f}× {against}"
+        if name in first:
+            line += "   first calls " + " / ".join(f"{s * 1e3:.1f}" for s in first[name]) + " ms"
+            saved = medians["uncompiled"] - t
+            if name != "uncompiled" and saved > 0:
+                # What the first calls cost beyond uncompiled calls, in calls' savings.
+                extra = sum(first[name]) - 3 * medians["uncompiled"]
+                line += f"   pays for itself after {max(0.0, extra) / saved:,.0f} calls"
+        print(line)
+
+
 if __name__ == "__main__":
-    elbo_benchmark()
-    expectation_benchmark()
-    overhead_benchmark()
+    import sys
+
+    if "--only" not in sys.argv or "compile" not in sys.argv:
+        elbo_benchmark()
+        expectation_benchmark()
+        overhead_benchmark()
+    compile_benchmark()

@@ -45,6 +45,14 @@ class RunningAverages:
         snapshot._values = dict(self._values)
         return snapshot
 
+    def items(self):
+        """(name, value) of every average kept."""
+        return self._values.items()
+
+    def restore(self, snapshot: "RunningAverages") -> None:
+        """Go back to a :meth:`copy` taken earlier."""
+        self._values = dict(snapshot._values)
+
     def __contains__(self, name: str) -> bool:
         return name in self._values
 
@@ -105,11 +113,14 @@ def pooled_average(averages: RunningAverages, name: str, f: torch.Tensor, beta: 
     """
     key = f"{name}#pooled"
     state = averages.get(key)
-    mean, steps = (0.0, 0) if state is None else (float(state[0]), int(state[1]))
-    baseline = mean / (1 - beta**steps) if steps else 0.0
-    updated = beta * mean + (1 - beta) * float(f.detach().double().mean())
-    averages.set(key, torch.tensor([updated, steps + 1], dtype=torch.float64))
-    return torch.full(f.shape, baseline, dtype=f.dtype)
+    if state is None:
+        state = torch.zeros(2, dtype=torch.float64)
+    mean, steps = state[0], state[1]
+    # In tensors, not Python floats, so that a recorded step (compile=) carries the state.
+    baseline = torch.where(steps > 0, mean / (1 - beta**steps), torch.zeros_like(mean))
+    updated = beta * mean + (1 - beta) * f.detach().double().mean()
+    averages.set(key, torch.stack([updated, steps + 1]))
+    return baseline.to(f.dtype).expand(f.shape)
 
 
 #: Param-store name prefix of a learned baseline network, followed by the site's name.

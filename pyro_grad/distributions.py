@@ -17,6 +17,7 @@ from pyro.distributions import MaskedDistribution
 from pyro.ops.provenance import ProvenanceTensor
 from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
 
+from pyro_grad.engine.assumptions import decided
 from pyro_grad.engine.provenance import plain, provenance_of
 
 
@@ -150,7 +151,7 @@ def same_distribution(a: Any, b: Any) -> bool:
         except RuntimeError:
             return False
         own = getattr(leaf_distribution(a).arg_constraints.get(name), "event_dim", 0)
-        if not bool(equal_parameters(x, y, own).all()):
+        if not decided(equal_parameters(x, y, own).all()):
             return False
     return True
 

@@ -152,6 +152,11 @@ class EstimatorMessenger(Messenger):
             return auto_estimator(msg["fn"]), AUTO
         return None
 
+    def _pyro_estimator_handlers(self, msg: dict) -> None:
+        # A recorded step asks which handlers are around it (pyro_grad.engine.recording):
+        # each answers with what it would choose.
+        msg["infer"]["handlers"].append((id(self), repr(self.config), repr(self.default), repr(self.tuned)))
+
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or isinstance(msg["fn"], _Subsample):
             return

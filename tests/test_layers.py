@@ -24,8 +24,8 @@ MODELS = pathlib.Path(__file__).resolve().parents[1] / "models"
 
 #: Layer of each top-level part of the package; a module may import its own layer and lower.
 LAYERS = {
-    "errors": 0, "distributions": 0, "engine": 0, "baselines": 1, "pyro_infer": 1, "gradient_estimators": 1,
-    "engine.surrogate": 2, "engine.importance": 2, "handler": 2, "objectives": 3, "diagnostics": 4, "tuning": 5, "harness": 6, "cli": 7,
+    "errors": 0, "distributions": 0, "one_hot": 0, "engine": 0, "baselines": 1, "pyro_infer": 1, "gradient_estimators": 1,
+    "engine.surrogate": 2, "engine.importance": 2, "engine.recording": 2, "handler": 2, "objectives": 3, "diagnostics": 4, "tuning": 5, "harness": 6, "cli": 7,
     "__init__": 7,
 }
 

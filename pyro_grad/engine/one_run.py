@@ -65,6 +65,7 @@ import torch.autograd.forward_ad as fwAD
 
 from pyro_grad.engine.particles import ParticleLayout
 from pyro_grad.engine.provenance import plain
+from pyro_grad.one_hot import one_hot
 
 #: The share of the |c|-proportional proposal in the defensive mixture (module docs).
 DEFENSIVE = 0.5
@@ -150,7 +151,7 @@ def choose(weights: torch.Tensor) -> torch.Tensor:
         return weights > 0
     movable = weights.sum(1, keepdim=True) > 0
     index = torch.multinomial(weights + (~movable).to(weights.dtype), 1).squeeze(1)
-    return torch.nn.functional.one_hot(index, weights.shape[1]).bool() & movable & (weights > 0)
+    return one_hot(index, weights.shape[1]) & movable & (weights > 0)
 
 
 class Rows:

@@ -12,7 +12,7 @@ terms out). The difference estimators' sites are re-run and their terms taken he
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import pyro.distributions as dist
 import torch
@@ -120,6 +120,8 @@ class Estimates:
     site_evaluations: Dict[str, int] = field(default_factory=dict)
     #: Why each latent site has its estimator (who chose it; for "auto", why).
     reasons: Dict[str, str] = field(default_factory=dict)
+    #: The traces the estimate came from (an ELBO's model and guide traces).
+    traces: List[Any] = field(default_factory=list)
 
 
 def site_estimators(trace) -> Dict[str, Estimator]:

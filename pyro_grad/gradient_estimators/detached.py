@@ -9,7 +9,7 @@ from pyro.distributions.score_parts import ScoreParts
 from pyro.ops.provenance import ProvenanceTensor
 from torch.distributions import constraints
 
-from pyro_grad.distributions import leaf_distribution, parameter_provenance, private_copy
+from pyro_grad.distributions import leaf_distribution, parameter_provenance, private_copy, without_provenance
 
 
 class DetachedSample(TorchDistribution):
@@ -66,7 +66,9 @@ class DetachedSample(TorchDistribution):
         # Sampling fills lazily derived parameters (a Multinomial's logits), cached
         # without a forward-mode tangent here: a private copy keeps them off the site's
         # distribution, whose log-density must carry the tangent.
-        sampler = private_copy(self.base_dist)
+        # Its tensors are plain too: a tensor subclass reaching torch's dispatcher with
+        # its __torch_function__ disabled stops a recording (compile=).
+        sampler = private_copy(without_provenance(self.base_dist))
         with torch.no_grad(), fwAD._set_fwd_grad_enabled(False), torch._C.DisableTorchFunctionSubclass():
             value = torch.Tensor.detach(sampler.sample(sample_shape))
         if self.differentiable_value:  # a leaf, so f can be differentiated in the value

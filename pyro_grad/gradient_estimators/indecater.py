@@ -30,6 +30,7 @@ import torch
 from pyro_grad.distributions import leaf_distribution, probs_of
 from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators.base import CoupledRuns, DifferenceEstimator, Example, Site, SiteDraw
+from pyro_grad.one_hot import one_hot
 
 SUPPORTED = (dist.Bernoulli, dist.Categorical)
 #: The benchmark suite runs the exact sum up to this many extra runs per particle.
@@ -59,7 +60,7 @@ def coordinate_masks(units: torch.Size, chosen: Optional[int]) -> Tuple[List[tor
         eye = torch.eye(coordinates, dtype=torch.bool)
         return [eye[d].expand(rows, coordinates) for d in range(coordinates)], 1.0
     picks = torch.rand(rows, coordinates).argsort(1)[:, :chosen]
-    return [torch.nn.functional.one_hot(picks[:, r], coordinates).bool() for r in range(chosen)], coordinates / chosen
+    return [one_hot(picks[:, r], coordinates) for r in range(chosen)], coordinates / chosen
 
 
 @dataclass(frozen=True, repr=False)

@@ -79,6 +79,7 @@ from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators import weak_derivatives as weak
 from pyro_grad.engine.one_run import Perturbation, choose
 from pyro_grad.gradient_estimators.base import CoupledRuns, EngineChoice, Example, Site, SiteDraw
+from pyro_grad.one_hot import one_hot
 
 #: The continuous sites the tuner offers MeasureValued at: at most this many coordinates.
 FEW_COORDINATES = 4
@@ -106,7 +107,7 @@ def choose_in_events(value: torch.Tensor, active: torch.Tensor, event_dim: int) 
     flat = active.reshape(batch.numel(), -1).float()
     count = flat.sum(1)
     index = torch.multinomial(flat + (count == 0).to(flat.dtype).unsqueeze(1), 1).squeeze(1)
-    mask = torch.nn.functional.one_hot(index, flat.shape[1]).bool() & flat.bool()
+    mask = one_hot(index, flat.shape[1]) & flat.bool()
     return mask.reshape(value.shape), count.reshape(batch + (1,) * event_dim)
 
 

@@ -43,6 +43,7 @@ from torch.distributions import constraints
 from pyro_grad.distributions import leaf_distribution, logits_of, uniform_given_bernoulli
 from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators.base import CoupledRuns, DifferenceEstimator, Site, SiteDraw
+from pyro_grad.one_hot import one_hot
 
 SUPPORTED = (dist.Bernoulli, dist.Categorical, dist.OneHotCategorical)
 #: Hidden units of the default control-variate network.
@@ -77,7 +78,7 @@ def gumbel_noise(index: torch.Tensor, theta: torch.Tensor) -> Tuple[torch.Tensor
 
     def given(log_pi: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         top = -torch.log(-torch.log(v))
-        chosen = torch.nn.functional.one_hot(index, log_pi.shape[-1]).bool()
+        chosen = one_hot(index, log_pi.shape[-1])
         log_v_k = torch.log(v).gather(-1, index.unsqueeze(-1))
         others = -torch.log(-torch.log(v) * torch.exp(-log_pi) - log_v_k)
         return torch.where(chosen, top, others)
@@ -182,8 +183,7 @@ class RelaxedControlVariate(DifferenceEstimator):
         """``∇θ log p(b | θ)`` per element."""
         if isinstance(leaf_distribution(draw.fn), dist.Bernoulli):
             return index - torch.sigmoid(theta.detach())
-        one_hot = torch.nn.functional.one_hot(index.long(), theta.shape[-1]).to(theta.dtype)
-        return one_hot - theta.detach().softmax(-1)
+        return one_hot(index, theta.shape[-1], theta.dtype) - theta.detach().softmax(-1)
 
     def _at_logits(self, draw: SiteDraw, t: torch.Tensor) -> torch.Tensor:
         # A Categorical's logits have a category axis right of its value's dims.

@@ -21,6 +21,7 @@ from torch.distributions import constraints
 from pyro_grad.errors import EstimatorError
 from pyro_grad.gradient_estimators.base import Example, Relaxation, Site
 from pyro_grad.distributions import leaf_distribution, logits_of
+from pyro_grad.one_hot import one_hot
 
 RELAXABLE = (dist.Bernoulli, dist.Categorical, dist.OneHotCategorical)
 
@@ -99,7 +100,7 @@ class RelaxedSample(TorchDistribution):
         through θ of the value ½(D + softmax(θ/τ))."""
         pi0 = logits.softmax(-1)
         index = torch.multinomial(pi0.detach().reshape(-1, pi0.shape[-1]), 1).reshape(pi0.shape[:-1])
-        hard = torch.nn.functional.one_hot(index, pi0.shape[-1]).to(pi0.dtype)
+        hard = one_hot(index, pi0.shape[-1], pi0.dtype)
         pi1 = (hard + (logits / self.temperature).softmax(-1)) / 2
         pi1 = ((pi1.log() - logits).detach() + logits).softmax(-1)
         pi2 = 2 * pi1 - 0.5 * pi0
@@ -111,14 +112,14 @@ class RelaxedSample(TorchDistribution):
         if self.temperature is None:
             probs = logits.softmax(-1)
             index = torch.multinomial(probs.detach().reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
-            hard = torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)
+            hard = one_hot(index, probs.shape[-1], probs.dtype)
             return hard + (probs - probs.detach())  # exactly hard in value
         gumbel = -(-torch.rand(logits.shape).clamp(1e-6, 1 - 1e-6).log()).log()
         soft = ((logits + gumbel) / self.temperature).softmax(-1)
         if not self.hard:
             return soft
         index = soft.detach().argmax(-1)
-        hard = torch.nn.functional.one_hot(index, soft.shape[-1]).to(soft.dtype)
+        hard = one_hot(index, soft.shape[-1], soft.dtype)
         return hard + (soft - soft.detach())  # exactly hard in value
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:

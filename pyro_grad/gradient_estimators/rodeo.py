@@ -54,6 +54,7 @@ import torch
 from pyro_grad.baselines import leave_one_out
 from pyro_grad.gradient_estimators.base import ScoreSite, ValueGradient
 from pyro_grad.gradient_estimators.value_gradient import LeaveOneOutWithGradients, per_unit_f, units
+from pyro_grad.one_hot import one_hot
 
 PREFIX = "_pyro_grad_rodeo_"
 HIDDEN = 100
@@ -100,7 +101,7 @@ class OneHot(NamedTuple):
             x, g = draw.value, draw.gradient
             f = per_unit_f(f, x[..., 0])
         else:  # an index drawn as a float, linearized in the index: ∂f/∂x_c = c·∂f/∂index
-            x = torch.nn.functional.one_hot(draw.value.long(), categories).to(pi.dtype)
+            x = one_hot(draw.value, categories, pi.dtype)
             g = draw.gradient.unsqueeze(-1) * torch.arange(categories, dtype=pi.dtype)
             f = per_unit_f(f, draw.value)
         shape = torch.broadcast_shapes(x.shape, pi.shape)

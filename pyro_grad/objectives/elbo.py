@@ -49,6 +49,7 @@ from pyro_grad.engine.surrogate import (
     score_part,
 )
 from pyro_grad.engine.one_run import differentiable_inputs
+from pyro_grad.engine.recording import Recorder, compile_options
 from pyro_grad.engine.particles import (
     ParticleLayout,
     concat_particles,
@@ -110,9 +111,11 @@ class ELBO(pyro.infer.ELBO):
         vectorize_particles: bool = False,
         max_plate_nesting: float = float("inf"),
         watch_jumps_every: int = 10,
+        compile: Any = False,
         **kwargs: Any,
     ) -> None:
         check_num_particles(num_particles)
+        options = compile_options(compile)
         if isinstance(watch_jumps_every, bool) or not isinstance(watch_jumps_every, int) or watch_jumps_every < 1:
             raise EstimatorError(f"watch_jumps_every must be a positive integer, got {watch_jumps_every!r}")
         moved = sorted({"retune_every", "tune_options"} & set(kwargs))
@@ -146,6 +149,9 @@ class ELBO(pyro.infer.ELBO):
         self._seen_sites: FrozenSet[str] = frozenset()
         self._unwatched_steps = 0
         self._infer_keys = InferKeys(f"pg.{type(self).__name__}", enumerates=self.enumerates)
+        # compile=: steps after the first few run one recorded tensor function
+        # (pyro_grad.engine.recording).
+        self.recorder = None if options is None else Recorder(f"pg.{type(self).__name__}", options)
 
     @classmethod
     def configured(cls, num_particles: int, vectorize: bool, max_plate_nesting: Optional[int]) -> "ELBO":
@@ -253,8 +259,10 @@ class ELBO(pyro.infer.ELBO):
     def _checked_guide(self, model: Callable, guide: Callable) -> Callable:
         """``guide`` as a step runs it: its sites chosen by the estimators handler, switched
         by the jump guard, and checked for this objective. What the guard learned is about
-        one model and guide: another pair starts afresh."""
-        if self._programs is not None and (self._programs[0] is not model or self._programs[1] is not guide):
+        one model and guide: another pair starts afresh. Programs compare by ``==``: a
+        bound method (``net.model``) is a new object at every attribute read, yet the same
+        program."""
+        if self._programs is not None and (self._programs[0] != model or self._programs[1] != guide):
             self.jump_guard = JumpGuard(self.name)
             self.auto_enumeration = AutoEnumeration()
             self._seen_sites = frozenset()
@@ -377,10 +385,11 @@ class ELBO(pyro.infer.ELBO):
             elbo, by_plates = terms_by_plates(again.model_trace, again.guide_trace, layout)
             return elbo if frames is None else torch.as_tensor(by_plates.sum_to(frames))
 
-        elbos, surrogates, blocks, differences = [], [], [], []
+        elbos, surrogates, blocks, differences, traces = [], [], [], [], []
         guide_trace = None
         for run in self._step_runs(model, guide, args, kwargs, watch=surrogate and self.watch_jumps):
             model_trace, guide_trace = run.model_trace, run.guide_trace
+            traces += [model_trace, guide_trace]
             # Known only once the first traces guessed max_plate_nesting.
             dim = self._particle_dim()
             k = self.num_particles if dim is not None else 1
@@ -420,6 +429,7 @@ class ELBO(pyro.infer.ELBO):
         # The ELBO is maximized, so auxiliary losses enter with a minus sign.
         estimates = assemble(surrogates, blocks, differences, num_samples, guide_trace, args, kwargs, loss_sign=-1.0)
         estimates.reasons = choice_reasons(guide_trace, self.jump_guard, self.auto_enumeration)
+        estimates.traces = traces
         return elbo, estimates
 
     def estimates(
@@ -448,8 +458,25 @@ class ELBO(pyro.infer.ELBO):
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
         """A surrogate whose value is the −ELBO estimate and whose gradient is the estimators'."""
+        if self.recorder is None:
+            return self._surrogate_loss(model, guide, args, kwargs)[0]
+        loss = self.recorder.step(lambda: self._surrogate_loss(model, guide, args, kwargs), (model, guide), args,
+                                  kwargs, ordinary=self._ordinary_step(model, guide))
+        if self.recorder.last == "flat":  # the step the watch counts, as _runs counts an unwatched one
+            self._unwatched_steps += 1
+            self.watch_jumps |= self._unwatched_steps % self.watch_jumps_every == 0
+        return loss
+
+    def _surrogate_loss(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Tuple[torch.Tensor, list]:
         _, estimates = self._particles(model, guide, args, kwargs, surrogate=True)
-        return -estimates.values[0]
+        return -estimates.values[0], estimates.traces
+
+    def _ordinary_step(self, model: Callable, guide: Callable) -> bool:
+        """Whether the next step runs as every other: the same programs, plate nesting
+        and sums known, no watch for jumps. Only such a step is recorded or replayed."""
+        return (self._programs is not None and self._programs[0] == model and self._programs[1] == guide
+                and not self.watch_jumps and self.max_plate_nesting != float("inf")
+                and (not self.enumerates or self.auto_enumeration.decided))
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         surrogate_loss = self.differentiable_loss(model, guide, *args, **kwargs)

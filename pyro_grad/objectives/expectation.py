@@ -1,5 +1,7 @@
 """``expectation``: a surrogate whose gradient is the chosen estimators' estimate of ∇E[f]."""
 
+import inspect
+import weakref
 from typing import Any, Callable, List, Optional
 
 import pyro
@@ -14,6 +16,7 @@ from pyro_grad import baselines
 from pyro_grad.distributions import describe, parameter_provenance, unmasked
 from pyro_grad.engine.alternative_run import AlternativeRun
 from pyro_grad.engine.one_run import differentiable_inputs
+from pyro_grad.engine.recording import Recorder, compile_options
 from pyro_grad.engine.particles import (
     PARTICLES,
     ParticleLayout,
@@ -62,8 +65,10 @@ def check_f(value: Any, num_particles: int, vectorized: bool) -> torch.Tensor:
         )
     if not value.is_floating_point():  # integer values (counts, category indices)
         value = value.to(torch.get_default_dtype())
+    # A check of the values, so Pyro's validation switch governs it (a recorded step,
+    # which cannot read values into Python, runs with validation off).
     finite = torch.isfinite(plain(value)).reshape(-1)
-    if not finite.all():
+    if is_validation_enabled() and not finite.all():
         bad = finite.logical_not().nonzero().reshape(-1).tolist()[:5]
         raise EstimatorError(f"the program returned non-finite values of f (particles {bad} ...)")
     return value.reshape(num_particles)
@@ -75,6 +80,7 @@ def expectation(
     num_particles: int = 1,
     vectorize: bool = True,
     max_plate_nesting: Optional[int] = None,
+    compile: Any = False,
     **kwargs: Any,
 ) -> torch.Tensor:
     """A 0-dim surrogate for ``E[fn(*args, **kwargs)]``.
@@ -98,17 +104,53 @@ def expectation(
 
     ``max_plate_nesting``, as Pyro's ELBOs take it, is the deepest plate nesting of
     ``fn``; given, the vectorized call saves the extra run that otherwise guesses it.
+
+    ``compile=True`` (or ``{"backend": "trace"}``, :mod:`pyro_grad.engine.recording`)
+    runs the first call as always, records the second, and runs the calls after as one
+    flat tensor function. The recording is kept with ``fn`` (a weak reference, as
+    ``torch.compile`` keeps its compiled code with the function), one per particle setting.
     """
     num_particles = check_num_particles(num_particles)
     if max_plate_nesting is not None and (
         isinstance(max_plate_nesting, bool) or not isinstance(max_plate_nesting, int) or max_plate_nesting < 0
     ):
         raise EstimatorError(f"max_plate_nesting must be a non-negative integer, got {max_plate_nesting!r}")
-    estimates = Expectation(num_particles, vectorize, max_plate_nesting).estimates(fn, None, args, kwargs)
-    value = estimates.values[0]
-    if torch.is_grad_enabled() and not value.requires_grad:
-        raise EstimatorError(nothing_requires_grad(args, kwargs, estimates.reasons))
-    return value
+    objective = Expectation(num_particles, vectorize, max_plate_nesting)
+    options = compile_options(compile)
+
+    def run() -> tuple:
+        estimates = objective.estimates(fn, None, args, kwargs)
+        value = estimates.values[0]
+        if torch.is_grad_enabled() and not value.requires_grad:
+            raise EstimatorError(nothing_requires_grad(args, kwargs, estimates.reasons))
+        return value, estimates.traces
+
+    if options is None:
+        return run()[0]
+    recorder = RECORDERS.of(fn, (num_particles, vectorize, max_plate_nesting, options))
+    return recorder.step(run, (fn,), args, kwargs, ordinary=recorder.seen is not None)
+
+
+class Recorders:
+    """The recordings of ``pg.expectation(fn, ..., compile=...)``, kept with ``fn`` (a bound
+    method with its object: ``obj.f`` is a new object at every read) and dropped with it."""
+
+    def __init__(self) -> None:
+        self._by_program: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    def of(self, fn: Callable, setting: tuple) -> Recorder:
+        owner, key = (fn.__self__, (fn.__func__, setting)) if inspect.ismethod(fn) else (fn, setting)
+        try:
+            recorders = self._by_program.setdefault(owner, {})
+        except TypeError:  # not weakly referable: nothing outlives the call
+            recorders = {}
+        if key not in recorders:
+            recorders[key] = Recorder("pg.expectation", setting[-1])
+        return recorders[key]
+
+
+#: A cache, as torch.compile's: a recording changes no answer (its guards see to that).
+RECORDERS = Recorders()
 
 
 class Expectation:
@@ -339,6 +381,7 @@ def expectation_estimates(
         difference_blocks.append((terms, losses))
     estimates = assemble(values, blocks, difference_blocks, num_samples, traces[0], args, kwargs, loss_sign=1.0)
     estimates.reasons = choice_reasons(traces[0], guard)
+    estimates.traces = traces
     return estimates
 
 

@@ -122,7 +122,8 @@ class IWAE(ELBO):
             values = values + term
         estimators = {**site_estimators(guide_trace), **resolved}
         return bound.detach(), Estimates(values, terms, estimators, evaluations(guide_trace), site_evaluations(guide_trace),
-                                         choice_reasons(guide_trace, self.jump_guard))
+                                         choice_reasons(guide_trace, self.jump_guard),
+                                         [t for run in runs for t in (run.model_trace, run.guide_trace)])
 
 
 def per_sample(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,422 @@
+"""Record an objective's step once, and run it after as one flat tensor function.
+
+A ``pg.ELBO`` step pays Pyro's per-run machinery on every call: handlers, messages,
+distribution construction and validation, and the engine's own bookkeeping. None of it
+changes from step to step on a program whose structure is fixed. So, with ``compile=``:
+
+1. The first calls run as they always do (an ELBO's first step watches its pathwise
+   sites for jumps and decides what ``"auto"`` sums out).
+2. The next ordinary call is *recorded*: while it runs for real, the whole step, the
+   surrogate and its gradient with respect to every leaf it reaches, is traced at the
+   level of torch's operators (``torch.fx.experimental.proxy_tensor.make_fx``). Pyro, the
+   engine and the user's Python run once; what remains is the graph of tensor
+   operations, random draws included, of (parameters, arguments, baseline state).
+3. Later calls run that graph, with no poutine handler on the path: as recorded
+   (``backend="trace"``), or compiled by ``torch.compile`` (``backend="inductor"``).
+   Every call draws anew; under ``"trace"`` the draws are those the uncompiled step
+   makes from the same random state, so the two agree to the bit.
+
+A recorded call returns the surrogate's value with the recorded gradients attached
+(:class:`Precomputed`): ``.backward()`` fills every parameter's ``.grad`` as the
+uncompiled surrogate would, and ``pyro.param`` is called for each parameter the step
+reads, so ``pyro.infer.SVI`` sees and steps them. (Its graph ends there: no second
+derivative, no forward mode.)
+
+What a recording assumes is checked before every call (:class:`Signature`): the
+programs, the arguments' shapes, dtypes and non-tensor values, the parameters' names and
+shapes, the baselines' state, and the ``pg.estimators`` handlers around the call. When
+one changes the step is recorded again, and the log says what changed. Whatever an
+uncompiled step finds (a site's estimator, its shape, a site appearing) is compared with
+the recording on every step that runs uncompiled (an ELBO's periodic watch for jumps,
+say), and a difference records again. Python that a recording cannot see, a branch on
+a global flag or a counter, is baked in as ``torch.jit.trace`` bakes it; pass such
+values as arguments.
+
+A step that cannot be recorded, one that reads a tensor into Python (``.item()``, an
+``if`` on a draw, a decaying baseline's float), or that differentiates a tensor that is
+neither an argument nor a ``pyro.param``, runs uncompiled, with one logged line
+(``pyro_grad.compile``, WARNING) that says why; with ``fullgraph=True`` it raises instead.
+A failed attempt leaves nothing behind: the random state and the baselines are restored,
+and the step runs uncompiled from the same draws.
+"""
+
+import logging
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.runtime import effectful
+from pyro.util import get_rng_state, set_rng_state
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from pyro_grad.baselines import STATE, RunningAverages
+from pyro_grad.engine.assumptions import assumptions
+from pyro_grad.engine.provenance import plain
+from pyro_grad.errors import EstimatorError, first_line
+
+logger = logging.getLogger("pyro_grad.compile")
+
+#: How a recorded step runs: as recorded, or compiled by ``torch.compile``.
+BACKENDS = ("inductor", "trace")
+
+
+class CompileOptions(NamedTuple):
+    """``compile=`` of an objective: ``True`` is ``{"backend": "inductor"}``."""
+
+    backend: str = "inductor"
+    #: Raise where the step cannot be recorded, instead of running it uncompiled.
+    fullgraph: bool = False
+
+
+def compile_options(compile: Any) -> Optional[CompileOptions]:
+    """``compile=`` checked: False or None (uncompiled), True, or a dict of
+    :class:`CompileOptions`' fields."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return CompileOptions()
+    if isinstance(compile, dict):
+        unknown = sorted(set(compile) - set(CompileOptions._fields))
+        if unknown:
+            raise EstimatorError(f"compile= takes the keys {list(CompileOptions._fields)}, got {unknown[0]!r}")
+        options = CompileOptions(**compile)
+        if options.backend not in BACKENDS:
+            raise EstimatorError(f"compile's backend must be one of {list(BACKENDS)}, got {options.backend!r}")
+        if not isinstance(options.fullgraph, bool):
+            raise EstimatorError(f"compile's fullgraph must be True or False, got {options.fullgraph!r}")
+        return options
+    raise EstimatorError(
+        f"compile= must be True, False or a dict such as {{'backend': 'trace'}}, got {compile!r}"
+    )
+
+
+@effectful(type="estimator_handlers")
+def _estimator_handlers() -> None:
+    return None
+
+
+def handlers_around() -> Tuple:
+    """What the ``pg.estimators`` handlers around the call would choose: each answers a
+    message of its own (``EstimatorMessenger._pyro_estimator_handlers``) with its
+    identity and configuration. Pyro's own handlers let the message pass."""
+    if not pyro.poutine.runtime.am_i_wrapped():
+        return ()
+    found: List = []
+    _estimator_handlers(infer={"handlers": found})
+    return tuple(found)
+
+
+def _described(value: Any) -> Any:
+    """What a recording assumes of one argument: a tensor's shape, dtype and whether it
+    requires grad; a module's identity; anything else itself (compared by ``==``)."""
+    if torch.is_tensor(value):
+        return ("tensor", tuple(value.shape), value.dtype, value.device, value.requires_grad)
+    if isinstance(value, torch.nn.Module):
+        return ("module", id(value))
+    return ("value", value)
+
+
+class Signature(NamedTuple):
+    """What a recording assumes, compared by ``==`` before every call."""
+
+    programs: tuple
+    arguments: tuple
+    params: tuple
+    states: tuple
+    handlers: tuple
+
+    def change(self, other: "Signature") -> str:
+        """What differs from ``other``, in words."""
+        for field, words in (("programs", "the programs"), ("arguments", "the arguments' shapes or values"),
+                             ("params", "the parameters' names or shapes"), ("states", "the baselines' state"),
+                             ("handlers", "the pg.estimators handlers around the call")):
+            try:
+                same = getattr(self, field) == getattr(other, field)
+            except Exception:  # a value that does not compare (an array): it changed
+                same = False
+            if not same:
+                return words
+        return "nothing"
+
+
+def flattened(args: tuple, kwargs: dict) -> Tuple[list, tuple]:
+    """The arguments' leaves (inside tuples, lists and dicts), and their structure."""
+    leaves: list = []
+
+    def visit(value: Any) -> Any:
+        if isinstance(value, (tuple, list)):
+            return (type(value).__name__, tuple(visit(v) for v in value))
+        if isinstance(value, dict):
+            return ("dict", tuple((k, visit(v)) for k, v in value.items()))
+        leaves.append(value)
+        return None
+
+    structure = (visit(tuple(args)), visit(dict(kwargs)))
+    return leaves, structure
+
+
+def signature(programs: tuple, flat: list, structure: tuple, states: Sequence[RunningAverages]) -> Signature:
+    store = pyro.get_param_store()
+    return Signature(
+        programs,
+        (structure, tuple(_described(v) for v in flat)),
+        tuple((name, tuple(p.shape)) for name, p in store.named_parameters()),
+        tuple(tuple((key, tuple(t.shape)) for key, t in sorted(state.items())) for state in states),
+        handlers_around(),
+    )
+
+
+def fingerprint(traces: Sequence) -> tuple:
+    """The structure an uncompiled step found: every sample site of its traces, with its
+    distribution, shape, observation and estimator."""
+    found = []
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample":
+                found.append((name, type(site["fn"]).__name__, tuple(getattr(site["value"], "shape", ())),
+                              site["is_observed"], repr(site["infer"].get("estimator")),
+                              site["infer"].get("enumerate")))
+    return tuple(found)
+
+
+def states_of(traces: Sequence) -> List[RunningAverages]:
+    """The baselines' states the sites of ``traces`` read and write."""
+    found: Dict[int, RunningAverages] = {}
+    for trace in traces:
+        for site in trace.nodes.values():
+            state = site["infer"].get(STATE) if site["type"] == "sample" else None
+            if isinstance(state, RunningAverages):
+                found[id(state)] = state
+    return list(found.values())
+
+
+class Precomputed(torch.autograd.Function):
+    """``value``, whose gradient with respect to each of ``leaves`` is ``grads``."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, grads: tuple, *leaves: torch.Tensor) -> torch.Tensor:
+        ctx.grads = grads
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        return (None, None, *(None if g is None else g * grad_output for g in ctx.grads))
+
+
+class Recording(NamedTuple):
+    """A recorded step: ``run(*inputs)`` gives ``(value, *grads, *new states)``."""
+
+    signature: Signature
+    fingerprint: tuple
+    run: Callable
+    param_names: Tuple[str, ...]
+    #: Positions, among the flattened arguments, of the tensor inputs.
+    arguments: Tuple[int, ...]
+    #: Which inputs get a gradient (those that required grad when recorded).
+    differentiated: Tuple[bool, ...]
+    #: (state, key) of each baseline state, an input and an output.
+    states: Tuple[Tuple[RunningAverages, str], ...]
+    #: The engine's decisions on values the recording took (:mod:`.assumptions`),
+    #: checked after every run: its last outputs.
+    assumed: Tuple[bool, ...] = ()
+
+
+class Unrecordable(Exception):
+    """Why a step cannot be recorded."""
+
+
+class Recorder:
+    """Records one objective's step and runs it flat (module docs). ``owner`` names the
+    objective in messages."""
+
+    def __init__(self, owner: str, options: CompileOptions):
+        self.owner = owner
+        self.options = options
+        self.recording: Optional[Recording] = None
+        #: What the last uncompiled step found, and the states its sites use.
+        self.seen: Optional[tuple] = None
+        self.states: List[RunningAverages] = []
+        self.param_names: Tuple[str, ...] = ()
+        #: The signature a recording was refused for, and why (refused once, logged once).
+        self.refused: Optional[Tuple[Signature, str]] = None
+        #: Seconds the last recording took, and its backend's first (compiling) call.
+        self.record_seconds: Optional[float] = None
+        self.compile_seconds: Optional[float] = None
+        self._compiled: Optional[Callable] = None
+        #: How the last step ran: "uncompiled", "recorded" or "flat".
+        self.last: Optional[str] = None
+        #: Why the last recording was dropped (None: none was).
+        self.dropped: Optional[str] = None
+
+    def step(self, run: Callable[[], Tuple[torch.Tensor, Sequence]], programs: tuple, args: tuple, kwargs: dict,
+             ordinary: bool) -> torch.Tensor:
+        """The surrogate of one step: ``run()`` gives it uncompiled, with its traces.
+        ``ordinary`` says whether the objective would run this step as every other
+        (no watch, no first-step decisions): only such a step is recorded or replaced."""
+        if not torch.is_grad_enabled():
+            return run()[0]
+        flat, structure = flattened(args, kwargs)
+        current = signature(programs, flat, structure, self.states)
+        if ordinary and self.recording is not None:
+            if current == self.recording.signature:
+                return self._flat(run, flat)
+            self._drop(f"{current.change(self.recording.signature)} changed")
+        if not ordinary or self.seen is None or (self.refused is not None and self.refused[0] == current):
+            return self._uncompiled(run)
+        return self._record(run, current, flat)
+
+    def _uncompiled(self, run: Callable) -> torch.Tensor:
+        self.last = "uncompiled"
+        with poutine.trace(param_only=True) as params:
+            value, traces = run()
+        found = fingerprint(traces)
+        if self.recording is not None and found != self.recording.fingerprint:
+            self._drop("an uncompiled step found other sites or estimators")
+        self.seen, self.states = found, states_of(traces)
+        self.param_names = tuple(params.trace.nodes)
+        return value
+
+    def _record(self, run: Callable, current: Signature, flat: list) -> torch.Tensor:
+        arguments = tuple(i for i, v in enumerate(flat) if torch.is_tensor(v))
+        params = [pyro.param(name).unconstrained() for name in self.param_names]
+        states = tuple((state, key) for state in self.states for key, _ in sorted(state.items()))
+        inputs = [*params, *(flat[i] for i in arguments), *(state.get(key) for state, key in states)]
+        differentiated = tuple(t.requires_grad for t in inputs)
+        found: Dict[str, Any] = {}
+
+        def step(*_: torch.Tensor) -> tuple:
+            # The inputs are the very tensors the program reads (the store's parameters, the
+            # arguments, the states), so make_fx makes each of them a placeholder.
+            with assumptions() as assumed:
+                value, traces = run()
+            wanted = [t for t, d in zip(inputs, differentiated) if d]
+            unreached = unreached_leaves(value, wanted)
+            if unreached:
+                raise Unrecordable(unreached)
+            grads = list(torch.autograd.grad(value, wanted, allow_unused=True)) if value.requires_grad else []
+            by_input = iter(grads + [None] * (len(wanted) - len(grads)))
+            outputs = [next(by_input) if d else None for d in differentiated]
+            outputs = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, outputs)]
+            found["traces"], found["assumed"] = traces, tuple(v for _, v in assumed)
+            # Plain tensors: a tensor subclass (provenance) is a new object make_fx does not
+            # track, and would be recorded as a constant.
+            found["outputs"] = tuple(plain(t) for t in (value.detach(), *outputs, *(s.get(k) for s, k in states)))
+            return (*found["outputs"], *(plain(condition) for condition, _ in assumed))
+
+        rng = get_rng_state()
+        saved = [(state, state.copy()) for state in self.states]
+        start = time.perf_counter()
+        try:
+            with pyro.validation_enabled(False), poutine.trace(param_only=True) as captured:
+                graph = make_fx(step, tracing_mode="real")(*inputs)
+            if tuple(captured.trace.nodes) != self.param_names:
+                raise Unrecordable(f"it read the parameters {sorted(captured.trace.nodes)}, not the "
+                                   f"{sorted(self.param_names)} of the step before")
+        except Exception as error:  # whatever the program did: it runs uncompiled, as before
+            set_rng_state(rng)
+            for state, copy in saved:
+                state.restore(copy)
+            why = why_unrecordable(error)
+            if self.options.fullgraph:
+                raise EstimatorError(f"{self.owner}(compile=...) cannot record this step: {why}") from error
+            logger.warning("%s: this step runs uncompiled, as it cannot be recorded: %s", self.owner, why)
+            self.refused = (current, why)
+            return self._uncompiled(run)
+        self.record_seconds = time.perf_counter() - start
+        traces = found["traces"]
+        if fingerprint(traces) != self.seen:
+            logger.info("%s: the recorded step found other sites or estimators than the step before", self.owner)
+        self.recording = Recording(current, fingerprint(traces), graph, self.param_names, arguments, differentiated,
+                                   states, found["assumed"])
+        self._compiled = None
+        self.last = "recorded"
+        # The recording ran the step for real: its outputs are this call's.
+        return self._returned(found["outputs"], inputs, states)
+
+    def _flat(self, run: Callable, flat: list) -> torch.Tensor:
+        recording = self.recording
+        # pyro.param for each parameter: SVI collects the parameters it steps from these.
+        params = [pyro.param(name).unconstrained() for name in recording.param_names]
+        inputs = [*params, *(flat[i] for i in recording.arguments), *(s.get(k) for s, k in recording.states)]
+        rng = get_rng_state() if recording.assumed else None
+        with torch.no_grad():  # the graph computes the gradients itself: nothing to record for autograd
+            outputs = self._runner()(*inputs)
+        checks = outputs[len(outputs) - len(recording.assumed):] if recording.assumed else ()
+        if any(bool(c) != v for c, v in zip(checks, recording.assumed)):
+            # A decision the recording took on values came out otherwise: nothing of this
+            # run is kept, and the step runs uncompiled from the same random state.
+            set_rng_state(rng)
+            self._drop("a decision the engine took on values changed")
+            return self._uncompiled(run)
+        self.last = "flat"
+        return self._returned(outputs, inputs, recording.states)
+
+    def _drop(self, why: str) -> None:
+        logger.info("%s: recording again, as %s", self.owner, why)
+        self.recording, self._compiled, self.dropped = None, None, why
+
+    def _runner(self) -> Callable:
+        if self.options.backend == "trace":
+            return self.recording.run
+        if self._compiled is None:
+            compiled = torch.compile(self.recording.run, dynamic=False)
+            self._compiled = lambda *inputs: self._first_compiled(compiled, inputs)
+        return self._compiled
+
+    def _first_compiled(self, compiled: Callable, inputs: tuple) -> tuple:
+        start = time.perf_counter()
+        rng = get_rng_state()
+        try:
+            outputs = compiled(*inputs)
+        except Exception as error:  # the compiler's limits, not the program's: run the graph as recorded
+            set_rng_state(rng)
+            logger.warning("%s: torch.compile failed (%s), so the recorded step runs as traced", self.owner,
+                           first_line(error))
+            compiled = self.recording.run
+            outputs = compiled(*inputs)
+        self.compile_seconds = time.perf_counter() - start
+        self._compiled = compiled
+        return outputs
+
+    @staticmethod
+    def _returned(outputs: tuple, inputs: List[torch.Tensor], states) -> torch.Tensor:
+        value, grads, new_states = outputs[0], outputs[1:1 + len(inputs)], outputs[1 + len(inputs):]
+        for (state, key), new in zip(states, new_states):
+            state.set(key, new)
+        leaves = [t for t in inputs if t.requires_grad]
+        if not leaves:
+            return value
+        return Precomputed.apply(value, tuple(g for t, g in zip(inputs, grads) if t.requires_grad), *leaves)
+
+
+def unreached_leaves(value: torch.Tensor, inputs: Sequence[torch.Tensor]) -> str:
+    """Leaves the surrogate's gradient reaches that are not among ``inputs``, described
+    (empty when there are none): their gradients would be lost in a recording."""
+    known = {id(t) for t in inputs}
+    seen, stack, missing = set(), [value.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) not in known:
+            missing.append(f"a tensor of shape {tuple(variable.shape)}")
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    if not missing:
+        return ""
+    return (f"its gradient reaches {missing[0]} that is neither an argument nor a pyro.param "
+            "(pass it as an argument, or register it with pyro.param or pyro.module)")
+
+
+def why_unrecordable(error: BaseException) -> str:
+    """A failed recording's reason, in one line."""
+    if isinstance(error, Unrecordable):
+        return str(error)
+    text = first_line(error)
+    if "value out of a tracing tensor" in text or "data-dependent" in text:
+        return ("the step reads a tensor into Python (.item(), an `if` on a value, a float()), "
+                "so each call may take another path")
+    return f"{type(error).__name__}: {text}"

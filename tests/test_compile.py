@@ -1,0 +1,309 @@
+"""``compile=``: a recorded step gives the uncompiled step's answers.
+
+Under ``backend="trace"`` the recorded graph draws the random numbers the uncompiled step
+draws from the same state, so every SVI step's loss and every parameter after it agree
+to float tolerance (the same operations, run from a graph instead of Python). Under
+``backend="inductor"`` the compiler draws its own random numbers, so the gradient is
+checked in distribution against the exact gradient of a small Bernoulli VAE (every
+latent summed out), within 4.5 standard errors.
+"""
+
+import logging
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI
+
+import pyro_grad as pg
+from pyro_grad.errors import EstimatorError
+from pyro_grad.harness.models import mnist_vae
+
+TRACE = {"backend": "trace"}
+STEPS = 24  # the first (watched) step, a recording, flat steps and the watch every 10 steps
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return mnist_vae.binarize(torch.rand(n, 784, generator=torch.Generator().manual_seed(seed)),
+                              torch.Generator().manual_seed(seed + 1))
+
+
+def vae_run(compile, estimator, num_particles, objective=pg.ELBO, steps=STEPS, x=None, guide=None):
+    """SVI on a 4-latent Bernoulli VAE: each step's loss and how it ran, and the weights."""
+    pyro.clear_param_store()
+    net = mnist_vae.BernoulliVAE(latents=4)
+    chosen = guide(net) if guide else pg.estimators(net.guide, {"z": estimator})
+    loss = objective(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1, compile=compile)
+    svi = SVI(net.model, chosen, pyro.optim.Adam({"lr": 0.01}), loss=loss)
+    x = images(6) if x is None else x
+    pyro.set_rng_seed(0)
+    losses, paths = [], []
+    for _ in range(steps):
+        losses.append(svi.step(x))
+        paths.append(loss.recorder.last if loss.recorder else None)
+    return torch.tensor(losses), torch.cat([p.detach().flatten() for p in net.parameters()]), paths
+
+
+@pytest.mark.parametrize("estimator, num_particles, objective", [
+    (pg.Score("loo"), 2, pg.ELBO),
+    (pg.DisARM(), 1, pg.ELBO),
+    (pg.Score("pooled"), 1, pg.ELBO),  # one bias-corrected decaying average, state carried across steps
+    (pg.Score("decay"), 1, pg.ELBO),  # a decaying average per element
+    (pg.RELAX(), 1, pg.ELBO),  # a learned control variate: its network's parameters in the store
+    (pg.VIMCO(), 3, pg.IWAE),
+], ids=["loo", "disarm", "pooled", "decay", "relax", "iwae-vimco"])
+def test_recorded_svi_equals_uncompiled_draw_for_draw(estimator, num_particles, objective):
+    """The 4-latent VAE, 24 SVI steps from one seed: every loss and the final weights of
+    the recorded run equal the uncompiled run's (float tolerance), and most steps ran flat."""
+    losses, weights, _ = vae_run(False, estimator, num_particles, objective)
+    compiled_losses, compiled_weights, paths = vae_run(TRACE, estimator, num_particles, objective)
+    assert paths.count("flat") >= STEPS - 5, paths
+    assert "recorded" in paths
+    torch.testing.assert_close(compiled_losses, losses, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(compiled_weights, weights, rtol=1e-4, atol=1e-5)
+
+
+def gaussian_model(x):
+    w = pyro.param("w", torch.tensor(0.5))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(w * z, 1.0), obs=x)
+
+
+def gaussian_guide(x):
+    a = pyro.param("a", torch.tensor(0.1))
+    s = pyro.param("s", torch.tensor(1.0), constraint=dist.constraints.positive)
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal(a * x, s))
+
+
+def gaussian_run(compile, steps=STEPS):
+    pyro.clear_param_store()
+    loss = pg.ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1, compile=compile)
+    svi = SVI(gaussian_model, gaussian_guide, pyro.optim.Adam({"lr": 0.05}), loss=loss)
+    x = torch.linspace(-2, 2, 5)
+    pyro.set_rng_seed(0)
+    losses = torch.tensor([svi.step(x) for _ in range(steps)])
+    return losses, {k: v.detach().clone() for k, v in pyro.get_param_store().items()}, loss
+
+
+def test_recorded_pathwise_steps_with_a_constrained_parameter():
+    """A Gaussian latent (Reparam, watched for jumps every 10 steps) whose scale is a
+    positive pyro.param: the recorded run equals the uncompiled one step for step."""
+    losses, params, _ = gaussian_run(False)
+    compiled_losses, compiled_params, loss = gaussian_run(TRACE)
+    torch.testing.assert_close(compiled_losses, losses, rtol=1e-5, atol=1e-5)
+    for name, value in params.items():
+        torch.testing.assert_close(compiled_params[name], value, rtol=1e-5, atol=1e-6)
+    assert loss.recorder.recording is not None
+
+
+def test_new_argument_shapes_record_again(caplog):
+    """A batch of another size changes the arguments' shapes: the step is recorded again
+    (and logged), and its answers stay the uncompiled step's."""
+    x, y = images(6), images(4, seed=3)
+    pyro.clear_param_store()
+    net = mnist_vae.BernoulliVAE(latents=4)
+    guide = pg.estimators(net.guide, {"z": pg.Score("loo")})
+    compiled = pg.ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1, compile=TRACE)
+    plain = pg.ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1)
+    for batch in (x, x, x, y, y):
+        for p in net.parameters():
+            p.grad = None
+        state = pyro.util.get_rng_state()
+        with caplog.at_level(logging.INFO, logger="pyro_grad.compile"):
+            value = compiled.loss_and_grads(net.model, guide, batch)
+        grads = [p.grad.clone() for p in net.parameters()]
+        pyro.util.set_rng_state(state)
+        for p in net.parameters():
+            p.grad = None
+        assert value == pytest.approx(plain.loss_and_grads(net.model, guide, batch), rel=1e-6)
+        for g, p in zip(grads, net.parameters()):
+            torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-5)
+    assert "recording again, as the arguments' shapes or values changed" in caplog.text
+    assert compiled.recorder.recording.signature.arguments[1][0][1] == (4, 784)
+
+
+def test_a_handler_around_the_step_records_again(caplog):
+    """`with pg.estimators({"z": pg.DisARM()})` around a compiled step changes the site's
+    estimator: the step is recorded again and its gradient is DisARM's, draw for draw."""
+    x = images(6)
+    pyro.clear_param_store()
+    net = mnist_vae.BernoulliVAE(latents=4)
+    compiled = pg.ELBO(num_particles=1, vectorize_particles=True, max_plate_nesting=1, compile=TRACE)
+    plain = pg.ELBO(num_particles=1, vectorize_particles=True, max_plate_nesting=1)
+    for step in range(6):
+        around = pg.estimators({"z": pg.DisARM()}) if step >= 3 else pg.estimators({"z": pg.Score()})
+        state = pyro.util.get_rng_state()
+        with around, caplog.at_level(logging.INFO, logger="pyro_grad.compile"):
+            value = compiled.loss_and_grads(net.model, net.guide, x)
+        pyro.util.set_rng_state(state)
+        with around:
+            assert value == pytest.approx(plain.loss_and_grads(net.model, net.guide, x), rel=1e-6)
+    assert "the pg.estimators handlers around the call" in caplog.text
+    assert "DisARM" in repr(compiled.recorder.recording.fingerprint)
+
+
+def reading_guide(x):
+    a = pyro.param("a", torch.tensor(0.1))
+    shift = float(x.mean())  # a read into Python: each call may take another path
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal(a * x + shift, 1.0))
+
+
+def test_a_step_that_reads_into_python_runs_uncompiled(caplog):
+    """A guide that reads its data into a Python float cannot be recorded: one warning
+    says why, every step runs uncompiled with the uncompiled answers, and
+    fullgraph=True raises instead."""
+    x = torch.linspace(-2, 2, 5)
+    results = {}
+    for compile in (False, TRACE):
+        pyro.clear_param_store()
+        loss = pg.ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1, compile=compile)
+        svi = SVI(gaussian_model, reading_guide, pyro.optim.Adam({"lr": 0.05}), loss=loss)
+        pyro.set_rng_seed(0)
+        with caplog.at_level(logging.WARNING, logger="pyro_grad.compile"):
+            results[str(compile)] = torch.tensor([svi.step(x) for _ in range(5)])
+    torch.testing.assert_close(results[str(TRACE)], results["False"])
+    warnings = [r for r in caplog.records if r.name == "pyro_grad.compile"]
+    assert len(warnings) == 1 and "reads a tensor into Python" in warnings[0].getMessage()
+    pyro.clear_param_store()
+    loss = pg.ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1,
+                   compile={"backend": "trace", "fullgraph": True})
+    svi = SVI(gaussian_model, reading_guide, pyro.optim.Adam({"lr": 0.05}), loss=loss)
+    svi.step(x)
+    with pytest.raises(EstimatorError, match="cannot record this step: the step reads a tensor into Python"):
+        svi.step(x)
+
+
+def test_a_tensor_outside_the_arguments_and_the_store_is_refused(caplog):
+    """A model that differentiates a closure tensor (neither an argument nor a
+    pyro.param): a recording would lose its gradient, so the step runs uncompiled and
+    the log names what to do; its gradient is the uncompiled one."""
+    w = torch.tensor(0.5, requires_grad=True)
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(w * z, 1.0), obs=x)
+
+    x = torch.linspace(-2, 2, 5)
+    pyro.clear_param_store()
+    loss = pg.ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1, compile=TRACE)
+    plain = pg.ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1)
+    with caplog.at_level(logging.WARNING, logger="pyro_grad.compile"):
+        for _ in range(3):
+            w.grad = None
+            state = pyro.util.get_rng_state()
+            loss.loss_and_grads(model, gaussian_guide, x)
+            compiled = w.grad.clone()
+            w.grad = None
+            pyro.util.set_rng_state(state)
+            plain.loss_and_grads(model, gaussian_guide, x)
+            torch.testing.assert_close(compiled, w.grad)
+    assert "neither an argument nor a pyro.param" in caplog.text
+    assert loss.recorder.last == "uncompiled"
+
+
+@pytest.mark.parametrize("compile, match", [
+    ("fast", "compile= must be True, False or a dict"),
+    ({"backend": "xla"}, "compile's backend must be one of"),
+    ({"mode": "max-autotune"}, "compile= takes the keys"),
+])
+def test_compile_options_are_checked(compile, match):
+    with pytest.raises(EstimatorError, match=match):
+        pg.ELBO(compile=compile)
+
+
+def test_inductor_gradient_is_unbiased_and_fresh_every_call():
+    """torch.compile'd DisARM steps on a 3-latent VAE and 2 images: consecutive calls
+    draw anew, and the mean of 300 encoder-bias gradients is the exact ELBO's gradient
+    (every latent summed out) within 4.5 standard errors."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    net = mnist_vae.BernoulliVAE(latents=3)
+    x = images(2)
+    guide = pg.estimators(net.guide, {"z": pg.DisARM()})
+    loss = pg.ELBO(num_particles=1, vectorize_particles=True, max_plate_nesting=1, compile=True)
+    draws, paths = [], []
+    for _ in range(300):
+        net.zero_grad()
+        loss.loss_and_grads(net.model, guide, x)
+        draws.append(net.encoder.bias.grad.clone())
+        paths.append(loss.recorder.last)
+    assert paths.count("flat") > 250 and loss.recorder.compile_seconds is not None
+    draws = torch.stack(draws[2:])
+    assert (draws[1:] != draws[:-1]).any(1).float().mean() > 0.5  # fresh randomness each call
+    net.zero_grad()
+    (-net.exact_elbo(x).sum()).backward()
+    exact = net.encoder.bias.grad
+    z = (draws.mean(0) - exact) / (draws.std(0) / len(draws) ** 0.5)
+    assert z.abs().max() < 4.5, (draws.mean(0), exact, z)
+
+
+def test_programs_compare_by_equality_so_a_bound_method_keeps_the_elbos_decisions():
+    """`net.model` is a new bound method at every read: the ELBO keeps what it decided
+    about the pair (its sums, its seen sites) across steps instead of starting afresh."""
+    pyro.clear_param_store()
+    net = mnist_vae.BernoulliVAE(latents=4)
+    loss = pg.ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1)
+    guide = pg.estimators(net.guide, {"z": pg.Score("loo")})
+    loss.loss_and_grads(net.model, guide, images(6))
+    decided = loss.auto_enumeration
+    loss.loss_and_grads(net.model, guide, images(6))
+    assert loss.auto_enumeration is decided and not loss.watch_jumps
+
+
+def mixed(theta):
+    """Three Bernoulli(σ(θ)) and three Normal(θ, 1) draws; f = Σ (b − 0.45)² + x²."""
+    with pyro.plate("n", 3):
+        b = pyro.sample("b", dist.Bernoulli(torch.sigmoid(theta)))
+        x = pyro.sample("x", dist.Normal(theta, 1.0))
+    return ((b - 0.45) ** 2 + x**2).sum(-1)
+
+
+def mixed_gradient(theta: float) -> float:
+    """∂θ E[f] = 3·(σ'(θ)·(0.55² − 0.45²) + 2θ)."""
+    s = torch.sigmoid(torch.tensor(theta))
+    return float(3 * (s * (1 - s) * (0.55**2 - 0.45**2) + 2 * theta))
+
+
+@pytest.mark.parametrize("estimator", [pg.Score("loo"), pg.MeasureValued(), pg.MeasureValued(engine="one-run"),
+                                       pg.DisARM()], ids=repr)
+def test_recorded_expectation_equals_uncompiled_draw_for_draw(estimator):
+    """pg.expectation(..., compile=) on `mixed` at 10 particles: each of 6 calls' value
+    and gradient equal the uncompiled call's from the same random state, and after the
+    first two every call ran flat."""
+    theta = torch.tensor(0.3, requires_grad=True)
+    results = {}
+    for compile in (False, TRACE):
+        fn = pg.estimators(mixed, {"b": estimator})
+        pyro.set_rng_seed(0)
+        found = []
+        for _ in range(6):
+            theta.grad = None
+            value = pg.expectation(fn, theta, num_particles=10, compile=compile)
+            value.backward()
+            found.append((float(value), float(theta.grad)))
+        results[str(compile)] = torch.tensor(found)
+    torch.testing.assert_close(results[str(TRACE)], results["False"], rtol=1e-5, atol=1e-6)
+    from pyro_grad.objectives.expectation import RECORDERS
+    assert RECORDERS.of(fn, (10, True, None, pg.engine.recording.CompileOptions("trace"))).last == "flat"
+
+
+def test_compiled_expectation_is_unbiased():
+    """torch.compile'd pg.expectation of `mixed` (Score("loo") at b, 20 particles): the
+    mean of 300 calls' gradients is ∂θ E[f] = 3(σ'(θ)(0.55² − 0.45²) + 2θ) within 4.5
+    standard errors."""
+    theta = torch.tensor(0.3, requires_grad=True)
+    fn = pg.estimators(mixed, {"b": pg.Score("loo")})
+    pyro.set_rng_seed(0)
+    draws = []
+    for _ in range(300):
+        theta.grad = None
+        pg.expectation(fn, theta, num_particles=20, compile=True).backward()
+        draws.append(float(theta.grad))
+    draws = torch.tensor(draws[2:])
+    z = (draws.mean() - mixed_gradient(0.3)) / (draws.std() / len(draws) ** 0.5)
+    assert abs(z) < 4.5, (draws.mean(), mixed_gradient(0.3))
