@@ -34,7 +34,7 @@ def test_recorded_random_programs_equal_uncompiled(program, data):
         for i, site in enumerate(program.sites)
     }
     theta = torch.tensor(THETA, requires_grad=True)
-    results, paths = {}, []
+    results = {}
     for compile in (False, {"backend": "trace"}):
         pyro.clear_param_store()
         perturb_control_variates(config)

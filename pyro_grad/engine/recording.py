@@ -12,7 +12,8 @@ changes from step to step on a program whose structure is fixed. So, with ``comp
    engine and the user's Python run once; what remains is the graph of tensor
    operations, random draws included, of (parameters, arguments, baseline state).
 3. Later calls run that graph, with no poutine handler on the path: as recorded
-   (``backend="trace"``), or compiled by ``torch.compile`` (``backend="inductor"``).
+   (``backend="trace"``), or compiled by TorchInductor (``backend="inductor"``, torch's
+   ``torch.compile`` backend, applied to the recorded graph).
    Every call draws anew; under ``"trace"`` the draws are those the uncompiled step
    makes from the same random state, so the two agree to the bit.
 
@@ -112,7 +113,7 @@ def _described(value: Any) -> Any:
     """What a recording assumes of one argument: a tensor's shape, dtype and whether it
     requires grad; a module's identity; anything else itself (compared by ``==``)."""
     if torch.is_tensor(value):
-        return ("tensor", tuple(value.shape), value.dtype, value.device, value.requires_grad)
+        return ("tensor", tuple(value.shape), value.stride(), value.dtype, value.device, value.requires_grad)
     if isinstance(value, torch.nn.Module):
         return ("module", id(value))
     return ("value", value)
@@ -162,7 +163,7 @@ def signature(programs: tuple, flat: list, structure: tuple, states: Sequence[Ru
     return Signature(
         programs,
         (structure, tuple(_described(v) for v in flat)),
-        tuple((name, tuple(p.shape)) for name, p in store.named_parameters()),
+        tuple((name, tuple(p.shape), p.stride()) for name, p in store.named_parameters()),
         tuple(tuple((key, tuple(t.shape)) for key, t in sorted(state.items())) for state in states),
         handlers_around(),
     )
@@ -361,14 +362,19 @@ class Recorder:
         if self.options.backend == "trace":
             return self.recording.run
         if self._compiled is None:
-            compiled = torch.compile(self.recording.run, dynamic=False)
-            self._compiled = lambda *inputs: self._first_compiled(compiled, inputs)
+            # Inductor on the recorded graph itself (torch._inductor.compile: "compile FX graphs
+            # captured without TorchDynamo"): torch.compile would trace it again and guard
+            # every call, which cost as much as a small program's step. The signature is
+            # the guard: the same shapes, strides and dtypes as recorded.
+            self._compiled = lambda *inputs: self._first_compiled(
+                lambda: torch._inductor.compile(self.recording.run, list(inputs)), inputs)
         return self._compiled
 
-    def _first_compiled(self, compiled: Callable, inputs: tuple) -> tuple:
+    def _first_compiled(self, compile: Callable[[], Callable], inputs: tuple) -> tuple:
         start = time.perf_counter()
         rng = get_rng_state()
         try:
+            compiled = compile()
             outputs = compiled(*inputs)
         except Exception as error:  # the compiler's limits, not the program's: run the graph as recorded
             set_rng_state(rng)
