@@ -60,11 +60,15 @@ def run_compare(ns: argparse.Namespace) -> int:
     with executor_for(ns.workers, ns.scheduler) as executor:
         result = compare(model, guide, *args, configs=configs, num_steps=ns.steps, num_particles=ns.particles,
                          seeds=tuple(range(ns.seeds)), diagnose_every=max(1, ns.steps // 2), out=str(out),
-                         reset=reset, executor=executor)
+                         reset=reset, executor=executor, compile=COMPILE[ns.compile])
     print(result.summary().to_markdown(index=False, floatfmt=".4g"))
     print(f"\n{result.provenance()} ({out / 'fits.sqlite'})")
     print(f"wrote {report(result, out / 'report.html', title=f'{ns.model}: SVI comparison')}")
     return 0
+
+
+#: --compile's choices, as the losses' compile= (pyro_grad.engine.recording).
+COMPILE = {"auto": "auto", "inductor": True, "trace": {"backend": "trace"}, "off": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "1: one after another, in this process)")
     report.add_argument("--models", default=None, metavar="NAME,...",
                         help="only these built-in models (default: every one)")
+    report.add_argument("--compile", choices=COMPILE, default="off",
+                        help="how SVI steps run: off (uncompiled; measured faster on the main job's short fits), "
+                             "auto (recorded and run flat where the program allows, the same draws), inductor "
+                             "(compiled), trace (recorded)")
     table = sub.add_parser("table", help="the seed programs' gradients under each applicable estimator",
                            formatter_class=formatter)
     table.add_argument("--samples", type=positive_int, default=10_000, help="gradient draws per estimator")
@@ -107,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", type=positive_int, default=2, help="number of seeds (0, 1, ...)")
     cmp.add_argument("--particles", type=positive_int, default=4, help="particles per step")
     cmp.add_argument("--out", default="compare-out", help="directory for fits.sqlite and report.html")
+    cmp.add_argument("--compile", choices=COMPILE, default="off",
+                     help="how SVI steps run: off (uncompiled), auto (recorded and run flat where the program "
+                          "allows, the same draws; pays for itself after 100-500 steps), inductor (compiled), "
+                          "trace (recorded)")
     cmp.add_argument("--workers", type=positive_int, default=None, metavar="N",
                      help="compute the runs on N local processes (None: in this process)")
     cmp.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -166,7 +178,7 @@ def _run(ns: argparse.Namespace) -> int:
             workers = ns.workers if ns.workers is not None else usable_cores()
             index = build_reports(str(writable_directory(ns.out)), num_steps=ns.steps, num_samples=ns.samples,
                                   log=lambda line: print(line, file=sys.stderr, flush=True), models=models,
-                                  workers=None if workers == 1 else workers)
+                                  workers=None if workers == 1 else workers, compile=COMPILE[ns.compile])
             print(f"wrote {index}")
             return 0
         if ns.command == "table":

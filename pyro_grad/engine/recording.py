@@ -61,27 +61,36 @@ logger = logging.getLogger("pyro_grad.compile")
 
 #: How a recorded step runs: as recorded, or compiled by ``torch.compile``.
 BACKENDS = ("inductor", "trace")
+#: Recordings dropped for a changed decision on values before the step is no longer recorded.
+CHURN = 3
 
 
 class CompileOptions(NamedTuple):
-    """``compile=`` of an objective: ``True`` is ``{"backend": "inductor"}``."""
+    """``compile=`` of an objective: ``True`` is ``{"backend": "inductor"}``; ``"auto"``
+    is ``{"backend": "trace"}`` where a step can be recorded, quietly uncompiled where it
+    cannot (the refusal logged at INFO): the same draws and answers as uncompiled."""
 
     backend: str = "inductor"
     #: Raise where the step cannot be recorded, instead of running it uncompiled.
     fullgraph: bool = False
+    #: ``compile="auto"``: refusals are logged at INFO, not WARNING.
+    auto: bool = False
 
 
 def compile_options(compile: Any) -> Optional[CompileOptions]:
-    """``compile=`` checked: False or None (uncompiled), True, or a dict of
-    :class:`CompileOptions`' fields."""
+    """``compile=`` checked: False or None (uncompiled), True, ``"auto"``, or a dict of
+    ``backend`` and ``fullgraph``."""
     if compile is None or compile is False:
         return None
     if compile is True:
         return CompileOptions()
+    if isinstance(compile, str) and compile == "auto":
+        return CompileOptions(backend="trace", auto=True)
     if isinstance(compile, dict):
-        unknown = sorted(set(compile) - set(CompileOptions._fields))
+        keys = ("backend", "fullgraph")
+        unknown = sorted(set(compile) - set(keys))
         if unknown:
-            raise EstimatorError(f"compile= takes the keys {list(CompileOptions._fields)}, got {unknown[0]!r}")
+            raise EstimatorError(f"compile= takes the keys {list(keys)}, got {unknown[0]!r}")
         options = CompileOptions(**compile)
         if options.backend not in BACKENDS:
             raise EstimatorError(f"compile's backend must be one of {list(BACKENDS)}, got {options.backend!r}")
@@ -89,7 +98,7 @@ def compile_options(compile: Any) -> Optional[CompileOptions]:
             raise EstimatorError(f"compile's fullgraph must be True or False, got {options.fullgraph!r}")
         return options
     raise EstimatorError(
-        f"compile= must be True, False or a dict such as {{'backend': 'trace'}}, got {compile!r}"
+        f"compile= must be True, False, 'auto' or a dict such as {{'backend': 'trace'}}, got {compile!r}"
     )
 
 
@@ -250,6 +259,9 @@ class Recorder:
         self.last: Optional[str] = None
         #: Why the last recording was dropped (None: none was).
         self.dropped: Optional[str] = None
+        #: Recordings dropped as a decision on values changed: after CHURN of them the
+        #: step is no longer recorded (each recording costs a step's tracing).
+        self.changed_decisions = 0
 
     def step(self, run: Callable[[], Tuple[torch.Tensor, Sequence]], programs: tuple, args: tuple, kwargs: dict,
              ordinary: bool) -> torch.Tensor:
@@ -322,7 +334,8 @@ class Recorder:
             why = why_unrecordable(error)
             if self.options.fullgraph:
                 raise EstimatorError(f"{self.owner}(compile=...) cannot record this step: {why}") from error
-            logger.warning("%s: this step runs uncompiled, as it cannot be recorded: %s", self.owner, why)
+            logger.log(logging.INFO if self.options.auto else logging.WARNING,
+                       "%s: this step runs uncompiled, as it cannot be recorded: %s", self.owner, why)
             self.refused = (current, why)
             return self._uncompiled(run)
         self.record_seconds = time.perf_counter() - start
@@ -350,6 +363,13 @@ class Recorder:
             # run is kept, and the step runs uncompiled from the same random state.
             set_rng_state(rng)
             self._drop("a decision the engine took on values changed")
+            self.changed_decisions += 1
+            if self.changed_decisions >= CHURN:
+                why = (f"the engine's decisions on values (whether a re-run changed a later site's distribution) "
+                       f"changed {CHURN} times, so recordings would not last")
+                self.refused = (recording.signature, why)
+                logger.log(logging.INFO if self.options.auto else logging.WARNING,
+                           "%s: this step runs uncompiled: %s", self.owner, why)
             return self._uncompiled(run)
         self.last = "flat"
         return self._returned(outputs, inputs, recording.states)

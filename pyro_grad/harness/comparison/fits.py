@@ -27,6 +27,8 @@ class Fits:
     objective: Any
     checkpoint_samples: int
     modules: ModuleStates
+    #: The loss's ``compile=``.
+    compile: Any = False
 
     def start_alike(self) -> None:
         self.modules.restore()
@@ -37,11 +39,11 @@ class Fits:
         steps, every = self.schedules[label]
         return fit_one(self.model, self.guide, self.args, self.kwargs, self.configs[label], seed, steps,
                        self.num_particles, self.optim, every, on_step, self.start_alike,
-                       objective=self.objective, checkpoint_samples=self.checkpoint_samples)
+                       objective=self.objective, checkpoint_samples=self.checkpoint_samples, compile=self.compile)
 
     def warm_up(self, label: str, seed: int) -> None:
         """A few untimed steps: a process's first steps pay one-time start-up time that no
         fit should."""
         fit_one(self.model, self.guide, self.args, self.kwargs, self.configs[label], seed,
                 min(WARMUP_STEPS, self.schedules[label][0]), self.num_particles, self.optim, None,
-                reset=self.start_alike, posterior=False, objective=self.objective)
+                reset=self.start_alike, posterior=False, objective=self.objective, compile=self.compile)

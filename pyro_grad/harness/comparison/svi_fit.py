@@ -83,10 +83,12 @@ def _posterior(guide: Callable, base: Callable, args: tuple, kwargs: dict) -> Tu
 
 
 def fit_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, optim, diagnose_every,
-            on_step=None, reset=None, posterior=True, objective=ELBO, checkpoint_samples=CHECKPOINT_DRAWS):
+            on_step=None, reset=None, posterior=True, objective=ELBO, checkpoint_samples=CHECKPOINT_DRAWS,
+            compile: Any = False):
     """One SVI fit: the ELBO trace, gradient variance at checkpoints, wall and CPU time
     (checkpoints excluded), evaluations, posterior draws; a non-finite ELBO stops the
-    fit and is recorded with its step. ``on_step()`` is called after every step."""
+    fit and is recorded with its step. ``on_step()`` is called after every step; the
+    loss takes ``compile=`` (:mod:`pyro_grad.engine.recording`)."""
     pyro.clear_param_store()
     if reset is not None:
         reset()
@@ -96,7 +98,7 @@ def fit_one(model, guide, args, kwargs, config, seed, num_steps, num_particles, 
                                             num_particles)
     pyro.set_rng_seed(seed)  # as if the count had not drawn anything (a program may draw from numpy)
     wrapped = with_config(base, config)
-    loss = objective(num_particles=num_particles, vectorize_particles=True)
+    loss = objective(num_particles=num_particles, vectorize_particles=True, compile=compile)
     svi = pyro.infer.SVI(model, wrapped, fresh_optimizer(optim), loss=loss)
     record = {"status": "finished", "reason": "", "step": num_steps, "elbo": [], "checkpoints": []}
     start, start_cpu, diagnosing, diagnosing_cpu = time.perf_counter(), time.process_time(), 0.0, 0.0

@@ -69,7 +69,8 @@ def page_budget(name: str, num_steps: Optional[int] = None, num_samples: Optiona
 
 def build_reports(out: str = "reports", num_steps: Optional[int] = None, num_samples: Optional[int] = None,
                   seeds=(0, 1), checkpoints: Optional[int] = None, log: Optional[Callable[[str], None]] = None,
-                  models: Optional[Sequence[str]] = None, workers: Optional[int] = None) -> Path:
+                  models: Optional[Sequence[str]] = None, workers: Optional[int] = None,
+                  compile: Any = False) -> Path:
     """Write ``out/<model>.html`` for every built-in model and ``out/index.html``; each
     SVI fit's gradient variance is measured at ``checkpoints`` evenly spaced steps.
     ``num_steps`` (SVI steps), ``num_samples`` (gradient draws) and ``checkpoints``
@@ -78,7 +79,9 @@ def build_reports(out: str = "reports", num_steps: Optional[int] = None, num_sam
     ``log`` receives one line per model as it finishes (the CLI writes them to stderr,
     so long work shows in logs and CI). ``models``: only these (by name), else every one.
     ``workers``: build that many pages at a time, each in its own local process.
-    SVI pages compare their configs at equal program evaluations (``budget="evaluations"``).
+    SVI pages compare their configs at equal program evaluations (``budget="evaluations"``),
+    their losses taking ``compile=`` (:func:`~pyro_grad.compare`'s; by default uncompiled,
+    which measured faster on these fits of a few hundred steps).
     Warnings the runs raise (Pyro's NaN-loss warnings from failing configs) are silenced
     while the job runs, and only then."""
     from pyro_grad.harness.models import registry
@@ -91,7 +94,7 @@ def build_reports(out: str = "reports", num_steps: Optional[int] = None, num_sam
         raise EstimatorError(f"no built-in model named {unknown}; the models are {sorted(benchmarks)}")
     names = [name for name in benchmarks if models is None or name in models]
     settings = dict(out=str(out_dir), num_steps=num_steps, num_samples=num_samples, seeds=seeds,
-                    checkpoints=checkpoints)
+                    checkpoints=checkpoints, compile=compile)
     rows: Dict[str, Dict[str, Any]] = {}
 
     def finished(row: Dict[str, Any]) -> None:
@@ -112,17 +115,18 @@ def build_reports(out: str = "reports", num_steps: Optional[int] = None, num_sam
 
 
 def build_page(name: str, out: str, num_steps: Optional[int], num_samples: Optional[int], seeds: Any,
-               checkpoints: Optional[int]) -> Dict[str, Any]:
+               checkpoints: Optional[int], compile: Any = False) -> Dict[str, Any]:
     """One built-in model's page, ``out/<name>.html``, and its row of the index."""
     from pyro_grad.harness.models import registry
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         budget = page_budget(name, num_steps, num_samples, checkpoints)
-        return _build_page(registry()[name], name, Path(out), budget, seeds)
+        return _build_page(registry()[name], name, Path(out), budget, seeds, compile)
 
 
-def _build_page(bench: Any, name: str, out_dir: Path, budget: PageBudget, seeds: Any) -> Dict[str, Any]:
+def _build_page(bench: Any, name: str, out_dir: Path, budget: PageBudget, seeds: Any,
+                compile: Any = False) -> Dict[str, Any]:
     start = time.perf_counter()
     pyro.clear_param_store()
     bias, beside = None, None
@@ -137,7 +141,7 @@ def _build_page(bench: Any, name: str, out_dir: Path, budget: PageBudget, seeds:
                 bench.program, bench.guide, *bench.arguments(), configs=configs,
                 num_steps=budget.steps, seeds=seeds, diagnose_every=every,
                 out=str(out_dir / "fits" / name), reset=bench.reset,
-                checkpoint_samples=min(budget.draws, CHECKPOINT_DRAWS), budget="evaluations",
+                checkpoint_samples=min(budget.draws, CHECKPOINT_DRAWS), budget="evaluations", compile=compile,
             )
         except ConfigFailed as failure:
             # The page shows the failed fits and their reasons beside the others.
