@@ -94,6 +94,12 @@ class ELBO(pyro.infer.ELBO):
     at about a quarter of a Gaussian VAE's step each); at a site where f jumps, ``"auto"``
     switches to ``MeasureValued`` or ``Score`` from then on, and an explicit pathwise
     estimator is refused.
+
+    ``compile=True`` (or ``"auto"``, or ``{"backend": "trace"}``) runs the steps after the
+    first few as one recorded tensor function, with no Pyro on the path
+    (:mod:`pyro_grad.engine.recording`): the same gradients, parameters and baseline
+    state; a watched step still runs uncompiled every ``watch_jumps_every`` steps, and
+    checks that the recording still fits the program.
     """
 
     # The Objective protocol (:mod:`pyro_grad.objectives.objective`).
