@@ -336,3 +336,41 @@ def test_the_cli_takes_compile():
     assert COMPILE[build_parser().parse_args(["report"]).compile] is False
     with pytest.raises(SystemExit):
         build_parser().parse_args(["report", "--compile", "fast"])
+
+
+def benchmark_run(bench, compile, calls: int):
+    """``calls`` steps of a registered benchmark from seed 0: SVI steps' losses (with a
+    guide), else pg.expectation's values and gradients; and how the last call ran."""
+    pyro.clear_param_store()
+    args = bench.arguments()
+    pyro.set_rng_seed(0)
+    if bench.guide is not None:
+        loss = pg.ELBO(num_particles=2, vectorize_particles=True, compile=compile)
+        svi = SVI(bench.program, bench.guide, pyro.optim.Adam({"lr": 0.01}), loss=loss)
+        found = [svi.step(*args) for _ in range(calls)]
+        return torch.tensor(found), loss.recorder
+    differentiated = [a for a in args if torch.is_tensor(a) and a.requires_grad]
+    found = []
+    from pyro_grad.objectives.expectation import RECORDERS
+    for _ in range(calls):
+        value = pg.expectation(bench.program, *args, num_particles=4, compile=compile)
+        grads = torch.autograd.grad(value, differentiated, allow_unused=True)
+        found.append(torch.stack([value.detach()] + [torch.zeros(()) if g is None else g.sum() for g in grads]))
+    options = pg.engine.recording.compile_options(compile)
+    return torch.stack(found), RECORDERS.of(bench.program, (4, True, None, options)) if options else None
+
+
+@pytest.mark.parametrize("name", sorted(__import__("pyro_grad.harness.models", fromlist=["registry"]).registry()))
+def test_every_benchmark_program_runs_recorded_or_says_why(name):
+    """Each registered benchmark (its default estimators, "auto"), 12 calls from one seed:
+    recorded calls give the uncompiled calls' losses, values and gradients; a program that
+    cannot be recorded says why. (OUTCOMES: how each ran, printed by -s.)"""
+    from pyro_grad.harness.models import registry
+
+    bench = registry()[name]
+    uncompiled, _ = benchmark_run(bench, False, 12)
+    recorded, recorder = benchmark_run(bench, TRACE, 12)
+    torch.testing.assert_close(recorded, uncompiled, rtol=1e-4, atol=1e-4)
+    print(name, "recorded" if recorder.recording is not None else recorder.dropped or recorder.refused[1])
+    # A recording that lasted (an ELBO's watch runs one step in ten uncompiled), or why not.
+    assert recorder.recording is not None or recorder.refused is not None or recorder.dropped is not None

@@ -42,7 +42,9 @@ and the step runs uncompiled from the same draws.
 """
 
 import logging
+import os
 import time
+import traceback
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import pyro
@@ -444,5 +446,15 @@ def why_unrecordable(error: BaseException) -> str:
     text = first_line(error)
     if "value out of a tracing tensor" in text or "data-dependent" in text:
         return ("the step reads a tensor into Python (.item(), an `if` on a value, a float()), "
-                "so each call may take another path")
+                f"so each call may take another path{where_read(error)}")
     return f"{type(error).__name__}: {text}"
+
+
+def where_read(error: BaseException) -> str:
+    """`` (at file:line)``: the innermost frame of the failed recording outside torch."""
+    torch_dir = os.path.dirname(torch.__file__)
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(torch_dir)]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" (at {os.sep.join(frame.filename.split(os.sep)[-3:])}:{frame.lineno})"
