@@ -152,10 +152,20 @@ class EstimatorMessenger(Messenger):
             return auto_estimator(msg["fn"]), AUTO
         return None
 
+    def choices(self) -> tuple:
+        """What this handler would choose, comparable across calls (a recorded step,
+        :mod:`pyro_grad.engine.recording`, checks it): its identity, config, default and
+        tuned choices (a callable config as itself: what it returns is not seen)."""
+        return (id(self), repr(self.config), repr(self.default), repr(self.tuned))
+
     def _pyro_estimator_handlers(self, msg: dict) -> None:
-        # A recorded step asks which handlers are around it (pyro_grad.engine.recording):
-        # each answers with what it would choose.
-        msg["infer"]["handlers"].append((id(self), repr(self.config), repr(self.default), repr(self.tuned)))
+        # A recorded step asks which handlers are around it (pyro_grad.engine.recording).
+        # A step that runs the recording draws no site here, yet follows these choices (made
+        # when its sites were seen, on an uncompiled step that checked the names): the
+        # names count as seen.
+        msg["infer"]["handlers"].append(self.choices())
+        if isinstance(self.config, Mapping):
+            self._seen.update(self.config)
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or isinstance(msg["fn"], _Subsample):

@@ -8,6 +8,7 @@ checked in distribution against the exact gradient of a small Bernoulli VAE (eve
 latent summed out), within 4.5 standard errors.
 """
 
+import contextlib
 import logging
 
 import pyro
@@ -133,15 +134,16 @@ def test_a_handler_around_the_step_records_again(caplog):
     net = mnist_vae.BernoulliVAE(latents=4)
     compiled = pg.ELBO(num_particles=1, vectorize_particles=True, max_plate_nesting=1, compile=TRACE)
     plain = pg.ELBO(num_particles=1, vectorize_particles=True, max_plate_nesting=1)
+    score, disarm = pg.estimators({"z": pg.Score()}), pg.estimators({"z": pg.DisARM()})
     for step in range(6):
-        around = pg.estimators({"z": pg.DisARM()}) if step >= 3 else pg.estimators({"z": pg.Score()})
+        around = disarm if step >= 3 else score
         state = pyro.util.get_rng_state()
         with around, caplog.at_level(logging.INFO, logger="pyro_grad.compile"):
             value = compiled.loss_and_grads(net.model, net.guide, x)
         pyro.util.set_rng_state(state)
         with around:
             assert value == pytest.approx(plain.loss_and_grads(net.model, net.guide, x), rel=1e-6)
-    assert "the pg.estimators handlers around the call" in caplog.text
+    assert "recording again, as the handlers around the call changed" in caplog.text
     assert "DisARM" in repr(compiled.recorder.recording.fingerprint)
 
 
@@ -374,3 +376,138 @@ def test_every_benchmark_program_runs_recorded_or_says_why(name):
     print(name, "recorded" if recorder.recording is not None else recorder.dropped or recorder.refused[1])
     # A recording that lasted (an ELBO's watch runs one step in ten uncompiled), or why not.
     assert recorder.recording is not None or recorder.refused is not None or recorder.dropped is not None
+
+
+# What the review of the recorder found: each a change between calls that a recording
+# must see (and record again) or refuse. Each scenario runs 6 calls of
+# gaussian_model/gaussian_guide (or an expectation) from seed 0 and returns every call's
+# loss and gradients; recorded (trace backend) and uncompiled runs must agree call for call.
+
+def elbo_calls(compile, before_call, guide=gaussian_guide, calls=6):
+    pyro.clear_param_store()
+    loss = pg.ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1, compile=compile)
+    x = torch.linspace(-2, 2, 5)
+    pyro.set_rng_seed(0)
+    found = []
+    for call in range(calls):
+        with before_call(call):
+            value = loss.loss_and_grads(gaussian_model, guide, x)
+        params = [p for _, p in sorted(pyro.get_param_store().named_parameters())]
+        found.append([value] + [float("nan") if p.grad is None else float(p.grad.sum()) for p in params])
+        for p in params:
+            p.grad = None
+    return torch.tensor(found)
+
+
+def scaled(call):
+    """poutine.scale around the step, changing at call 3 (KL annealing's way)."""
+    return pyro.poutine.scale(scale=1.0 if call < 3 else 5.0)
+
+
+def frozen_until_3(call):
+    """`w` frozen (requires_grad False) for the first calls, trained after."""
+    pyro.param("w", torch.tensor(0.5)).unconstrained().requires_grad_(call >= 3)
+    return contextlib.nullcontext()
+
+
+def recreated_with_another_constraint(call):
+    """The param store cleared at call 3 and `s` created again, in (0, 1) instead of (0, ∞)."""
+    if call == 3:
+        pyro.clear_param_store()
+        pyro.param("s", torch.tensor(0.5), constraint=dist.constraints.unit_interval)
+    return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("before_call", [scaled, frozen_until_3, recreated_with_another_constraint],
+                         ids=lambda f: f.__name__)
+def test_changes_between_steps_are_seen(before_call):
+    torch.testing.assert_close(elbo_calls(TRACE, before_call), elbo_calls(False, before_call), equal_nan=True,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_dropout_guide_switched_to_eval_records_again():
+    """A pyro.module'd network with dropout, switched to eval mode at call 3."""
+    net = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
+
+    def guide(x):
+        pyro.module("net", net)
+        out = net(x.unsqueeze(-1))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(out[..., 0], out[..., 1].exp()))
+
+    def mode(call):
+        net.train(call < 3)
+        return contextlib.nullcontext()
+
+    torch.testing.assert_close(elbo_calls(TRACE, mode, guide), elbo_calls(False, mode, guide), rtol=1e-5, atol=1e-5)
+
+
+def expectation_calls(compile, fn, args_of, calls=6):
+    pyro.set_rng_seed(0)
+    found = []
+    for call in range(calls):
+        args = args_of(call)
+        leaves = list({id(a): a for a in args if torch.is_tensor(a) and a.requires_grad}.values())
+        value = pg.expectation(fn, *args, num_particles=4, compile=compile)
+        grads = torch.autograd.grad(value, leaves, allow_unused=True)
+        found.append([float(value)] + [float("nan") if g is None else float(g) for g in grads])
+    return torch.tensor(found)
+
+
+def test_the_same_tensor_twice_and_an_unreached_argument_keep_their_gradients():
+    """f(a, b, c) = E[z_a² ...]: θ passed as both a and b gets one gradient (4θ, not 8θ);
+    c, which f does not use, gets none (None, not zeros, which weight decay would see)."""
+    def f(a, b, c):
+        z = pyro.sample("z", dist.Normal(a, 1.0).expand([4]).to_event(1))
+        return (z * b).sum(-1)
+
+    theta, unused = torch.tensor(1.5, requires_grad=True), torch.tensor(2.0, requires_grad=True)
+    for compile in (False, TRACE):
+        fn = pg.estimators(f, {"z": pg.Reparam()})
+        assert torch.isnan(expectation_calls(compile, fn, lambda _: (theta, theta, unused))[:, 2]).all()
+    fns = [pg.estimators(f, {"z": pg.Reparam()}) for _ in range(2)]
+    torch.testing.assert_close(expectation_calls(TRACE, fns[0], lambda _: (theta, theta, unused)),
+                               expectation_calls(False, fns[1], lambda _: (theta, theta, unused)), equal_nan=True)
+
+
+def test_a_config_changed_in_place_and_an_argument_holding_tensors():
+    """The config dict of pg.estimators switched from Score to Reparam at call 3 records
+    again; an argument object holding a tensor is refused (a recording would bake it)."""
+    config = {"z": pg.Score()}
+
+    def f(theta):
+        return pyro.sample("z", dist.Normal(theta, 1.0)) ** 2
+
+    theta = torch.tensor(0.7, requires_grad=True)
+    results = []
+    for compile in (False, TRACE):
+        config["z"] = pg.Score()
+        fn = pg.estimators(f, config)
+
+        def args_of(call):
+            config["z"] = pg.Score() if call < 3 else pg.Reparam()
+            return (theta,)
+        results.append(expectation_calls(compile, fn, args_of))
+    torch.testing.assert_close(results[1], results[0])
+
+    class Holder:
+        def __init__(self, t):
+            self.t = t
+
+    def g(holder):
+        return pyro.sample("z", dist.Normal(holder.t, 1.0)) ** 2
+
+    wrapped = pg.estimators(g, {"z": pg.Reparam()})
+    with pytest.raises(EstimatorError, match="an argument of type Holder may hold tensors"):
+        for _ in range(3):
+            pg.expectation(wrapped, Holder(theta), num_particles=4, compile={"backend": "trace", "fullgraph": True})
+
+
+def test_a_second_backward_raises_as_uncompiled():
+    fn = pg.estimators(mixed, {"b": pg.Score("loo")})
+    theta = torch.tensor(0.3, requires_grad=True)
+    for _ in range(3):
+        value = pg.expectation(fn, theta, num_particles=10, compile=TRACE)
+    value.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        value.backward()

@@ -41,16 +41,17 @@ A failed attempt leaves nothing behind: the random state and the baselines are r
 and the step runs uncompiled from the same draws.
 """
 
+import contextlib
 import logging
 import os
 import time
 import traceback
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.runtime import effectful
+from pyro.poutine.runtime import am_i_wrapped, apply_stack
 from pyro.util import get_rng_state, set_rng_state
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -104,30 +105,84 @@ def compile_options(compile: Any) -> Optional[CompileOptions]:
     )
 
 
-@effectful(type="estimator_handlers")
-def _estimator_handlers() -> None:
-    return None
-
-
 def handlers_around() -> Tuple:
-    """What the ``pg.estimators`` handlers around the call would choose: each answers a
-    message of its own (``EstimatorMessenger._pyro_estimator_handlers``) with its
-    identity and configuration. Pyro's own handlers let the message pass."""
-    if not pyro.poutine.runtime.am_i_wrapped():
+    """What the handlers around the call do to a message: the ``pg.estimators`` handlers
+    answer one of their own (``EstimatorMessenger._pyro_estimator_handlers``) with their
+    choices, and Pyro's ``scale`` and ``mask`` handlers scale and mask it as any site.
+    (Pyro's ``condition``, ``replay`` and ``block`` act on named sites only: what they
+    do is seen by the uncompiled steps' comparison of sites.)"""
+    if not am_i_wrapped():
         return ()
     found: List = []
-    _estimator_handlers(infer={"handlers": found})
+    msg = {"type": "estimator_handlers", "name": None, "fn": lambda: None, "is_observed": False, "args": (),
+           "kwargs": {}, "value": None, "scale": 1.0, "mask": None, "cond_indep_stack": (), "done": False,
+           "stop": False, "continuation": None, "infer": {"handlers": found}}
+    apply_stack(msg)
+    return (tuple(found), as_value(msg["scale"]), as_value(msg["mask"]),
+            tuple((f.name, f.size, f.dim) for f in msg["cond_indep_stack"]))
+
+
+def as_value(x: Any) -> Any:
+    """A scale or mask as a comparable value."""
+    return tuple(x.detach().reshape(-1).tolist()) if torch.is_tensor(x) else x
+
+
+def choices_of(program: Any) -> tuple:
+    """What a program's own ``pg.estimators`` wrappers choose (their configs are held by
+    reference, so a change of them shows here)."""
+    found: list = []
+    while program is not None:
+        messenger = getattr(program, "messenger", None)
+        if messenger is not None and hasattr(messenger, "choices"):
+            found.append(messenger.choices())
+        program = getattr(program, "fn", None)
     return tuple(found)
 
 
+@contextlib.contextmanager
+def modules_called() -> Iterator[Dict[int, torch.nn.Module]]:
+    """The modules whose forward runs inside the block (their train or eval mode, which
+    dropout and batch norm follow, is part of what a recording assumes)."""
+    found: Dict[int, torch.nn.Module] = {}
+
+    def seen(module: torch.nn.Module, _: Any) -> None:
+        found.setdefault(id(module), module)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(seen)
+    try:
+        yield found
+    finally:
+        handle.remove()
+
+
+#: Arguments a recording can take: tensors (inputs), modules (by identity and mode),
+#: containers of them, and values compared by ``==``.
+PLAIN = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size, slice, range)
+
+
+class Opaque(NamedTuple):
+    """An argument a recording cannot take: an object that may hold tensors (a dataclass,
+    an array), which the graph would bake."""
+
+    kind: str
+
+
 def _described(value: Any) -> Any:
-    """What a recording assumes of one argument: a tensor's shape, dtype and whether it
-    requires grad; a module's identity; anything else itself (compared by ``==``)."""
+    """What a recording assumes of one argument: a tensor's shape, strides, dtype, device
+    and whether it requires grad; a module's identity and mode; a plain value itself."""
     if torch.is_tensor(value):
         return ("tensor", tuple(value.shape), value.stride(), value.dtype, value.device, value.requires_grad)
     if isinstance(value, torch.nn.Module):
-        return ("module", id(value))
-    return ("value", value)
+        return ("module", id(value), tuple(m.training for m in value.modules()))
+    if isinstance(value, PLAIN):
+        return ("value", type(value), value)
+    return Opaque(type(value).__name__)
+
+
+def aliases(tensors: Sequence[torch.Tensor]) -> tuple:
+    """For each tensor, the index of its first occurrence (the same tensor passed twice)."""
+    first: Dict[int, int] = {}
+    return tuple(first.setdefault(id(t), i) for i, t in enumerate(tensors))
 
 
 class Signature(NamedTuple):
@@ -138,19 +193,31 @@ class Signature(NamedTuple):
     params: tuple
     states: tuple
     handlers: tuple
+    modes: tuple
 
     def change(self, other: "Signature") -> str:
         """What differs from ``other``, in words."""
-        for field, words in (("programs", "the programs"), ("arguments", "the arguments' shapes or values"),
-                             ("params", "the parameters' names or shapes"), ("states", "the baselines' state"),
-                             ("handlers", "the pg.estimators handlers around the call")):
-            try:
-                same = getattr(self, field) == getattr(other, field)
-            except Exception:  # a value that does not compare (an array): it changed
-                same = False
-            if not same:
+        for field, words in (("programs", "the programs or their estimators"),
+                             ("arguments", "the arguments' shapes or values"),
+                             ("params", "the parameters' names, shapes, dtypes or requires_grad"),
+                             ("states", "the baselines' state"),
+                             ("handlers", "the handlers around the call"),
+                             ("modes", "a module's train or eval mode")):
+            if not same(getattr(self, field), getattr(other, field)):
                 return words
         return "nothing"
+
+    def opaque(self) -> Optional[str]:
+        """The type of an argument a recording cannot take, if any."""
+        return next((d.kind for d in self.arguments[1] if isinstance(d, Opaque)), None)
+
+
+def same(a: Any, b: Any) -> bool:
+    """``a == b``, False where comparing raises or is not a bool."""
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 def flattened(args: tuple, kwargs: dict) -> Tuple[list, tuple]:
@@ -158,7 +225,7 @@ def flattened(args: tuple, kwargs: dict) -> Tuple[list, tuple]:
     leaves: list = []
 
     def visit(value: Any) -> Any:
-        if isinstance(value, (tuple, list)):
+        if isinstance(value, (tuple, list)) and not isinstance(value, torch.Size):
             return (type(value).__name__, tuple(visit(v) for v in value))
         if isinstance(value, dict):
             return ("dict", tuple((k, visit(v)) for k, v in value.items()))
@@ -169,14 +236,20 @@ def flattened(args: tuple, kwargs: dict) -> Tuple[list, tuple]:
     return leaves, structure
 
 
-def signature(programs: tuple, flat: list, structure: tuple, states: Sequence[RunningAverages]) -> Signature:
+def signature(programs: tuple, flat: list, structure: tuple, states: Sequence[RunningAverages],
+              modules: Sequence[torch.nn.Module] = ()) -> Signature:
     store = pyro.get_param_store()
+    tensors = [v for v in flat if torch.is_tensor(v)]
     return Signature(
-        programs,
-        (structure, tuple(_described(v) for v in flat)),
-        tuple((name, tuple(p.shape), p.stride()) for name, p in store.named_parameters()),
-        tuple(tuple((key, tuple(t.shape)) for key, t in sorted(state.items())) for state in states),
+        tuple((program, choices_of(program)) for program in programs),
+        (structure, tuple(_described(v) for v in flat), aliases(tensors)),
+        # The unconstrained tensor's identity: a parameter created anew (another
+        # constraint, say) is another input, recorded again.
+        tuple((name, id(p), tuple(p.shape), p.stride(), p.dtype, p.device, p.requires_grad)
+              for name, p in store.named_parameters()),
+        tuple(tuple((key, tuple(t.shape), t.dtype) for key, t in sorted(state.items())) for state in states),
         handlers_around(),
+        tuple(m.training for m in modules),
     )
 
 
@@ -205,16 +278,21 @@ def states_of(traces: Sequence) -> List[RunningAverages]:
 
 
 class Precomputed(torch.autograd.Function):
-    """``value``, whose gradient with respect to each of ``leaves`` is ``grads``."""
+    """``value``, whose gradient with respect to each of ``leaves`` is ``grads`` (None
+    where ``reached`` says the step's gradient does not reach the leaf, as backward
+    leaves its ``.grad``). The gradients are saved tensors, freed after a backward
+    without ``retain_graph``, so a second one raises as autograd's does."""
 
     @staticmethod
-    def forward(ctx, value: torch.Tensor, grads: tuple, *leaves: torch.Tensor) -> torch.Tensor:
-        ctx.grads = grads
+    def forward(ctx, value: torch.Tensor, grads: tuple, reached: tuple, *leaves: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(*grads)
+        ctx.reached = reached
         return value.clone()
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        return (None, None, *(None if g is None else g * grad_output for g in ctx.grads))
+        grads = ctx.saved_tensors
+        return (None, None, None, *(g * grad_output if r else None for g, r in zip(grads, ctx.reached)))
 
 
 class Recording(NamedTuple):
@@ -226,13 +304,15 @@ class Recording(NamedTuple):
     param_names: Tuple[str, ...]
     #: Positions, among the flattened arguments, of the tensor inputs.
     arguments: Tuple[int, ...]
-    #: Which inputs get a gradient (those that required grad when recorded).
-    differentiated: Tuple[bool, ...]
+    #: Which inputs the step's gradient reaches (the others' .grad stays as it was).
+    reached: Tuple[bool, ...]
     #: (state, key) of each baseline state, an input and an output.
     states: Tuple[Tuple[RunningAverages, str], ...]
     #: The engine's decisions on values the recording took (:mod:`.assumptions`),
     #: checked after every run: its last outputs.
     assumed: Tuple[bool, ...] = ()
+    #: :func:`aliases` of the inputs before the same tensor passed twice became one.
+    aliases: tuple = ()
 
 
 class Unrecordable(Exception):
@@ -251,6 +331,8 @@ class Recorder:
         self.seen: Optional[tuple] = None
         self.states: List[RunningAverages] = []
         self.param_names: Tuple[str, ...] = ()
+        #: The modules the last uncompiled step ran.
+        self.modules: List[torch.nn.Module] = []
         #: The signature a recording was refused for, and why (refused once, logged once).
         self.refused: Optional[Tuple[Signature, str]] = None
         #: Seconds the last recording took, and its backend's first (compiling) call.
@@ -273,19 +355,23 @@ class Recorder:
         if not torch.is_grad_enabled():
             return run()[0]
         flat, structure = flattened(args, kwargs)
-        current = signature(programs, flat, structure, self.states)
+        current = signature(programs, flat, structure, self.states, self.modules)
         if ordinary and self.recording is not None:
-            if current == self.recording.signature:
+            if same(current, self.recording.signature):
                 return self._flat(run, flat)
+            # The step after a change runs uncompiled: it finds the parameters, states and
+            # sites the next recording takes.
             self._drop(f"{current.change(self.recording.signature)} changed")
-        if not ordinary or self.seen is None or (self.refused is not None and self.refused[0] == current):
+            return self._uncompiled(run)
+        if not ordinary or self.seen is None or (self.refused is not None and same(self.refused[0], current)):
             return self._uncompiled(run)
         return self._record(run, current, flat)
 
     def _uncompiled(self, run: Callable) -> torch.Tensor:
         self.last = "uncompiled"
-        with poutine.trace(param_only=True) as params:
+        with poutine.trace(param_only=True) as params, modules_called() as modules:
             value, traces = run()
+        self.modules = list(modules.values())
         found = fingerprint(traces)
         if self.recording is not None and found != self.recording.fingerprint:
             self._drop("an uncompiled step found other sites or estimators")
@@ -293,12 +379,21 @@ class Recorder:
         self.param_names = tuple(params.trace.nodes)
         return value
 
+    def _inputs(self, param_names: Sequence[str], flat: list, arguments: Sequence[int], states) -> list:
+        # pyro.param for each parameter: SVI collects the parameters it steps from these.
+        params = [pyro.param(name).unconstrained() for name in param_names]
+        return [*params, *(flat[i] for i in arguments), *(state.get(key) for state, key in states)]
+
     def _record(self, run: Callable, current: Signature, flat: list) -> torch.Tensor:
+        if current.opaque() is not None:
+            return self._refuse(run, current, Unrecordable(
+                f"an argument of type {current.opaque()} may hold tensors, which a recording would bake; pass "
+                "tensors, numbers, strings, modules, or lists, tuples and dicts of them"))
         arguments = tuple(i for i, v in enumerate(flat) if torch.is_tensor(v))
-        params = [pyro.param(name).unconstrained() for name in self.param_names]
         states = tuple((state, key) for state in self.states for key, _ in sorted(state.items()))
-        inputs = [*params, *(flat[i] for i in arguments), *(state.get(key) for state, key in states)]
-        differentiated = tuple(t.requires_grad for t in inputs)
+        # The same tensor passed twice is one input (its gradient counted once).
+        inputs = list({id(t): t for t in self._inputs(self.param_names, flat, arguments, states)}.values())
+        wanted = [t for t in inputs if t.requires_grad]
         found: Dict[str, Any] = {}
 
         def step(*_: torch.Tensor) -> tuple:
@@ -306,14 +401,16 @@ class Recorder:
             # arguments, the states), so make_fx makes each of them a placeholder.
             with assumptions() as assumed:
                 value, traces = run()
-            wanted = [t for t, d in zip(inputs, differentiated) if d]
+            if tuple(captured.trace.nodes) != self.param_names:
+                raise Unrecordable(f"it read the parameters {sorted(captured.trace.nodes)}, not the "
+                                   f"{sorted(self.param_names)} of the step before")
             unreached = unreached_leaves(value, wanted)
             if unreached:
                 raise Unrecordable(unreached)
             grads = list(torch.autograd.grad(value, wanted, allow_unused=True)) if value.requires_grad else []
-            by_input = iter(grads + [None] * (len(wanted) - len(grads)))
-            outputs = [next(by_input) if d else None for d in differentiated]
-            outputs = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, outputs)]
+            by_leaf = dict(zip(map(id, wanted), grads))
+            found["reached"] = tuple(by_leaf.get(id(t)) is not None for t in inputs)
+            outputs = [torch.zeros_like(t) if by_leaf.get(id(t)) is None else by_leaf[id(t)] for t in inputs]
             found["traces"], found["assumed"] = traces, tuple(v for _, v in assumed)
             # Plain tensors: a tensor subclass (provenance) is a new object make_fx does not
             # track, and would be recorded as a constant.
@@ -322,40 +419,49 @@ class Recorder:
 
         rng = get_rng_state()
         saved = [(state, state.copy()) for state in self.states]
+        store = pyro.get_param_store()
+        names = set(store.keys())
         start = time.perf_counter()
         try:
             with pyro.validation_enabled(False), poutine.trace(param_only=True) as captured:
                 graph = make_fx(step, tracing_mode="real")(*inputs)
-            if tuple(captured.trace.nodes) != self.param_names:
-                raise Unrecordable(f"it read the parameters {sorted(captured.trace.nodes)}, not the "
-                                   f"{sorted(self.param_names)} of the step before")
         except Exception as error:  # whatever the program did: it runs uncompiled, as before
             set_rng_state(rng)
             for state, copy in saved:
                 state.restore(copy)
-            why = why_unrecordable(error)
-            if self.options.fullgraph:
-                raise EstimatorError(f"{self.owner}(compile=...) cannot record this step: {why}") from error
-            logger.log(logging.INFO if self.options.auto else logging.WARNING,
-                       "%s: this step runs uncompiled, as it cannot be recorded: %s", self.owner, why)
-            self.refused = (current, why)
-            return self._uncompiled(run)
+            for name in set(store.keys()) - names:  # created by the attempt: the uncompiled step creates it
+                del store[name]
+            return self._refuse(run, current, error)
         self.record_seconds = time.perf_counter() - start
         traces = found["traces"]
         if fingerprint(traces) != self.seen:
             logger.info("%s: the recorded step found other sites or estimators than the step before", self.owner)
-        self.recording = Recording(current, fingerprint(traces), graph, self.param_names, arguments, differentiated,
-                                   states, found["assumed"])
+        self.recording = Recording(current, fingerprint(traces), graph, self.param_names, arguments,
+                                   found["reached"], states, found["assumed"],
+                                   aliases(self._inputs(self.param_names, flat, arguments, states)))
         self._compiled = None
         self.last = "recorded"
         # The recording ran the step for real: its outputs are this call's.
-        return self._returned(found["outputs"], inputs, states)
+        return self._returned(found["outputs"], inputs, states, found["reached"])
+
+    def _refuse(self, run: Callable, current: Signature, error: BaseException) -> torch.Tensor:
+        """Run the step uncompiled, and say once why it cannot be recorded."""
+        why = why_unrecordable(error)
+        if self.options.fullgraph:
+            raise EstimatorError(f"{self.owner}(compile=...) cannot record this step: {why}") from error
+        logger.log(logging.INFO if self.options.auto else logging.WARNING,
+                   "%s: this step runs uncompiled, as it cannot be recorded: %s", self.owner, why)
+        self.refused = (current, why)
+        return self._uncompiled(run)
 
     def _flat(self, run: Callable, flat: list) -> torch.Tensor:
         recording = self.recording
-        # pyro.param for each parameter: SVI collects the parameters it steps from these.
-        params = [pyro.param(name).unconstrained() for name in recording.param_names]
-        inputs = [*params, *(flat[i] for i in recording.arguments), *(s.get(k) for s, k in recording.states)]
+        every = self._inputs(recording.param_names, flat, recording.arguments, recording.states)
+        inputs = list({id(t): t for t in every}.values())
+        if len(inputs) != len(recording.reached) or aliases(every) != recording.aliases:
+            # A parameter passed as an argument too, say: other inputs than recorded.
+            self._drop("the tensors passed alias one another otherwise")
+            return self._uncompiled(run)
         rng = get_rng_state() if recording.assumed else None
         with torch.no_grad():  # the graph computes the gradients itself: nothing to record for autograd
             outputs = self._runner()(*inputs)
@@ -374,7 +480,7 @@ class Recorder:
                            "%s: this step runs uncompiled: %s", self.owner, why)
             return self._uncompiled(run)
         self.last = "flat"
-        return self._returned(outputs, inputs, recording.states)
+        return self._returned(outputs, inputs, recording.states, recording.reached)
 
     def _drop(self, why: str) -> None:
         logger.info("%s: recording again, as %s", self.owner, why)
@@ -409,24 +515,28 @@ class Recorder:
         return outputs
 
     @staticmethod
-    def _returned(outputs: tuple, inputs: List[torch.Tensor], states) -> torch.Tensor:
+    def _returned(outputs: tuple, inputs: List[torch.Tensor], states, reached: tuple) -> torch.Tensor:
         value, grads, new_states = outputs[0], outputs[1:1 + len(inputs)], outputs[1 + len(inputs):]
         for (state, key), new in zip(states, new_states):
             state.set(key, new)
-        leaves = [t for t in inputs if t.requires_grad]
-        if not leaves:
+        kept = [(t, g, r) for t, g, r in zip(inputs, grads, reached) if t.requires_grad]
+        if not kept:
             return value
-        return Precomputed.apply(value, tuple(g for t, g in zip(inputs, grads) if t.requires_grad), *leaves)
+        return Precomputed.apply(value, tuple(g for _, g, _ in kept), tuple(r for _, _, r in kept),
+                                 *(t for t, _, _ in kept))
 
 
 def unreached_leaves(value: torch.Tensor, inputs: Sequence[torch.Tensor]) -> str:
     """Leaves the surrogate's gradient reaches that are not among ``inputs``, described
     (empty when there are none): their gradients would be lost in a recording."""
     known = {id(t) for t in inputs}
+    # A non-leaf input (an argument computed from a leaf) ends the walk: its gradient is
+    # handed to it, and autograd carries it on from there.
+    ends = {t.grad_fn for t in inputs if t.grad_fn is not None}
     seen, stack, missing = set(), [value.grad_fn], []
     while stack:
         node = stack.pop()
-        if node is None or node in seen:
+        if node is None or node in seen or node in ends:
             continue
         seen.add(node)
         variable = getattr(node, "variable", None)
