@@ -156,7 +156,8 @@ class EstimatorMessenger(Messenger):
         """What this handler would choose, comparable across calls (a recorded step,
         :mod:`pyro_grad.engine.recording`, checks it): its identity, config, default and
         tuned choices (a callable config as itself: what it returns is not seen)."""
-        return (id(self), repr(self.config), repr(self.default), repr(self.tuned))
+        config = tuple(self.config.items()) if isinstance(self.config, Mapping) else self.config
+        return (id(self), config, self.default, tuple(self.tuned.items()))
 
     def _pyro_estimator_handlers(self, msg: dict) -> None:
         # A recorded step asks which handlers are around it (pyro_grad.engine.recording).
