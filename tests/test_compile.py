@@ -126,6 +126,20 @@ def test_new_argument_shapes_record_again(caplog):
     assert compiled.recorder.recording.signature.arguments[1][0][1] == (4, 784)
 
 
+@pytest.mark.parametrize("args", [(), (torch.ones(2),), (torch.ones(2), 3, "a", None), (torch.Size([2]), 1.5)])
+def test_the_arguments_fast_flattening_is_the_general_one(args):
+    """Positional arguments with no container take a shortcut before every compiled call;
+    its leaves and structure are the general walk's (forced here by a keyword argument,
+    whose own part is dropped), so a guard built either way compares equal."""
+    from pyro_grad.engine.recording import flattened
+
+    leaves, (positional, keywords) = flattened(args, {})
+    walked, (walked_positional, _) = flattened(args, {"forces_the_walk": 0})
+    assert keywords == ("dict", ())
+    assert positional == walked_positional
+    assert len(leaves) == len(walked) - 1 and all(a is b for a, b in zip(leaves, walked))
+
+
 def test_a_handler_around_the_step_records_again(caplog):
     """`with pg.estimators({"z": pg.DisARM()})` around a compiled step changes the site's
     estimator: the step is recorded again and its gradient is DisARM's, draw for draw."""

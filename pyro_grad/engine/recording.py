@@ -171,7 +171,7 @@ def _described(value: Any) -> Any:
     """What a recording assumes of one argument: a tensor's shape, strides, dtype, device
     and whether it requires grad; a module's identity and mode; a plain value itself."""
     if torch.is_tensor(value):
-        return ("tensor", tuple(value.shape), value.stride(), value.dtype, value.device, value.requires_grad)
+        return ("tensor", value.shape, value.stride(), value.dtype, value.device, value.requires_grad)
     if isinstance(value, torch.nn.Module):
         return ("module", id(value), tuple(m.training for m in value.modules()))
     if isinstance(value, PLAIN):
@@ -222,6 +222,10 @@ def same(a: Any, b: Any) -> bool:
 
 def flattened(args: tuple, kwargs: dict) -> Tuple[list, tuple]:
     """The arguments' leaves (inside tuples, lists and dicts), and their structure."""
+    if not kwargs and not any(isinstance(v, (tuple, list, dict)) for v in args):
+        # The common call, f(theta, data): what visit gives, without its recursion (this
+        # runs before every compiled call).
+        return list(args), (("tuple", (None,) * len(args)), ("dict", ()))
     leaves: list = []
 
     def visit(value: Any) -> Any:
@@ -245,9 +249,9 @@ def signature(programs: tuple, flat: list, structure: tuple, states: Sequence[Ru
         (structure, tuple(_described(v) for v in flat), aliases(tensors)),
         # The unconstrained tensor's identity: a parameter created anew (another
         # constraint, say) is another input, recorded again.
-        tuple((name, id(p), tuple(p.shape), p.stride(), p.dtype, p.device, p.requires_grad)
+        tuple((name, id(p), p.shape, p.stride(), p.dtype, p.device, p.requires_grad)
               for name, p in store.named_parameters()),
-        tuple(tuple((key, tuple(t.shape), t.dtype) for key, t in sorted(state.items())) for state in states),
+        tuple(tuple((key, t.shape, t.stride(), t.dtype) for key, t in sorted(state.items())) for state in states),
         handlers_around(),
         tuple(m.training for m in modules),
     )
@@ -495,7 +499,9 @@ class Recorder:
             # every call, which cost as much as a small program's step. The signature is
             # the guard: the same shapes, strides and dtypes as recorded.
             self._compiled = lambda *inputs: self._first_compiled(
-                lambda: torch._inductor.compile(self.recording.run, list(inputs)), inputs)
+                # No size asserts in the compiled code: the signature has checked them.
+                lambda: torch._inductor.compile(self.recording.run, list(inputs), options={"size_asserts": False}),
+                inputs)
         return self._compiled
 
     def _first_compiled(self, compile: Callable[[], Callable], inputs: tuple) -> tuple:
