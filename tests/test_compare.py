@@ -5,8 +5,6 @@ import io
 import math
 import os
 import re
-import textwrap
-import time
 
 import matplotlib.figure
 import matplotlib.image

@@ -188,7 +188,7 @@ def test_the_bound_rises_to_log_p_x_as_k_grows():
     # log p(x) = Σ_n log N(x_n; 0, 2). Delta method: log p − L_K ≈ χ²(p(z|x) ‖ q) / (2K).
     log_p = float(dist.Normal(0.0, 2**0.5).log_prob(DATA).sum())
     gaussian_guide(DATA)
-    means, gaps = [], []
+    means = []
     for k, samples in ((1, 4000), (4, 4000), (32, 4000), (1024, 500)):
         with torch.no_grad():
             values = pg.IWAE(num_particles=k).estimates(gaussian_model, gaussian_guide, (DATA,), num_samples=samples).values

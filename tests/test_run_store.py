@@ -15,7 +15,6 @@ import torch
 import pyro_grad as pg
 import pyro_grad.harness.comparison.svi_compare as compare_module
 import pyro_grad.harness.comparison.fits as fits_module
-import pyro_grad.harness.comparison.svi_fit as svi_fit
 from pyro_grad.harness.models import coin
 from pyro_grad.harness.comparison.identity import FitIdentity
 from pyro_grad.harness.comparison import store as store_module
