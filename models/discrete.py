@@ -92,61 +92,76 @@ def state_walk_derivative(p: float, n: int) -> float:
     return float(gradient)
 
 
-def state_walk_pruned_by_hand(p: float, n: int, num: int, lazy: bool = False) -> torch.Tensor:
+def state_walk_pruned_by_hand(p: float, n: int, num: int, lazy: bool = False,
+                              weights: str = "mixture") -> torch.Tensor:
     """``num`` one-sample derivative estimates of ∂p E[X_n²] on :func:`state_walk`, written
     by hand in vectorized torch: the reference the one-run engine is measured against.
 
     Each step draws ``up = 1{U < q}``, ``q = exp(−X/p)`` (inverse-CDF coupling: every
-    alternative path reuses the step's U), and offers its flip with coefficient
-    ``c = 1 − 2·up`` on ``η = q``, ``∂p q = q·X/p²``.
+    alternative path reuses the step's U), and offers its flip.
 
-    * ``lazy=False`` is ``MeasureValued(engine="one-run")``'s estimator: after the first
-      run one step is kept with probability ``π = ½|c|/Σ|c| + ½|c|·|∂p q|/Σ|c|·|∂p q|``
-      and the path is re-run with it flipped; the estimate is ``c/π · ∂p q · (X'² − X²)``.
-    * ``lazy=True`` is StochasticAD.jl's pruning (Arya et al., NeurIPS 2022): the
-      alternative path runs beside the first, each new flip (weight ``∂p q/(1 − q)`` from
-      a down step, their one-sided rule) competes with the carried one in proportion to
-      the weights, and a carried one whose path has rejoined the first is dropped first.
+    ``weights`` says what each step's flip weighs and what its coefficient is:
+
+    * ``"mixture"``, ``MeasureValued(engine="one-run")``'s: every step that can move
+      offers its flip with coefficient ``c = 1 − 2·up`` on ``η = q`` (``∂p q = q·X/p²``),
+      weighted ``π = ½|c|/Σ|c| + ½|c|·|∂p q|/Σ|c|·|∂p q|`` (sums over the path's steps);
+    * ``"one-sided"``, StochasticAD.jl's (Arya et al., NeurIPS 2022): only a down step
+      offers its flip, weighted ``∂p q/(1 − q)``.
+
+    ``lazy=False`` keeps one step per path at once, with probability in proportion to the
+    weights, and re-runs the path with it flipped; ``lazy=True`` runs the alternative path
+    beside the first: each new flip competes with the carried one in proportion to the
+    weights, and a carried one whose path has rejoined the first is dropped first. The
+    estimate is ``W · c/π · ∂p q · (X'² − X²)``, ``W`` the summed weight of the flips that
+    competed (the weights' total, at once).
     """
-    x = torch.zeros(num, dtype=torch.float64)
-    if lazy:
-        alternative, weight = torch.zeros_like(x), torch.zeros_like(x)
-        for _ in range(n):
-            u = torch.rand(num, dtype=torch.float64)
-            q = torch.exp(-x / p).clamp(max=1.0)
-            up = (u < q).to(x.dtype)
-            new = torch.where(up == 0, q * x / p**2 / (1 - q).clamp(min=1e-300), torch.zeros_like(x))
-            alive = (weight > 0) & (alternative != x)
-            total = torch.where(alive, weight, torch.zeros_like(weight)) + new
-            take = torch.rand(num, dtype=torch.float64) * total.clamp(min=1e-300) < new
-            carried = alternative + 2 * (u < torch.exp(-alternative / p).clamp(max=1.0)).to(x.dtype) - 1
-            alternative = torch.where(take, x + 1, torch.where(alive, carried, x + 2 * up - 1))
-            weight = torch.where(take | alive, total, torch.zeros_like(total))
-            x = x + 2 * up - 1
-        return weight * (alternative**2 - x**2)
-    uniforms = torch.rand(n, num, dtype=torch.float64)
-    ups, rates = [], []
+    dtype = torch.float64
+    uniforms = torch.rand(n, num, dtype=dtype)
+    x, states, ups = torch.zeros(num, dtype=dtype), [], []
     for t in range(n):
-        q = torch.exp(-x / p).clamp(max=1.0)
-        up = (uniforms[t] < q).to(x.dtype)
+        states.append(x)
+        up = (uniforms[t] < torch.exp(-x / p).clamp(max=1.0)).to(dtype)
         ups.append(up)
-        rates.append(torch.where((q > 0) & (q < 1), q * x / p**2, torch.zeros_like(q)))
         x = x + 2 * up - 1
-    up, rate = torch.stack(ups), torch.stack(rates)
-    size = (rate != 0).to(x.dtype)  # |c| = 1 where the step can move
-    by_sensitivity = (size * rate.abs()).sum(0).clamp(min=1e-300)
-    prob = 0.5 * size / size.sum(0).clamp(min=1) + 0.5 * size * rate.abs() / by_sensitivity
-    movable = size.sum(0) > 0
-    kept = torch.multinomial((prob + (~movable).to(x.dtype)).T, 1).squeeze(1)
-    alternative = torch.zeros_like(x)
-    for t in range(n):
-        step = (uniforms[t] < torch.exp(-alternative / p).clamp(max=1.0)).to(x.dtype)
-        step = torch.where(kept == t, 1 - up[t], step)
-        alternative = alternative + 2 * step - 1
-    chosen = kept.unsqueeze(0)
-    c = (1 - 2 * up).gather(0, chosen).squeeze(0)
-    estimate = c / prob.gather(0, chosen).squeeze(0) * rate.gather(0, chosen).squeeze(0) * (alternative**2 - x**2)
-    return torch.where(movable, estimate, torch.zeros_like(estimate))
+    state, up = torch.stack(states), torch.stack(ups)
+    q = torch.exp(-state / p).clamp(max=1.0)
+    rate = torch.where((q > 0) & (q < 1), q * state / p**2, torch.zeros_like(q))  # ∂p q
+    if weights == "one-sided":
+        weight = torch.where(up == 0, rate / (1 - q).clamp(min=1e-300), torch.zeros_like(q))
+        coefficient_over_weight = torch.where(weight > 0, 1 / weight.clamp(min=1e-300), torch.zeros_like(q)) * \
+            torch.where(up == 0, 1 / (1 - q).clamp(min=1e-300), torch.zeros_like(q))
+    elif weights == "mixture":
+        size = (rate != 0).to(dtype)  # |c| = 1 where the step can move
+        by_sensitivity = (size * rate).sum(0).clamp(min=1e-300)
+        weight = 0.5 * size / size.sum(0).clamp(min=1) + 0.5 * size * rate / by_sensitivity
+        coefficient_over_weight = torch.where(weight > 0, (1 - 2 * up) / weight.clamp(min=1e-300), torch.zeros_like(q))
+    else:
+        raise ValueError(f"weights must be 'mixture' or 'one-sided', got {weights!r}")
+    total = torch.zeros(num, dtype=dtype)
+    kept = torch.full((num,), -1, dtype=torch.long)
+    alternative = torch.zeros(num, dtype=dtype)
+    steps = torch.arange(num)
+    if not lazy:
+        movable = weight.sum(0) > 0
+        kept = torch.where(movable, torch.multinomial((weight + (~movable).to(dtype)).T, 1).squeeze(1), -1)
+        total = weight.sum(0)
+        for t in range(n):
+            step = (uniforms[t] < torch.exp(-alternative / p).clamp(max=1.0)).to(dtype)
+            step = torch.where(kept == t, 1 - up[t], step)
+            alternative = alternative + 2 * step - 1
+    else:
+        for t in range(n):
+            alive = (total > 0) & (alternative != state[t])
+            carried = torch.where(alive, total, torch.zeros_like(total))
+            take = torch.rand(num, dtype=dtype) * (carried + weight[t]).clamp(min=1e-300) < weight[t]
+            kept = torch.where(take, t, torch.where(alive, kept, -1))
+            total = torch.where(take | alive, carried + weight[t], torch.zeros_like(total))
+            step = (uniforms[t] < torch.exp(-alternative / p).clamp(max=1.0)).to(dtype)
+            alternative = torch.where(take, state[t] + 2 * (1 - up[t]) - 1,
+                                      torch.where(alive, alternative + 2 * step - 1, state[t + 1] if t + 1 < n else x))
+    index = kept.clamp(min=0)
+    estimate = total * coefficient_over_weight[index, steps] * rate[index, steps] * (alternative**2 - x**2)
+    return torch.where(kept >= 0, estimate, torch.zeros_like(estimate))
 
 
 #: The discrete test bench as benchmarks (for ``benchmarks/discrete_table.py``); not in

@@ -55,8 +55,8 @@ from random_programs import (
 
 DEEP = os.environ.get("PYRO_GRAD_DEEP", "") not in ("", "0")
 #: Programs per run: the deep run has 500 in all.
-EXAMPLES = ({"vectorized": 400, "looped": 100, "categorical": 50, "jumps": 100} if DEEP
-            else {"vectorized": 30, "looped": 4, "categorical": 6, "jumps": 12})
+EXAMPLES = ({"vectorized": 400, "looped": 100, "categorical": 50, "jumps": 100, "one_run": 100} if DEEP
+            else {"vectorized": 30, "looped": 4, "categorical": 6, "jumps": 12, "one_run": 10})
 Z_SUITE = max(Z, float(norm.isf(1e-3 / (2 * sum(EXAMPLES.values())))))
 THETA = 0.3
 #: Independent gradient draws per program: vectorized draws are cheap, looped ones are not.
@@ -150,8 +150,9 @@ def relaxable(program: Program, i: int) -> bool:
     return all(c[2 + i] == 0 for c in later)
 
 
-def check_program(program: Program, data, vectorize: bool, first=None) -> None:
-    """``first``: the estimator of the first site (else hypothesis picks it, as the others')."""
+def check_program(program: Program, data, vectorize: bool, first=None, one_run: bool = False) -> None:
+    """``first``: the estimator of the first site (else hypothesis picks it, as the others').
+    ``one_run``: every discrete site takes a one-run estimator, pruned lazily."""
     num_particles = data.draw(st.integers(max(1, first.min_particles if first else 1), 3 if vectorize else 2),
                               label="K")
     config = {
@@ -161,6 +162,11 @@ def check_program(program: Program, data, vectorize: bool, first=None) -> None:
     }
     if first is not None:
         config["s0"] = first
+    if one_run:
+        for i, site in enumerate(program.sites):
+            lazy = [e for e in unbiased_estimators(site, num_particles) if getattr(e, "one_run", False)]
+            if lazy:
+                config[f"s{i}"] = data.draw(st.sampled_from(lazy), label=f"s{i} one-run")
     loop_estimator = data.draw(st.sampled_from(loop_estimators()), label="loop") if program.loop else None
     pyro.clear_param_store()  # each program's control variates start afresh
     perturb_control_variates(config)  # learned control variates away from their start
@@ -179,6 +185,10 @@ def check_program(program: Program, data, vectorize: bool, first=None) -> None:
         seed=0,
     )["theta"]
     assert torch.isfinite(draws).all()
+    if one_run:  # the alternative path was carried beside the run, not chosen at once
+        estimates = pg.expectation.objective(num_particles, vectorize).estimates(
+            pg.estimators(program, choose), None, (torch.tensor(THETA, requires_grad=True),), {})
+        assert not any("pruned at once" in why for why in estimates.reasons.values()), estimates.reasons
     mean, se = float(draws.double().mean()), standard_error_of_mean(draws)
     tolerance = Z_SUITE * se + 1e3 * ROUNDING * max(1.0, abs(exact))
     assert abs(mean - exact) <= tolerance, (
@@ -225,6 +235,15 @@ def test_programs_that_jump_in_a_continuous_draw_match_the_exact_gradient(progra
     # A Normal's value reaches the cost through floor, round, a threshold, sign or a
     # where: its site takes an estimator that needs no smoothness, or "auto", which must.
     check_program(program, data, vectorize=True)
+
+
+@suite_settings(EXAMPLES["one_run"])
+@given(program=programs(loops=False), data=st.data())
+def test_lazily_pruned_one_run_sites_match_the_exact_gradient(program, data):
+    # Every discrete site on a one-run engine: their jumps compete as the program runs,
+    # the alternative path carried beside every value (pyro_grad.engine.lazy_pruning),
+    # later sites' parameters depending on earlier draws.
+    check_program(program, data, vectorize=True, one_run=True)
 
 
 def test_the_reference_matches_closed_forms():

@@ -187,27 +187,33 @@ class Rows:
         return natural.reshape(self.batch + (1,) * event_dim)
 
 
-def pruned_terms(
-    perturbations: Dict[str, Tuple[List[Perturbation], torch.Tensor, int]],
-    layout: ParticleLayout,
-    f: torch.Tensor,
-    run_changes: Callable[[Dict[str, Tuple[torch.Tensor, torch.Tensor]]], torch.Tensor],
-    inputs: Sequence[torch.Tensor] = (),
-    batch: Optional[torch.Size] = None,
-) -> Dict[str, torch.Tensor]:
-    """Per-particle ``(P,)`` terms of each site of ``perturbations`` (site → its
-    :class:`Perturbation` s, one per kind of jump its elements offer, its first-run value
-    and its event dims), from one alternative run: ``run_changes({site: (value,
-    picked)})`` runs the program with each site's ``value`` where ``picked`` (a mask shaped
-    to broadcast against it) and returns that run's f; ``f`` is the first run's, ``(P,)``,
-    or with ``batch`` (:class:`Rows`) each plate element's own, broadcast to ``batch``;
-    ``inputs`` are the tensors θ the sensitivities differentiate in (the module docs)."""
-    rows = Rows(layout, batch)
+class Jumps(NamedTuple):
+    """Every one-run site's offered jumps as the columns of a ``(rows, jumps)`` table:
+    ``offers`` (site, :class:`Perturbation`) with ``spans`` (their columns), ``shaped``
+    (each offer's coefficient and parameter, broadcast to its site's value), ``size``
+    ``|c|`` and ``share`` (so that ``π = size · share``, summing to 1 over a row: the
+    at-once choice's probabilities and the lazy choice's weights)."""
+
+    offers: List[Tuple[str, Perturbation]]
+    spans: List[Tuple[int, int]]
+    shaped: List[Tuple[torch.Tensor, torch.Tensor]]
+    size: torch.Tensor
+    share: torch.Tensor
+
+    def of_site(self, name: str) -> List[Tuple[Perturbation, int, int]]:
+        """The site's offers with their columns."""
+        return [(offer, a, b) for (site, offer), (a, b) in zip(self.offers, self.spans) if site == name]
+
+
+def jumps(perturbations: Dict[str, Tuple[List[Perturbation], torch.Tensor, int]], rows: Rows,
+          inputs: Sequence[torch.Tensor] = ()) -> Optional[Jumps]:
+    """The jumps of ``perturbations`` (site → its offers, first-run value and event dims)
+    and their weights (module docs), or None when no jump moves with θ."""
     # A jump whose parameter does not move with θ has no term: it does not compete.
     offers = [(name, offer) for name, (offered, _, _) in perturbations.items() for offer in offered
               if offer.eta.requires_grad or forward_tangent(offer.eta) is not None]
     if not offers:
-        return {}
+        return None
     shaped = [(offer.coefficient.expand(perturbations[name][1].shape), offer.eta.expand(perturbations[name][1].shape))
               for name, offer in offers]
     tangents = sensitivities([eta for _, eta in shaped], inputs)
@@ -226,25 +232,74 @@ def pruned_terms(
     share = torch.where(by_sensitivity > 0,
                         DEFENSIVE / by_size + (1 - DEFENSIVE) * tangent / by_sensitivity.clamp(min=tiny),
                         1 / by_size)
-    kept = choose(size * share)
-    # The kept element's c/π = sign(c) / share.
-    scale = torch.where(kept.any(1), 1 / (share * kept).sum(1).clamp(min=tiny), torch.zeros(kept.shape[0]))
-    masks, changes, start = [], {name: (perturbations[name][1], None) for name, _ in offers}, 0
-    for (name, offer), offered in zip(offers, sizes):
-        _, value, event_dim = perturbations[name]
-        block = kept[:, start:start + offered.shape[1]]
+    spans, start = [], 0
+    for offered in sizes:
+        spans.append((start, start + offered.shape[1]))
         start += offered.shape[1]
+    return Jumps(offers, spans, shaped, size, share)
+
+
+class Kept(NamedTuple):
+    """Each row's kept jump: ``kept`` one-hot ``(rows, jumps)`` (a row of zeros keeps
+    none), ``scale`` its ``c/π`` up to the sign of ``c`` and ``delta`` the change of f
+    when it is made, ``(rows,)``."""
+
+    kept: torch.Tensor
+    scale: torch.Tensor
+    delta: torch.Tensor
+
+
+def kept_at_once(table: Jumps, perturbations, rows: Rows, f: torch.Tensor,
+                 run_changes: Callable[[Dict[str, Tuple[torch.Tensor, torch.Tensor]]], torch.Tensor]) -> Kept:
+    """One jump per row chosen after the first run, with probability ``π``, and made in
+    one alternative run: ``c/π = sign(c)/share``."""
+    kept = choose(table.size * table.share)
+    tiny = torch.finfo(table.size.dtype).tiny
+    scale = torch.where(kept.any(1), 1 / (table.share * kept).sum(1).clamp(min=tiny), torch.zeros(kept.shape[0]))
+    changes = {name: (perturbations[name][1], None) for name, _ in table.offers}
+    for (name, offer), (a, b) in zip(table.offers, table.spans):
+        _, value, event_dim = perturbations[name]
+        block = kept[:, a:b]
         mask = rows.elements(block, value, event_dim)
-        masks.append(mask)
         # At most one jump per row is kept, so a site's offers never overlap.
         moved, picked = changes[name]
         here = rows.back(block.any(1), event_dim)
         changes[name] = (torch.where(mask, offer.value.to(value.dtype), moved), here if picked is None else picked | here)
     delta = (rows.f(run_changes(changes)) - rows.f(f)).detach()
+    return Kept(kept, scale, delta)
+
+
+def pruned_terms(
+    perturbations: Dict[str, Tuple[List[Perturbation], torch.Tensor, int]],
+    layout: ParticleLayout,
+    f: torch.Tensor,
+    run_changes: Callable[[Dict[str, Tuple[torch.Tensor, torch.Tensor]]], torch.Tensor],
+    inputs: Sequence[torch.Tensor] = (),
+    batch: Optional[torch.Size] = None,
+    lazy: Optional[Callable[[Jumps, Rows], Optional[Kept]]] = None,
+) -> Dict[str, torch.Tensor]:
+    """Per-particle ``(P,)`` terms of each site of ``perturbations`` (site → its
+    :class:`Perturbation` s, one per kind of jump its elements offer, its first-run value
+    and its event dims), from one alternative run: ``run_changes({site: (value,
+    picked)})`` runs the program with each site's ``value`` where ``picked`` (a mask shaped
+    to broadcast against it) and returns that run's f; ``f`` is the first run's, ``(P,)``,
+    or with ``batch`` (:class:`Rows`) each plate element's own, broadcast to ``batch``;
+    ``inputs`` are the tensors θ the sensitivities differentiate in (the module docs).
+    ``lazy(jumps, rows)``, when given, runs the alternative path beside the first and
+    prunes as it goes (:mod:`pyro_grad.engine.lazy_pruning`), or gives None where it
+    cannot (it says why): the jumps are then chosen at once."""
+    rows = Rows(layout, batch)
+    table = jumps(perturbations, rows, inputs)
+    if table is None:
+        return {}
+    chosen = lazy(table, rows) if lazy is not None else None
+    if chosen is None:
+        chosen = kept_at_once(table, perturbations, rows, f, run_changes)
     terms: Dict[str, torch.Tensor] = {}
-    for (name, _), (coefficient, eta), mask in zip(offers, shaped, masks):
-        event_dim = perturbations[name][2]
+    for (name, _), (coefficient, eta), (a, b) in zip(table.offers, table.shaped, table.spans):
+        _, value, event_dim = perturbations[name]
+        mask = rows.elements(chosen.kept[:, a:b], value, event_dim)
         sign = torch.where(mask, coefficient.sign(), torch.zeros_like(coefficient))
-        lever = layout.reduce((eta - eta.detach()) * sign * rows.back(scale * delta, event_dim), event_dim)
+        lever = layout.reduce((eta - eta.detach()) * sign * rows.back(chosen.scale * chosen.delta, event_dim), event_dim)
         terms[name] = terms[name] + lever if name in terms else lever
     return terms

@@ -262,6 +262,7 @@ def one_run_terms(
     density: Callable = lambda fn: fn,
     inputs: Sequence[torch.Tensor] = (),
     batch: Optional[torch.Size] = None,
+    lazy: Optional[Callable] = None,
 ) -> Terms:
     """Per-particle ``(k,)`` terms of every one-run site of one trace (a difference
     estimator with ``one_run``), from their pruned perturbations and one alternative run
@@ -269,7 +270,8 @@ def one_run_terms(
     ``run_changes`` runs the program with per-particle changes; ``inputs``, the tensors
     the jumps' sensitivities are taken in). ``sites`` and ``density`` as in
     :func:`difference_terms`. With ``batch`` every one-run site shares it and ``f`` is
-    each plate element's own (:class:`pyro_grad.engine.one_run.Rows`)."""
+    each plate element's own (:class:`pyro_grad.engine.one_run.Rows`). ``lazy(jumps,
+    rows)`` prunes lazily where it can (:func:`pyro_grad.engine.one_run.pruned_terms`)."""
     perturbations = {}
     for name, site, estimator in difference_sites(trace, sites, one_run=True):
         fn = density(site["fn"])
@@ -277,7 +279,7 @@ def one_run_terms(
         perturbations[name] = (estimator.perturbations(draw), draw.value, len(fn.event_shape))
     if not perturbations:
         return {}
-    return pruned_terms(perturbations, layout, f.detach(), run_changes, inputs, batch)
+    return pruned_terms(perturbations, layout, f.detach(), run_changes, inputs, batch, lazy)
 
 
 def joined_terms(blocks: List[Terms], num_samples: int) -> Dict[str, torch.Tensor]:

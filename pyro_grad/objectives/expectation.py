@@ -15,6 +15,7 @@ from pyro_grad.engine.provenance import plain, provenance_of
 from pyro_grad import baselines
 from pyro_grad.distributions import describe, parameter_provenance, unmasked
 from pyro_grad.engine.alternative_run import AlternativeRun
+from pyro_grad.engine.lazy_pruning import Unsupported, lazily_pruned
 from pyro_grad.engine.one_run import differentiable_inputs
 from pyro_grad.engine.recording import Recorder, compile_options
 from pyro_grad.engine.particles import (
@@ -347,6 +348,17 @@ def expectation_estimates(
             alternative, _ = particle_traces(program, args, kwargs, k, dim is not None, nesting, watched=False)
         return plain(check_f(alternative[0].nodes["_RETURN"]["value"], k, dim is not None)).detach()
 
+    #: Why the alternative path could not be carried beside a run, if it could not.
+    at_once: List[str] = []
+
+    def run_lazily(trace, table, rows):
+        # StochasticAD.jl's lazy pruning (pyro_grad.engine.lazy_pruning), else at once.
+        try:
+            return lazily_pruned(program, args, kwargs, trace, table, rows, dim, k)
+        except Unsupported as why:
+            at_once.append(str(why))
+            return None
+
     def rerun():
         with poutine.block():
             return poutine.trace(program).get_trace(*args, **kwargs).nodes["_RETURN"]["value"]
@@ -377,10 +389,16 @@ def expectation_estimates(
             density=unmasked,
         )
         terms.update(one_run_terms(trace, layout, f, lambda changes, t=full: run_changes(t, changes), sites=upstream,
-                                   density=unmasked, inputs=differentiable_inputs(args, kwargs, full)))
+                                   density=unmasked, inputs=differentiable_inputs(args, kwargs, full),
+                                   lazy=lambda table, rows, t=full: run_lazily(t, table, rows)))
         difference_blocks.append((terms, losses))
     estimates = assemble(values, blocks, difference_blocks, num_samples, traces[0], args, kwargs, loss_sign=1.0)
     estimates.reasons = choice_reasons(traces[0], guard)
+    if at_once:
+        for name, estimator in estimates.estimators.items():
+            if getattr(estimator, "one_run", False) and name in estimates.reasons:
+                estimates.reasons[name] += (f"; its jump was pruned at once, not lazily, as the alternative path "
+                                            f"could not be carried beside the run: {at_once[0]}")
     estimates.traces = traces
     return estimates
 
