@@ -54,8 +54,9 @@ ESTIMATORS: Dict[str, Callable[[], pg.Estimator]] = {
 }
 
 
-#: Hand-written vectorized torch: name → lazy pruning or not.
-BY_HAND = {"by hand: one-run's estimator": False, "by hand: StochasticAD's lazy": True}
+#: Hand-written vectorized torch: name → (lazy pruning or not, the flips' weights).
+BY_HAND = {"by hand: at once (mixture)": (False, "mixture"), "by hand: one-run's, lazy (mixture)": (True, "mixture"),
+           "by hand: StochasticAD's (one-sided)": (True, "one-sided")}
 #: Calls' means the hand-written rows' spread comes from (their draws cost little).
 HAND_CALLS = 1000
 
@@ -67,10 +68,10 @@ def draws(name: str, n: int, p: float, particles: int, reps: int) -> Tuple[List[
         for rep in range(reps):
             torch.manual_seed(rep)
             start = time.perf_counter()
-            state_walk_pruned_by_hand(p, n, particles, lazy=BY_HAND[name])
+            state_walk_pruned_by_hand(p, n, particles, *BY_HAND[name])
             seconds += time.perf_counter() - start
         torch.manual_seed(reps)
-        sample = state_walk_pruned_by_hand(p, n, particles * HAND_CALLS, lazy=BY_HAND[name])
+        sample = state_walk_pruned_by_hand(p, n, particles * HAND_CALLS, *BY_HAND[name])
         return sample.reshape(HAND_CALLS, particles).mean(1).tolist(), seconds / reps
     program = pg.estimators(lambda q: walk(q, n), default=ESTIMATORS[name]())
     means, seconds = [], 0.0

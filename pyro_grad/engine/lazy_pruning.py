@@ -52,7 +52,7 @@ Whether a value is the same on both paths is a decision on values: a recorded st
 
 import copy
 import weakref
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 import pyro
 import torch
@@ -61,7 +61,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 from torch.utils._pytree import tree_map
 
-from pyro_grad.distributions import describe
+from pyro_grad.distributions import describe, without_provenance
 from pyro_grad.engine.assumptions import decided
 from pyro_grad.engine.alternative_run import coupled_draw, unchanged_elements
 from pyro_grad.engine.one_run import Jumps, Kept, Rows, choose
@@ -150,14 +150,15 @@ class Alternative(torch.Tensor):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        world = next(x._world for x in _leaves((args, kwargs)) if isinstance(x, Alternative))
-        first_args = tree_map(_first, (args, kwargs))
+        found: List[Alternative] = []
+        first_args = _unwrapped((args, kwargs), "_t", found)
         if name in PRINTS:
             return func(*first_args[0], **first_args[1])
         if name in RANDOM:
             raise Unsupported(f"torch's {name} draws from a value that differs on the alternative path; a draw "
                               "outside pyro.sample cannot be coupled (make it a pyro.sample site)")
-        alternative_args = tree_map(_alternative, (args, kwargs))
+        world = found[0]._world
+        alternative_args = _unwrapped((args, kwargs), "_alt", [])
         target = _written(name, args, kwargs)
         if target is not None and not isinstance(target, Alternative):
             raise Unsupported(f"the in-place {name} writes a value that differs on the alternative path into a "
@@ -174,18 +175,21 @@ class Alternative(torch.Tensor):
         return _paired(first, alternative, world, name)
 
 
-def _leaves(tree: Any) -> List[Any]:
-    found: List[Any] = []
-    tree_map(found.append, tree)
-    return found
-
-
-def _first(x: Any) -> Any:
-    return x._t if isinstance(x, Alternative) else x
-
-
-def _alternative(x: Any) -> Any:
-    return x._alt if isinstance(x, Alternative) else x
+def _unwrapped(tree: Any, part: str, found: List["Alternative"]) -> Any:
+    """``tree`` (an operation's ``(args, kwargs)``) with each :class:`Alternative` replaced
+    by its ``part`` ("_t" or "_alt"), the ones met appended to ``found``. Written out for
+    tuples, lists and dicts, as ``tree_map`` costs more than the operation it wraps."""
+    if isinstance(tree, Alternative):
+        found.append(tree)
+        return getattr(tree, part)
+    kind = type(tree)
+    if kind is tuple or kind is list:
+        return kind(_unwrapped(x, part, found) for x in tree)
+    if kind is dict:
+        return {k: _unwrapped(v, part, found) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list, dict)):  # a named tuple, say
+        return tree_map(lambda x: _unwrapped(x, part, found) if isinstance(x, Alternative) else x, tree)
+    return tree
 
 
 def _written(name: str, args: tuple, kwargs: dict) -> Any:
@@ -257,7 +261,9 @@ class LazyPruning(Messenger):
         #: kept jump's column (-1: none).
         self.weight = torch.zeros(n, dtype=table.share.dtype)
         self.kept = torch.full((n,), -1, dtype=torch.long)
-        self.weights = table.size * table.share
+        # Plain tensors: the first run's coefficients may carry provenance, whose tracking
+        # would follow every value of this run.
+        self.weights, self.share = plain(table.size * table.share), plain(table.share)
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["value"] is not None:
@@ -275,11 +281,13 @@ class LazyPruning(Messenger):
             self.world.check(first, f"site '{name}' ({describe(msg['fn'])})")
         alternative = first
         if holds_alternative(msg["fn"]):
-            new_fn = on_alternative_path(msg["fn"])
-            redrawn = coupled_draw(first_site["fn"], first, new_fn)
+            # The first run's distribution without its provenance (tracking it costs more
+            # than the draw).
+            old_fn, new_fn = without_provenance(first_site["fn"]), on_alternative_path(msg["fn"])
+            redrawn = coupled_draw(old_fn, first, new_fn)
             if redrawn is None:  # no common random numbers for this family: drawn anew
                 redrawn = new_fn.sample()
-            same = unchanged_elements(first_site["fn"], new_fn, first)
+            same = unchanged_elements(old_fn, new_fn, first)
             redrawn = redrawn.to(first.dtype).expand(first.shape)
             alternative = redrawn if same is None else torch.where(same, first, redrawn)
         offers = self.table.of_site(name)
@@ -302,7 +310,7 @@ class LazyPruning(Messenger):
         moved = first
         for offer, start, stop in offers:
             mask = self.rows.elements(picked[:, start - a:stop - a], first, event_dim)
-            moved = torch.where(mask, offer.value.to(first.dtype), moved)
+            moved = torch.where(mask, plain(offer.value).to(first.dtype), moved)
         return torch.where(self.rows.back(take, event_dim), moved, carried)
 
     def kept_jumps(self, f: Any) -> Kept:
@@ -314,7 +322,7 @@ class LazyPruning(Messenger):
         has = self.kept >= 0
         kept[has, self.kept[has]] = True
         tiny = torch.finfo(self.weight.dtype).tiny
-        share = (self.table.share * kept).sum(1).clamp(min=tiny)
+        share = (self.share * kept).sum(1).clamp(min=tiny)
         scale = torch.where(has, self.weight / share, torch.zeros_like(self.weight))
         return Kept(kept, scale, delta.detach())
 
