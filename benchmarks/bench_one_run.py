@@ -14,11 +14,12 @@ in one run (one thread):
 * work-normalized variance (variance × seconds per call), relative to ``Score("loo")``'s.
 
 Estimators: ``Score("loo")``, ``MeasureValued()`` (the re-run engine: one re-run per step)
-and ``MeasureValued(engine="one-run")`` (one alternative run, perturbations pruned),
-beside two hand-written vectorized torch versions (``state_walk_pruned_by_hand``): the
-one-run engine's own estimator (the limit of its speed, and its variance to match) and
-StochasticAD.jl's lazy pruning, which drops a perturbation whose path has rejoined the
-first run before it competes (the variance value-by-value triples reach).
+and ``MeasureValued(engine="one-run")`` (the alternative path carried beside the run,
+perturbations pruned lazily; also with ``one_sided=True``), beside four hand-written
+vectorized torch versions (``state_walk_pruned_by_hand``): the one-run engine's estimator
+chosen at once (what it does where the path cannot be carried) and lazily (the limit of
+its speed, and the variance to match), the one-sided form lazily, and StochasticAD.jl's
+own weights, lazily (their triples' variance).
 
 Last, seconds per call on the agent-based SIR at ``--sir-agents`` agents (its cost
 should grow linearly in the agents: the sites are vectorized over them).
@@ -51,12 +52,13 @@ ESTIMATORS: Dict[str, Callable[[], pg.Estimator]] = {
     "Score(loo)": lambda: pg.Score("loo"),
     "MeasureValued (re-run)": lambda: pg.MeasureValued(),
     "MeasureValued (one-run)": lambda: pg.MeasureValued(engine="one-run"),
+    "MeasureValued (one-run, one-sided)": lambda: pg.MeasureValued(engine="one-run", one_sided=True),
 }
 
 
 #: Hand-written vectorized torch: name → (lazy pruning or not, the flips' weights).
-BY_HAND = {"by hand: at once (mixture)": (False, "mixture"), "by hand: one-run's, lazy (mixture)": (True, "mixture"),
-           "by hand: StochasticAD's (one-sided)": (True, "one-sided")}
+BY_HAND = {"by hand: one-run's, at once": (False, "engine"), "by hand: one-run's, lazy": (True, "engine"),
+           "by hand: one-sided, lazy": (True, "one-sided"), "by hand: StochasticAD's": (True, "stochastic-ad")}
 #: Calls' means the hand-written rows' spread comes from (their draws cost little).
 HAND_CALLS = 1000
 
@@ -111,7 +113,7 @@ def main() -> None:
     torch.set_num_threads(1)
     names = [e for e in [*ESTIMATORS, *BY_HAND] if not args.only or e in args.only.split(",")]
     print(f"walk: n steps, p = {args.p_per_n:g}·n, f = X²; {args.particles} particles per call, {args.reps} calls")
-    print(f"{'n':>4s} {'estimator':32s} {'s/call':>8s} {'sample std':>11s} {'mean−exact (SE)':>16s} "
+    print(f"{'n':>4s} {'estimator':36s} {'s/call':>8s} {'sample std':>11s} {'mean−exact (SE)':>16s} "
           f"{'work-norm. var ÷ Score(loo)':>28s}")
     for n in [int(v) for v in args.n.split(",")]:
         p = args.p_per_n * n
@@ -127,7 +129,7 @@ def main() -> None:
         base = rows.get("Score(loo)", (None, None, None, None))[3]
         for name, (seconds, std, z, work) in rows.items():
             relative = f"{work / base:.3g}" if base else "—"
-            print(f"{n:4d} {name:32s} {seconds:8.3f} {std:11.2f} {z:16.1f} {relative:>28s}")
+            print(f"{n:4d} {name:36s} {seconds:8.3f} {std:11.2f} {z:16.1f} {relative:>28s}")
         if n == 100 and args.p_per_n == 2:
             print(f"     StochasticAD.jl's stochastic triples (their docs): sample std ≈ {STOCHASTIC_AD_STD}")
         print(f"     exact ∂p E[f] = {exact:.4f}")

@@ -71,8 +71,9 @@ def state_walk(p: torch.Tensor, n: int) -> torch.Tensor:
     probability exp(−X/p) (so X ≥ 0), one Bernoulli site per step; f = X_n²."""
     x = torch.zeros(())
     for t in range(n):
-        up = pyro.sample(f"step_{t}", dist.Bernoulli(torch.exp(-x / p).clamp(max=1.0)))
-        x = x + 2 * up - 1
+        # No name holds the step itself: a value the program still holds keeps a jump
+        # alive for lazy pruning (pyro_grad.engine.lazy_pruning) after its path rejoined.
+        x = x + 2 * pyro.sample(f"step_{t}", dist.Bernoulli(torch.exp(-x / p).clamp(max=1.0))) - 1
     return x**2
 
 
@@ -93,20 +94,21 @@ def state_walk_derivative(p: float, n: int) -> float:
 
 
 def state_walk_pruned_by_hand(p: float, n: int, num: int, lazy: bool = False,
-                              weights: str = "mixture") -> torch.Tensor:
+                              weights: str = "engine") -> torch.Tensor:
     """``num`` one-sample derivative estimates of ∂p E[X_n²] on :func:`state_walk`, written
     by hand in vectorized torch: the reference the one-run engine is measured against.
 
     Each step draws ``up = 1{U < q}``, ``q = exp(−X/p)`` (inverse-CDF coupling: every
-    alternative path reuses the step's U), and offers its flip.
+    alternative path reuses the step's U), and may offer its flip; ``∂p q = q·X/p² ≥ 0``.
+    ``weights`` says which steps offer, with what coefficient ``c`` and weight ``π``:
 
-    ``weights`` says what each step's flip weighs and what its coefficient is:
-
-    * ``"mixture"``, ``MeasureValued(engine="one-run")``'s: every step that can move
-      offers its flip with coefficient ``c = 1 − 2·up`` on ``η = q`` (``∂p q = q·X/p²``),
-      weighted ``π = ½|c|/Σ|c| + ½|c|·|∂p q|/Σ|c|·|∂p q|`` (sums over the path's steps);
-    * ``"one-sided"``, StochasticAD.jl's (Arya et al., NeurIPS 2022): only a down step
-      offers its flip, weighted ``∂p q/(1 − q)``.
+    * ``"engine"``, ``MeasureValued(engine="one-run")``'s for a scalar parameter: every step
+      that can move offers its flip, ``c = 1 − 2·up``, weighted by the defensive mixture
+      ``π = 0.1·|c|/Σ|c| + 0.9·|c|·∂p q/Σ|c|·∂p q`` (sums over the path);
+    * ``"one-sided"``, ``MeasureValued(engine="one-run", one_sided=True)``'s: StochasticAD's
+      one-sided form (only a down step offers, ``c = 1/(1 − q)``), the same mixture;
+    * ``"stochastic-ad"``, StochasticAD.jl's (Arya et al., NeurIPS 2022): one-sided, weighted
+      ``|c|·∂p q = ∂p q/(1 − q)`` alone.
 
     ``lazy=False`` keeps one step per path at once, with probability in proportion to the
     weights, and re-runs the path with it flipped; ``lazy=True`` runs the alternative path
@@ -126,17 +128,19 @@ def state_walk_pruned_by_hand(p: float, n: int, num: int, lazy: bool = False,
     state, up = torch.stack(states), torch.stack(ups)
     q = torch.exp(-state / p).clamp(max=1.0)
     rate = torch.where((q > 0) & (q < 1), q * state / p**2, torch.zeros_like(q))  # ∂p q
-    if weights == "one-sided":
-        weight = torch.where(up == 0, rate / (1 - q).clamp(min=1e-300), torch.zeros_like(q))
-        coefficient_over_weight = torch.where(weight > 0, 1 / weight.clamp(min=1e-300), torch.zeros_like(q)) * \
-            torch.where(up == 0, 1 / (1 - q).clamp(min=1e-300), torch.zeros_like(q))
-    elif weights == "mixture":
-        size = (rate != 0).to(dtype)  # |c| = 1 where the step can move
-        by_sensitivity = (size * rate).sum(0).clamp(min=1e-300)
-        weight = 0.5 * size / size.sum(0).clamp(min=1) + 0.5 * size * rate / by_sensitivity
-        coefficient_over_weight = torch.where(weight > 0, (1 - 2 * up) / weight.clamp(min=1e-300), torch.zeros_like(q))
+    movable = (rate != 0).to(dtype)
+    if weights in ("one-sided", "stochastic-ad"):
+        c = movable * (up == 0).to(dtype) / (1 - q).clamp(min=1e-300)
+        defensive = 0.1 if weights == "one-sided" else 0.0
+    elif weights == "engine":
+        c, defensive = movable * (1 - 2 * up), 0.1
     else:
-        raise ValueError(f"weights must be 'mixture' or 'one-sided', got {weights!r}")
+        raise ValueError(f"weights must be 'engine', 'one-sided' or 'stochastic-ad', got {weights!r}")
+    size = c.abs()
+    by_size = size.sum(0).clamp(min=1e-300)
+    by_sensitivity = (size * rate).sum(0).clamp(min=1e-300)
+    weight = defensive * size / by_size + (1 - defensive) * size * rate / by_sensitivity
+    coefficient_over_weight = torch.where(weight > 0, c / weight.clamp(min=1e-300), torch.zeros_like(q))
     total = torch.zeros(num, dtype=dtype)
     kept = torch.full((num,), -1, dtype=torch.long)
     alternative = torch.zeros(num, dtype=dtype)

@@ -38,11 +38,11 @@ def test_the_state_dependent_walk_has_the_dynamic_programs_derivative():
 
 
 def test_the_walks_variance_is_the_hand_written_lazy_estimators():
-    # The same estimator written by hand in vectorized torch (flips weighed by the
-    # defensive mixture ½|c|/Σ|c| + ½|c|·|∂p q|/Σ|c|·|∂p q|, made on the steps' uniforms, a
-    # carried flip dropped once its path rejoins the first): 200,000 of its draws give the
-    # variance, ours must match it within Z standard errors of our sample variance
-    # (n = 30, p = 60).
+    # The same estimator written by hand in vectorized torch (down steps flip, c = 1/(1 − q),
+    # weighed by the defensive mixture 0.1|c|/Σ|c| + 0.9|c|·∂p q/Σ|c|·∂p q, made on the
+    # steps' uniforms, a carried flip dropped once its path rejoins the first): 200,000 of
+    # its draws give the variance, ours must match it within Z standard errors of our
+    # sample variance (n = 30, p = 60).
     n, p = 30, 60.0
     torch.manual_seed(1)
     reference = state_walk_pruned_by_hand(p, n, 200_000, lazy=True)
@@ -84,23 +84,54 @@ def test_pruned_at_once_the_walks_variance_is_the_hand_written_at_once_estimator
 
 
 def test_lazy_pruning_lowers_the_walks_variance_as_stochastic_ad_does():
-    # Hand-written, 200,000 draws each (n = 100, p = 200, StochasticAD.jl's setup): lazy
+    # Hand-written, 400,000 draws each (n = 100, p = 200, StochasticAD.jl's setup): lazy
     # pruning drops flips whose paths rejoined, so one sample's standard deviation falls
-    # from about 10.1 (at once) to 7.6 with the mixture's weights, and to 6.5 with
-    # StochasticAD's one-sided weights (their docs: about 6.5). Each is unbiased.
+    # from about 8.8 (at once) to 6.7 with the engine's two-sided flips, to 6.55 with the
+    # one-sided ones (one_sided=True) and to 6.5 with StochasticAD's weights (their docs:
+    # about 6.5). Each is unbiased.
     n, p = 100, 200.0
     exact = walk_derivative(p, n)
     torch.manual_seed(2)
     spread = {}
     for lazy in (False, True):
-        for weights in ("mixture", "one-sided"):
-            draws = state_walk_pruned_by_hand(p, n, 200_000, lazy=lazy, weights=weights)
+        for weights in ("engine", "one-sided", "stochastic-ad"):
+            draws = state_walk_pruned_by_hand(p, n, 400_000, lazy=lazy, weights=weights)
             assert_mean(draws, exact)
             spread[lazy, weights] = float(draws.std())
-    assert spread[True, "mixture"] < spread[False, "mixture"] - 1.0
-    assert spread[True, "one-sided"] < spread[False, "one-sided"] - 1.0
-    # The standard error of a standard deviation from 200,000 draws is ≈ σ/630 ≈ 0.01.
-    assert abs(spread[True, "one-sided"] - 6.5) < 0.15
+    for weights in ("engine", "one-sided", "stochastic-ad"):
+        assert spread[True, weights] < spread[False, weights] - 1.5
+    # A standard deviation's standard error from 400,000 draws of this heavy-tailed
+    # estimate is about 0.02 (the spread of the figure over seeds).
+    assert abs(spread[True, "stochastic-ad"] - 6.5) < 0.1
+    assert abs(spread[True, "one-sided"] - spread[True, "stochastic-ad"]) < 0.1
+    assert spread[True, "engine"] > spread[True, "one-sided"]
+
+
+def test_the_one_sided_one_run_walk_matches_its_hand_written_variance():
+    # MeasureValued(engine="one-run", one_sided=True) against the hand-written one-sided
+    # estimator (200,000 draws), on the walk n = 30, p = 60: the same mean (the exact
+    # derivative) and variance within Z standard errors.
+    n, p = 30, 60.0
+    torch.manual_seed(3)
+    reference = state_walk_pruned_by_hand(p, n, 200_000, lazy=True, weights="one-sided")
+    estimator = pg.MeasureValued(engine="one-run", one_sided=True)
+    draws = expectation_draws(pg.estimators(lambda q: walk(q, n), default=estimator),
+                              torch.tensor(p, requires_grad=True), num_samples=6000)["q"]
+    assert_mean(draws, walk_derivative(p, n))
+    assert_variance(draws, float(reference.var()))
+
+
+def test_one_sided_applies_to_the_one_run_engines_bernoulli_jumps_only():
+    # Set where it would not take effect, it is refused, naming what applies.
+    with pytest.raises(pg.EstimatorError, match="one_sided=True is a form of the one-run engine"):
+        pg.MeasureValued(one_sided=True)
+
+    def poisson(rate):
+        return pyro.sample("k", dist.Poisson(rate)) ** 2
+
+    with pytest.raises(pg.EstimatorError, match=r"site 'k' \(Poisson.*one_sided=True is a form of a Bernoulli"):
+        pg.expectation(pg.estimators(poisson, default=pg.MeasureValued(engine="one-run", one_sided=True)),
+                       torch.tensor(2.0, requires_grad=True), num_particles=4)
 
 
 def test_the_agent_based_sir_has_the_dynamic_programs_derivative():
@@ -268,6 +299,53 @@ def test_a_program_that_branches_on_a_draw_follows_its_own_branch_in_the_alterna
     samples = expectation_draws(pg.estimators(branchy, default=ONE_RUN), torch.tensor(0.4, requires_grad=True),
                                 num_samples=1500, mode="loop", vectorize=False)["p"]
     assert_mean(samples, 3.4)
+    # Where b's jump is kept, b.item() differs on the alternative path: that run cannot be
+    # carried beside the first, so the jump is chosen at once, and the reasons say so.
+    pyro.set_rng_seed(0)
+    reasons = expectation_estimates(pg.estimators(branchy, default=ONE_RUN), (torch.tensor(0.4, requires_grad=True),),
+                                    {}, 40, 1, False).reasons
+    assert "pruned at once, not lazily" in reasons["b"] and "Python reads a value (item)" in reasons["b"]
+
+
+def plain_buffer_walk(p, n=6):
+    # The walk's state summed in place into a plain tensor, which cannot carry an
+    # alternative.
+    x, total = torch.zeros(()), None
+    for t in range(n):
+        up = pyro.sample(f"step_{t}", dist.Bernoulli(torch.exp(-x / p).clamp(max=1.0)))
+        if total is None:
+            total = torch.zeros(up.shape)
+        total += 2 * up - 1
+        x = total.clone()
+    return x**2
+
+
+def transposed_walk(p, n=6):
+    # The same walk, its steps stacked on a new leading dim (the particles' dim moves).
+    x, steps = torch.zeros(()), []
+    for t in range(n):
+        up = pyro.sample(f"step_{t}", dist.Bernoulli(torch.exp(-x / p).clamp(max=1.0)))
+        steps.append(2 * up - 1)
+        x = x + steps[-1]
+    return torch.stack(steps).sum(0) ** 2
+
+
+@pytest.mark.parametrize("program, why", [
+    (plain_buffer_walk, "writes a value that differs on the alternative path into a tensor that does not carry one"),
+    (transposed_walk, "without the 2000 particles as its leading dim"),
+])
+def test_where_the_alternative_path_cannot_be_carried_the_jump_is_chosen_at_once(program, why):
+    # The walk (n = 6, p = 3) written two ways lazy pruning cannot follow. Its exact
+    # derivative is the dynamic program's; the mean of 2000-particle calls is within Z
+    # standard errors of it, and the reasons name what stopped the lazy run.
+    p = 3.0
+    pyro.set_rng_seed(0)
+    estimates = expectation_estimates(pg.estimators(lambda q: program(q, 6), default=ONE_RUN),
+                                      (torch.tensor(p, requires_grad=True),), {}, 2000, 1, True, 0)
+    assert why in estimates.reasons["step_0"], estimates.reasons["step_0"]
+    draws = expectation_draws(pg.estimators(lambda q: program(q, 6), default=ONE_RUN),
+                              torch.tensor(p, requires_grad=True), num_samples=3000)["q"]
+    assert_mean(draws, walk_derivative(p, 6))
 
 
 @pytest.mark.parametrize("form", ["wrapper", "context", "infer"])
@@ -277,9 +355,10 @@ def test_every_usage_form_gives_the_same_one_run_gradient(form):
     # the gradients are equal draw for draw.
     def walk_infer(p, n=8):
         x = torch.zeros(())
-        for t in range(n):
+        for t in range(n):  # written as the walk is: no name holds a step (lazy pruning sees what is held)
             up = pyro.sample(f"step_{t}", dist.Bernoulli(torch.exp(-x / p).clamp(max=1.0)), infer={"estimator": ONE_RUN})
             x = x + 2 * up - 1
+            del up
         return x**2
 
     def gradient(which):

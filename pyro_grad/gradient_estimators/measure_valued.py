@@ -193,9 +193,19 @@ class MeasureValued(EngineChoice):
     particle for a discrete site (a Categorical: one per category, plus 1), 1 + the
     runs of the moving parameters for a continuous one (a Normal: loc 2, scale 1).
     With ``engine="one-run"`` every such site shares one alternative run, its jumps
-    pruned with theirs (2 evaluations per particle in all; module docs)."""
+    pruned with theirs (2 evaluations per particle in all; module docs); there
+    ``one_sided=True`` takes StochasticAD.jl's one-sided jumps at Bernoulli sites
+    (:func:`pyro_grad.engine.one_run.one_sided`)."""
 
     unbiased = True
+    one_sided: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.one_sided is not False and (self.one_sided is not True or not self.one_run):
+            raise EstimatorError(
+                f"{self!r}: one_sided=True is a form of the one-run engine's jumps at Bernoulli sites; "
+                "use MeasureValued(engine='one-run', one_sided=True)")
 
     @classmethod
     def applies_to(cls, site: Site) -> bool:
@@ -291,10 +301,15 @@ class MeasureValued(EngineChoice):
         site's own draw; one that is the draw itself is left out)."""
         value = draw.value
         leaf = leaf_distribution(draw.fn)
+        if self.one_sided and not isinstance(leaf, dist.Bernoulli):
+            raise EstimatorError(
+                f"{self!r} at site '{draw.name}' ({describe(draw.fn)}): one_sided=True is a form of a "
+                "Bernoulli's jumps; drop it here (pg.estimators can set it per site)")
         if discrete(draw.fn):
             moved, eta, coefficient = jump_coefficients(leaf, value)
             coefficient = torch.where(active_elements(leaf, value), coefficient, torch.zeros_like(coefficient))
-            return [Perturbation(moved, eta, coefficient)]
+            probability = probs_of(leaf).detach().expand(value.shape) if self.one_sided else None
+            return [Perturbation(moved, eta, coefficient, probability)]
         family, leaf = weak.family_of(draw.fn)
         self._check_still_applies(draw, family, leaf)
         params = given_parameters(leaf)
