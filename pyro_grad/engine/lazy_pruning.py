@@ -43,7 +43,8 @@ and the jumps are chosen at once; the estimate's reasons say why:
 * a random operation (``torch.bernoulli``) takes such a value: its draw is not a site
   that could be coupled;
 * an in-place operation writes such a value into a tensor that does not carry one;
-* a value loses its leading particle dim (a sum over particles, a transpose);
+* a value loses its leading particle dim (a sum over particles, a transpose), or an
+  operation fails on the alternative values;
 * a site has no first-run draw to replay.
 
 Whether a value is the same on both paths is a decision on values: a recorded step
@@ -67,6 +68,7 @@ from pyro_grad.engine.alternative_run import coupled_draw, unchanged_elements
 from pyro_grad.engine.one_run import Jumps, Kept, Rows, choose
 from pyro_grad.engine.particles import PARTICLES
 from pyro_grad.engine.provenance import plain
+from pyro_grad.errors import first_line
 
 #: Operations that read a value into Python: allowed where the alternative reads the same.
 READS = frozenset({"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__", "numpy",
@@ -164,7 +166,10 @@ class Alternative(torch.Tensor):
             raise Unsupported(f"the in-place {name} writes a value that differs on the alternative path into a "
                               "tensor that does not carry one")
         first = func(*first_args[0], **first_args[1])
-        alternative = func(*alternative_args[0], **alternative_args[1])
+        try:
+            alternative = func(*alternative_args[0], **alternative_args[1])
+        except Exception as error:  # the first path ran as the first run did: only the alternative failed
+            raise Unsupported(f"{name} fails on the alternative path ({first_line(error)})") from error
         if target is not None:
             return target if first is not None else None
         if name in READS:
