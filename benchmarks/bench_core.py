@@ -139,13 +139,8 @@ def overhead_benchmark(repeats: int = 200) -> None:
                                              max_plate_nesting=0).backward(),
                 "torch": lambda: handwritten(theta, num_particles).backward(),
             }
-            times = {name: [] for name in calls}
-            for _ in range(repeats):
-                for name, call in calls.items():
-                    start = time.perf_counter()
-                    call()
-                    times[name].append(time.perf_counter() - start)
-            pg_ms, torch_ms = (1e3 * statistics.median(times[n]) for n in ("pg", "torch"))
+            medians = interleaved_medians(calls, repeats)
+            pg_ms, torch_ms = 1e3 * medians["pg"], 1e3 * medians["torch"]
             print(f"  {label:30s} K={num_particles:<6d} pg {pg_ms:7.3f} ms   hand-written torch {torch_ms:7.3f} ms"
                   f"   {pg_ms / torch_ms:6.1f}×   overhead {pg_ms - torch_ms:6.3f} ms")
 

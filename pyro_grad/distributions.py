@@ -9,7 +9,7 @@ them from what the distribution was built with (:func:`probs_of`, :func:`logits_
 
 import copy
 import inspect
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -166,19 +166,25 @@ def private_copy(fn: Any) -> Any:
     return fn
 
 
+def replaced_tensors(fn: Any, kind: type, replace: Callable[[Any], torch.Tensor]) -> Any:
+    """A shallow copy of ``fn`` (and of every distribution it holds) with each attribute
+    of type ``kind`` replaced by ``replace(it)``."""
+    fn = copy.copy(fn)
+    for name, value in vars(fn).items():
+        if isinstance(value, torch.distributions.Distribution):
+            setattr(fn, name, replaced_tensors(value, kind, replace))
+        elif isinstance(value, kind):
+            setattr(fn, name, replace(value))
+    return fn
+
+
 def without_provenance(fn: Any) -> Any:
     """``fn``, or a shallow copy of it (and of every distribution it holds) whose tensors
     carry no provenance, so that scoring it tracks nothing; ``parameter_provenance(fn)``
     is what the copy dropped. Tensors held elsewhere (a transform's) keep theirs."""
     if not parameter_provenance(fn):
         return fn
-    fn = copy.copy(fn)
-    for name, value in vars(fn).items():
-        if isinstance(value, torch.distributions.Distribution):
-            setattr(fn, name, without_provenance(value))
-        elif isinstance(value, ProvenanceTensor):
-            setattr(fn, name, plain(value))
-    return fn
+    return replaced_tensors(fn, ProvenanceTensor, plain)
 
 
 def parameter_provenance(fn: Any) -> frozenset:

@@ -21,7 +21,7 @@ from pyro_grad.harness.models.discrete import state_walk_pruned_by_hand
 from pyro_grad.harness.models import sir
 from pyro_grad.objectives.expectation import expectation_estimates
 
-from conftest import Z, assert_mean, assert_variance
+from conftest import Z, assert_mean, assert_variance, standard_error_of_variance
 from draws import elbo_draws, expectation_draws
 
 ONE_RUN = pg.MeasureValued(engine="one-run")
@@ -84,12 +84,9 @@ def test_pruned_at_once_the_walks_variance_is_the_hand_written_at_once_estimator
 
 
 def standard_error_of_std(x: torch.Tensor) -> float:
-    """The delta method's standard error of a sample standard deviation:
-    √((m₄ − σ⁴) / (4σ²N)), m₄ the fourth central moment."""
-    x = x.double()
-    centred = x - x.mean()
-    var, m4 = float(centred.pow(2).mean()), float(centred.pow(4).mean())
-    return math.sqrt(max(m4 - var**2, 0.0) / (4 * var * len(x)))
+    """The delta method's standard error of a sample standard deviation: the variance's,
+    divided by 2σ."""
+    return standard_error_of_variance(x) / (2 * float(x.double().std()))
 
 
 def test_lazy_pruning_lowers_the_walks_variance_as_stochastic_ad_does():

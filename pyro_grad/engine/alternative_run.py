@@ -55,6 +55,19 @@ def coupled_draw(old_fn: Any, old_value: torch.Tensor, new_fn: Any) -> Any:
         return None
 
 
+def redrawn_where_changed(old_fn: Any, old_value: torch.Tensor, new_fn: Any) -> Optional[torch.Tensor]:
+    """A draw from ``new_fn`` that keeps ``old_value`` (drawn from ``old_fn``) at the
+    elements whose distribution did not change and is coupled to it on common random
+    numbers at the others (drawn anew where the family has none); None when the families
+    differ and nothing couples (the site is drawn anew)."""
+    redrawn = coupled_draw(old_fn, old_value, new_fn)
+    same = unchanged_elements(old_fn, new_fn, old_value)
+    if same is None:
+        return redrawn
+    redrawn = new_fn.sample() if redrawn is None else redrawn
+    return torch.where(same, old_value, redrawn.to(old_value.dtype))
+
+
 def unchanged_elements(old_fn: Any, new_fn: Any, value: torch.Tensor) -> Optional[torch.Tensor]:
     """Which elements of ``value`` (a mask shaped like it) have the same distribution under
     ``old_fn`` and ``new_fn``: the same family with equal parameters there; None when the
@@ -156,11 +169,8 @@ class AlternativeRun(Messenger):
                 "relaxed control variate (RELAX, REBAR) would be biased there; use DisARM(), "
                 "IndeCateR() or Score('loo') at that site"
             )
-        redrawn = coupled_draw(first["fn"], old_value, msg["fn"])  # None: draw anew
         if self.picked:
             # Per-particle changes reach some elements only: the others keep their value.
-            same = unchanged_elements(first["fn"], msg["fn"], old_value)
-            if same is not None:
-                redrawn = msg["fn"].sample() if redrawn is None else redrawn
-                redrawn = torch.where(same, old_value, redrawn.to(old_value.dtype))
-        msg["value"] = redrawn
+            msg["value"] = redrawn_where_changed(first["fn"], old_value, msg["fn"])
+        else:
+            msg["value"] = coupled_draw(first["fn"], old_value, msg["fn"])  # None: draw anew

@@ -51,9 +51,8 @@ Whether a value is the same on both paths is a decision on values: a recorded st
 (:mod:`pyro_grad.engine.recording`) keeps it as an assumption and checks it every call.
 """
 
-import copy
 import weakref
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pyro
 import torch
@@ -62,10 +61,10 @@ from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 from torch.utils._pytree import tree_map
 
-from pyro_grad.distributions import describe, without_provenance
+from pyro_grad.distributions import describe, replaced_tensors, without_provenance
 from pyro_grad.engine.assumptions import decided
-from pyro_grad.engine.alternative_run import coupled_draw, unchanged_elements
-from pyro_grad.engine.one_run import Jumps, Kept, Rows, choose
+from pyro_grad.engine.alternative_run import redrawn_where_changed
+from pyro_grad.engine.one_run import Jumps, Kept, Perturbation, Rows, choose
 from pyro_grad.engine.particles import PARTICLES
 from pyro_grad.engine.provenance import plain
 from pyro_grad.errors import first_line
@@ -243,17 +242,6 @@ def holds_alternative(fn: Any) -> bool:
     return False
 
 
-def on_alternative_path(fn: Any) -> Any:
-    """A copy of a distribution with every carried parameter at its alternative."""
-    new = copy.copy(fn)
-    for key, value in vars(fn).items():
-        if isinstance(value, Alternative):
-            new.__dict__[key] = value._alt
-        elif isinstance(value, torch.distributions.Distribution):
-            new.__dict__[key] = on_alternative_path(value)
-    return new
-
-
 class LazyPruning(Messenger):
     """Runs the program on the first run's draws (``trace``) with the alternative path
     beside it, pruning the jumps of ``table`` as their sites come (module docs)."""
@@ -269,6 +257,10 @@ class LazyPruning(Messenger):
         # Plain tensors: the first run's coefficients may carry provenance, whose tracking
         # would follow every value of this run.
         self.weights, self.share = plain(table.size * table.share), plain(table.share)
+        #: Each site's offers with their columns.
+        self.offers: Dict[str, List[Tuple[Perturbation, int, int]]] = {}
+        for (site, offer), (start, stop) in zip(table.offers, table.spans):
+            self.offers.setdefault(site, []).append((offer, start, stop))
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["value"] is not None:
@@ -288,14 +280,12 @@ class LazyPruning(Messenger):
         if holds_alternative(msg["fn"]):
             # The first run's distribution without its provenance (tracking it costs more
             # than the draw).
-            old_fn, new_fn = without_provenance(first_site["fn"]), on_alternative_path(msg["fn"])
-            redrawn = coupled_draw(old_fn, first, new_fn)
-            if redrawn is None:  # no common random numbers for this family: drawn anew
+            new_fn = replaced_tensors(msg["fn"], Alternative, lambda value: value._alt)
+            redrawn = redrawn_where_changed(without_provenance(first_site["fn"]), first, new_fn)
+            if redrawn is None:  # the family changed: drawn anew
                 redrawn = new_fn.sample()
-            same = unchanged_elements(old_fn, new_fn, first)
-            redrawn = redrawn.to(first.dtype).expand(first.shape)
-            alternative = redrawn if same is None else torch.where(same, first, redrawn)
-        offers = self.table.of_site(name)
+            alternative = redrawn.to(first.dtype).expand(first.shape)
+        offers = self.offers.get(name)
         if offers:
             alternative = self._compete(offers, first, alternative, len(msg["fn"].event_shape))
         msg["value"] = first if alternative is first else Alternative(first, alternative.clone(), self.world)
@@ -345,6 +335,4 @@ def lazily_pruned(program: Callable, args: tuple, kwargs: dict, trace: Trace, ta
                 f = program(*args, **kwargs)
         else:
             f = program(*args, **kwargs)
-        if torch.is_tensor(f) and not isinstance(f, Alternative):
-            f = torch.as_tensor(f)
         return handler.kept_jumps(f)

@@ -228,10 +228,6 @@ class Jumps(NamedTuple):
     size: torch.Tensor
     share: torch.Tensor
 
-    def of_site(self, name: str) -> List[Tuple[Perturbation, int, int]]:
-        """The site's offers with their columns."""
-        return [(offer, a, b) for (site, offer), (a, b) in zip(self.offers, self.spans) if site == name]
-
 
 def jumps(perturbations: Dict[str, Tuple[List[Perturbation], torch.Tensor, int]], rows: Rows,
           inputs: Sequence[torch.Tensor] = ()) -> Optional[Jumps]:
