@@ -7,34 +7,39 @@ dynamic program over X, are ``state_walk`` and ``state_walk_derivative`` in
 ``pyro_grad.harness.models.discrete``. For each n and estimator this prints, side by side
 in one run (one thread):
 
-* seconds per call of ``pg.expectation`` + backward at ``--particles`` particles;
-* one sample's standard deviation, from the spread of ``--reps`` means (× √particles;
-  the hand-written rows: of 1,000 means);
+* seconds per call of ``pg.expectation`` + backward at ``--particles`` particles
+  (``--reps`` calls; the re-run engine's, half as many);
+* one sample's standard deviation, from ``--samples`` independent gradient samples
+  (``pg.diagnose``; the re-run engine's from ``--rerun-samples``; ``Score("loo")``'s
+  particles share a baseline, so its samples are means of ``--particles``, × √particles;
+  the hand-written rows: 100,000 draws);
 * the mean's distance from the exact derivative, in standard errors;
-* work-normalized variance (variance × seconds per call), relative to ``Score("loo")``'s.
+* work-normalized variance (variance × seconds per call), relative to ``Score("loo")``'s,
+  and last, per n, the engine with the lowest.
 
 Estimators: ``Score("loo")``, ``MeasureValued()`` (the re-run engine: one re-run per step)
-and ``MeasureValued(engine="one-run")`` (the alternative path carried beside the run,
-perturbations pruned lazily; also with ``one_sided=True``), beside four hand-written
-vectorized torch versions (``state_walk_pruned_by_hand``): the one-run engine's estimator
-chosen at once (what it does where the path cannot be carried) and lazily (the limit of
+and ``MeasureValued(engine="one-run")`` (the alternative paths carried beside the run,
+perturbations pruned lazily: 16 paths per particle by default, also one path, and the
+one-sided form), beside hand-written vectorized torch versions
+(``state_walk_pruned_by_hand``): the one-run engine's estimator chosen at once (what it
+does where the path cannot be carried) and lazily with one path and with 16 (the limit of
 its speed, and the variance to match), the one-sided form lazily, and StochasticAD.jl's
-own weights, lazily (their triples' variance).
+own weights, lazily with one path (their triples' variance).
 
 Last, seconds per call on the agent-based SIR at ``--sir-agents`` agents (its cost
 should grow linearly in the agents: the sites are vectorized over them).
 
 Run: ``.venv/bin/python benchmarks/bench_one_run.py [--n 25,50,100,200,400] [--p-per-n 2]
-[--particles 200] [--reps 30] [--rerun-max-n 100] [--sir-agents 1000,3000,10000]`` (the re-run engine's cost grows as n²:
+[--particles 200] [--reps 5] [--samples 2000] [--rerun-samples 400] [--rerun-max-n 400]
+[--only NAMES] [--sir-agents 1000,3000,10000]`` (the re-run engine's cost grows as n²:
 above ``--rerun-max-n`` it is left out). StochasticAD.jl's figure for one sample's
 standard deviation at n = 100, p = 200 is about 6.5 (their docs).
 """
 
 import argparse
 import math
-import statistics
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 import pyro
 import torch
@@ -52,39 +57,53 @@ ESTIMATORS: Dict[str, Callable[[], pg.Estimator]] = {
     "Score(loo)": lambda: pg.Score("loo"),
     "MeasureValued (re-run)": lambda: pg.MeasureValued(),
     "MeasureValued (one-run)": lambda: pg.MeasureValued(engine="one-run"),
+    "MeasureValued (one-run, one path)": lambda: pg.MeasureValued(engine="one-run", paths=1),
     "MeasureValued (one-run, one-sided)": lambda: pg.MeasureValued(engine="one-run", one_sided=True),
 }
 
 
-#: Hand-written vectorized torch: name → (lazy pruning or not, the flips' weights).
-BY_HAND = {"by hand: one-run's, at once": (False, "engine"), "by hand: one-run's, lazy": (True, "engine"),
-           "by hand: one-sided, lazy": (True, "one-sided"), "by hand: StochasticAD's": (True, "stochastic-ad")}
-#: Calls' means the hand-written rows' spread comes from (their draws cost little).
-HAND_CALLS = 1000
+#: Hand-written vectorized torch: name → (lazy pruning or not, the flips' weights, paths).
+BY_HAND = {"by hand: one-run's, at once": (False, "engine", 1), "by hand: one-run's, lazy": (True, "engine", 1),
+           "by hand: one-run's, lazy, 16 paths": (True, "engine", 16),
+           "by hand: one-sided, lazy, 16 paths": (True, "one-sided", 16),
+           "by hand: StochasticAD's": (True, "stochastic-ad", 1)}
 
 
-def draws(name: str, n: int, p: float, particles: int, reps: int) -> Tuple[List[float], float]:
-    """``reps`` gradient means of ``particles`` particles, and seconds per call."""
-    if name in BY_HAND:  # cheap: the spread from HAND_CALLS calls' means, the time from reps calls
-        seconds = 0.0
-        for rep in range(reps):
-            torch.manual_seed(rep)
-            start = time.perf_counter()
-            state_walk_pruned_by_hand(p, n, particles, *BY_HAND[name])
-            seconds += time.perf_counter() - start
-        torch.manual_seed(reps)
-        sample = state_walk_pruned_by_hand(p, n, particles * HAND_CALLS, *BY_HAND[name])
-        return sample.reshape(HAND_CALLS, particles).mean(1).tolist(), seconds / reps
-    program = pg.estimators(lambda q: walk(q, n), default=ESTIMATORS[name]())
-    means, seconds = [], 0.0
+def spread(name: str, n: int, p: float, particles: int, samples: int) -> Tuple[float, float, float]:
+    """One sample's standard deviation of ``name``'s gradient, its mean's distance from the
+    exact derivative in standard errors, and the samples' count. The engines'
+    particles are independent, so each is a sample (``pg.diagnose``, ``samples``
+    particles in one vectorized pass); ``Score("loo")``'s share a baseline, so its
+    samples are ``samples // 10`` means of ``particles``, × √particles. The hand-written
+    rows: 100,000 draws."""
+    exact = exact_derivative(p, n)
+    if name in BY_HAND:
+        draws = state_walk_pruned_by_hand(p, n, 100_000, *BY_HAND[name])
+        return float(draws.std()), float((draws.mean() - exact) / (draws.std() / math.sqrt(len(draws)))), len(draws)
+    independent = name != "Score(loo)"
+    count, per = (samples, 1) if independent else (max(2, samples // 10), particles)
+    report = pg.diagnose(lambda q: walk(q, n), torch.tensor(float(p), requires_grad=True),
+                         estimators=ESTIMATORS[name](), num_samples=count, num_particles=per, sites=False, seed=n)
+    draws = report.samples["q"]
+    z = float((draws.mean() - exact) / (draws.std() / math.sqrt(count)))
+    return float(draws.std()) * math.sqrt(per), z, count
+
+
+def seconds_per_call(name: str, n: int, p: float, particles: int, reps: int) -> float:
+    """Seconds per call of ``pg.expectation`` + backward at ``particles`` particles (the
+    hand-written rows: of their ``particles`` draws)."""
+    seconds = 0.0
+    program = None if name in BY_HAND else pg.estimators(lambda q: walk(q, n), default=ESTIMATORS[name]())
     for rep in range(reps):
         pyro.set_rng_seed(rep)
         q = torch.tensor(float(p), requires_grad=True)
         start = time.perf_counter()
-        pg.expectation(program, q, num_particles=particles).backward()
+        if program is None:
+            state_walk_pruned_by_hand(p, n, particles, *BY_HAND[name])
+        else:
+            pg.expectation(program, q, num_particles=particles).backward()
         seconds += time.perf_counter() - start
-        means.append(float(q.grad))
-    return means, seconds / reps
+    return seconds / reps
 
 
 def sir_seconds(name: str, agents: int, particles: int, reps: int) -> float:
@@ -104,35 +123,44 @@ def main() -> None:
     parser.add_argument("--n", default="25,50,100,200,400")
     parser.add_argument("--p-per-n", type=float, default=2.0, help="p = this × n (StochasticAD's setup: 2)")
     parser.add_argument("--particles", type=int, default=200)
-    parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--rerun-max-n", type=int, default=100)
+    parser.add_argument("--reps", type=int, default=5, help="calls timed per estimator")
+    parser.add_argument("--samples", type=int, default=2000, help="gradient samples per estimator")
+    parser.add_argument("--rerun-samples", type=int, default=400, help="the re-run engine's samples")
+    parser.add_argument("--rerun-max-n", type=int, default=400)
     parser.add_argument("--only", default="", help="comma-separated estimator names")
     parser.add_argument("--sir-agents", default="1000,3000,10000",
                         help="agents of the SIR cost table ('' to skip it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = [e for e in [*ESTIMATORS, *BY_HAND] if not args.only or e in args.only.split(",")]
-    print(f"walk: n steps, p = {args.p_per_n:g}·n, f = X²; {args.particles} particles per call, {args.reps} calls")
+    print(f"walk: n steps, p = {args.p_per_n:g}·n, f = X²; seconds per call of {args.particles} particles "
+          f"({args.reps} calls); one sample's std from {args.samples} samples (re-run: {args.rerun_samples})")
     print(f"{'n':>4s} {'estimator':36s} {'s/call':>8s} {'sample std':>11s} {'mean−exact (SE)':>16s} "
           f"{'work-norm. var ÷ Score(loo)':>28s}")
-    for n in [int(v) for v in args.n.split(",")]:
+    winners = {}
+    for n in [int(v) for v in args.n.split(",") if v]:
         p = args.p_per_n * n
         exact = exact_derivative(p, n)
         rows = {}
         for name in names:
-            if "re-run" in name and n > args.rerun_max_n:
+            rerun = "re-run" in name
+            if rerun and n > args.rerun_max_n:
                 continue
-            means, seconds = draws(name, n, p, args.particles, args.reps)
-            spread = statistics.stdev(means)
-            rows[name] = (seconds, spread * math.sqrt(args.particles),
-                          (statistics.mean(means) - exact) / (spread / math.sqrt(args.reps)), spread**2 * seconds)
+            std, z, _ = spread(name, n, p, args.particles, args.rerun_samples if rerun else args.samples)
+            seconds = seconds_per_call(name, n, p, args.particles, max(1, args.reps // 2) if rerun else args.reps)
+            rows[name] = (seconds, std, z, std**2 * seconds)
         base = rows.get("Score(loo)", (None, None, None, None))[3]
         for name, (seconds, std, z, work) in rows.items():
             relative = f"{work / base:.3g}" if base else "—"
             print(f"{n:4d} {name:36s} {seconds:8.3f} {std:11.2f} {z:16.1f} {relative:>28s}")
+        engines = {name: row[3] for name, row in rows.items() if name in ESTIMATORS}
+        if engines:
+            winners[n] = min(engines, key=engines.get)
         if n == 100 and args.p_per_n == 2:
             print(f"     StochasticAD.jl's stochastic triples (their docs): sample std ≈ {STOCHASTIC_AD_STD}")
         print(f"     exact ∂p E[f] = {exact:.4f}")
+    if winners:
+        print("lowest work-normalized variance: " + ", ".join(f"n={n}: {name}" for n, name in winners.items()))
     if args.sir_agents:
         agents = [int(v) for v in args.sir_agents.split(",")]
         print(f"\nagent-based SIR, 10 days, {args.particles // 10} particles: seconds per call (÷ agents × 1,000)")

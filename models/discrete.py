@@ -94,13 +94,13 @@ def state_walk_derivative(p: float, n: int) -> float:
 
 
 def state_walk_pruned_by_hand(p: float, n: int, num: int, lazy: bool = False,
-                              weights: str = "engine") -> torch.Tensor:
+                              weights: str = "engine", paths: int = 1) -> torch.Tensor:
     """``num`` one-sample derivative estimates of ∂p E[X_n²] on :func:`state_walk`, written
     by hand in vectorized torch: the reference the one-run engine is measured against.
 
-    Each step draws ``up = 1{U < q}``, ``q = exp(−X/p)`` (inverse-CDF coupling: every
-    alternative path reuses the step's U), and may offer its flip; ``∂p q = q·X/p² ≥ 0``.
-    ``weights`` says which steps offer, with what coefficient ``c`` and weight ``π``:
+    Each step draws ``up = 1{U < q}``, ``q = exp(−X/p)``, and may offer its flip;
+    ``∂p q = q·X/p² ≥ 0``. ``weights`` says which steps offer, with what coefficient ``c``
+    and weight ``π``:
 
     * ``"engine"``, ``MeasureValued(engine="one-run")``'s for a scalar parameter: every step
       that can move offers its flip, ``c = 1 − 2·up``, weighted by the defensive mixture
@@ -116,6 +116,14 @@ def state_walk_pruned_by_hand(p: float, n: int, num: int, lazy: bool = False,
     weights, and a carried one whose path has rejoined the first is dropped first. The
     estimate is ``W · c/π · ∂p q · (X'² − X²)``, ``W`` the summed weight of the flips that
     competed (the weights' total, at once).
+
+    ``paths`` alternative paths per sample, each pruned on its own, are averaged
+    (``MeasureValued(engine="one-run", paths=...)``). An alternative path's step after
+    its flip is drawn on a uniform coupled to the first path's step: with one path the
+    step's own ``U``; with more, a fresh ``U | up`` per path (uniform below ``q`` where
+    the step went up, above it elsewhere), as the engine's redraw does, so that the
+    paths are independent given the first path. Either gives each path the same joint
+    law with the first.
     """
     dtype = torch.float64
     uniforms = torch.rand(n, num, dtype=dtype)
@@ -141,31 +149,39 @@ def state_walk_pruned_by_hand(p: float, n: int, num: int, lazy: bool = False,
     by_sensitivity = (size * rate).sum(0).clamp(min=1e-300)
     weight = defensive * size / by_size + (1 - defensive) * size * rate / by_sensitivity
     coefficient_over_weight = torch.where(weight > 0, c / weight.clamp(min=1e-300), torch.zeros_like(q))
-    total = torch.zeros(num, dtype=dtype)
-    kept = torch.full((num,), -1, dtype=torch.long)
-    alternative = torch.zeros(num, dtype=dtype)
-    steps = torch.arange(num)
+
+    def coupled_uniform(t: int) -> torch.Tensor:  # (paths, num): an alternative path's U at step t
+        if paths == 1:
+            return uniforms[t].expand(1, num)
+        fresh = torch.rand(paths, num, dtype=dtype)
+        return torch.where(up[t] > 0, fresh * q[t], q[t] + fresh * (1 - q[t]))
+
+    shape = (paths, num)
+    total = torch.zeros(shape, dtype=dtype)
+    kept = torch.full(shape, -1, dtype=torch.long)
+    alternative = torch.zeros(shape, dtype=dtype)
     if not lazy:
         movable = weight.sum(0) > 0
-        kept = torch.where(movable, torch.multinomial((weight + (~movable).to(dtype)).T, 1).squeeze(1), -1)
-        total = weight.sum(0)
+        chosen = torch.multinomial((weight + (~movable).to(dtype)).T, paths, replacement=True).T  # (paths, num)
+        kept = torch.where(movable, chosen, -1)
+        total = weight.sum(0).expand(shape)
         for t in range(n):
-            step = (uniforms[t] < torch.exp(-alternative / p).clamp(max=1.0)).to(dtype)
+            step = (coupled_uniform(t) < torch.exp(-alternative / p).clamp(max=1.0)).to(dtype)
             step = torch.where(kept == t, 1 - up[t], step)
             alternative = alternative + 2 * step - 1
     else:
         for t in range(n):
             alive = (total > 0) & (alternative != state[t])
             carried = torch.where(alive, total, torch.zeros_like(total))
-            take = torch.rand(num, dtype=dtype) * (carried + weight[t]).clamp(min=1e-300) < weight[t]
+            take = torch.rand(shape, dtype=dtype) * (carried + weight[t]).clamp(min=1e-300) < weight[t]
             kept = torch.where(take, t, torch.where(alive, kept, -1))
             total = torch.where(take | alive, carried + weight[t], torch.zeros_like(total))
-            step = (uniforms[t] < torch.exp(-alternative / p).clamp(max=1.0)).to(dtype)
+            step = (coupled_uniform(t) < torch.exp(-alternative / p).clamp(max=1.0)).to(dtype)
             alternative = torch.where(take, state[t] + 2 * (1 - up[t]) - 1,
                                       torch.where(alive, alternative + 2 * step - 1, state[t + 1] if t + 1 < n else x))
-    index = kept.clamp(min=0)
-    estimate = total * coefficient_over_weight[index, steps] * rate[index, steps] * (alternative**2 - x**2)
-    return torch.where(kept >= 0, estimate, torch.zeros_like(estimate))
+    index, samples = kept.clamp(min=0), torch.arange(num)
+    estimate = total * coefficient_over_weight[index, samples] * rate[index, samples] * (alternative**2 - x**2)
+    return torch.where(kept >= 0, estimate, torch.zeros_like(estimate)).mean(0)
 
 
 #: The discrete test bench as benchmarks (for ``benchmarks/discrete_table.py``); not in

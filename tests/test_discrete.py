@@ -112,9 +112,12 @@ def exact_variances_at_phi_0():
     }
 
 
+# ARM and DisARM on the one-run engine too: with one element its twin is the one jump,
+# kept with probability 1 on every path, so the estimate is the papers' formula draw by draw.
 @pytest.mark.parametrize("name, estimator, num_particles", [
     ("score", pg.Score(), 1), ("loo", pg.Score("loo"), 2), ("arm", pg.ARM(), 1), ("disarm", pg.DisARM(), 1),
-])
+    ("arm", pg.ARM(engine="one-run"), 1), ("disarm", pg.DisARM(engine="one-run"), 1),
+], ids=repr)
 def test_target_0_49_variances_score_loo_arm_disarm(name, estimator, num_particles):
     exact = exact_variances_at_phi_0()
     assert exact["score"] == pytest.approx(0.0156, abs=1e-4)

@@ -109,6 +109,6 @@ def test_the_site_builds_strictly(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     estimators = (tmp_path / "site" / "estimators" / "index.html").read_text(encoding="utf-8")
-    assert "{{ estimator_table }}" not in estimators and "<td><code>DisARM(engine='rerun')</code></td>" in estimators
+    assert "{{ estimator_table }}" not in estimators and "<td><code>DisARM(engine='rerun', paths=None)</code></td>" in estimators
     assert (tmp_path / "site" / "contributing" / "index.html").exists()
     assert (tmp_path / "site" / "finite_differences.png").exists()

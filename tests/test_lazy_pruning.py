@@ -57,3 +57,70 @@ def test_the_world_sees_which_particles_differ_and_resets_them():
     world.reset(torch.tensor([False, True, False]))
     assert torch.equal(a._alt, a._t) and torch.equal(b._alt, b._t)
     assert world.alive().tolist() == [False, False, False]
+
+
+# Stacked paths: World(3, paths=2) carries two alternative paths per particle, stacked on
+# a new leading dim; path 0 differs at particle 1, path 1 at particle 2.
+
+def stacked():
+    world = World(3, paths=2)
+    first, paths = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([[1.0, 5.0, 3.0], [1.0, 2.0, 7.0]])
+    return world, Alternative(first, paths.clone(), world), first, paths
+
+
+OPERATIONS = {
+    "pointwise": lambda x: 2 * x.exp() - x / 3,
+    "where": lambda x: torch.where(x > 2, x, -x),
+    "stack and sum": lambda x: torch.stack([x, x**2], -1).sum(-1),
+    "expand": lambda x: x.unsqueeze(-1).expand(3, 4) * torch.arange(4.0),
+    "reshape and cumsum": lambda x: x.reshape(3, 1, 1).expand(3, 2, 1).cumsum(1)[:, :, 0],
+    "cat and index": lambda x: torch.cat([x.unsqueeze(-1), x.unsqueeze(-1) ** 2], -1)[..., 1],
+    "positive dims": lambda x: torch.stack([x, 2 * x], 1).flip(1).select(1, 0).unsqueeze(1).sum(1),
+    "in place": lambda x: x.clone().mul_(2).add_(torch.ones(3)),
+}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=str)
+def test_each_stacked_path_is_the_operation_on_that_path_alone(operation):
+    # Whatever the operation's dims and shapes, path k of the stacked result is what one
+    # path carrying path k's values gives (dims mean what they mean on the first path).
+    world, a, first, paths = stacked()
+    result = OPERATIONS[operation](a)
+    assert isinstance(result, Alternative) and result._alt.shape == (2,) + result._t.shape
+    assert torch.equal(result._t, OPERATIONS[operation](first))
+    for k in range(2):
+        alone = OPERATIONS[operation](Alternative(first, paths[k].clone(), World(3)))
+        assert torch.allclose(result._alt[k], alone._alt)
+
+
+def test_stacked_paths_describe_a_value_by_its_first_path_and_read_it_only_where_every_path_agrees():
+    world, a, _, _ = stacked()
+    assert a.shape == (3,) and a.dim() == 1 and len(a) == 3 and a.numel() == 3
+    assert float(a[0]) == 1.0  # 1 on every path: a plain tensor
+    assert bool((a > 0).all())
+    looped = Alternative(torch.tensor(2.0), torch.tensor([2.0, 5.0]), World(None, paths=2))
+    with pytest.raises(Unsupported, match="Python reads a value"):
+        bool(looped > 2)  # False, and True on path 1
+    grown = looped.expand(3)  # one particle with no dim: expand adds the value's only dim
+    assert torch.equal(grown._alt, torch.tensor([[2.0] * 3, [5.0] * 3]))
+
+
+def test_the_world_sees_which_chains_differ_and_resets_them():
+    # Chains are path-major: (path 0: particles 0, 1, 2), (path 1: particles 0, 1, 2).
+    world, a, first, paths = stacked()
+    b = a + 1
+    assert world.alive().tolist() == [False, True, False, False, False, True]
+    world.reset(torch.tensor([False, True, False, False, False, False]))
+    assert torch.equal(a._alt[0], first) and torch.equal(a._alt[1], paths[1])
+    assert torch.equal(b._alt[0], first + 1)
+    assert world.alive().tolist() == [False, False, False, False, False, True]
+
+
+def test_a_plain_value_converted_like_a_carried_one_stays_plain():
+    # zeros.type_as(a) takes a's dtype only: the same on every path, nothing to carry;
+    # a mask that differs by path fills a plain tensor differently on each.
+    world, a, _, _ = stacked()
+    assert type(torch.zeros(3).type_as(a)) is torch.Tensor
+    filled = torch.zeros(3).masked_fill(a > 4, 1.0)
+    assert torch.equal(filled._t, torch.zeros(3))
+    assert torch.equal(filled._alt, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))

@@ -26,6 +26,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 
+from pyro_grad.engine.assumptions import decided
 from pyro_grad.engine.provenance import plain
 from pyro_grad.distributions import (
     describe,
@@ -134,6 +135,15 @@ class AlternativeRun(Messenger):
             self._redraw(msg)
             if msg["value"] is None:
                 msg["value"] = msg["fn"].sample()
+            if self.changes[name].shape != msg["value"].shape:
+                # Control flow upstream resized the site (a plate sized by a draw): the
+                # first run's values, the change's among them, no longer fit, so it is
+                # drawn as an unchanged site is. No particle kept its jump here: a
+                # particle keeps one, and the resizing one is upstream.
+                if decided(self.picked[name].any()):
+                    raise EstimatorError(f"site '{name}' ({describe(msg['fn'])}) changed shape in a run that "
+                                         "moves it: a jump and a resized plate at once")
+                return
             msg["value"] = torch.where(self.picked[name], self.changes[name], msg["value"])
             return
         self._redraw(msg)

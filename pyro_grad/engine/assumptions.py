@@ -30,6 +30,12 @@ def decided(condition: torch.Tensor) -> bool:
     return value
 
 
+def recording() -> bool:
+    """Whether a step is being recorded: a failure caught to fall back would leave the
+    failed attempt's operations in the recording, so the caller refuses it instead."""
+    return _RECORDED.get() is not None
+
+
 @contextlib.contextmanager
 def assumptions() -> Iterator[List[Tuple[torch.Tensor, bool]]]:
     """Collects the decisions (condition, value) taken inside the block."""

@@ -21,17 +21,18 @@ element that can move a chance. The choice is a defensive mixture (Hesterberg,
 "Weighted Average Importance Sampling and Defensive Mixture Distributions",
 Technometrics 1995) of two proposals:
 
-    π_e = ½ · |c_e| / Σ|c|  +  ½ · |c_e|·σ_e / Σ|c|·σ,    σ_e = |∂θ η_e|,
+    π_e = d · |c_e| / Σ|c|  +  (1 − d) · |c_e|·σ_e / Σ|c|·σ,    σ_e = |∂θ η_e|,  d = DEFENSIVE = 0.1,
 
 ``σ`` being StochasticAD's weight, the size of the jump's rate under a change of θ
 (their ``δ``), for a scalar θ, computed for every element at once by two backward
 passes over the first run's graph (:func:`sensitivities`); with more parameters the
 proposal is ``|c|`` alone. Neither proposal wins everywhere, as the sizes of the ``Δ_e f``
 decide: on StochasticAD.jl's walk (n = 100, p = 200) one sample's standard deviation is
-12.3 by ``|c|`` alone, 8.7 by ``|c|·σ`` alone and 10.1 by the mixture; on the agent-based
-SIR ``|c|·σ`` alone triples it against ``|c|`` (early infections move f most, yet move
-least with β). The mixture's weight is never more than twice either proposal's, so its
-variance stays within about twice the better one's. Done at once after the first run
+12.3 by ``|c|`` alone, 8.7 by ``|c|·σ`` alone, 10.1 by the even mixture and 8.8 by this
+one; on the agent-based SIR ``|c|·σ`` alone triples it against ``|c|`` (early infections
+move f most, yet move least with β), while the mixture's share of a tenth leaves it
+unchanged. The mixture's weight is never less than ``d`` times the ``|c|`` proposal's,
+so its variance stays within ``1/d`` of that one's. Done at once after the first run
 this is StochasticAD's sequential pruning (a weighted reservoir of one), since the
 weights depend only on the first run.
 
@@ -58,9 +59,18 @@ Two ways to choose: *at once* (:func:`kept_at_once`), after the first run, as ab
 can), as StochasticAD.jl does: the alternative path runs beside the first, value by
 value, and a jump whose path has rejoined the first (its Δ is 0) is dropped before the
 next one competes. On the walk (n = 100, p = 200) one sample's standard deviation is
-10.1 at once and 7.6 lazily with the mixture's weights (hand-written: 10.1 and 7.6;
-with StochasticAD's one-sided weights by hand, 8.5 and 6.5). ``pg.ELBO``'s one-run sites
+8.8 at once and 6.7 lazily with the mixture's weights (hand-written: 8.9 and 6.7;
+with StochasticAD's one-sided weights by hand, lazily, 6.5). ``pg.ELBO``'s one-run sites
 are chosen at once.
+
+*Paths* (``paths`` of the one-run estimators): each particle may keep ``k`` jumps
+independently, each made on an alternative path of its own, and average their terms
+(:class:`Kept` holds the mean). Every path is unbiased given the first run, so the mean
+is too; it removes the variance of the choices and of the alternative redraws (which
+dominates on the walk: 6.7 on one path, 3.0 on 16, lazily), not the first run's. Lazily
+the paths are carried in one run (by default :func:`lazy_paths`: 16, fewer where the
+sites' values are wide, as the paths' cost then grows with them); at once each is an
+alternative run of its own (1 by default).
 """
 
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -70,10 +80,18 @@ import torch.autograd.forward_ad as fwAD
 
 from pyro_grad.engine.particles import ParticleLayout
 from pyro_grad.engine.provenance import plain
+from pyro_grad.errors import EstimatorError
 from pyro_grad.one_hot import one_hot
 
 #: The share of the |c|-proportional proposal in the defensive mixture (module docs).
 DEFENSIVE = 0.1
+#: Alternative paths per particle where the jumps are pruned lazily (module docs), at most.
+LAZY_PATHS = 16
+#: The elements per particle of a site's value times the default paths stay within this:
+#: the paths are nearly free while a torch operation costs its Python overhead, and cost
+#: in proportion beyond (``benchmarks/bench_one_run.py``'s SIR). Per particle, so that
+#: ``pg.diagnose``'s many particles in one pass measure what a run of a few does.
+LAZY_ELEMENTS = 2**14
 
 
 class Perturbation(NamedTuple):
@@ -174,12 +192,16 @@ def sensitivities(etas: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) 
 
 def choose(weights: torch.Tensor) -> torch.Tensor:
     """A one-hot ``(P, E)`` mask picking per row one entry of ``weights (P, E) ≥ 0`` in
-    proportion to them (none in a row of zeros); no random number for a single entry."""
+    proportion to them (none in a row of zeros); no random number for a single entry.
+    By inverse CDF (a uniform on each row's cumulative weights, in float64), which costs
+    a pass over the table where ``torch.multinomial`` costs many times that per row."""
     if weights.shape[1] == 1:
         return weights > 0
-    movable = weights.sum(1, keepdim=True) > 0
-    index = torch.multinomial(weights + (~movable).to(weights.dtype), 1).squeeze(1)
-    return one_hot(index, weights.shape[1]) & movable & (weights > 0)
+    cumulative = weights.to(torch.float64).cumsum(1)
+    total = cumulative[:, -1:]
+    point = torch.rand(total.shape, dtype=torch.float64) * total
+    index = torch.searchsorted(cumulative, point, right=True).clamp(max=weights.shape[1] - 1).squeeze(1)
+    return one_hot(index, weights.shape[1]) & (total > 0) & (weights > 0)
 
 
 class Rows:
@@ -267,13 +289,18 @@ def jumps(perturbations: Dict[str, Tuple[List[Perturbation], torch.Tensor, int]]
 
 
 class Kept(NamedTuple):
-    """Each row's kept jump: ``kept`` one-hot ``(rows, jumps)`` (a row of zeros keeps
-    none), ``scale`` its ``c/π`` up to the sign of ``c`` and ``delta`` the change of f
-    when it is made, ``(rows,)``."""
+    """The kept jumps as ``amount (rows, jumps)``: each jump's ``c/π · Δf`` up to the sign
+    of ``c`` where a row kept it, averaged over the row's paths (0 where none kept it)."""
 
-    kept: torch.Tensor
-    scale: torch.Tensor
-    delta: torch.Tensor
+    amount: torch.Tensor
+
+
+def amounts(kept: torch.Tensor, scale: torch.Tensor, delta: torch.Tensor, paths: int = 1) -> Kept:
+    """:class:`Kept` from each path's one-hot ``kept (paths·rows, jumps)`` (a row of zeros
+    keeps none), its ``c/π`` up to sign ``scale`` and ``Δf`` ``delta``, ``(paths·rows,)``,
+    path-major: the paths' mean."""
+    amount = torch.where(kept, (scale * delta).unsqueeze(1), torch.zeros((), dtype=scale.dtype))
+    return Kept(amount.reshape((paths, -1) + amount.shape[1:]).mean(0))
 
 
 def kept_at_once(table: Jumps, perturbations, rows: Rows, f: torch.Tensor,
@@ -293,7 +320,7 @@ def kept_at_once(table: Jumps, perturbations, rows: Rows, f: torch.Tensor,
         here = rows.back(block.any(1), event_dim)
         changes[name] = (torch.where(mask, offer.value.to(value.dtype), moved), here if picked is None else picked | here)
     delta = (rows.f(run_changes(changes)) - rows.f(f)).detach()
-    return Kept(kept, scale, delta)
+    return amounts(kept, scale, delta)
 
 
 def pruned_terms(
@@ -303,7 +330,8 @@ def pruned_terms(
     run_changes: Callable[[Dict[str, Tuple[torch.Tensor, torch.Tensor]]], torch.Tensor],
     inputs: Sequence[torch.Tensor] = (),
     batch: Optional[torch.Size] = None,
-    lazy: Optional[Callable[[Jumps, Rows], Optional[Kept]]] = None,
+    lazy: Optional[Callable[[Jumps, Rows, int], Optional[Kept]]] = None,
+    paths: Optional[int] = None,
 ) -> Dict[str, torch.Tensor]:
     """Per-particle ``(P,)`` terms of each site of ``perturbations`` (site → its
     :class:`Perturbation` s, one per kind of jump its elements offer, its first-run value
@@ -312,21 +340,43 @@ def pruned_terms(
     to broadcast against it) and returns that run's f; ``f`` is the first run's, ``(P,)``,
     or with ``batch`` (:class:`Rows`) each plate element's own, broadcast to ``batch``;
     ``inputs`` are the tensors θ the sensitivities differentiate in (the module docs).
-    ``lazy(jumps, rows)``, when given, runs the alternative path beside the first and
-    prunes as it goes (:mod:`pyro_grad.engine.lazy_pruning`), or gives None where it
-    cannot (it says why): the jumps are then chosen at once."""
+    ``lazy(jumps, rows, paths)``, when given, runs the alternative paths beside the first
+    and prunes as it goes (:mod:`pyro_grad.engine.lazy_pruning`), or gives None where it
+    cannot (it says why): the jumps are then chosen at once, one alternative run per path.
+    ``paths`` is the sites' setting (:func:`paths_of`), None for the engine's choice:
+    :func:`lazy_paths` lazily, 1 at once."""
     rows = Rows(layout, batch)
     table = jumps(perturbations, rows, inputs)
     if table is None:
         return {}
-    chosen = lazy(table, rows) if lazy is not None else None
+    chosen = lazy(table, rows, paths or lazy_paths(perturbations, rows)) if lazy is not None else None
     if chosen is None:
-        chosen = kept_at_once(table, perturbations, rows, f, run_changes)
+        # Each path at once is its own alternative run: the paths' mean.
+        runs = [kept_at_once(table, perturbations, rows, f, run_changes) for _ in range(paths or 1)]
+        chosen = Kept(torch.stack([run.amount for run in runs]).mean(0))
     terms: Dict[str, torch.Tensor] = {}
     for (name, _), (coefficient, eta), (a, b) in zip(table.offers, table.shaped, table.spans):
         _, value, event_dim = perturbations[name]
-        mask = rows.elements(chosen.kept[:, a:b], value, event_dim)
-        sign = torch.where(mask, coefficient.sign(), torch.zeros_like(coefficient))
-        lever = layout.reduce((eta - eta.detach()) * sign * rows.back(chosen.scale * chosen.delta, event_dim), event_dim)
+        amount = rows.elements(chosen.amount[:, a:b], value, event_dim)
+        lever = layout.reduce((eta - eta.detach()) * coefficient.sign() * amount, event_dim)
         terms[name] = terms[name] + lever if name in terms else lever
     return terms
+
+
+def lazy_paths(perturbations: Dict[str, Tuple[List[Perturbation], torch.Tensor, int]], rows: Rows) -> int:
+    """The default paths of a lazy run: :data:`LAZY_PATHS`, fewer where the widest site's
+    elements per particle times the paths would pass :data:`LAZY_ELEMENTS`."""
+    widest = max(value.numel() for _, value, _ in perturbations.values()) // rows.count
+    return max(1, min(LAZY_PATHS, LAZY_ELEMENTS // max(1, widest)))
+
+
+def paths_of(estimators: Dict[str, Any]) -> Optional[int]:
+    """The alternative paths per particle the one-run sites ``estimators`` (site → its
+    estimator) ask for: their one ``paths`` setting, or None (the engine's choice) where
+    none sets it. They share one run, so sites that set different values are refused."""
+    asked = {name: estimator.paths for name, estimator in estimators.items() if estimator.paths is not None}
+    if len(set(asked.values())) > 1:
+        listed = ", ".join(f"'{name}' paths={value}" for name, value in asked.items())
+        raise EstimatorError(f"the one-run sites share one run and its alternative paths, but they ask for different "
+                             f"numbers of paths ({listed}); give them one paths= (or leave it to the engine)")
+    return next(iter(asked.values()), None)

@@ -22,7 +22,7 @@ from pyro_grad.baselines import RunningAverages
 from pyro_grad.errors import EstimatorError, float_index_error, is_index_dtype_error
 from pyro_grad.distributions import describe
 from pyro_grad.engine.control_flow import READ
-from pyro_grad.engine.one_run import pruned_terms
+from pyro_grad.engine.one_run import paths_of, pruned_terms
 from pyro_grad.engine.particles import ParticleLayout, concat_particles
 from pyro_grad.distributions import leaf_distribution, logits_of, probs_of
 from pyro_grad.gradient_estimators import (
@@ -271,15 +271,17 @@ def one_run_terms(
     the jumps' sensitivities are taken in). ``sites`` and ``density`` as in
     :func:`difference_terms`. With ``batch`` every one-run site shares it and ``f`` is
     each plate element's own (:class:`pyro_grad.engine.one_run.Rows`). ``lazy(jumps,
-    rows)`` prunes lazily where it can (:func:`pyro_grad.engine.one_run.pruned_terms`)."""
-    perturbations = {}
+    rows, paths)`` prunes lazily where it can (:func:`pyro_grad.engine.one_run.pruned_terms`);
+    the sites' ``paths`` settings must agree (:func:`pyro_grad.engine.one_run.paths_of`)."""
+    perturbations, estimators = {}, {}
     for name, site, estimator in difference_sites(trace, sites, one_run=True):
         fn = density(site["fn"])
         draw = SiteDraw(name, fn, plain(site["value"]).detach(), layout, False, False)
         perturbations[name] = (estimator.perturbations(draw), draw.value, len(fn.event_shape))
+        estimators[name] = estimator
     if not perturbations:
         return {}
-    return pruned_terms(perturbations, layout, f.detach(), run_changes, inputs, batch, lazy)
+    return pruned_terms(perturbations, layout, f.detach(), run_changes, inputs, batch, lazy, paths_of(estimators))
 
 
 def joined_terms(blocks: List[Terms], num_samples: int) -> Dict[str, torch.Tensor]:

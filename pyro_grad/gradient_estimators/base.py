@@ -361,13 +361,26 @@ class EngineChoice(DifferenceEstimator):
     re-runs (``alternatives``), or ``engine="one-run"``, one alternative run shared by
     every one-run site of the program (:mod:`pyro_grad.engine.one_run`), for which
     ``perturbations(draw)`` offers each element's jumps (in ``pg.expectation`` and
-    ``pg.ELBO``, the estimators' objectives)."""
+    ``pg.ELBO``, the estimators' objectives). ``paths`` (one-run engine only) is how many
+    independent alternative paths each particle carries beside its run, averaged: the
+    default (None) is 16 where the jumps are pruned lazily (fewer where the sites' values
+    are wide: :func:`pyro_grad.engine.one_run.lazy_paths`) and 1 where they are chosen at
+    once."""
 
     engine: str = "rerun"
+    paths: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise EstimatorError(f"{type(self).__name__}(engine={self.engine!r}): engine must be one of {list(ENGINES)}")
+        if self.paths is not None:
+            if isinstance(self.paths, bool) or not isinstance(self.paths, int) or self.paths < 1:
+                raise EstimatorError(f"{type(self).__name__}(paths={self.paths!r}): paths must be a positive int "
+                                     "(or None, the engine's choice)")
+            if not self.one_run:
+                raise EstimatorError(f"{type(self).__name__}(paths={self.paths!r}): paths is a setting of the one-run "
+                                     f"engine, the alternative paths carried beside one run; use "
+                                     f"{type(self).__name__}(engine='one-run', paths={self.paths!r})")
 
     @property
     def one_run(self) -> bool:

@@ -220,9 +220,9 @@ class MeasureValued(EngineChoice):
         # with the site's coordinates (a 16×8×8 image: ×1024) where the pathwise
         # gradient's does not: the tuner and the benchmark suite offer it only at sites
         # of a few coordinates, where f may jump and it is the quietest that needs no
-        # smoothness. A discrete site in an expectation also offers the one-run engine,
-        # whose worth shows when every such site takes it (tune then tries them together).
-        if discrete(site.fn) and not exact_value:
+        # smoothness. A discrete site also offers the one-run engine, whose worth shows
+        # when every such site takes it (tune then tries them together).
+        if discrete(site.fn):
             return [*super().examples_for(site, exact_value),
                     Example("MeasureValued(one-run)", cls(engine="one-run"), 1)]
         if discrete(site.fn) or site.elements * max(1, site.fn.event_shape.numel()) <= FEW_COORDINATES:

@@ -17,7 +17,8 @@ from pyro_grad.distributions import describe, parameter_provenance, unmasked
 from pyro_grad.engine.alternative_run import AlternativeRun
 from pyro_grad.engine.lazy_pruning import Unsupported, lazily_pruned
 from pyro_grad.engine.one_run import differentiable_inputs
-from pyro_grad.engine.recording import Recorder, compile_options
+from pyro_grad.engine.assumptions import recording
+from pyro_grad.engine.recording import Recorder, Unrecordable, compile_options
 from pyro_grad.engine.particles import (
     PARTICLES,
     ParticleLayout,
@@ -351,13 +352,21 @@ def expectation_estimates(
     #: Why the alternative path could not be carried beside a run, if it could not.
     at_once: List[str] = []
 
-    def run_lazily(trace, table, rows):
+    #: The alternative paths per particle of each lazy run.
+    lazily: List[int] = []
+
+    def run_lazily(trace, table, rows, paths):
         # StochasticAD.jl's lazy pruning (pyro_grad.engine.lazy_pruning), else at once.
         try:
-            return lazily_pruned(program, args, kwargs, trace, table, rows, dim, k)
+            kept = lazily_pruned(program, args, kwargs, trace, table, rows, dim, k, paths)
         except Unsupported as why:
+            if recording():  # what the stopped run did would stay in the recording
+                raise Unrecordable(f"its one-run sites' lazy run stopped ({why}), so their jumps are chosen at "
+                                   "once, uncompiled") from why
             at_once.append(str(why))
             return None
+        lazily.append(paths)
+        return kept
 
     def rerun():
         with poutine.block():
@@ -390,15 +399,18 @@ def expectation_estimates(
         )
         terms.update(one_run_terms(trace, layout, f, lambda changes, t=full: run_changes(t, changes), sites=upstream,
                                    density=unmasked, inputs=differentiable_inputs(args, kwargs, full),
-                                   lazy=lambda table, rows, t=full: run_lazily(t, table, rows)))
+                                   lazy=lambda table, rows, paths, t=full: run_lazily(t, table, rows, paths)))
         difference_blocks.append((terms, losses))
     estimates = assemble(values, blocks, difference_blocks, num_samples, traces[0], args, kwargs, loss_sign=1.0)
     estimates.reasons = choice_reasons(traces[0], guard)
-    if at_once:
-        for name, estimator in estimates.estimators.items():
-            if getattr(estimator, "one_run", False) and name in estimates.reasons:
-                estimates.reasons[name] += (f"; its jump was pruned at once, not lazily, as the alternative path "
-                                            f"could not be carried beside the run: {at_once[0]}")
+    for name, estimator in estimates.estimators.items():
+        if not getattr(estimator, "one_run", False) or name not in estimates.reasons:
+            continue
+        if at_once:
+            estimates.reasons[name] += (f"; its jump was pruned at once, not lazily, as the alternative path "
+                                        f"could not be carried beside the run: {at_once[0]}")
+        elif lazily:
+            estimates.reasons[name] += f"; pruned lazily on {lazily[0]} alternative paths per particle"
     estimates.traces = traces
     return estimates
 

@@ -7,7 +7,7 @@ repeat until a round changes nothing (coordinate descent, at most ``max_rounds``
 Every measurement replays the same seed, so candidates are compared on common random
 numbers, and a configuration measured once is never measured again. After the first
 round a site re-measures only its contenders: the candidates within
-:data:`CONTENDER_FACTOR` of its best. Last, in an expectation where two or more discrete
+:data:`CONTENDER_FACTOR` of its best. Last, in an expectation or an ELBO where two or more discrete
 sites are tuned, they are measured once more all on ``MeasureValued``'s one-run engine
 (which shares one alternative run among them, so one site alone gains nothing and the
 site-by-site descent cannot find it), and that is kept if it ranks better
@@ -422,11 +422,12 @@ def _is_one_run(estimator: Optional[Estimator]) -> bool:
 def one_engine(current: Dict[str, Estimator], sites: Mapping[str, Site], objective: str,
                flagged: set) -> Optional[Dict[str, Estimator]]:
     """``current`` with every tuned discrete site that ``MeasureValued`` takes on the
-    one-run engine, when there are two or more in an expectation, that moves one of them,
-    and none had the one-run engine's mean flagged; else None."""
-    if objective != "expectation":
-        return None
+    one-run engine, when there are two or more in an objective it serves (an expectation
+    or an ELBO), that moves one of them, and none had the one-run engine's mean flagged;
+    else None."""
     one_run = MeasureValued(engine="one-run")
+    if objective not in one_run.objectives:
+        return None
     names = [n for n in current if discrete(sites[n].fn) and one_run.applies_to(sites[n])
              and one_run.refusal(sites[n]) is None]
     if len(names) < 2 or flagged & set(names) or all(_is_one_run(current[n]) for n in names):
