@@ -7,8 +7,9 @@ dynamic program over X, are ``state_walk`` and ``state_walk_derivative`` in
 ``pyro_grad.harness.models.discrete``. For each n and estimator this prints, side by side
 in one run (one thread):
 
-* seconds per call of ``pg.expectation`` + backward at ``--particles`` particles
-  (``--reps`` calls; the re-run engine's, half as many);
+* the median seconds per call of ``pg.expectation`` + backward at ``--particles``
+  particles (``--reps`` calls, interleaved across the estimators so that drift falls on
+  all alike; the re-run engine's, a quarter as many);
 * one sample's standard deviation, from ``--samples`` independent gradient samples
   (``pg.diagnose``; the re-run engine's from ``--rerun-samples``; ``Score("loo")``'s
   particles share a baseline, so its samples are means of ``--particles``, × √particles;
@@ -30,7 +31,7 @@ Last, seconds per call on the agent-based SIR at ``--sir-agents`` agents (its co
 should grow linearly in the agents: the sites are vectorized over them).
 
 Run: ``.venv/bin/python benchmarks/bench_one_run.py [--n 25,50,100,200,400] [--p-per-n 2]
-[--particles 200] [--reps 5] [--samples 2000] [--rerun-samples 400] [--rerun-max-n 400]
+[--particles 200] [--reps 9] [--samples 2000] [--rerun-samples 400] [--rerun-max-n 400]
 [--only NAMES] [--sir-agents 1000,3000,10000]`` (the re-run engine's cost grows as n²:
 above ``--rerun-max-n`` it is left out). StochasticAD.jl's figure for one sample's
 standard deviation at n = 100, p = 200 is about 6.5 (their docs).
@@ -45,6 +46,7 @@ import pyro
 import torch
 
 import pyro_grad as pg
+from bench_core import interleaved_medians  # this script's directory is on the path
 from pyro_grad.harness.models.discrete import state_walk as walk
 from pyro_grad.harness.models.discrete import state_walk_derivative as exact_derivative
 from pyro_grad.harness.models.discrete import state_walk_pruned_by_hand
@@ -89,21 +91,17 @@ def spread(name: str, n: int, p: float, particles: int, samples: int) -> Tuple[f
     return float(draws.std()) * math.sqrt(per), z, count
 
 
-def seconds_per_call(name: str, n: int, p: float, particles: int, reps: int) -> float:
-    """Seconds per call of ``pg.expectation`` + backward at ``particles`` particles (the
-    hand-written rows: of their ``particles`` draws)."""
-    seconds = 0.0
-    program = None if name in BY_HAND else pg.estimators(lambda q: walk(q, n), default=ESTIMATORS[name]())
-    for rep in range(reps):
-        pyro.set_rng_seed(rep)
-        q = torch.tensor(float(p), requires_grad=True)
-        start = time.perf_counter()
-        if program is None:
-            state_walk_pruned_by_hand(p, n, particles, *BY_HAND[name])
-        else:
-            pg.expectation(program, q, num_particles=particles).backward()
-        seconds += time.perf_counter() - start
-    return seconds / reps
+def one_call(name: str, n: int, p: float, particles: int) -> Callable[[], None]:
+    """One call of ``pg.expectation`` + backward at ``particles`` particles (the
+    hand-written rows: their ``particles`` draws)."""
+    if name in BY_HAND:
+        return lambda: state_walk_pruned_by_hand(p, n, particles, *BY_HAND[name])
+    program = pg.estimators(lambda q: walk(q, n), default=ESTIMATORS[name]())
+
+    def call() -> None:
+        pg.expectation(program, torch.tensor(float(p), requires_grad=True), num_particles=particles).backward()
+
+    return call
 
 
 def sir_seconds(name: str, agents: int, particles: int, reps: int) -> float:
@@ -123,7 +121,7 @@ def main() -> None:
     parser.add_argument("--n", default="25,50,100,200,400")
     parser.add_argument("--p-per-n", type=float, default=2.0, help="p = this × n (StochasticAD's setup: 2)")
     parser.add_argument("--particles", type=int, default=200)
-    parser.add_argument("--reps", type=int, default=5, help="calls timed per estimator")
+    parser.add_argument("--reps", type=int, default=9, help="calls timed per estimator (the median, interleaved)")
     parser.add_argument("--samples", type=int, default=2000, help="gradient samples per estimator")
     parser.add_argument("--rerun-samples", type=int, default=400, help="the re-run engine's samples")
     parser.add_argument("--rerun-max-n", type=int, default=400)
@@ -133,22 +131,29 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = [e for e in [*ESTIMATORS, *BY_HAND] if not args.only or e in args.only.split(",")]
-    print(f"walk: n steps, p = {args.p_per_n:g}·n, f = X²; seconds per call of {args.particles} particles "
-          f"({args.reps} calls); one sample's std from {args.samples} samples (re-run: {args.rerun_samples})")
+    print(f"walk: n steps, p = {args.p_per_n:g}·n, f = X²; median seconds per call of {args.particles} particles "
+          f"({args.reps} calls, interleaved; re-run: {max(1, args.reps // 4)}); one sample's std from {args.samples} "
+          f"samples (re-run: {args.rerun_samples})")
     print(f"{'n':>4s} {'estimator':36s} {'s/call':>8s} {'sample std':>11s} {'mean−exact (SE)':>16s} "
           f"{'work-norm. var ÷ Score(loo)':>28s}")
     winners = {}
     for n in [int(v) for v in args.n.split(",") if v]:
         p = args.p_per_n * n
         exact = exact_derivative(p, n)
-        rows = {}
+        rows, calls = {}, {}
         for name in names:
             rerun = "re-run" in name
             if rerun and n > args.rerun_max_n:
                 continue
             std, z, _ = spread(name, n, p, args.particles, args.rerun_samples if rerun else args.samples)
-            seconds = seconds_per_call(name, n, p, args.particles, max(1, args.reps // 2) if rerun else args.reps)
-            rows[name] = (seconds, std, z, std**2 * seconds)
+            rows[name] = (std, z)
+            calls[name] = one_call(name, n, p, args.particles)
+        for call in calls.values():  # a first call outside the timing (caches, lazy imports)
+            call()
+        slow = [name for name in calls if "re-run" in name]
+        seconds = interleaved_medians({name: calls[name] for name in calls if name not in slow}, args.reps)
+        seconds.update(interleaved_medians({name: calls[name] for name in slow}, max(1, args.reps // 4)))
+        rows = {name: (seconds[name], std, z, std**2 * seconds[name]) for name, (std, z) in rows.items()}
         base = rows.get("Score(loo)", (None, None, None, None))[3]
         for name, (seconds, std, z, work) in rows.items():
             relative = f"{work / base:.3g}" if base else "—"

@@ -124,3 +124,11 @@ def test_a_plain_value_converted_like_a_carried_one_stays_plain():
     filled = torch.zeros(3).masked_fill(a > 4, 1.0)
     assert torch.equal(filled._t, torch.zeros(3))
     assert torch.equal(filled._alt, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+
+
+def test_a_reduction_along_the_last_dim_of_a_value_with_no_dims_keeps_the_paths_apart():
+    # One particle with no dim: its paths' stack is (paths,), whose last dim is the paths'.
+    # cumsum(-1) and softmax(-1) of a scalar are the scalar and 1 on every path.
+    looped = Alternative(torch.tensor(2.0), torch.tensor([2.0, 5.0, 7.0]), World(None, paths=3))
+    assert torch.equal(looped.cumsum(-1)._alt, torch.tensor([2.0, 5.0, 7.0]))
+    assert type(torch.softmax(looped, -1)) is torch.Tensor  # 1 on every path: nothing to carry

@@ -162,10 +162,10 @@ class World:
         whose broadcasting already keeps the paths apart is called directly (the same
         result, without vmap's cost). ``writes``: an in-place op."""
         if not self.stacked or (name in POINTWISE and _broadcast_alike(args, kwargs, alternatives) and (
-                name not in FROM_RECEIVER or any(args[0] is t for t in alternatives))):
+                name not in FROM_RECEIVER or (args and any(args[0] is t for t in alternatives)))):
             return func(*args, **kwargs)
         if name in ALONG_DIMS and len(alternatives) == 1 and args and args[0] is alternatives[0] and \
-                _negative_dims(args[1:], kwargs):
+                _negative_dims(args[1:], kwargs, args[0].dim() - 1):
             return func(*args, **kwargs)  # dims counted from the right never reach the paths' dim
         if name == "expand" and not kwargs and args and args[0] is alternatives[0] and len(alternatives) == 1:
             sizes = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
@@ -189,7 +189,7 @@ class World:
 #: (``x.shape`` is the getter ``__get__``): the first path's serves every path.
 METADATA = frozenset({"__get__", "size", "dim", "ndimension", "numel", "nelement", "stride", "__len__",
                       "is_contiguous", "element_size", "is_floating_point", "is_complex", "get_device",
-                      "storage_offset", "data_ptr", "__hash__"})
+                      "storage_offset", "data_ptr"})
 
 
 class Alternative(torch.Tensor):
@@ -274,13 +274,13 @@ POINTWISE = frozenset(
 #: Operations along given dims of one tensor: on stacked paths they need no vmap when
 #: every dim is counted from the right (:func:`_negative_dims`).
 ALONG_DIMS = frozenset({"sum", "mean", "prod", "amax", "amin", "logsumexp", "any", "all", "cumsum", "cumprod",
-                        "softmax", "log_softmax", "nansum", "std", "var", "norm", "count_nonzero"})
+                        "softmax", "log_softmax", "nansum", "std", "var", "count_nonzero"})
 
 
-def _negative_dims(rest: tuple, kwargs: dict) -> bool:
+def _negative_dims(rest: tuple, kwargs: dict, ndim: int) -> bool:
     """Whether an operation's arguments after its tensor name only dims counted from the
-    right (a negative int or a tuple of them, positionally or as ``dim``), and perhaps
-    ``keepdim`` and ``dtype``."""
+    right (a negative int or a tuple of them, positionally or as ``dim``) among the first
+    path's ``ndim`` dims, and perhaps ``keepdim`` and ``dtype``."""
     if set(kwargs) - {"dim", "keepdim", "dtype"}:
         return False
     dims = list(rest[:1]) + ([kwargs["dim"]] if "dim" in kwargs else [])
@@ -288,7 +288,7 @@ def _negative_dims(rest: tuple, kwargs: dict) -> bool:
         return False
     dim = dims[0]
     found = dim if isinstance(dim, (tuple, list)) else (dim,)
-    return len(found) > 0 and all(type(d) is int and d < 0 for d in found)
+    return len(found) > 0 and all(type(d) is int and -ndim <= d < 0 for d in found)
 
 
 #: Elementwise operations whose result is shaped by their receiver alone (``x.type_as(y)``
@@ -399,7 +399,7 @@ class LazyPruning(Messenger):
 
     def __init__(self, trace: Trace, table: Jumps, rows: Rows, world: World):
         super().__init__()
-        self.trace, self.table, self.rows, self.world = trace, table, rows, world
+        self.trace, self.rows, self.world = trace, rows, world
         n = world.chains
         #: Per chain: the summed weight of the jumps that competed while alive, the kept
         #: jump's column (-1: none).

@@ -295,12 +295,10 @@ class Kept(NamedTuple):
     amount: torch.Tensor
 
 
-def amounts(kept: torch.Tensor, scale: torch.Tensor, delta: torch.Tensor, paths: int = 1) -> Kept:
-    """:class:`Kept` from each path's one-hot ``kept (paths·rows, jumps)`` (a row of zeros
-    keeps none), its ``c/π`` up to sign ``scale`` and ``Δf`` ``delta``, ``(paths·rows,)``,
-    path-major: the paths' mean."""
-    amount = torch.where(kept, (scale * delta).unsqueeze(1), torch.zeros((), dtype=scale.dtype))
-    return Kept(amount.reshape((paths, -1) + amount.shape[1:]).mean(0))
+def amounts(kept: torch.Tensor, scale: torch.Tensor, delta: torch.Tensor) -> Kept:
+    """:class:`Kept` from the one-hot ``kept (rows, jumps)`` (a row of zeros keeps none),
+    its ``c/π`` up to sign ``scale`` and ``Δf`` ``delta``, ``(rows,)``."""
+    return Kept(torch.where(kept, (scale * delta).unsqueeze(1), torch.zeros((), dtype=scale.dtype)))
 
 
 def kept_at_once(table: Jumps, perturbations, rows: Rows, f: torch.Tensor,
@@ -374,7 +372,8 @@ def paths_of(estimators: Dict[str, Any]) -> Optional[int]:
     """The alternative paths per particle the one-run sites ``estimators`` (site → its
     estimator) ask for: their one ``paths`` setting, or None (the engine's choice) where
     none sets it. They share one run, so sites that set different values are refused."""
-    asked = {name: estimator.paths for name, estimator in estimators.items() if estimator.paths is not None}
+    asked = {name: getattr(estimator, "paths", None) for name, estimator in estimators.items()}
+    asked = {name: paths for name, paths in asked.items() if paths is not None}
     if len(set(asked.values())) > 1:
         listed = ", ".join(f"'{name}' paths={value}" for name, value in asked.items())
         raise EstimatorError(f"the one-run sites share one run and its alternative paths, but they ask for different "

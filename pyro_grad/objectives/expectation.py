@@ -410,7 +410,8 @@ def expectation_estimates(
             estimates.reasons[name] += (f"; its jump was pruned at once, not lazily, as the alternative path "
                                         f"could not be carried beside the run: {at_once[0]}")
         elif lazily:
-            estimates.reasons[name] += f"; pruned lazily on {lazily[0]} alternative paths per particle"
+            carried = "1 alternative path" if lazily[0] == 1 else f"{lazily[0]} alternative paths"
+            estimates.reasons[name] += f"; pruned lazily on {carried} per particle"
     estimates.traces = traces
     return estimates
 
