@@ -39,20 +39,19 @@ run's. A carried value's alternatives then stack the paths on a new leading dim,
 than the carried values (:data:`POINTWISE`), a reduction along dims counted from the
 right (:data:`ALONG_DIMS`) and ``expand`` run on the stack directly, any other operation
 through ``torch.vmap`` over the paths, so that dims and shapes mean on every path what
-they mean on the first. Python reads a value only where every path agrees with the
-first; a value's shape, dtype and the like are the first path's.
+they mean on the first. A value's shape, dtype and the like are the first path's.
 
 Cost: one run with every reached operation done on the first values and on the stacked
 alternatives (plus ``__torch_function__``'s Python), instead of the at-once engine's
 re-run; the same two evaluations per particle. On StochasticAD.jl's walk (n = 100, p =
 200) one sample's standard deviation is 8.8 at once, 6.7 lazily on one path and 3.0 on
-16, at about 1.1–1.9× one path's seconds (``benchmarks/bench_one_run.py``).
+16, at about 1.0–1.2× one path's seconds (``benchmarks/bench_one_run.py``).
 
 Where the alternative path cannot be carried, the run stops (:class:`Unsupported`)
 and the jumps are chosen at once; the estimate's reasons say why:
 
-* Python reads a value (``.item()``, ``if``) that differs on an alternative path: it
-  could branch otherwise;
+* Python reads a value a jump reaches (``.item()``, ``if``): the program could branch
+  otherwise on an alternative path;
 * a random operation (``torch.bernoulli``) takes such a value: its draw is not a site
   that could be coupled;
 * an in-place operation writes such a value into a tensor that does not carry one;
@@ -60,8 +59,12 @@ and the jumps are chosen at once; the estimate's reasons say why:
   operation fails on the alternative values;
 * a site has no first-run draw to replay.
 
-Whether a value is the same on both paths is a decision on values: a recorded step
-(:mod:`pyro_grad.engine.recording`) keeps it as an assumption and checks it every call.
+*A value a jump reaches* is one computed from a one-run site's draw, or from a draw
+whose distribution such a value set: it is carried even where every path agrees with
+the first, so that whether the run stops depends on the program and its first run,
+never on the run's own random choices. (Were it otherwise, the lazy estimate would be
+kept only on the choices that let the run finish, which biases it.) The first run
+validated the first path's distributions; the lazy run does not validate them again.
 """
 
 import weakref
@@ -76,16 +79,13 @@ from pyro.poutine.trace_struct import Trace
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from pyro_grad.distributions import describe, leaf_distribution, replaced_tensors, without_provenance
-from pyro_grad.engine.assumptions import decided, recording
+from pyro_grad.engine.assumptions import recording
 from pyro_grad.engine.alternative_run import redrawn_where_changed
 from pyro_grad.engine.one_run import Jumps, Kept, Perturbation, Rows, choose
 from pyro_grad.engine.particles import PARTICLES
 from pyro_grad.engine.provenance import plain
 from pyro_grad.errors import first_line
 
-#: Operations that read a value into Python: allowed where the alternative reads the same.
-READS = frozenset({"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__complex__", "numpy",
-                   "__array__"})
 #: Operations that only print.
 PRINTS = frozenset({"__repr__", "__str__", "__format__"})
 #: Random operations: a draw outside ``pyro.sample`` cannot be coupled.
@@ -219,35 +219,34 @@ class Alternative(torch.Tensor):
         if name in PRINTS:
             return func(*first_args[0], **first_args[1])
         if name in RANDOM:
-            raise Unsupported(f"torch's {name} draws from a value that differs on the alternative path; a draw "
-                              "outside pyro.sample cannot be coupled (make it a pyro.sample site)")
+            raise Unsupported(f"torch's {name} draws from a value a jump reaches; a draw outside pyro.sample "
+                              "cannot be coupled (make it a pyro.sample site)")
         world = found[0]._world
-        alternative_args = _unwrapped((args, kwargs), "_alt", [])
         target = _written(name, args, kwargs)
         if target is not None and not isinstance(target, Alternative):
-            raise Unsupported(f"the in-place {name} writes a value that differs on the alternative path into a "
-                              "tensor that does not carry one")
+            raise Unsupported(f"the in-place {name} writes a value a jump reaches into a tensor that does not "
+                              "carry one")
+        if name in CONVERSIONS and args and not isinstance(args[0], Alternative):
+            return func(*first_args[0], **first_args[1])  # takes only the carried value's dtype
         first = func(*first_args[0], **first_args[1])
-        if world.stacked and target is None and not _holds_tensor(first):
-            if name in METADATA:
+        if target is None and not _holds_tensor(first):
+            if name in METADATA:  # a shape, a dtype: the first path's serves every path
                 return first
-            # A read: the same on every path only where no carried value differs.
-            if all(decided((value._t == value._alt).all()) for value in found):
-                return first
-            raise Unsupported(f"Python reads a value ({name}) that differs on an alternative path, "
-                              "so the program could branch otherwise there")
+            raise Unsupported(f"Python reads a value ({name}) that a jump reaches, so the program could "
+                              "branch otherwise on an alternative path")
+        alternative_args = _unwrapped((args, kwargs), "_alt", [])
         try:
             alternative = world.call(func, name, *alternative_args, [value._alt for value in found], target is not None)
         except Exception as error:  # the first path ran as the first run did: only the alternative failed
             raise Unsupported(f"{name} fails on the alternative path ({first_line(error)})") from error
         if target is not None:
             return target if first is not None else None
-        if name in READS:
-            if not _same(first, alternative):
-                raise Unsupported(f"Python reads a value ({name}) that differs on the alternative path, "
-                                  "so the program could branch otherwise there")
-            return first
         return _paired(first, alternative, world, name)
+
+
+#: Conversions that take only a dtype (or device) from a tensor argument: on a plain
+#: receiver their result does not depend on the carried value.
+CONVERSIONS = frozenset({"to", "type_as"})
 
 
 #: Elementwise operations (with broadcasting): on stacked paths they need no vmap when
@@ -343,21 +342,16 @@ def _written(name: str, args: tuple, kwargs: dict) -> Any:
     return None
 
 
-def _same(a: Any, b: Any) -> bool:
-    if torch.is_tensor(a) and torch.is_tensor(b):
-        return a.shape == b.shape and decided((a == b).all())
-    try:
-        return bool(a == b)
-    except Exception:
-        return False
-
-
 def _paired(first: Any, alternative: Any, world: World, name: str) -> Any:
+    """An operation's result on both paths, carried. A value a jump reaches stays
+    carried even where every path agrees with the first: whether a run can be carried
+    (a read, a write into a plain tensor) must not depend on the run's own random
+    choices, or keeping its estimate only where it could would bias it."""
     if torch.is_tensor(first):
         if not torch.is_tensor(alternative) or alternative.shape != world.shape_of(first.shape):
             raise Unsupported(f"{name} gives a value whose shape differs on the alternative path")
-        if alternative is first or decided((first == alternative).all()):
-            return first  # the same on both paths: nothing to carry
+        if alternative is first:
+            return first  # the operation ignored the carried value
         world.check(first, f"the value of {name}")
         return Alternative(first, alternative, world)
     if isinstance(first, (tuple, list)) and isinstance(alternative, (tuple, list)) and len(first) == len(alternative):
@@ -365,9 +359,8 @@ def _paired(first: Any, alternative: Any, world: World, name: str) -> Any:
         if hasattr(first, "_fields"):
             return type(first)(*items)
         return type(first)(items)
-    if not _same(first, alternative):
-        raise Unsupported(f"{name} gives a value that differs on the alternative path")
-    return first
+    raise Unsupported(f"{name} gives a value that Python could read ({type(first).__name__}) from a value a jump "
+                      "reaches")
 
 
 def _coupled(first_fn: Any, first: torch.Tensor, fn: Any) -> torch.Tensor:
@@ -531,7 +524,9 @@ def lazily_pruned(program: Callable, args: tuple, kwargs: dict, trace: Trace, ta
     paths cannot be carried."""
     world = World(num if dim is not None else None, paths)
     handler = LazyPruning(trace, table, rows, world)
-    with torch.no_grad(), handler:
+    # The first run validated the first path's distributions; checking the alternatives'
+    # would read values a jump reaches into Python.
+    with torch.no_grad(), pyro.validation_enabled(False), handler:
         if dim is not None:
             with pyro.plate(PARTICLES, num, dim=dim):
                 f = program(*args, **kwargs)

@@ -42,8 +42,9 @@ each particle's kept element moved, every site upstream replayed, and every late
 whose distribution the move changed redrawn on common random numbers, element by
 element, as the re-run engine does. ``Δ f`` is that run's f minus the first run's.
 
-Cost: 2 evaluations per particle, whatever the number of sites (the re-run engine: 1 + 1
-per site), plus two backward passes over the parameters' graph for the sensitivities.
+Cost: 2 evaluations per particle (at once with ``paths=k``, 1 + k), whatever the number
+of sites (the re-run engine: 1 + 1 per site), plus two backward passes over the
+parameters' graph for the sensitivities.
 Python control flow needs no special care: the alternative run follows its own branches,
 as a re-run does. In ``pg.ELBO`` f is the whole per-particle ELBO (the terms a jump does
 not reach are replayed, and cancel), or, when every one-run site lies in the same data
@@ -116,7 +117,8 @@ def one_sided(offer: Perturbation, tangent: Optional[torch.Tensor]) -> torch.Ten
     jumps go the way the parameter moves the probability. The two-sided form is exact
     element by element (its product is f(1) − f(0) whatever B), the one-sided one
     concentrates the pruning's weight on the jumps the parameter makes likelier: on
-    StochasticAD.jl's walk, pruned lazily, one sample's standard deviation 6.5 against 6.9."""
+    StochasticAD.jl's walk, pruned lazily on one path, one sample's standard deviation 6.5
+    against 6.9 (on 16 paths, 2.3 against 3.0)."""
     q = offer.probability.expand(offer.value.shape)
     rises = torch.ones((), dtype=torch.bool) if tangent is None else tangent.expand(q.shape) >= 0
     zero = offer.value == 1  # the element is 0: it jumps to 1
