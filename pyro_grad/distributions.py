@@ -9,7 +9,7 @@ them from what the distribution was built with (:func:`probs_of`, :func:`logits_
 
 import copy
 import inspect
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -187,16 +187,21 @@ def without_provenance(fn: Any) -> Any:
     return replaced_tensors(fn, ProvenanceTensor, plain)
 
 
-def parameter_provenance(fn: Any) -> frozenset:
-    """The provenance of every tensor a distribution holds, in it and in every
-    distribution it holds (a wrapped ``base_dist``, a Multinomial's inner Categorical)."""
-    provenance = frozenset()
+def held_values(fn: Any) -> List[Any]:
+    """Every value a distribution holds, in it and in every distribution it holds (a
+    wrapped ``base_dist``, a Multinomial's inner Categorical)."""
+    found = []
     for value in vars(fn).values():
         if isinstance(value, torch.distributions.Distribution):
-            provenance |= parameter_provenance(value)
+            found.extend(held_values(value))
         else:
-            provenance |= provenance_of(value)
-    return provenance
+            found.append(value)
+    return found
+
+
+def parameter_provenance(fn: Any) -> frozenset:
+    """The provenance of every tensor a distribution holds (:func:`held_values`)."""
+    return frozenset().union(*map(provenance_of, held_values(fn)))
 
 
 def detached_parameters(fn: Any) -> Any:

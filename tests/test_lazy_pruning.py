@@ -138,3 +138,13 @@ def test_a_reduction_along_the_last_dim_of_a_value_with_no_dims_keeps_the_paths_
     looped = Alternative(torch.tensor(2.0), torch.tensor([2.0, 5.0, 7.0]), World(None, paths=3))
     assert torch.equal(looped.cumsum(-1)._alt, torch.tensor([2.0, 5.0, 7.0]))
     assert torch.equal(torch.softmax(looped, -1)._alt, torch.ones(3))
+
+
+def test_an_expanded_carried_value_is_reset_by_replacing_its_alternatives():
+    # a.unsqueeze(-1).expand(3, 4) shares memory along its last dim: it cannot be written
+    # in place, so a reset replaces its alternatives; an ordinary one is written in place.
+    world, a = carried()
+    wide = a.unsqueeze(-1).expand(3, 4)
+    assert wide._alt.stride()[-1] == 0
+    world.reset(torch.tensor([False, True, False]))
+    assert torch.equal(wide._alt, wide._t) and torch.equal(a._alt, a._t)

@@ -78,7 +78,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from pyro_grad.distributions import describe, leaf_distribution, replaced_tensors, without_provenance
+from pyro_grad.distributions import describe, held_values, leaf_distribution, replaced_tensors, without_provenance
 from pyro_grad.engine.assumptions import recording
 from pyro_grad.engine.alternative_run import redrawn_where_changed
 from pyro_grad.engine.one_run import Jumps, Kept, Perturbation, Rows, choose
@@ -143,10 +143,14 @@ class World:
         for value in list(self.live):
             shaped = chains.reshape(lead + (1,) * (value._alt.dim() - len(lead)))
             reset = torch.where(shaped, value._t, value._alt)
+            if _expanded(value._alt):  # several elements share memory: it cannot be written in place
+                value._alt = reset
+                continue
             try:  # in place, so that views of it keep sharing it
                 value._alt.copy_(reset)
-            except RuntimeError:  # an expanded view cannot be written in place
-                value._alt = reset
+            except RuntimeError as error:  # overlapping windows (unfold), say
+                raise Unsupported(f"a value a jump reaches cannot be reset in place ({first_line(error)})") \
+                    from error
 
     def check(self, t: torch.Tensor, what: str) -> None:
         if self.num is not None and (t.dim() == 0 or t.shape[0] != self.num):
@@ -183,6 +187,12 @@ class World:
             return torch.zeros(()) if writes else result  # vmap returns tensors only
 
         return torch.vmap(each, in_dims=dims)(*leaves)
+
+
+def _expanded(t: torch.Tensor) -> bool:
+    """Whether ``t`` is an expanded view (a stride of 0 over a dim of more than one), decided
+    from its layout rather than by a failed write, which a recorded step would keep."""
+    return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))
 
 
 #: Operations whose result, when not a tensor, describes a value without reading it
@@ -290,10 +300,10 @@ def _negative_dims(rest: tuple, kwargs: dict, ndim: int) -> bool:
     return len(found) > 0 and all(type(d) is int and -ndim <= d < 0 for d in found)
 
 
-#: Elementwise operations whose result is shaped by their receiver alone (``x.type_as(y)``
-#: takes only y's dtype; a mask must fit ``x``): direct only on a carried receiver.
-FROM_RECEIVER = frozenset({"to", "type_as", "float", "double", "long", "int", "bool", "half", "clone", "detach",
-                           "contiguous", "masked_fill", "masked_fill_"})
+#: Elementwise operations whose mask must fit their receiver: direct only on a carried
+#: receiver (a plain one takes a carried mask through vmap). A plain receiver converted
+#: like a carried value never gets here (:data:`CONVERSIONS`).
+FROM_RECEIVER = frozenset({"masked_fill", "masked_fill_"})
 
 
 def _broadcast_alike(args: tuple, kwargs: dict, alternatives: List[torch.Tensor]) -> bool:
@@ -369,20 +379,9 @@ def _coupled(first_fn: Any, first: torch.Tensor, fn: Any) -> torch.Tensor:
     return fn.sample() if redrawn is None else redrawn
 
 
-def vars_tensors(fn: Any) -> List[Any]:
-    """The values a distribution holds, and those of the distributions it holds."""
-    found = []
-    for value in vars(fn).values():
-        if isinstance(value, torch.distributions.Distribution):
-            found.extend(vars_tensors(value))
-        else:
-            found.append(value)
-    return found
-
-
 def holds_alternative(fn: Any) -> bool:
     """Whether a distribution's parameters (or its base's) carry an alternative."""
-    return any(isinstance(value, Alternative) for value in vars_tensors(fn))
+    return any(isinstance(value, Alternative) for value in held_values(fn))
 
 
 class LazyPruning(Messenger):
@@ -456,7 +455,7 @@ class LazyPruning(Messenger):
     def _on_each_path(self, fn: Any, first_fn: Any, first: torch.Tensor) -> torch.Tensor:
         """Each path's draw from its own distribution, by vmap over the paths (path by
         path where vmap cannot batch the sampler, a Multinomial's scatter, say)."""
-        carried = [value for value in vars_tensors(fn) if isinstance(value, Alternative)]
+        carried = [value for value in held_values(fn) if isinstance(value, Alternative)]
         index = {id(value): i for i, value in enumerate(carried)}
         alternatives = [value._alt for value in carried]
 

@@ -225,7 +225,7 @@ class MeasureValued(EngineChoice):
         if discrete(site.fn):
             return [*super().examples_for(site, exact_value),
                     Example("MeasureValued(one-run)", cls(engine="one-run"), 1)]
-        if discrete(site.fn) or site.elements * max(1, site.fn.event_shape.numel()) <= FEW_COORDINATES:
+        if site.elements * max(1, site.fn.event_shape.numel()) <= FEW_COORDINATES:
             return super().examples_for(site, exact_value)
         return []
 
